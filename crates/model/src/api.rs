@@ -1,0 +1,97 @@
+//! Messages on the agent's local unix socket: one JSON request per line, one
+//! JSON response per line. The CNI plugin and the `strait` CLI are the clients.
+
+use crate::ipam::{Allocation, Attachment, PodRef};
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Reserve an address for a new attachment (CNI ADD).
+    Allocate {
+        attachment: Attachment,
+        pod: PodRef,
+        netns: String,
+        host_veth: String,
+    },
+    /// Release the attachment's address (CNI DEL). Unknown attachments are fine.
+    Release { attachment: Attachment },
+    /// Look up an attachment's allocation (CNI CHECK).
+    Get { attachment: Attachment },
+    /// Release everything not in `valid` and remove its host links (CNI GC).
+    Gc { valid: Vec<Attachment> },
+    /// Node status and every allocation.
+    Status,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Allocated {
+        allocation: Allocation,
+        /// Prefix length of the pod CIDR, for information; the pod gets a /32.
+        cidr_prefix: u8,
+    },
+    Released { allocation: Option<Allocation> },
+    Found { allocation: Option<Allocation> },
+    Collected { released: Vec<Allocation> },
+    Status(NodeStatus),
+    Error(ApiError),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    pub node: String,
+    pub mode: String,
+    pub pod_cidr: Option<String>,
+    pub node_ip: Option<IpAddr>,
+    pub ready: bool,
+    /// Why the node is not ready, when it is not.
+    pub reason: Option<String>,
+    pub allocations: Vec<Allocation>,
+    pub cooling: usize,
+    pub node_routes: Vec<crate::routes::NodeRoute>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiErrorKind {
+    /// The agent cannot serve yet (no pod CIDR, still starting): retry later.
+    NotReady,
+    /// The node's pod CIDR has no free address.
+    Exhausted,
+    /// The request itself is wrong.
+    Invalid,
+    /// Something failed inside the agent (disk, kernel).
+    Internal,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ApiErrorKind,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format_is_tagged() {
+        let r = Request::Release {
+            attachment: Attachment {
+                container_id: "c".into(),
+                ifname: "eth0".into(),
+            },
+        };
+        let j = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            j,
+            r#"{"op":"release","attachment":{"container_id":"c","ifname":"eth0"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r);
+        assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
+    }
+}

@@ -1,0 +1,249 @@
+//! The cluster as strait sees it: Nodes, Pods, Services, EndpointSlices and
+//! NetworkPolicies, in Kubernetes' own types (k8s-openapi), so the files, etcd
+//! and kube-apiserver sources all produce the same thing.
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde::Deserialize;
+use std::net::IpAddr;
+
+/// One consistent view of the cluster objects strait cares about.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterSnapshot {
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    pub network_policies: Vec<NetworkPolicy>,
+}
+
+impl ClusterSnapshot {
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+    }
+
+    /// Add one decoded object. Objects of kinds strait does not use are
+    /// ignored; a `List` is unpacked.
+    pub fn add(&mut self, obj: ClusterObject) {
+        match obj {
+            ClusterObject::Node(n) => self.nodes.push(*n),
+            ClusterObject::Pod(p) => self.pods.push(*p),
+            ClusterObject::Service(s) => self.services.push(*s),
+            ClusterObject::EndpointSlice(e) => self.endpoint_slices.push(*e),
+            ClusterObject::NetworkPolicy(p) => self.network_policies.push(*p),
+            ClusterObject::Other { .. } => {}
+        }
+    }
+
+    /// Sort every list by namespace/name so equal clusters compare equal
+    /// whatever order the source read them in.
+    pub fn normalize(&mut self) {
+        fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+            (
+                m.namespace.clone().unwrap_or_default(),
+                m.name.clone().unwrap_or_default(),
+            )
+        }
+        self.nodes.sort_by_key(|o| key(&o.metadata));
+        self.pods.sort_by_key(|o| key(&o.metadata));
+        self.services.sort_by_key(|o| key(&o.metadata));
+        self.endpoint_slices.sort_by_key(|o| key(&o.metadata));
+        self.network_policies.sort_by_key(|o| key(&o.metadata));
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum ClusterObject {
+    Node(Box<Node>),
+    Pod(Box<Pod>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    NetworkPolicy(Box<NetworkPolicy>),
+    Other { api_version: String, kind: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("document {index}: not valid YAML/JSON: {source}")]
+    Syntax {
+        index: usize,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("document {index}: missing `kind` or `apiVersion`")]
+    NoKind { index: usize },
+    #[error("document {index} ({kind} {name}): {source}")]
+    Invalid {
+        index: usize,
+        kind: String,
+        name: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+}
+
+fn decode_value(index: usize, v: serde_yaml::Value, out: &mut Vec<ClusterObject>) -> Result<(), ManifestError> {
+    let kind = v.get("kind").and_then(|k| k.as_str()).map(str::to_string);
+    let api = v.get("apiVersion").and_then(|k| k.as_str()).map(str::to_string);
+    let (Some(kind), Some(api_version)) = (kind, api) else {
+        return Err(ManifestError::NoKind { index });
+    };
+    let name = v
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("<unnamed>")
+        .to_string();
+    fn de<T: for<'de> Deserialize<'de>>(
+        index: usize,
+        kind: &str,
+        name: &str,
+        v: serde_yaml::Value,
+    ) -> Result<Box<T>, ManifestError> {
+        serde_yaml::from_value(v).map(Box::new).map_err(|source| ManifestError::Invalid {
+            index,
+            kind: kind.to_string(),
+            name: name.to_string(),
+            source,
+        })
+    }
+    let obj = match (api_version.as_str(), kind.as_str()) {
+        (_, "List") => {
+            if let Some(items) = v.get("items").and_then(|i| i.as_sequence()) {
+                for item in items.clone() {
+                    decode_value(index, item, out)?;
+                }
+            }
+            return Ok(());
+        }
+        ("v1", "Node") => ClusterObject::Node(de(index, &kind, &name, v)?),
+        ("v1", "Pod") => ClusterObject::Pod(de(index, &kind, &name, v)?),
+        ("v1", "Service") => ClusterObject::Service(de(index, &kind, &name, v)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            ClusterObject::EndpointSlice(de(index, &kind, &name, v)?)
+        }
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            ClusterObject::NetworkPolicy(de(index, &kind, &name, v)?)
+        }
+        _ => ClusterObject::Other { api_version, kind },
+    };
+    out.push(obj);
+    Ok(())
+}
+
+/// Decode a manifest file: one or more YAML documents (JSON is YAML too).
+pub fn parse_manifests(text: &str) -> Result<Vec<ClusterObject>, ManifestError> {
+    let mut out = vec![];
+    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let v = serde_yaml::Value::deserialize(doc)
+            .map_err(|source| ManifestError::Syntax { index, source })?;
+        if v.is_null() {
+            continue;
+        }
+        decode_value(index, v, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The node's pod CIDRs: spec.podCIDRs, falling back to spec.podCIDR.
+/// Unparsable entries are skipped.
+pub fn node_pod_cidrs(node: &Node) -> Vec<IpNet> {
+    let Some(spec) = &node.spec else { return vec![] };
+    let mut raw: Vec<&String> = spec.pod_cidrs.iter().flatten().collect();
+    if raw.is_empty() {
+        raw.extend(spec.pod_cidr.as_ref());
+    }
+    raw.iter().filter_map(|s| s.parse::<IpNet>().ok()).map(|n| n.trunc()).collect()
+}
+
+/// The node's InternalIP of the wanted family.
+pub fn node_internal_ip(node: &Node, v4: bool) -> Option<IpAddr> {
+    node.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse::<IpAddr>().ok())
+        .find(|ip| ip.is_ipv4() == v4)
+}
+
+/// A Node as the lab and tests write it.
+pub fn test_node(name: &str, pod_cidr: Option<&str>, ip: Option<&str>) -> Node {
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+    Node {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            pod_cidr: pod_cidr.map(Into::into),
+            pod_cidrs: pod_cidr.map(|c| vec![c.to_string()]),
+            ..Default::default()
+        }),
+        status: ip.map(|ip| NodeStatus {
+            addresses: Some(vec![NodeAddress {
+                address: ip.into(),
+                type_: "InternalIP".into(),
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_multi_document_yaml_and_lists() {
+        let text = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: a}
+spec: {podCIDR: 10.1.0.0/24}
+status: {addresses: [{type: InternalIP, address: 192.0.2.1}]}
+---
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Pod, metadata: {name: p, namespace: default}, spec: {nodeName: a, containers: [{name: c}]}}
+- {apiVersion: apps/v1, kind: Deployment, metadata: {name: d}}
+---
+"#;
+        let mut snap = ClusterSnapshot::default();
+        for o in parse_manifests(text).unwrap() {
+            snap.add(o);
+        }
+        assert_eq!(snap.nodes.len(), 1);
+        assert_eq!(snap.pods.len(), 1);
+        let n = snap.node("a").unwrap();
+        assert_eq!(node_pod_cidrs(n), vec!["10.1.0.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(node_internal_ip(n, true), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(node_internal_ip(n, false), None);
+    }
+
+    #[test]
+    fn reports_which_document_is_wrong() {
+        let e = parse_manifests("kind: Pod\n").unwrap_err();
+        assert!(matches!(e, ManifestError::NoKind { index: 0 }));
+        let e = parse_manifests("apiVersion: v1\nkind: Node\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: 3}\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("document 1") && msg.contains("Pod p"), "{msg}");
+        assert!(parse_manifests("a: [").is_err());
+    }
+
+    #[test]
+    fn pod_cidrs_prefers_the_plural_field_and_truncates() {
+        let mut n = test_node("a", Some("10.1.0.7/24"), None);
+        assert_eq!(node_pod_cidrs(&n), vec!["10.1.0.0/24".parse::<IpNet>().unwrap()]);
+        n.spec.as_mut().unwrap().pod_cidrs = None;
+        assert_eq!(node_pod_cidrs(&n).len(), 1);
+        n.spec.as_mut().unwrap().pod_cidr = Some("garbage".into());
+        assert!(node_pod_cidrs(&n).is_empty());
+    }
+}

@@ -1,0 +1,392 @@
+//! The lab file and its address plan. A lab file is a `kind: Lab` document
+//! (nodes, datapath mode, address plan) followed by ordinary Kubernetes
+//! manifests. Resolving it gives every node its fabric IP and pod CIDR and
+//! every pod its node and network namespace, before anything is created.
+
+use crate::cluster::{parse_manifests, ClusterObject, ManifestError};
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+pub const LAB_API_VERSION: &str = "strait.dev/v1alpha1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Routed,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Routed => f.write_str("routed"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabSpec {
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    #[serde(default)]
+    pub address_plan: AddressPlan,
+    pub nodes: Vec<LabNodeSpec>,
+}
+
+fn default_mtu() -> u32 {
+    1500
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddressPlan {
+    /// The L2 segment joining the nodes; node i gets host address i+1.
+    pub fabric: Ipv4Net,
+    /// Cluster pod CIDR, split into one block per node.
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Ipv4Net,
+    pub node_mask_size: u8,
+}
+
+impl Default for AddressPlan {
+    fn default() -> Self {
+        AddressPlan {
+            fabric: "198.18.0.0/24".parse().unwrap(),
+            pod_cidr: "198.19.0.0/16".parse().unwrap(),
+            node_mask_size: 24,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabNodeSpec {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LabPlan {
+    pub name: String,
+    pub mode: Mode,
+    pub mtu: u32,
+    pub fabric: Ipv4Net,
+    pub nodes: Vec<NodePlan>,
+    pub pods: Vec<PodPlan>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodePlan {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: IpNet,
+    pub netns: String,
+    /// Name of the node's link inside the fabric namespace.
+    pub fabric_port: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PodPlan {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub node: String,
+    pub netns: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("lab file: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error("lab file: the first document must be `apiVersion: {LAB_API_VERSION}`, `kind: Lab`")]
+    NoLabDocument,
+    #[error("lab file: invalid Lab spec: {0}")]
+    Spec(String),
+    #[error("lab file: {0}")]
+    Invalid(String),
+}
+
+fn valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+pub fn fabric_netns(lab: &str) -> String {
+    format!("strait-{lab}-fabric")
+}
+
+pub fn node_netns(lab: &str, node: &str) -> String {
+    format!("strait-{lab}-node-{node}")
+}
+
+pub fn pod_netns(lab: &str, namespace: &str, pod: &str) -> String {
+    format!("strait-{lab}-pod-{namespace}-{pod}")
+}
+
+/// Prefix shared by every namespace of a lab: what `down` and `up` clean.
+pub fn netns_prefix(lab: &str) -> String {
+    format!("strait-{lab}-")
+}
+
+/// A lab file split into its Lab document and the Kubernetes manifests.
+pub struct LabFile {
+    pub name: String,
+    pub spec: LabSpec,
+    pub objects: Vec<ClusterObject>,
+}
+
+pub fn parse_lab_file(text: &str) -> Result<LabFile, LabError> {
+    let mut docs = serde_yaml::Deserializer::from_str(text);
+    let first = docs.next().ok_or(LabError::NoLabDocument)?;
+    let v = serde_yaml::Value::deserialize(first).map_err(|e| LabError::Spec(e.to_string()))?;
+    if v.get("kind").and_then(|k| k.as_str()) != Some("Lab")
+        || v.get("apiVersion").and_then(|k| k.as_str()) != Some(LAB_API_VERSION)
+    {
+        return Err(LabError::NoLabDocument);
+    }
+    let name = v
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .ok_or_else(|| LabError::Spec("metadata.name is required".into()))?
+        .to_string();
+    let spec_v = v
+        .get("spec")
+        .cloned()
+        .ok_or_else(|| LabError::Spec("spec is required".into()))?;
+    let spec: LabSpec = serde_yaml::from_value(spec_v).map_err(|e| LabError::Spec(e.to_string()))?;
+    // The rest of the file is ordinary manifests: re-serialise the remaining
+    // documents and hand them to the manifest parser, which reports indexes.
+    let mut rest = String::new();
+    for doc in docs {
+        let v = serde_yaml::Value::deserialize(doc).map_err(|e| LabError::Spec(e.to_string()))?;
+        if v.is_null() {
+            continue;
+        }
+        rest.push_str("---\n");
+        rest.push_str(&serde_yaml::to_string(&v).map_err(|e| LabError::Spec(e.to_string()))?);
+    }
+    let objects = parse_manifests(&rest)?;
+    Ok(LabFile {
+        name,
+        spec,
+        objects,
+    })
+}
+
+impl LabFile {
+    /// Check the file and compute the address plan.
+    pub fn plan(&self) -> Result<LabPlan, LabError> {
+        let name = &self.name;
+        if !valid_name(name, 16) {
+            return Err(LabError::Invalid(format!(
+                "lab name {name:?} must be 1-16 characters of a-z, 0-9 and '-'"
+            )));
+        }
+        let spec = &self.spec;
+        if spec.nodes.is_empty() {
+            return Err(LabError::Invalid("spec.nodes is empty: a lab needs at least one node".into()));
+        }
+        if !(576..=9000).contains(&spec.mtu) {
+            return Err(LabError::Invalid(format!("spec.mtu {} is outside 576..=9000", spec.mtu)));
+        }
+        let ap = &spec.address_plan;
+        let fabric_hosts = ap.fabric.hosts().count();
+        if spec.nodes.len() > fabric_hosts.saturating_sub(8) {
+            return Err(LabError::Invalid(format!(
+                "fabric {} has room for {} nodes, the lab has {} (the top 8 addresses are kept for external clients)",
+                ap.fabric,
+                fabric_hosts.saturating_sub(8),
+                spec.nodes.len()
+            )));
+        }
+        let blocks: Vec<Ipv4Net> = ap
+            .pod_cidr
+            .subnets(ap.node_mask_size)
+            .map_err(|_| {
+                LabError::Invalid(format!(
+                    "nodeMaskSize /{} must be at least the pod CIDR's /{} and at most /30",
+                    ap.node_mask_size,
+                    ap.pod_cidr.prefix_len()
+                ))
+            })?
+            .take(spec.nodes.len())
+            .collect();
+        if ap.node_mask_size > 30 {
+            return Err(LabError::Invalid(format!("nodeMaskSize /{} leaves no pod addresses", ap.node_mask_size)));
+        }
+        if blocks.len() < spec.nodes.len() {
+            return Err(LabError::Invalid(format!(
+                "pod CIDR {} has only {} /{} blocks for {} nodes",
+                ap.pod_cidr,
+                blocks.len(),
+                ap.node_mask_size,
+                spec.nodes.len()
+            )));
+        }
+        if ap.fabric.contains(&ap.pod_cidr.network()) || ap.pod_cidr.contains(&ap.fabric.network()) {
+            return Err(LabError::Invalid(format!(
+                "fabric {} and pod CIDR {} overlap",
+                ap.fabric, ap.pod_cidr
+            )));
+        }
+        let mut nodes = vec![];
+        for (i, n) in spec.nodes.iter().enumerate() {
+            if !valid_name(&n.name, 20) {
+                return Err(LabError::Invalid(format!(
+                    "node name {:?} must be 1-20 characters of a-z, 0-9 and '-'",
+                    n.name
+                )));
+            }
+            if nodes.iter().any(|x: &NodePlan| x.name == n.name) {
+                return Err(LabError::Invalid(format!("node {:?} is listed twice", n.name)));
+            }
+            let ip = ap.fabric.hosts().nth(i).expect("checked above");
+            nodes.push(NodePlan {
+                name: n.name.clone(),
+                ip,
+                pod_cidr: IpNet::V4(blocks[i]),
+                netns: node_netns(name, &n.name),
+                fabric_port: format!("n{i}"),
+            });
+        }
+        let mut pods: Vec<PodPlan> = vec![];
+        let mut next = 0usize;
+        for obj in &self.objects {
+            let ClusterObject::Pod(p) = obj else { continue };
+            let pname = p.metadata.name.clone().unwrap_or_default();
+            let ns = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            if !valid_name(&pname, 30) || !valid_name(&ns, 20) {
+                return Err(LabError::Invalid(format!(
+                    "pod {ns}/{pname}: names must be lowercase a-z, 0-9 and '-' (pod up to 30, namespace up to 20 characters)"
+                )));
+            }
+            if pods.iter().any(|x| x.name == pname && x.namespace == ns) {
+                return Err(LabError::Invalid(format!("pod {ns}/{pname} is defined twice")));
+            }
+            let node = match p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                Some(n) => {
+                    if !nodes.iter().any(|x| x.name == n) {
+                        return Err(LabError::Invalid(format!(
+                            "pod {ns}/{pname} has nodeName {n:?}, which is not a lab node ({})",
+                            nodes.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")
+                        )));
+                    }
+                    n
+                }
+                None => {
+                    let n = nodes[next % nodes.len()].name.clone();
+                    next += 1;
+                    n
+                }
+            };
+            let uid = p
+                .metadata
+                .uid
+                .clone()
+                .unwrap_or_else(|| format!("lab-{name}-{ns}-{pname}"));
+            pods.push(PodPlan {
+                netns: pod_netns(name, &ns, &pname),
+                namespace: ns,
+                name: pname,
+                uid,
+                node,
+            });
+        }
+        Ok(LabPlan {
+            name: name.clone(),
+            mode: spec.mode,
+            mtu: spec.mtu,
+            fabric: ap.fabric,
+            nodes,
+            pods,
+        })
+    }
+}
+
+impl LabPlan {
+    pub fn node(&self, name: &str) -> Option<&NodePlan> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// A pod by `name` or `namespace/name`.
+    pub fn pod(&self, key: &str) -> Option<&PodPlan> {
+        match key.split_once('/') {
+            Some((ns, n)) => self.pods.iter().find(|p| p.namespace == ns && p.name == n),
+            None => self.pods.iter().find(|p| p.name == key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAB: &str = r#"
+apiVersion: strait.dev/v1alpha1
+kind: Lab
+metadata: {name: demo}
+spec:
+  mode: routed
+  nodes: [{name: node-a}, {name: node-b}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a1}
+spec: {nodeName: node-a, containers: [{name: echo}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: x, namespace: web}
+spec: {containers: [{name: echo}]}
+"#;
+
+    #[test]
+    fn plans_addresses_and_namespaces() {
+        let plan = parse_lab_file(LAB).unwrap().plan().unwrap();
+        assert_eq!(plan.nodes.len(), 2);
+        assert_eq!(plan.nodes[0].ip, Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(plan.nodes[1].ip, Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(plan.nodes[1].pod_cidr.to_string(), "198.19.1.0/24");
+        assert_eq!(plan.nodes[0].netns, "strait-demo-node-node-a");
+        assert_eq!(plan.pods.len(), 2);
+        assert_eq!(plan.pod("a1").unwrap().node, "node-a");
+        assert_eq!(plan.pod("web/x").unwrap().netns, "strait-demo-pod-web-x");
+        assert!(plan.pod("nope").is_none());
+    }
+
+    fn plan_err(text: &str) -> String {
+        match parse_lab_file(text) {
+            Err(e) => e.to_string(),
+            Ok(f) => f.plan().map(|_| String::new()).unwrap_or_else(|e| e.to_string()),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_lab_files_with_a_reason() {
+        assert!(plan_err("apiVersion: v1\nkind: Pod\n").contains("kind: Lab"));
+        assert!(plan_err(&LAB.replace("node-a, containers", "node-z, containers")).contains("not a lab node"));
+        assert!(plan_err(&LAB.replace("mode: routed", "mode: warp")).contains("unknown variant"));
+        assert!(plan_err(&LAB.replace("name: demo", "name: Demo_Lab")).contains("lab name"));
+        assert!(plan_err(&LAB.replace("{name: node-b}", "{name: node-a}")).contains("listed twice"));
+        let small = LAB.replace(
+            "mode: routed",
+            "mode: routed\n  addressPlan: {fabric: 198.18.0.0/24, podCIDR: 198.19.0.0/24, nodeMaskSize: 24}",
+        );
+        assert!(plan_err(&small).contains("only 1 /24 blocks"), "{}", plan_err(&small));
+        let overlap = LAB.replace(
+            "mode: routed",
+            "mode: routed\n  addressPlan: {fabric: 198.19.0.0/24, podCIDR: 198.19.0.0/16, nodeMaskSize: 24}",
+        );
+        assert!(plan_err(&overlap).contains("overlap"));
+        assert!(plan_err(&LAB.replace("mode: routed", "mode: routed\n  mtu: 100")).contains("mtu"));
+        assert!(plan_err(&LAB.replace("mode: routed", "mode: routed\n  colour: blue")).contains("unknown field"));
+    }
+}

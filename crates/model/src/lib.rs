@@ -1,0 +1,13 @@
+//! Pure logic for strait, with no I/O: the IPAM allocator, the names strait
+//! gives kernel objects, the agent's API messages, the cluster snapshot in
+//! Kubernetes shape, routed-mode route planning and the lab's address plan.
+//!
+//! Everything here is deterministic and unit-tested without root; the agent,
+//! the CNI plugin and the lab build on it and do the kernel I/O themselves.
+
+pub mod api;
+pub mod cluster;
+pub mod ipam;
+pub mod lab;
+pub mod naming;
+pub mod routes;

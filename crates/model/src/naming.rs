@@ -1,0 +1,86 @@
+//! Names and addresses strait derives for the kernel objects it creates, so
+//! that every object can be found again from the container id alone (DEL,
+//! CHECK, GC) without consulting any state.
+
+use sha2::{Digest, Sha256};
+
+/// Prefix of every host-side pod veth, like Calico's `cali`.
+pub const HOST_VETH_PREFIX: &str = "strt";
+
+/// Link-local gateway every pod routes through (Calico's 169.254.1.1). The pod
+/// has a permanent neighbour entry for it, so the host never answers ARP for it.
+pub const POD_GATEWAY_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 1, 1);
+
+/// Route protocol number strait stamps on the routes it owns, so reconcilers
+/// can tell them from routes others installed (`ip route show proto 0x5a`).
+pub const ROUTE_PROTOCOL: u8 = 0x5a;
+
+fn digest(container_id: &str, ifname: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(container_id.as_bytes());
+    h.update(b".");
+    h.update(ifname.as_bytes());
+    h.finalize().into()
+}
+
+/// Host end of the pod's veth: prefix plus 11 hex characters of a hash of the
+/// container id and interface name. 15 characters, the kernel's limit.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let d = digest(container_id, ifname);
+    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{HOST_VETH_PREFIX}{}", &hex[..11])
+}
+
+/// MAC address of the host end: locally administered, unicast, derived from
+/// the same hash so the plugin knows it before the link exists.
+pub fn host_veth_mac(container_id: &str, ifname: &str) -> [u8; 6] {
+    let d = digest(container_id, ifname);
+    [0xee, d[11], d[12], d[13], d[14], d[15]]
+}
+
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+pub fn is_host_veth(name: &str) -> bool {
+    name.len() == HOST_VETH_PREFIX.len() + 11
+        && name.starts_with(HOST_VETH_PREFIX)
+        && name[HOST_VETH_PREFIX.len()..]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_name_is_prefix_plus_11_hex_and_fits_ifnamsiz() {
+        let n = host_veth_name("abc123", "eth0");
+        assert_eq!(n.len(), 15);
+        assert!(n.starts_with("strt"));
+        assert!(is_host_veth(&n));
+        assert!(!is_host_veth("eth0"));
+        assert!(!is_host_veth("strtZZZZZZZZZZZ"));
+    }
+
+    #[test]
+    fn host_veth_name_depends_on_container_and_ifname() {
+        assert_eq!(host_veth_name("c1", "eth0"), host_veth_name("c1", "eth0"));
+        assert_ne!(host_veth_name("c1", "eth0"), host_veth_name("c2", "eth0"));
+        assert_ne!(host_veth_name("c1", "eth0"), host_veth_name("c1", "eth1"));
+        // The separator keeps ("ab","c") and ("a","bc") apart.
+        assert_ne!(host_veth_name("ab", "c"), host_veth_name("a", "bc"));
+    }
+
+    #[test]
+    fn host_mac_is_local_unicast() {
+        let m = host_veth_mac("c1", "eth0");
+        assert_eq!(m[0] & 0x01, 0, "unicast");
+        assert_eq!(m[0] & 0x02, 0x02, "locally administered");
+        assert_eq!(format_mac(&[0xee, 1, 2, 3, 4, 0xff]), "ee:01:02:03:04:ff");
+    }
+}
