@@ -1,1 +1,44 @@
-fn main(){}
+//! `strait`: the node agent, the operator's CLI, and the namespace lab.
+
+mod agent;
+mod lab;
+mod status;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "strait",
+    version,
+    about = "strait: a Kubernetes container network you can see into"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node agent (IPAM, cluster source, routed datapath, local API).
+    Agent(agent::Args),
+    /// Show this node's agent: readiness, pod CIDR, pods, node routes.
+    Status(status::Args),
+    /// Build and use a multi-node cluster made of network namespaces.
+    Lab(lab::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Agent(a) => agent::run(a),
+        Cmd::Status(a) => status::run(a),
+        Cmd::Lab(a) => lab::run(a),
+    };
+    match r {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

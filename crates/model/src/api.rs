@@ -33,9 +33,15 @@ pub enum Response {
         /// Prefix length of the pod CIDR, for information; the pod gets a /32.
         cidr_prefix: u8,
     },
-    Released { allocation: Option<Allocation> },
-    Found { allocation: Option<Allocation> },
-    Collected { released: Vec<Allocation> },
+    Released {
+        allocation: Option<Allocation>,
+    },
+    Found {
+        allocation: Option<Allocation>,
+    },
+    Collected {
+        released: Vec<Allocation>,
+    },
     Status(NodeStatus),
     Error(ApiError),
 }

@@ -86,9 +86,16 @@ pub enum ManifestError {
     },
 }
 
-fn decode_value(index: usize, v: serde_yaml::Value, out: &mut Vec<ClusterObject>) -> Result<(), ManifestError> {
+fn decode_value(
+    index: usize,
+    v: serde_yaml::Value,
+    out: &mut Vec<ClusterObject>,
+) -> Result<(), ManifestError> {
     let kind = v.get("kind").and_then(|k| k.as_str()).map(str::to_string);
-    let api = v.get("apiVersion").and_then(|k| k.as_str()).map(str::to_string);
+    let api = v
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .map(str::to_string);
     let (Some(kind), Some(api_version)) = (kind, api) else {
         return Err(ManifestError::NoKind { index });
     };
@@ -104,12 +111,14 @@ fn decode_value(index: usize, v: serde_yaml::Value, out: &mut Vec<ClusterObject>
         name: &str,
         v: serde_yaml::Value,
     ) -> Result<Box<T>, ManifestError> {
-        serde_yaml::from_value(v).map(Box::new).map_err(|source| ManifestError::Invalid {
-            index,
-            kind: kind.to_string(),
-            name: name.to_string(),
-            source,
-        })
+        serde_yaml::from_value(v)
+            .map(Box::new)
+            .map_err(|source| ManifestError::Invalid {
+                index,
+                kind: kind.to_string(),
+                name: name.to_string(),
+                source,
+            })
     }
     let obj = match (api_version.as_str(), kind.as_str()) {
         (_, "List") => {
@@ -152,12 +161,17 @@ pub fn parse_manifests(text: &str) -> Result<Vec<ClusterObject>, ManifestError> 
 /// The node's pod CIDRs: spec.podCIDRs, falling back to spec.podCIDR.
 /// Unparsable entries are skipped.
 pub fn node_pod_cidrs(node: &Node) -> Vec<IpNet> {
-    let Some(spec) = &node.spec else { return vec![] };
+    let Some(spec) = &node.spec else {
+        return vec![];
+    };
     let mut raw: Vec<&String> = spec.pod_cidrs.iter().flatten().collect();
     if raw.is_empty() {
         raw.extend(spec.pod_cidr.as_ref());
     }
-    raw.iter().filter_map(|s| s.parse::<IpNet>().ok()).map(|n| n.trunc()).collect()
+    raw.iter()
+        .filter_map(|s| s.parse::<IpNet>().ok())
+        .map(|n| n.trunc())
+        .collect()
 }
 
 /// The node's InternalIP of the wanted family.
@@ -222,8 +236,14 @@ items:
         assert_eq!(snap.nodes.len(), 1);
         assert_eq!(snap.pods.len(), 1);
         let n = snap.node("a").unwrap();
-        assert_eq!(node_pod_cidrs(n), vec!["10.1.0.0/24".parse::<IpNet>().unwrap()]);
-        assert_eq!(node_internal_ip(n, true), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(
+            node_pod_cidrs(n),
+            vec!["10.1.0.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(
+            node_internal_ip(n, true),
+            Some("192.0.2.1".parse().unwrap())
+        );
         assert_eq!(node_internal_ip(n, false), None);
     }
 
@@ -240,7 +260,10 @@ items:
     #[test]
     fn pod_cidrs_prefers_the_plural_field_and_truncates() {
         let mut n = test_node("a", Some("10.1.0.7/24"), None);
-        assert_eq!(node_pod_cidrs(&n), vec!["10.1.0.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            node_pod_cidrs(&n),
+            vec!["10.1.0.0/24".parse::<IpNet>().unwrap()]
+        );
         n.spec.as_mut().unwrap().pod_cidrs = None;
         assert_eq!(node_pod_cidrs(&n).len(), 1);
         n.spec.as_mut().unwrap().pod_cidr = Some("garbage".into());

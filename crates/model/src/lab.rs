@@ -140,6 +140,8 @@ pub struct LabFile {
     pub name: String,
     pub spec: LabSpec,
     pub objects: Vec<ClusterObject>,
+    /// The Kubernetes manifests of the file, re-serialised as YAML documents.
+    pub manifests_yaml: String,
 }
 
 pub fn parse_lab_file(text: &str) -> Result<LabFile, LabError> {
@@ -161,7 +163,8 @@ pub fn parse_lab_file(text: &str) -> Result<LabFile, LabError> {
         .get("spec")
         .cloned()
         .ok_or_else(|| LabError::Spec("spec is required".into()))?;
-    let spec: LabSpec = serde_yaml::from_value(spec_v).map_err(|e| LabError::Spec(e.to_string()))?;
+    let spec: LabSpec =
+        serde_yaml::from_value(spec_v).map_err(|e| LabError::Spec(e.to_string()))?;
     // The rest of the file is ordinary manifests: re-serialise the remaining
     // documents and hand them to the manifest parser, which reports indexes.
     let mut rest = String::new();
@@ -178,6 +181,7 @@ pub fn parse_lab_file(text: &str) -> Result<LabFile, LabError> {
         name,
         spec,
         objects,
+        manifests_yaml: rest,
     })
 }
 
@@ -192,10 +196,15 @@ impl LabFile {
         }
         let spec = &self.spec;
         if spec.nodes.is_empty() {
-            return Err(LabError::Invalid("spec.nodes is empty: a lab needs at least one node".into()));
+            return Err(LabError::Invalid(
+                "spec.nodes is empty: a lab needs at least one node".into(),
+            ));
         }
         if !(576..=9000).contains(&spec.mtu) {
-            return Err(LabError::Invalid(format!("spec.mtu {} is outside 576..=9000", spec.mtu)));
+            return Err(LabError::Invalid(format!(
+                "spec.mtu {} is outside 576..=9000",
+                spec.mtu
+            )));
         }
         let ap = &spec.address_plan;
         let fabric_hosts = ap.fabric.hosts().count();
@@ -220,7 +229,10 @@ impl LabFile {
             .take(spec.nodes.len())
             .collect();
         if ap.node_mask_size > 30 {
-            return Err(LabError::Invalid(format!("nodeMaskSize /{} leaves no pod addresses", ap.node_mask_size)));
+            return Err(LabError::Invalid(format!(
+                "nodeMaskSize /{} leaves no pod addresses",
+                ap.node_mask_size
+            )));
         }
         if blocks.len() < spec.nodes.len() {
             return Err(LabError::Invalid(format!(
@@ -231,7 +243,8 @@ impl LabFile {
                 spec.nodes.len()
             )));
         }
-        if ap.fabric.contains(&ap.pod_cidr.network()) || ap.pod_cidr.contains(&ap.fabric.network()) {
+        if ap.fabric.contains(&ap.pod_cidr.network()) || ap.pod_cidr.contains(&ap.fabric.network())
+        {
             return Err(LabError::Invalid(format!(
                 "fabric {} and pod CIDR {} overlap",
                 ap.fabric, ap.pod_cidr
@@ -246,7 +259,10 @@ impl LabFile {
                 )));
             }
             if nodes.iter().any(|x: &NodePlan| x.name == n.name) {
-                return Err(LabError::Invalid(format!("node {:?} is listed twice", n.name)));
+                return Err(LabError::Invalid(format!(
+                    "node {:?} is listed twice",
+                    n.name
+                )));
             }
             let ip = ap.fabric.hosts().nth(i).expect("checked above");
             nodes.push(NodePlan {
@@ -262,21 +278,31 @@ impl LabFile {
         for obj in &self.objects {
             let ClusterObject::Pod(p) = obj else { continue };
             let pname = p.metadata.name.clone().unwrap_or_default();
-            let ns = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let ns = p
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
             if !valid_name(&pname, 30) || !valid_name(&ns, 20) {
                 return Err(LabError::Invalid(format!(
                     "pod {ns}/{pname}: names must be lowercase a-z, 0-9 and '-' (pod up to 30, namespace up to 20 characters)"
                 )));
             }
             if pods.iter().any(|x| x.name == pname && x.namespace == ns) {
-                return Err(LabError::Invalid(format!("pod {ns}/{pname} is defined twice")));
+                return Err(LabError::Invalid(format!(
+                    "pod {ns}/{pname} is defined twice"
+                )));
             }
             let node = match p.spec.as_ref().and_then(|s| s.node_name.clone()) {
                 Some(n) => {
                     if !nodes.iter().any(|x| x.name == n) {
                         return Err(LabError::Invalid(format!(
                             "pod {ns}/{pname} has nodeName {n:?}, which is not a lab node ({})",
-                            nodes.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")
+                            nodes
+                                .iter()
+                                .map(|x| x.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         )));
                     }
                     n
@@ -365,14 +391,20 @@ spec: {containers: [{name: echo}]}
     fn plan_err(text: &str) -> String {
         match parse_lab_file(text) {
             Err(e) => e.to_string(),
-            Ok(f) => f.plan().map(|_| String::new()).unwrap_or_else(|e| e.to_string()),
+            Ok(f) => f
+                .plan()
+                .map(|_| String::new())
+                .unwrap_or_else(|e| e.to_string()),
         }
     }
 
     #[test]
     fn rejects_bad_lab_files_with_a_reason() {
         assert!(plan_err("apiVersion: v1\nkind: Pod\n").contains("kind: Lab"));
-        assert!(plan_err(&LAB.replace("node-a, containers", "node-z, containers")).contains("not a lab node"));
+        assert!(
+            plan_err(&LAB.replace("node-a, containers", "node-z, containers"))
+                .contains("not a lab node")
+        );
         assert!(plan_err(&LAB.replace("mode: routed", "mode: warp")).contains("unknown variant"));
         assert!(plan_err(&LAB.replace("name: demo", "name: Demo_Lab")).contains("lab name"));
         assert!(plan_err(&LAB.replace("{name: node-b}", "{name: node-a}")).contains("listed twice"));
@@ -380,13 +412,20 @@ spec: {containers: [{name: echo}]}
             "mode: routed",
             "mode: routed\n  addressPlan: {fabric: 198.18.0.0/24, podCIDR: 198.19.0.0/24, nodeMaskSize: 24}",
         );
-        assert!(plan_err(&small).contains("only 1 /24 blocks"), "{}", plan_err(&small));
+        assert!(
+            plan_err(&small).contains("only 1 /24 blocks"),
+            "{}",
+            plan_err(&small)
+        );
         let overlap = LAB.replace(
             "mode: routed",
             "mode: routed\n  addressPlan: {fabric: 198.19.0.0/24, podCIDR: 198.19.0.0/16, nodeMaskSize: 24}",
         );
         assert!(plan_err(&overlap).contains("overlap"));
         assert!(plan_err(&LAB.replace("mode: routed", "mode: routed\n  mtu: 100")).contains("mtu"));
-        assert!(plan_err(&LAB.replace("mode: routed", "mode: routed\n  colour: blue")).contains("unknown field"));
+        assert!(
+            plan_err(&LAB.replace("mode: routed", "mode: routed\n  colour: blue"))
+                .contains("unknown field")
+        );
     }
 }

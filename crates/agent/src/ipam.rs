@@ -1,0 +1,217 @@
+//! The node's IPAM: the pure allocator from strait-model, a lock so parallel
+//! ADDs get distinct addresses, and atomic persistence after every change.
+//! An allocation is on disk before the plugin hears of it, so a crash of the
+//! agent loses nothing; if saving fails, the change is undone in memory too.
+
+use crate::store::{self, StoreError};
+use ipnet::IpNet;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+use strait_model::api::{ApiError, ApiErrorKind};
+use strait_model::ipam::{Allocation, AllocationRequest, Attachment, IpamError, IpamState};
+
+pub struct NodeIpam {
+    path: PathBuf,
+    cooldown: Duration,
+    state: Mutex<Option<IpamState>>,
+}
+
+fn internal(e: StoreError) -> ApiError {
+    ApiError {
+        kind: ApiErrorKind::Internal,
+        message: format!("saving IPAM state failed, nothing was changed: {e}"),
+    }
+}
+
+impl NodeIpam {
+    pub fn load(path: PathBuf, cooldown: Duration) -> Result<Self, StoreError> {
+        let state = store::load::<IpamState>(&path)?;
+        Ok(NodeIpam {
+            path,
+            cooldown,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn cooldown_ms(&self) -> u64 {
+        self.cooldown.as_millis() as u64
+    }
+
+    /// Apply `f` to the state and persist; undo on failure.
+    fn mutate<T>(
+        &self,
+        f: impl FnOnce(&mut IpamState) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut guard = self.state.lock().unwrap();
+        let Some(state) = guard.as_mut() else {
+            return Err(not_ready());
+        };
+        let before = state.clone();
+        let out = f(state)?;
+        if *state != before {
+            if let Err(e) = store::save(&self.path, &*state) {
+                *state = before;
+                return Err(internal(e));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Set (or change) the pod CIDR once the Node object says what it is.
+    pub fn ensure_cidr(&self, cidr: IpNet) -> Result<(), StoreError> {
+        let mut guard = self.state.lock().unwrap();
+        let before = guard.clone();
+        match guard.as_mut() {
+            Some(s) if s.cidr == cidr => return Ok(()),
+            Some(s) => {
+                tracing::warn!(old = %s.cidr, new = %cidr, "pod CIDR changed; existing pods keep their addresses");
+                s.set_cidr(cidr)
+            }
+            None => *guard = Some(IpamState::new(cidr)),
+        }
+        if let Err(e) = store::save(&self.path, guard.as_ref().unwrap()) {
+            *guard = before;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub fn cidr(&self) -> Option<IpNet> {
+        self.state.lock().unwrap().as_ref().map(|s| s.cidr)
+    }
+
+    pub fn allocate(&self, req: AllocationRequest) -> Result<Allocation, ApiError> {
+        let now = crate::now_ms();
+        let cd = self.cooldown_ms();
+        self.mutate(|s| {
+            s.expire_cooling(now, cd);
+            s.allocate(req, now, cd).map_err(|e| ApiError {
+                kind: match e {
+                    IpamError::Exhausted { .. } | IpamError::TooSmall { .. } => {
+                        ApiErrorKind::Exhausted
+                    }
+                },
+                message: e.to_string(),
+            })
+        })
+    }
+
+    pub fn release(&self, att: &Attachment) -> Result<Option<Allocation>, ApiError> {
+        let now = crate::now_ms();
+        match self.mutate(|s| Ok(s.release(att, now))) {
+            // Without a pod CIDR there is nothing to release: DEL succeeds.
+            Err(e) if e.kind == ApiErrorKind::NotReady => Ok(None),
+            other => other,
+        }
+    }
+
+    pub fn retain(&self, valid: &[Attachment]) -> Result<Vec<Allocation>, ApiError> {
+        let now = crate::now_ms();
+        self.mutate(|s| Ok(s.retain_attachments(valid, now)))
+    }
+
+    /// Release the given attachments (the reconciler found them gone).
+    pub fn release_many(&self, atts: &[Attachment]) -> Result<Vec<Allocation>, ApiError> {
+        let now = crate::now_ms();
+        self.mutate(|s| Ok(atts.iter().filter_map(|a| s.release(a, now)).collect()))
+    }
+
+    pub fn get(&self, att: &Attachment) -> Option<Allocation> {
+        self.state.lock().unwrap().as_ref()?.find(att).cloned()
+    }
+
+    pub fn allocations(&self) -> Vec<Allocation> {
+        self.state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|s| s.allocations.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn cooling(&self) -> usize {
+        let now = crate::now_ms();
+        let cd = self.cooldown_ms();
+        self.state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|s| {
+                s.cooling
+                    .values()
+                    .filter(|&&t| now.saturating_sub(t) < cd)
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+pub fn not_ready() -> ApiError {
+    ApiError {
+        kind: ApiErrorKind::NotReady,
+        message: "the node has no pod CIDR yet (its Node object lacks spec.podCIDR, or the agent has not read it yet); retry shortly".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strait_model::ipam::PodRef;
+
+    fn req(id: &str) -> AllocationRequest {
+        AllocationRequest {
+            attachment: Attachment {
+                container_id: id.into(),
+                ifname: "eth0".into(),
+            },
+            pod: PodRef::default(),
+            netns: String::new(),
+            host_veth: String::new(),
+        }
+    }
+
+    #[test]
+    fn persists_every_change_and_reloads() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("ipam.json");
+        let ipam = NodeIpam::load(p.clone(), Duration::from_secs(30)).unwrap();
+        assert_eq!(
+            ipam.allocate(req("a")).unwrap_err().kind,
+            ApiErrorKind::NotReady
+        );
+        ipam.ensure_cidr("10.0.0.0/24".parse().unwrap()).unwrap();
+        let a = ipam.allocate(req("a")).unwrap();
+        let again = NodeIpam::load(p, Duration::from_secs(30)).unwrap();
+        assert_eq!(again.get(&req("a").attachment), Some(a));
+    }
+
+    #[test]
+    fn failed_save_changes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub").join("ipam.json");
+        let ipam = NodeIpam::load(p, Duration::from_secs(30)).unwrap();
+        // The directory does not exist, so saving fails.
+        assert!(ipam.ensure_cidr("10.0.0.0/24".parse().unwrap()).is_err());
+        assert_eq!(ipam.cidr(), None);
+    }
+
+    #[test]
+    fn parallel_allocations_are_distinct() {
+        let d = tempfile::tempdir().unwrap();
+        let ipam = std::sync::Arc::new(
+            NodeIpam::load(d.path().join("ipam.json"), Duration::from_secs(30)).unwrap(),
+        );
+        ipam.ensure_cidr("10.0.0.0/24".parse().unwrap()).unwrap();
+        let hs: Vec<_> = (0..50)
+            .map(|i| {
+                let ipam = ipam.clone();
+                std::thread::spawn(move || ipam.allocate(req(&format!("c{i}"))).unwrap().ip)
+            })
+            .collect();
+        let mut ips: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        ips.sort();
+        ips.dedup();
+        assert_eq!(ips.len(), 50);
+    }
+}

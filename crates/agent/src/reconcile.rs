@@ -1,0 +1,143 @@
+//! The node reconciler: level-triggered and idempotent. Each pass reads the
+//! newest cluster snapshot and the kernel, computes what should be, and
+//! applies only the difference. It runs on every source change, on request,
+//! and every `resync` period, so anything changed behind strait's back (or
+//! while the agent was down) heals.
+
+use crate::daemon::Agent;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use strait_model::cluster::node_pod_cidrs;
+use strait_model::ipam::{Allocation, Attachment};
+use strait_model::naming::{is_host_veth, ROUTE_PROTOCOL};
+use strait_model::routes::plan_node_routes;
+use strait_netlink::{Netlink, Route, RouteKind};
+
+pub async fn run(agent: Arc<Agent>) -> anyhow::Result<()> {
+    let nl = Netlink::connect()?;
+    let mut rx = agent.snapshot.clone();
+    loop {
+        if let Err(e) = pass(&agent, &nl).await {
+            tracing::warn!(error = %e, "reconcile pass failed; retrying on the next pass");
+        }
+        tokio::select! {
+            r = rx.changed() => { if r.is_err() { return Ok(()); } }
+            _ = agent.nudge.notified() => {}
+            _ = tokio::time::sleep(agent.cfg.resync) => {}
+        }
+    }
+}
+
+/// A desired route is satisfied by an actual one with the same destination,
+/// kind and gateway, and the same device when the desired one names one.
+fn satisfies(actual: &Route, desired: &Route) -> bool {
+    actual.dst == desired.dst
+        && actual.kind == desired.kind
+        && actual.via == desired.via
+        && (desired.oif.is_none() || actual.oif == desired.oif)
+}
+
+/// Allocations whose container is gone: its network namespace no longer exists.
+fn gone(allocs: &[Allocation]) -> Vec<Attachment> {
+    allocs
+        .iter()
+        .filter(|a| !a.netns.is_empty() && !std::path::Path::new(&a.netns).exists())
+        .map(|a| a.attachment.clone())
+        .collect()
+}
+
+pub async fn pass(agent: &Agent, nl: &Netlink) -> anyhow::Result<()> {
+    let snap = agent.snapshot.borrow().clone();
+    let me = &agent.cfg.node_name;
+    if let Some(cidr) = snap
+        .node(me)
+        .and_then(|n| node_pod_cidrs(n).into_iter().find(|c| c.addr().is_ipv4()))
+    {
+        agent.ipam.ensure_cidr(cidr)?;
+    }
+
+    // Containers that vanished without a DEL give their addresses back.
+    let stale = gone(&agent.ipam.allocations());
+    if !stale.is_empty() {
+        for a in agent.ipam.release_many(&stale)? {
+            tracing::info!(ip = %a.ip, pod = %a.pod, netns = %a.netns, "released: the pod's network namespace is gone");
+        }
+    }
+    let allocs = agent.ipam.allocations();
+
+    // Host veths that no allocation owns are leftovers (a DEL that never
+    // came, a GC'd pod): remove them.
+    let links = nl.links().await?;
+    let by_veth: HashMap<&str, &Allocation> =
+        allocs.iter().map(|a| (a.host_veth.as_str(), a)).collect();
+    let mut veth_index: HashMap<&str, u32> = HashMap::new();
+    for l in &links {
+        if !is_host_veth(&l.name) {
+            continue;
+        }
+        if by_veth.contains_key(l.name.as_str()) {
+            veth_index.insert(by_veth[l.name.as_str()].host_veth.as_str(), l.index);
+        } else if nl.delete_link(&l.name).await? {
+            tracing::info!(link = %l.name, "removed host veth that no pod owns");
+        }
+    }
+
+    // Desired routes: other nodes' pod CIDRs, our blackhole, our pods.
+    let node_routes = plan_node_routes(&snap, me);
+    let mut desired: Vec<Route> = node_routes
+        .iter()
+        .filter(|r| r.pod_cidr.addr().is_ipv4())
+        .map(|r| Route {
+            dst: r.pod_cidr,
+            via: Some(r.via),
+            oif: None,
+            kind: RouteKind::Unicast,
+            protocol: ROUTE_PROTOCOL,
+        })
+        .collect();
+    if let Some(cidr) = agent.ipam.cidr() {
+        desired.push(Route {
+            dst: cidr,
+            via: None,
+            oif: None,
+            kind: RouteKind::Blackhole,
+            protocol: ROUTE_PROTOCOL,
+        });
+    }
+    for a in &allocs {
+        if let (IpAddr::V4(_), Some(&idx)) = (a.ip, veth_index.get(a.host_veth.as_str())) {
+            desired.push(Route {
+                dst: a.ip.into(),
+                via: None,
+                oif: Some(idx),
+                kind: RouteKind::Unicast,
+                protocol: ROUTE_PROTOCOL,
+            });
+        }
+    }
+
+    let actual: Vec<Route> = nl
+        .routes(true)
+        .await?
+        .into_iter()
+        .filter(|r| r.protocol == ROUTE_PROTOCOL)
+        .collect();
+    for d in &desired {
+        if !actual.iter().any(|a| satisfies(a, d)) {
+            nl.replace_route(d).await?;
+            tracing::info!(dst = %d.dst, via = ?d.via, kind = ?d.kind, "route programmed");
+        }
+    }
+    for a in &actual {
+        if !desired.iter().any(|d| satisfies(a, d))
+            && !desired.iter().any(|d| d.dst == a.dst && d.kind == a.kind)
+        {
+            if nl.delete_route(a).await? {
+                tracing::info!(dst = %a.dst, "stale route removed");
+            }
+        }
+    }
+    *agent.programmed.lock().unwrap() = node_routes;
+    Ok(())
+}

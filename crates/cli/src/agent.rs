@@ -1,0 +1,47 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// This node's name (its Node object's metadata.name).
+    #[arg(long, env = "STRAIT_NODE_NAME")]
+    node: String,
+    /// IPAM state directory. /run by default: pods do not survive a reboot.
+    #[arg(long, default_value = "/run/strait/state")]
+    state_dir: PathBuf,
+    /// Local API socket (created with mode 0600).
+    #[arg(long, default_value = "/run/strait/agent.sock")]
+    socket: PathBuf,
+    /// Directory of Kubernetes manifests to use as the cluster source.
+    #[arg(long)]
+    manifests: PathBuf,
+    /// Seconds a released pod IP rests before it is handed out again.
+    #[arg(long, default_value_t = 30)]
+    ip_cooldown_secs: u64,
+    /// Seconds between full reconcile passes.
+    #[arg(long, default_value_t = 10)]
+    resync_secs: u64,
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cfg = strait_agent::AgentConfig {
+        node_name: a.node,
+        state_dir: a.state_dir,
+        socket: a.socket,
+        manifests_dir: a.manifests,
+        ip_cooldown: Duration::from_secs(a.ip_cooldown_secs),
+        resync: Duration::from_secs(a.resync_secs.max(1)),
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(strait_agent::run(cfg))?;
+    Ok(0)
+}

@@ -1,0 +1,147 @@
+//! `strait lab …`
+
+use anyhow::{bail, Context};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use strait_lab::run::{self as labrun, netns_path, Binaries};
+use strait_lab::LabState;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Which lab, when several are up.
+    #[arg(long, global = true)]
+    lab: Option<String>,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(clap::Subcommand)]
+enum Verb {
+    /// Build the lab described in FILE (cleaning up leftovers of an earlier run).
+    Up { file: PathBuf },
+    /// Remove every namespace, link, process and file the lab made.
+    Down,
+    /// Nodes, agents and pods of the lab.
+    Status,
+    /// Run a command in a node's or pod's network namespace.
+    Exec {
+        target: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Connect from SRC (pod or node) to DST (pod name or IP:PORT); exit 0 if it answers.
+    Probe {
+        src: String,
+        dst: String,
+        /// Use UDP instead of TCP.
+        #[arg(long)]
+        udp: bool,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// The pod echo server (run inside a pod's namespace by the lab).
+    #[command(hide = true)]
+    ServeEcho {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = strait_lab::echo::ECHO_PORT)]
+        port: u16,
+    },
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    match a.verb {
+        Verb::Up { file } => {
+            let bins = Binaries::locate()?;
+            let st = labrun::up(&file, &bins)?;
+            print!("{}", labrun::status(&st));
+            Ok(0)
+        }
+        Verb::Down => {
+            let bins = Binaries::locate()?;
+            let name = match a.lab {
+                Some(n) => n,
+                None => LabState::find(None)?.plan.name,
+            };
+            labrun::down(&name, &bins)?;
+            eprintln!("lab {name} is down");
+            Ok(0)
+        }
+        Verb::Status => {
+            let st = LabState::find(a.lab.as_deref())?;
+            print!("{}", labrun::status(&st));
+            Ok(0)
+        }
+        Verb::Exec { target, cmd } => {
+            let st = LabState::find(a.lab.as_deref())?;
+            let ns = labrun::target_netns(&st.plan, &target)?;
+            let status = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns])
+                .args(&cmd)
+                .status()
+                .context("run ip netns exec")?;
+            Ok(status.code().unwrap_or(1))
+        }
+        Verb::Probe {
+            src,
+            dst,
+            udp,
+            timeout_ms,
+        } => {
+            let st = LabState::find(a.lab.as_deref())?;
+            let src_ns = labrun::target_netns(&st.plan, &src)?;
+            let (addr, want): (SocketAddr, Option<String>) = match dst.parse::<SocketAddr>() {
+                Ok(sa) => (sa, None),
+                Err(_) => {
+                    let p = st.plan.pod(&dst).with_context(|| {
+                        format!(
+                            "{dst:?} is neither IP:PORT nor a pod of lab {}",
+                            st.plan.name
+                        )
+                    })?;
+                    let ip = st.pod_ip(p).with_context(|| {
+                        format!("pod {dst} has no address (was its CNI ADD successful?)")
+                    })?;
+                    (
+                        SocketAddr::new(ip, strait_lab::echo::ECHO_PORT),
+                        Some(p.name.clone()),
+                    )
+                }
+            };
+            let proto = if udp { "udp" } else { "tcp" };
+            match strait_lab::probe::probe(
+                &netns_path(&src_ns),
+                addr,
+                udp,
+                Duration::from_millis(timeout_ms),
+            ) {
+                Ok(r) => {
+                    let connect = r
+                        .connect
+                        .map(|c| format!(", connect {:.3} ms", c.as_secs_f64() * 1e3))
+                        .unwrap_or_default();
+                    println!(
+                        "{src} -> {dst} ({proto} {addr}): answered by {} in {:.3} ms{connect}",
+                        r.answered_by,
+                        r.rtt.as_secs_f64() * 1e3
+                    );
+                    if let Some(w) = want {
+                        if w != r.answered_by {
+                            bail!("expected pod {w} to answer, but {} did", r.answered_by);
+                        }
+                    }
+                    Ok(0)
+                }
+                Err(e) => {
+                    println!("{src} -> {dst} ({proto} {addr}): FAILED: {e:#}");
+                    Ok(1)
+                }
+            }
+        }
+        Verb::ServeEcho { name, port } => {
+            strait_lab::echo::serve(&name, port)?;
+            Ok(0)
+        }
+    }
+}

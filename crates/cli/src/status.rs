@@ -1,0 +1,62 @@
+use std::path::PathBuf;
+use strait_model::api::NodeStatus;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The agent's socket.
+    #[arg(long, default_value = "/run/strait/agent.sock")]
+    socket: PathBuf,
+    /// Output format: table or json.
+    #[arg(short = 'o', long, default_value = "table")]
+    output: String,
+}
+
+pub fn render(s: &NodeStatus) -> String {
+    let mut out = format!(
+        "node {}  mode {}  ready {}{}\npod CIDR {}  node IP {}  pods {}  addresses cooling down {}\n",
+        s.node,
+        s.mode,
+        if s.ready { "yes" } else { "no" },
+        s.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+        s.pod_cidr.as_deref().unwrap_or("-"),
+        s.node_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+        s.allocations.len(),
+        s.cooling,
+    );
+    out.push_str(&format!(
+        "\n{:<16} {:<28} {:<16} {}\n",
+        "POD IP", "POD", "HOST VETH", "CONTAINER"
+    ));
+    for a in &s.allocations {
+        out.push_str(&format!(
+            "{:<16} {:<28} {:<16} {}\n",
+            a.ip,
+            a.pod.to_string(),
+            a.host_veth,
+            a.attachment.container_id
+        ));
+    }
+    out.push_str(&format!(
+        "\n{:<20} {:<16} {}\n",
+        "NODE ROUTE", "VIA", "NODE"
+    ));
+    for r in &s.node_routes {
+        out.push_str(&format!(
+            "{:<20} {:<16} {}\n",
+            r.pod_cidr.to_string(),
+            r.via,
+            r.node
+        ));
+    }
+    out
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let s = strait_lab::run::agent_status(&a.socket)?;
+    if a.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", render(&s));
+    }
+    Ok(0)
+}

@@ -1,0 +1,456 @@
+//! The CNI verbs.
+
+use crate::client;
+use crate::env::{CniEnv, Command};
+use crate::types::*;
+use ipnet::IpNet;
+use std::net::IpAddr;
+use strait_model::api::{Request, Response};
+use strait_model::ipam::{Allocation, Attachment, PodRef};
+use strait_model::naming::{
+    format_mac, host_veth_mac, host_veth_name, POD_GATEWAY_V4, ROUTE_PROTOCOL,
+};
+use strait_netlink::{block_on, in_netns, KernelError, Netlink, NetnsFile, Route, RouteKind};
+
+fn kernel(what: &str) -> impl FnOnce(KernelError) -> CniError + '_ {
+    move |e| CniError::new(ErrorCode::Kernel, format!("{what}: {e}"))
+}
+
+/// Test hook: stop forever at a named step so crash tests can kill -9 the
+/// plugin mid-ADD. Unset in production.
+fn pause_point(step: &str) {
+    if std::env::var("STRAIT_CNI_PAUSE_AT").as_deref() == Ok(step) {
+        eprintln!("strait-cni: paused at {step} (STRAIT_CNI_PAUSE_AT)");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Run one verb. Returns the JSON to print on success.
+pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
+    if env.command == Command::Version {
+        // VERSION must answer whatever the config says (it may be absent).
+        let v = serde_json::from_slice::<serde_json::Value>(stdin)
+            .ok()
+            .and_then(|v| {
+                v.get("cniVersion")
+                    .and_then(|s| s.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "1.1.0".into());
+        return Ok(serde_json::json!({"cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS}));
+    }
+    let conf = NetConf::parse(stdin)?;
+    match env.command {
+        Command::Add => add(env, &conf),
+        Command::Del => del(env, &conf).map(|_| serde_json::Value::Null),
+        Command::Check => check(env, &conf).map(|_| serde_json::Value::Null),
+        Command::Status => status(&conf).map(|_| serde_json::Value::Null),
+        Command::Gc => gc(&conf).map(|_| serde_json::Value::Null),
+        Command::Version => unreachable!(),
+    }
+}
+
+fn attachment(env: &CniEnv) -> Attachment {
+    Attachment {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+    }
+}
+
+fn require_1_1(conf: &NetConf, verb: &str) -> Result<(), CniError> {
+    if version_at_least(&conf.cni_version, "1.1.0") {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            ErrorCode::IncompatibleVersion,
+            format!(
+                "{verb} needs cniVersion 1.1.0 or later; the configuration says {}",
+                conf.cni_version
+            ),
+        ))
+    }
+}
+
+fn add(env: &CniEnv, conf: &NetConf) -> Result<serde_json::Value, CniError> {
+    let ns = NetnsFile::open(env.netns.as_ref())
+        .map_err(|e| CniError::new(ErrorCode::InvalidEnvironment, format!("CNI_NETNS: {e}")))?;
+    let host_veth = host_veth_name(&env.container_id, &env.ifname);
+    let host_mac = host_veth_mac(&env.container_id, &env.ifname);
+    let resp = client::call(
+        &conf.agent_socket,
+        &Request::Allocate {
+            attachment: attachment(env),
+            pod: PodRef {
+                namespace: env.pod_namespace(),
+                name: env.pod_name(),
+                uid: env.pod_uid(),
+            },
+            netns: env.netns.clone(),
+            host_veth: host_veth.clone(),
+        },
+    )?;
+    let Response::Allocated { allocation, .. } = resp else {
+        return Err(CniError::new(
+            ErrorCode::IoFailure,
+            format!("unexpected answer from the agent: {resp:?}"),
+        ));
+    };
+    pause_point("after-allocate");
+    match wire(env, conf, &ns, &allocation, &host_veth, host_mac) {
+        Ok(pod_mac) => {
+            let ip = allocation.ip;
+            let res = CniResult {
+                cni_version: conf.cni_version.clone(),
+                interfaces: vec![
+                    Interface {
+                        name: host_veth,
+                        mac: format_mac(&host_mac),
+                        mtu: Some(conf.mtu),
+                        sandbox: None,
+                    },
+                    Interface {
+                        name: env.ifname.clone(),
+                        mac: format_mac(&pod_mac),
+                        mtu: Some(conf.mtu),
+                        sandbox: Some(env.netns.clone()),
+                    },
+                ],
+                ips: vec![IpConfig {
+                    version: (!version_at_least(&conf.cni_version, "1.0.0"))
+                        .then(|| if ip.is_ipv4() { "4" } else { "6" }.to_string()),
+                    address: IpNet::from(ip).to_string(),
+                    gateway: Some(POD_GATEWAY_V4.into()),
+                    interface: Some(1),
+                }],
+                routes: vec![RouteConfig {
+                    dst: "0.0.0.0/0".into(),
+                    gw: Some(POD_GATEWAY_V4.into()),
+                }],
+                dns: serde_json::json!({}),
+            };
+            let merged = res.merged_onto(conf.prev_result.as_ref())?;
+            Ok(serde_json::to_value(merged).expect("results serialise"))
+        }
+        Err(e) => {
+            // Leave no half-made pod: remove the link (and with it the pod
+            // end and routes), then give the address back.
+            let _ = block_on(async {
+                let nl = Netlink::connect()?;
+                nl.delete_link(&host_veth).await
+            });
+            let _ = client::call(
+                &conf.agent_socket,
+                &Request::Release {
+                    attachment: attachment(env),
+                },
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Create and configure both ends. Returns the pod interface's MAC.
+fn wire(
+    env: &CniEnv,
+    conf: &NetConf,
+    ns: &NetnsFile,
+    alloc: &Allocation,
+    host_veth: &str,
+    host_mac: [u8; 6],
+) -> Result<Vec<u8>, CniError> {
+    let IpAddr::V4(_) = alloc.ip else {
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            "IPv6 pod addresses are not supported yet",
+        ));
+    };
+    let host_index = block_on(async {
+        let nl = Netlink::connect().map_err(kernel("netlink"))?;
+        // A leftover from an earlier ADD of this container that crashed
+        // midway: same deterministic name, so remove and start clean.
+        nl.delete_link(host_veth)
+            .await
+            .map_err(kernel("remove stale host veth"))?;
+        nl.create_veth(host_veth, host_mac, &env.ifname, ns.raw_fd(), conf.mtu)
+            .await
+            .map_err(|e| {
+                if e.is_exists() {
+                    CniError::new(
+                        ErrorCode::Kernel,
+                        format!("cannot create the pod interface: an interface named {} already exists in {} or a host link named {host_veth} exists", env.ifname, env.netns),
+                    )
+                } else {
+                    kernel("create veth pair")(e)
+                }
+            })?;
+        let l = nl
+            .link(host_veth)
+            .await
+            .map_err(kernel("read host veth"))?
+            .ok_or_else(|| {
+                CniError::new(
+                    ErrorCode::Kernel,
+                    format!("host veth {host_veth} vanished after creation"),
+                )
+            })?;
+        Ok::<u32, CniError>(l.index)
+    })?;
+    pause_point("after-veth");
+    let ip = alloc.ip;
+    let ifname = env.ifname.clone();
+    let pod_mac = in_netns(ns, move || {
+        block_on(async move {
+            let nl = Netlink::connect().map_err(kernel("netlink in pod namespace"))?;
+            if let Some(lo) = nl.link("lo").await.map_err(kernel("read lo"))? {
+                nl.set_up(lo.index).await.map_err(kernel("set lo up"))?;
+            }
+            let eth = nl
+                .link(&ifname)
+                .await
+                .map_err(kernel("read pod interface"))?
+                .ok_or_else(|| {
+                    CniError::new(
+                        ErrorCode::Kernel,
+                        format!("{ifname} missing in the pod namespace"),
+                    )
+                })?;
+            nl.set_up(eth.index)
+                .await
+                .map_err(kernel("set pod interface up"))?;
+            nl.add_address(eth.index, ip, 32)
+                .await
+                .map_err(kernel("add pod address"))?;
+            let gw: IpAddr = POD_GATEWAY_V4.into();
+            nl.replace_permanent_neighbour(eth.index, gw, &host_mac)
+                .await
+                .map_err(kernel("add gateway neighbour"))?;
+            nl.replace_route(&Route {
+                dst: IpNet::from(gw),
+                via: None,
+                oif: Some(eth.index),
+                kind: RouteKind::Unicast,
+                protocol: ROUTE_PROTOCOL,
+            })
+            .await
+            .map_err(kernel("add gateway route"))?;
+            nl.replace_route(&Route {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                via: Some(gw),
+                oif: Some(eth.index),
+                kind: RouteKind::Unicast,
+                protocol: ROUTE_PROTOCOL,
+            })
+            .await
+            .map_err(kernel("add default route"))?;
+            Ok::<Vec<u8>, CniError>(eth.mac)
+        })
+    })
+    .map_err(kernel("enter pod namespace"))??;
+    block_on(async {
+        let nl = Netlink::connect().map_err(kernel("netlink"))?;
+        nl.replace_route(&host_route(ip, host_index))
+            .await
+            .map_err(kernel("add host route to pod"))
+    })?;
+    Ok(pod_mac)
+}
+
+pub fn host_route(ip: IpAddr, host_index: u32) -> Route {
+    Route {
+        dst: IpNet::from(ip),
+        via: None,
+        oif: Some(host_index),
+        kind: RouteKind::Unicast,
+        protocol: ROUTE_PROTOCOL,
+    }
+}
+
+fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    let host_veth = host_veth_name(&env.container_id, &env.ifname);
+    // Interface first, address second: the address must not be handed out
+    // while a link still routes to it.
+    block_on(async {
+        let nl = Netlink::connect().map_err(kernel("netlink"))?;
+        nl.delete_link(&host_veth)
+            .await
+            .map_err(kernel("delete host veth"))
+    })?;
+    client::call(
+        &conf.agent_socket,
+        &Request::Release {
+            attachment: attachment(env),
+        },
+    )?;
+    Ok(())
+}
+
+fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    let prev: CniResult = match &conf.prev_result {
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+            CniError::new(
+                ErrorCode::DecodeFailure,
+                format!("prevResult could not be decoded: {e}"),
+            )
+        })?,
+        None => {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                "CHECK needs prevResult in the network configuration",
+            ))
+        }
+    };
+    let Response::Found { allocation } = client::call(
+        &conf.agent_socket,
+        &Request::Get {
+            attachment: attachment(env),
+        },
+    )?
+    else {
+        return Err(CniError::new(
+            ErrorCode::IoFailure,
+            "unexpected answer from the agent",
+        ));
+    };
+    let mut problems: Vec<String> = vec![];
+    let Some(alloc) = allocation else {
+        return Err(CniError::new(
+            ErrorCode::UnknownContainer,
+            format!(
+                "the agent has no address for container {} interface {}",
+                env.container_id, env.ifname
+            ),
+        ));
+    };
+    let want = IpNet::from(alloc.ip);
+    if !prev
+        .ips
+        .iter()
+        .any(|i| i.address.parse::<IpNet>().ok() == Some(want))
+    {
+        problems.push(format!(
+            "prevResult does not list the agent's address {want}"
+        ));
+    }
+    let host_veth = host_veth_name(&env.container_id, &env.ifname);
+    let host_mac = host_veth_mac(&env.container_id, &env.ifname);
+    let ns = NetnsFile::open(env.netns.as_ref())
+        .map_err(|e| CniError::new(ErrorCode::UnknownContainer, format!("CNI_NETNS: {e}")))?;
+    block_on(async {
+        let nl = Netlink::connect().map_err(kernel("netlink"))?;
+        match nl
+            .link(&host_veth)
+            .await
+            .map_err(kernel("read host veth"))?
+        {
+            None => problems.push(format!("host veth {host_veth} is missing")),
+            Some(l) => {
+                if !l.up {
+                    problems.push(format!("host veth {host_veth} is down"));
+                }
+                let routes = nl.routes(true).await.map_err(kernel("dump routes"))?;
+                if !routes
+                    .iter()
+                    .any(|r| r.dst == want && r.oif == Some(l.index))
+                {
+                    problems.push(format!("host route {want} dev {host_veth} is missing"));
+                }
+            }
+        }
+        Ok::<(), CniError>(())
+    })?;
+    let ifname = env.ifname.clone();
+    let pod_problems = in_netns(&ns, move || {
+        block_on(async move {
+            let mut p = vec![];
+            let nl = Netlink::connect().map_err(kernel("netlink in pod namespace"))?;
+            let Some(eth) = nl
+                .link(&ifname)
+                .await
+                .map_err(kernel("read pod interface"))?
+            else {
+                p.push(format!("{ifname} is missing in the pod namespace"));
+                return Ok::<_, CniError>(p);
+            };
+            if !eth.up {
+                p.push(format!("{ifname} is down"));
+            }
+            let addrs = nl
+                .addresses(eth.index)
+                .await
+                .map_err(kernel("dump addresses"))?;
+            if !addrs.contains(&want) {
+                p.push(format!("{ifname} lacks address {want} (has {addrs:?})"));
+            }
+            let gw: IpAddr = POD_GATEWAY_V4.into();
+            let routes = nl.routes(true).await.map_err(kernel("dump routes"))?;
+            if !routes
+                .iter()
+                .any(|r| r.dst.prefix_len() == 0 && r.via == Some(gw) && r.oif == Some(eth.index))
+            {
+                p.push(format!("default route via {gw} dev {ifname} is missing"));
+            }
+            let neigh = nl
+                .permanent_neighbours(eth.index)
+                .await
+                .map_err(kernel("dump neighbours"))?;
+            if !neigh
+                .iter()
+                .any(|(ip, mac)| *ip == gw && mac.as_slice() == host_mac)
+            {
+                p.push(format!(
+                    "permanent neighbour {gw} lladdr {} is missing",
+                    format_mac(&host_mac)
+                ));
+            }
+            Ok(p)
+        })
+    })
+    .map_err(kernel("enter pod namespace"))??;
+    problems.extend(pod_problems);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            ErrorCode::CheckFailed,
+            format!("pod network is not as ADD left it: {}", problems.join("; ")),
+        ))
+    }
+}
+
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    require_1_1(conf, "STATUS")?;
+    match client::call(&conf.agent_socket, &Request::Status) {
+        Ok(Response::Status(s)) if s.ready => Ok(()),
+        Ok(Response::Status(s)) => Err(CniError::new(
+            ErrorCode::PluginNotAvailable,
+            format!(
+                "strait agent on node {} is not ready: {}",
+                s.node,
+                s.reason.unwrap_or_default()
+            ),
+        )),
+        Ok(other) => Err(CniError::new(
+            ErrorCode::IoFailure,
+            format!("unexpected answer from the agent: {other:?}"),
+        )),
+        Err(e) => Err(CniError::new(ErrorCode::PluginNotAvailable, e.msg)),
+    }
+}
+
+fn gc(conf: &NetConf) -> Result<(), CniError> {
+    require_1_1(conf, "GC")?;
+    let valid = conf
+        .valid_attachments
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| Attachment {
+            container_id: a.container_id,
+            ifname: a.ifname,
+        })
+        .collect();
+    client::call(&conf.agent_socket, &Request::Gc { valid })?;
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! CNI spec 1.1 types: network configuration, results and errors.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/strait/agent.sock";
+
+/// Error codes from the CNI spec, plus strait's own (100 and up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ErrorCode {
+    IncompatibleVersion = 1,
+    UnsupportedField = 2,
+    UnknownContainer = 3,
+    InvalidEnvironment = 4,
+    IoFailure = 5,
+    DecodeFailure = 6,
+    InvalidConfig = 7,
+    TryAgainLater = 11,
+    PluginNotAvailable = 50,
+    /// strait: the node's pod CIDR has no free address.
+    PoolExhausted = 100,
+    /// strait: CHECK found the pod's network not as ADD left it.
+    CheckFailed = 101,
+    /// strait: the kernel refused an operation.
+    Kernel = 102,
+}
+
+/// A CNI error, printed as spec JSON on stdout.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{msg}")]
+pub struct CniError {
+    pub code: ErrorCode,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
+        CniError {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    pub fn with_details(mut self, d: impl Into<String>) -> Self {
+        self.details = d.into();
+        self
+    }
+
+    pub fn to_json(&self, cni_version: &str) -> Value {
+        let mut m = Map::new();
+        m.insert("cniVersion".into(), cni_version.into());
+        m.insert("code".into(), (self.code as u32).into());
+        m.insert("msg".into(), self.msg.clone().into());
+        if !self.details.is_empty() {
+            m.insert("details".into(), self.details.clone().into());
+        }
+        Value::Object(m)
+    }
+}
+
+/// strait's network configuration (one entry of a conflist, or a .conf).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    /// The node agent's socket.
+    #[serde(default = "default_socket")]
+    pub agent_socket: PathBuf,
+    /// MTU of the pod's interface and its host end.
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    #[serde(default)]
+    pub prev_result: Option<Value>,
+    /// `cni.dev/valid-attachments` for GC.
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_AGENT_SOCKET)
+}
+
+fn default_mtu() -> u32 {
+    1500
+}
+
+/// Compare dotted versions numerically ("0.4.0" < "1.0.0").
+pub fn version_at_least(v: &str, min: &str) -> bool {
+    let parse = |s: &str| -> Vec<u32> { s.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    parse(v) >= parse(min)
+}
+
+impl NetConf {
+    /// Decode and validate stdin. Undecodable input is code 6; decodable
+    /// input with wrong values is code 7; an unsupported version is code 1.
+    pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+        let v: Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(
+                ErrorCode::DecodeFailure,
+                format!("network configuration on stdin is not valid JSON: {e}"),
+            )
+        })?;
+        if !v.is_object() {
+            return Err(CniError::new(
+                ErrorCode::DecodeFailure,
+                "network configuration on stdin must be a JSON object",
+            ));
+        }
+        let conf: NetConf = serde_json::from_value(v).map_err(|e| {
+            CniError::new(
+                ErrorCode::DecodeFailure,
+                format!("network configuration could not be decoded: {e}"),
+            )
+        })?;
+        if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
+            return Err(CniError::new(
+                ErrorCode::IncompatibleVersion,
+                format!(
+                    "cniVersion {:?} is not supported; use one of {}",
+                    conf.cni_version,
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
+            ));
+        }
+        if conf.name.trim().is_empty() {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                "network configuration: `name` must not be empty",
+            ));
+        }
+        if !(576..=65535).contains(&conf.mtu) {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "network configuration: `mtu` {} is outside 576..=65535",
+                    conf.mtu
+                ),
+            ));
+        }
+        if !conf.agent_socket.is_absolute() {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "network configuration: `agentSocket` {:?} must be an absolute path",
+                    conf.agent_socket
+                ),
+            ));
+        }
+        Ok(conf)
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Interface {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IpConfig {
+    /// Only for cniVersion < 1.0.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RouteConfig {
+    pub dst: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw: Option<IpAddr>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CniResult {
+    pub cni_version: String,
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+    #[serde(default)]
+    pub ips: Vec<IpConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub dns: Value,
+}
+
+impl CniResult {
+    /// Append `ours` to a previous plugin's result (strait not first in the
+    /// chain), renumbering our interface indexes.
+    pub fn merged_onto(self, prev: Option<&Value>) -> Result<CniResult, CniError> {
+        let Some(prev) = prev else { return Ok(self) };
+        let mut base: CniResult = serde_json::from_value(prev.clone()).map_err(|e| {
+            CniError::new(
+                ErrorCode::DecodeFailure,
+                format!("prevResult could not be decoded: {e}"),
+            )
+        })?;
+        let offset = base.interfaces.len();
+        base.interfaces.extend(self.interfaces);
+        base.ips.extend(self.ips.into_iter().map(|mut ip| {
+            ip.interface = ip.interface.map(|i| i + offset);
+            ip
+        }));
+        base.routes.extend(self.routes);
+        base.cni_version = self.cni_version;
+        Ok(base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(s: &str) -> Result<NetConf, CniError> {
+        NetConf::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn parses_minimal_config_with_defaults() {
+        let c = conf(r#"{"cniVersion":"1.1.0","name":"k8s","type":"strait-cni"}"#).unwrap();
+        assert_eq!(c.mtu, 1500);
+        assert_eq!(c.agent_socket, PathBuf::from(DEFAULT_AGENT_SOCKET));
+        assert!(c.prev_result.is_none());
+    }
+
+    #[test]
+    fn error_codes_follow_the_spec() {
+        assert_eq!(conf("{nope").unwrap_err().code, ErrorCode::DecodeFailure);
+        assert_eq!(conf("[1]").unwrap_err().code, ErrorCode::DecodeFailure);
+        assert_eq!(
+            conf(r#"{"cniVersion":"1.1.0","type":"x"}"#)
+                .unwrap_err()
+                .code,
+            ErrorCode::DecodeFailure
+        );
+        let e = conf(r#"{"cniVersion":"9.9.9","name":"n","type":"x"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::IncompatibleVersion);
+        assert!(e.msg.contains("1.1.0"));
+        let e = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"x","mtu":10}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+        assert!(e.msg.contains("mtu"));
+        let e = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"x","agentSocket":"rel.sock"}"#)
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+        let e = conf(r#"{"cniVersion":"1.0.0","name":" ","type":"x"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+    }
+
+    #[test]
+    fn error_json_has_code_msg_and_optional_details() {
+        let e = CniError::new(ErrorCode::TryAgainLater, "agent down");
+        assert_eq!(
+            e.to_json("1.1.0"),
+            serde_json::json!({"cniVersion":"1.1.0","code":11,"msg":"agent down"})
+        );
+        let e = e.with_details("socket /x");
+        assert_eq!(e.to_json("1.1.0")["details"], "socket /x");
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(version_at_least("1.1.0", "1.1.0"));
+        assert!(version_at_least("1.10.0", "1.9.0"));
+        assert!(!version_at_least("0.4.0", "1.0.0"));
+    }
+
+    #[test]
+    fn merges_onto_previous_result() {
+        let prev = serde_json::json!({
+            "cniVersion":"1.0.0",
+            "interfaces":[{"name":"x"}],
+            "ips":[{"address":"10.0.0.2/24","interface":0}],
+            "dns":{}
+        });
+        let ours = CniResult {
+            cni_version: "1.0.0".into(),
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                ..Default::default()
+            }],
+            ips: vec![IpConfig {
+                version: None,
+                address: "10.1.0.5/32".into(),
+                gateway: None,
+                interface: Some(0),
+            }],
+            routes: vec![],
+            dns: Value::Null,
+        };
+        let m = ours.merged_onto(Some(&prev)).unwrap();
+        assert_eq!(m.interfaces.len(), 2);
+        assert_eq!(m.ips[1].interface, Some(1));
+        assert!(CniResult::default()
+            .merged_onto(Some(&serde_json::json!(3)))
+            .is_err());
+    }
+
+    #[test]
+    fn gc_attachments_decode() {
+        let c = conf(r#"{"cniVersion":"1.1.0","name":"n","type":"x","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#).unwrap();
+        assert_eq!(c.valid_attachments.unwrap()[0].container_id, "a");
+    }
+}

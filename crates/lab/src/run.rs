@@ -1,0 +1,552 @@
+//! `lab up`, `lab down`, `lab status` and target resolution.
+
+use crate::cmd::{alive, ip, netns_pids, netns_with_prefix, stop};
+use crate::state::LabState;
+use anyhow::{bail, Context};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use strait_model::api::{NodeStatus, Request, Response};
+use strait_model::lab::{fabric_netns, netns_prefix, parse_lab_file, LabPlan, NodePlan, PodPlan};
+
+/// Binaries the lab runs: this `strait` and the `strait-cni` beside it.
+pub struct Binaries {
+    pub strait: PathBuf,
+    pub cni: PathBuf,
+}
+
+impl Binaries {
+    pub fn locate() -> anyhow::Result<Binaries> {
+        let strait = std::env::current_exe().context("locate the strait binary")?;
+        let cni = match std::env::var_os("STRAIT_CNI") {
+            Some(p) => PathBuf::from(p),
+            None => strait.with_file_name("strait-cni"),
+        };
+        if !cni.exists() {
+            bail!(
+                "strait-cni not found at {}; build it with `cargo build --workspace` or point STRAIT_CNI at it",
+                cni.display()
+            );
+        }
+        Ok(Binaries { strait, cni })
+    }
+}
+
+fn step(msg: &str) {
+    eprintln!("  • {msg}");
+}
+
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new("/run/netns").join(name)
+}
+
+/// Ask a node's agent over its socket.
+pub fn agent_call(socket: &Path, req: &Request) -> anyhow::Result<Response> {
+    use std::io::{BufRead, BufReader};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connect to agent at {}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)?;
+    let mut resp = String::new();
+    BufReader::new(s).read_line(&mut resp)?;
+    Ok(serde_json::from_str(&resp)?)
+}
+
+pub fn agent_status(socket: &Path) -> anyhow::Result<NodeStatus> {
+    match agent_call(socket, &Request::Status)? {
+        Response::Status(s) => Ok(s),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+/// Run `strait-cni` for a pod as a runtime would: inside the node's network
+/// namespace, CNI_* in the environment, the network config on stdin.
+pub fn run_cni(
+    bins: &Binaries,
+    node_netns: &str,
+    conf: &[u8],
+    command: &str,
+    container_id: &str,
+    pod_netns: &str,
+    pod: &PodPlan,
+) -> anyhow::Result<serde_json::Value> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", node_netns])
+        .arg(&bins.cni)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", pod_netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", bins.cni.parent().unwrap_or(Path::new("/")))
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}",
+                pod.namespace, pod.name, pod.uid
+            ),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run strait-cni")?;
+    child.stdin.take().unwrap().write_all(conf)?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "CNI {command} for pod {}/{} failed: {}",
+            pod.namespace,
+            pod.name,
+            stdout.trim()
+        );
+    }
+    if stdout.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    Ok(serde_json::from_str(&stdout)?)
+}
+
+fn write_node_manifests(st: &LabState) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for n in &st.plan.nodes {
+        let node = strait_model::cluster::test_node(
+            &n.name,
+            Some(&n.pod_cidr.to_string()),
+            Some(&n.ip.to_string()),
+        );
+        text.push_str("---\n");
+        text.push_str(&serde_yaml::to_string(&serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": node.metadata, "spec": node.spec, "status": node.status,
+        }))?);
+    }
+    std::fs::write(st.manifests_dir().join("nodes.yaml"), text)?;
+    Ok(())
+}
+
+fn spawn_daemon(
+    netns: &str,
+    prog: &Path,
+    args: &[&str],
+    log: &Path,
+    pidfile: &Path,
+    env: &[(String, String)],
+) -> anyhow::Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let logf = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", netns]).arg(prog).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("start {} in {netns}", prog.display()))?;
+    let pid = child.id() as i32;
+    std::fs::write(pidfile, pid.to_string())?;
+    // The lab does not wait on its daemons; `down` stops them by pid.
+    std::mem::forget(child);
+    Ok(pid)
+}
+
+/// Start (or restart) a node's agent. Extra environment is for tests.
+pub fn start_agent(
+    st: &LabState,
+    bins: &Binaries,
+    n: &NodePlan,
+    env: &[(String, String)],
+) -> anyhow::Result<i32> {
+    let nd = st.node_dir(n);
+    let state = nd.join("state");
+    let sock = st.socket(n);
+    let manifests = st.manifests_dir();
+    spawn_daemon(
+        &n.netns,
+        &bins.strait,
+        &[
+            "agent",
+            "--node",
+            &n.name,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--socket",
+            sock.to_str().unwrap(),
+            "--manifests",
+            manifests.to_str().unwrap(),
+        ],
+        &st.log_dir().join(format!("agent-{}.log", n.name)),
+        &st.agent_pid(n),
+        env,
+    )
+}
+
+/// Wait until the node's agent answers and is ready.
+pub fn wait_agent_ready(st: &LabState, n: &NodePlan, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        match agent_status(&st.socket(n)) {
+            Ok(s) if s.ready => return Ok(()),
+            Ok(s) => last = s.reason.unwrap_or_else(|| "not ready".into()),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "agent on node {} not ready after {timeout:?}: {last} (log: {})",
+        n.name,
+        st.log_dir().join(format!("agent-{}.log", n.name)).display()
+    )
+}
+
+pub fn cni_conf(st: &LabState, n: &NodePlan) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": format!("strait-lab-{}", st.plan.name),
+        "type": "strait-cni",
+        "agentSocket": st.socket(n),
+        "mtu": st.plan.mtu,
+    }))
+    .unwrap()
+}
+
+/// Create a pod: its namespace, CNI ADD, and its echo server.
+pub fn add_pod(st: &LabState, bins: &Binaries, p: &PodPlan) -> anyhow::Result<()> {
+    let node = st.plan.node(&p.node).context("pod's node")?;
+    ip(&["netns", "add", &p.netns])?;
+    let conf = cni_conf(st, node);
+    let res = run_cni(
+        bins,
+        &node.netns,
+        &conf,
+        "ADD",
+        &st.container_id(p),
+        netns_path(&p.netns).to_str().unwrap(),
+        p,
+    )?;
+    std::fs::write(st.pod_result(p), serde_json::to_vec_pretty(&res)?)?;
+    spawn_daemon(
+        &p.netns,
+        &bins.strait,
+        &["lab", "serve-echo", "--name", &p.name],
+        &st.log_dir()
+            .join(format!("pod-{}_{}.log", p.namespace, p.name)),
+        &st.pod_pid(p),
+        &[],
+    )?;
+    Ok(())
+}
+
+pub fn up(file: &Path, bins: &Binaries) -> anyhow::Result<LabState> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let lab = parse_lab_file(&text)?;
+    let plan = lab.plan()?;
+    let t0 = Instant::now();
+    eprintln!(
+        "lab {}: {} nodes, {} pods, mode {}",
+        plan.name,
+        plan.nodes.len(),
+        plan.pods.len(),
+        plan.mode
+    );
+    if !netns_with_prefix(&netns_prefix(&plan.name)).is_empty()
+        || LabState::dir_for(&plan.name).exists()
+    {
+        step("cleaning up the leftovers of an earlier run of this lab");
+        down(&plan.name, bins)?;
+    }
+    let dir = LabState::dir_for(&plan.name);
+    let st = LabState { dir, plan };
+    for d in [st.manifests_dir(), st.pod_dir(), st.log_dir()] {
+        std::fs::create_dir_all(&d)?;
+    }
+    std::fs::write(
+        st.dir.join("plan.json"),
+        serde_json::to_vec_pretty(&st.plan)?,
+    )?;
+    // From here on a failure leaves state that `down` (or the next `up`) removes.
+    let result = build(&st, bins, &lab.manifests_yaml);
+    if let Err(e) = result {
+        eprintln!("lab up failed: {e:#}\n  cleaning up");
+        let _ = down(&st.plan.name, bins);
+        return Err(e);
+    }
+    eprintln!(
+        "lab {} is up in {:.1}s",
+        st.plan.name,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(st)
+}
+
+fn build(st: &LabState, bins: &Binaries, manifests: &str) -> anyhow::Result<()> {
+    let plan = &st.plan;
+    let fabric = fabric_netns(&plan.name);
+    let mtu = plan.mtu.to_string();
+    step(&format!(
+        "fabric: namespace {fabric} with bridge br0 on {}",
+        plan.fabric
+    ));
+    ip(&["netns", "add", &fabric])?;
+    ip(&["-n", &fabric, "link", "set", "lo", "up"])?;
+    ip(&[
+        "-n", &fabric, "link", "add", "br0", "mtu", &mtu, "type", "bridge",
+    ])?;
+    ip(&["-n", &fabric, "link", "set", "br0", "up"])?;
+    for n in &plan.nodes {
+        step(&format!(
+            "node {}: namespace {}, eth0 {}/{}",
+            n.name,
+            n.netns,
+            n.ip,
+            plan.fabric.prefix_len()
+        ));
+        ip(&["netns", "add", &n.netns])?;
+        ip(&["-n", &n.netns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &fabric,
+            "link",
+            "add",
+            &n.fabric_port,
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &n.netns,
+        ])?;
+        ip(&[
+            "-n",
+            &fabric,
+            "link",
+            "set",
+            &n.fabric_port,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            &n.netns,
+            "addr",
+            "add",
+            &format!("{}/{}", n.ip, plan.fabric.prefix_len()),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &n.netns, "link", "set", "eth0", "up"])?;
+        std::fs::create_dir_all(st.node_dir(n).join("state"))?;
+    }
+    // The cluster source: Node objects for the plan, then the user's manifests.
+    write_node_manifests(st)?;
+    std::fs::write(st.manifests_dir().join("lab.yaml"), manifests)?;
+    for n in &plan.nodes {
+        let pid = start_agent(st, bins, n, &[])?;
+        step(&format!(
+            "node {}: agent pid {pid}, socket {}",
+            n.name,
+            st.socket(n).display()
+        ));
+    }
+    for n in &plan.nodes {
+        wait_agent_ready(st, n, Duration::from_secs(20))?;
+    }
+    for p in &plan.pods {
+        add_pod(st, bins, p)?;
+        step(&format!(
+            "pod {}/{} on {}: {}",
+            p.namespace,
+            p.name,
+            p.node,
+            st.pod_ip(p).map(|i| i.to_string()).unwrap_or_default()
+        ));
+    }
+    // Give echo servers a moment to bind before anyone probes.
+    for p in &plan.pods {
+        wait_listening(&p.netns, Duration::from_secs(5));
+    }
+    Ok(())
+}
+
+fn wait_listening(netns: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(ns) = strait_netlink::NetnsFile::open(&netns_path(netns)) {
+            let ok = strait_netlink::in_netns(&ns, || {
+                std::net::TcpStream::connect_timeout(
+                    &"127.0.0.1:8080".parse().unwrap(),
+                    Duration::from_millis(100),
+                )
+                .is_ok()
+            })
+            .unwrap_or(false);
+            if ok {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Remove everything the lab made: pods (CNI DEL), processes, namespaces,
+/// files. Best effort throughout; reports what it could not remove.
+pub fn down(name: &str, bins: &Binaries) -> anyhow::Result<()> {
+    let mut problems = vec![];
+    if let Ok(st) = LabState::load(name) {
+        for p in &st.plan.pods {
+            if let Some(pid) = LabState::read_pid(&st.pod_pid(p)) {
+                stop(&[pid], Duration::from_secs(1));
+            }
+            if let Some(node) = st.plan.node(&p.node) {
+                if netns_path(&node.netns).exists() && st.socket(node).exists() {
+                    let conf = cni_conf(&st, node);
+                    if let Err(e) = run_cni(
+                        bins,
+                        &node.netns,
+                        &conf,
+                        "DEL",
+                        &st.container_id(p),
+                        netns_path(&p.netns).to_str().unwrap(),
+                        p,
+                    ) {
+                        problems.push(format!("{e:#}"));
+                    }
+                }
+            }
+        }
+        for n in &st.plan.nodes {
+            if let Some(pid) = LabState::read_pid(&st.agent_pid(n)) {
+                stop(&[pid], Duration::from_secs(3));
+            }
+        }
+    }
+    // Whatever else still runs in the lab's namespaces (crashed runs).
+    for ns in netns_with_prefix(&netns_prefix(name)) {
+        let pids = netns_pids(&ns);
+        stop(&pids, Duration::from_secs(2));
+    }
+    // Pods first, then nodes (which takes their host veths), then the fabric.
+    let mut all = netns_with_prefix(&netns_prefix(name));
+    all.sort_by_key(|n| {
+        if n.contains("-pod-") {
+            0
+        } else if n.ends_with("-fabric") {
+            2
+        } else {
+            1
+        }
+    });
+    for ns in all {
+        if let Err(e) = ip(&["netns", "del", &ns]) {
+            problems.push(format!("{e:#}"));
+        }
+    }
+    let dir = LabState::dir_for(name);
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            problems.push(format!("remove {}: {e}", dir.display()));
+        }
+    }
+    if !problems.is_empty() {
+        eprintln!(
+            "lab down: finished with problems:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Resolve a lab target (node or pod name) to its namespace.
+pub fn target_netns(plan: &LabPlan, target: &str) -> anyhow::Result<String> {
+    if let Some(n) = plan.node(target) {
+        return Ok(n.netns.clone());
+    }
+    if let Some(p) = plan.pod(target) {
+        return Ok(p.netns.clone());
+    }
+    if target == "fabric" {
+        return Ok(fabric_netns(&plan.name));
+    }
+    bail!(
+        "{target:?} is neither a node ({}) nor a pod ({}) of lab {}",
+        plan.nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        plan.pods
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        plan.name
+    )
+}
+
+/// Print nodes and pods as tables.
+pub fn status(st: &LabState) -> String {
+    let mut out = String::new();
+    let plan = &st.plan;
+    out.push_str(&format!(
+        "lab {}  mode {}  fabric {}  mtu {}\n\n",
+        plan.name, plan.mode, plan.fabric, plan.mtu
+    ));
+    out.push_str(&format!(
+        "{:<12} {:<14} {:<16} {:<8} {:<6} {}\n",
+        "NODE", "IP", "POD CIDR", "AGENT", "READY", "PODS"
+    ));
+    for n in &plan.nodes {
+        let pid = LabState::read_pid(&st.agent_pid(n));
+        let running = pid.is_some_and(alive);
+        let s = agent_status(&st.socket(n)).ok();
+        out.push_str(&format!(
+            "{:<12} {:<14} {:<16} {:<8} {:<6} {}\n",
+            n.name,
+            n.ip.to_string(),
+            n.pod_cidr.to_string(),
+            if running {
+                format!("{}", pid.unwrap())
+            } else {
+                "down".into()
+            },
+            match &s {
+                Some(s) if s.ready => "yes",
+                Some(_) => "no",
+                None => "?",
+            },
+            s.as_ref()
+                .map(|s| s.allocations.len().to_string())
+                .unwrap_or_else(|| "?".into()),
+        ));
+    }
+    out.push_str(&format!(
+        "\n{:<20} {:<12} {:<16} {:<16} {}\n",
+        "POD", "NODE", "IP", "HOST VETH", "ECHO"
+    ));
+    for p in &plan.pods {
+        let echo = LabState::read_pid(&st.pod_pid(p)).is_some_and(alive);
+        out.push_str(&format!(
+            "{:<20} {:<12} {:<16} {:<16} {}\n",
+            format!("{}/{}", p.namespace, p.name),
+            p.node,
+            st.pod_ip(p)
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into()),
+            strait_model::naming::host_veth_name(&st.container_id(p), "eth0"),
+            if echo { "up" } else { "down" },
+        ));
+    }
+    out
+}

@@ -1,0 +1,392 @@
+use crate::{KernelError, Result};
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::{
+    address::AddressAttribute,
+    link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    AddressFamily,
+};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use std::net::IpAddr;
+
+/// Run a future to completion on a fresh single-threaded runtime. Used by
+/// short-lived callers (the CNI plugin, namespace helper threads).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build a current-thread tokio runtime")
+        .block_on(f)
+}
+
+/// A route-netlink connection in the namespace it was opened in.
+pub struct Netlink {
+    handle: Handle,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Vec<u8>,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteKind {
+    Unicast,
+    Blackhole,
+}
+
+/// A route in the main table, in the terms strait uses.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    pub dst: IpNet,
+    pub via: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub kind: RouteKind,
+    pub protocol: u8,
+}
+
+fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
+    let op = op.into();
+    move |source| KernelError::Netlink { op, source }
+}
+
+fn link_from(msg: LinkMessage) -> Link {
+    let mut l = Link {
+        index: msg.header.index,
+        name: String::new(),
+        mac: vec![],
+        mtu: 0,
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
+    for a in msg.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n,
+            LinkAttribute::Address(m) => l.mac = m,
+            LinkAttribute::Mtu(m) => l.mtu = m,
+            _ => {}
+        }
+    }
+    l
+}
+
+fn route_from(msg: RouteMessage) -> Option<Route> {
+    let kind = match msg.header.kind {
+        RouteType::Unicast => RouteKind::Unicast,
+        RouteType::BlackHole => RouteKind::Blackhole,
+        _ => return None,
+    };
+    let mut dst: Option<IpAddr> = None;
+    let mut via = None;
+    let mut oif = None;
+    for a in msg.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(v4)) => dst = Some(v4.into()),
+            RouteAttribute::Destination(RouteAddress::Inet6(v6)) => dst = Some(v6.into()),
+            RouteAttribute::Gateway(RouteAddress::Inet(v4)) => via = Some(v4.into()),
+            RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => via = Some(v6.into()),
+            RouteAttribute::Oif(i) => oif = Some(i),
+            _ => {}
+        }
+    }
+    let dst = match (dst, msg.header.address_family) {
+        (Some(d), _) => d,
+        (None, AddressFamily::Inet) => IpAddr::V4(0.into()),
+        (None, AddressFamily::Inet6) => IpAddr::V6(0.into()),
+        _ => return None,
+    };
+    Some(Route {
+        dst: IpNet::new(dst, msg.header.destination_prefix_length).ok()?,
+        via,
+        oif,
+        kind,
+        protocol: u8::from(msg.header.protocol),
+    })
+}
+
+impl Netlink {
+    /// Open a connection in the calling thread's network namespace. Must be
+    /// called inside a tokio runtime (the connection task is spawned on it).
+    pub fn connect() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| KernelError::Io {
+            what: "open a netlink socket".into(),
+            source,
+        })?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.map(link_from)),
+            Err(e) => {
+                let e = nl(format!("get link {name}"))(e);
+                if e.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut s = self.handle.link().get().match_index(index).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.map(link_from)),
+            Err(e) => {
+                let e = nl(format!("get link #{index}"))(e);
+                if e.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        self.handle
+            .link()
+            .get()
+            .execute()
+            .map_ok(link_from)
+            .try_collect()
+            .await
+            .map_err(nl("dump links"))
+    }
+
+    /// Create a veth pair whose peer is born directly in the namespace
+    /// `peer_netns_fd` (no separate move), with a fixed MAC on the host end.
+    pub async fn create_veth(
+        &self,
+        host: &str,
+        host_mac: [u8; 6],
+        peer: &str,
+        peer_netns_fd: i32,
+        mtu: u32,
+    ) -> Result<()> {
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .mtu(mtu)
+            .setns_by_fd(peer_netns_fd)
+            .build();
+        let msg = LinkVeth::new(host, peer)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .address(host_mac.to_vec())
+            .mtu(mtu)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("create veth {host} (peer {peer})")))
+    }
+
+    /// Delete a link by name. Returns false when it did not exist.
+    pub async fn delete_link(&self, name: &str) -> Result<bool> {
+        let Some(l) = self.link(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(l.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = nl(format!("delete link {name}"))(e);
+                if e.is_not_found() {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("set link #{index} up")))
+    }
+
+    pub async fn add_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
+        match self
+            .handle
+            .address()
+            .add(index, ip, prefix)
+            .replace()
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => Err(nl(format!("add address {ip}/{prefix} to link #{index}"))(e)),
+        }
+    }
+
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl(format!("dump addresses of link #{index}")))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(|m| {
+                let plen = m.header.prefix_len;
+                m.attributes.into_iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => IpNet::new(ip, plen).ok(),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    fn route_message(route: &Route) -> RouteMessage {
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(route.dst.addr(), route.dst.prefix_len())
+            .expect("address family is consistent")
+            .protocol(RouteProtocol::from(route.protocol))
+            .kind(match route.kind {
+                RouteKind::Unicast => RouteType::Unicast,
+                RouteKind::Blackhole => RouteType::BlackHole,
+            });
+        if let Some(oif) = route.oif {
+            b = b.output_interface(oif);
+        }
+        if let Some(via) = route.via {
+            b = b.gateway(via).expect("address family is consistent");
+        }
+        let scope = match (route.kind, route.via) {
+            (RouteKind::Unicast, None) => RouteScope::Link,
+            _ => RouteScope::Universe,
+        };
+        b.scope(scope).build()
+    }
+
+    /// Add or replace a route in the main table (idempotent).
+    pub async fn replace_route(&self, route: &Route) -> Result<()> {
+        self.handle
+            .route()
+            .add(Self::route_message(route))
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("replace route {}", route.dst)))
+    }
+
+    /// Delete a route. Returns false when it did not exist.
+    pub async fn delete_route(&self, route: &Route) -> Result<bool> {
+        match self
+            .handle
+            .route()
+            .del(Self::route_message(route))
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = nl(format!("delete route {}", route.dst))(e);
+                if e.is_not_found() {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Routes of the main table for one address family.
+    pub async fn routes(&self, v4: bool) -> Result<Vec<Route>> {
+        let req = if v4 {
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+        };
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(req)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("dump routes"))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| {
+                m.header.table == RouteMessage::default().header.table || m.header.table == 254
+            })
+            .filter_map(route_from)
+            .collect())
+    }
+
+    /// Add or replace a permanent neighbour entry.
+    pub async fn replace_permanent_neighbour(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        mac: &[u8],
+    ) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(format!("add neighbour {ip} on link #{index}")))
+    }
+
+    /// Permanent neighbour entries on a link: (ip, mac).
+    pub async fn permanent_neighbours(&self, index: u32) -> Result<Vec<(IpAddr, Vec<u8>)>> {
+        let msgs: Vec<_> = self
+            .handle
+            .neighbours()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("dump neighbours"))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
+            .filter_map(|m| {
+                let mut ip = None;
+                let mut mac = None;
+                for a in m.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                            ip = Some(IpAddr::V4(v4))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                            ip = Some(IpAddr::V6(v6))
+                        }
+                        NeighbourAttribute::LinkLayerAddress(m) => mac = Some(m),
+                        _ => {}
+                    }
+                }
+                Some((ip?, mac?))
+            })
+            .collect())
+    }
+}
