@@ -129,13 +129,12 @@ pub async fn pass(agent: &Agent, nl: &Netlink) -> anyhow::Result<()> {
             tracing::info!(dst = %d.dst, via = ?d.via, kind = ?d.kind, "route programmed");
         }
     }
+    // A route with the same destination and kind as a desired one was just
+    // replaced in place; anything else of ours is stale.
     for a in &actual {
-        if !desired.iter().any(|d| satisfies(a, d))
-            && !desired.iter().any(|d| d.dst == a.dst && d.kind == a.kind)
-        {
-            if nl.delete_route(a).await? {
-                tracing::info!(dst = %a.dst, "stale route removed");
-            }
+        let wanted = desired.iter().any(|d| d.dst == a.dst && d.kind == a.kind);
+        if !wanted && nl.delete_route(a).await? {
+            tracing::info!(dst = %a.dst, "stale route removed");
         }
     }
     *agent.programmed.lock().unwrap() = node_routes;

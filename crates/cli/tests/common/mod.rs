@@ -1,0 +1,211 @@
+//! Shared harness for strait's root integration tests. Every test builds its
+//! own lab (its own namespaces, agents and files, under a unique name) and a
+//! guard removes all of it on drop, even when the test panics.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use strait_lab::run::{self as labrun, Binaries};
+use strait_lab::LabState;
+
+/// Root tests need root. Outside CI they skip loudly; under CI=true a skip is
+/// a failure.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root, and CI=true forbids skipping root tests");
+    }
+    eprintln!("\n!!! SKIPPED {test}: needs root (run the tests as root, as CI does) !!!\n");
+    false
+}
+
+pub fn bins() -> Binaries {
+    let strait = PathBuf::from(env!("CARGO_BIN_EXE_strait"));
+    let cni = strait.with_file_name("strait-cni");
+    assert!(
+        cni.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        cni.display()
+    );
+    Binaries { strait, cni }
+}
+
+/// A lab for one test; `down` on drop.
+pub struct Lab {
+    pub st: LabState,
+    pub bins: Binaries,
+    _file: tempfile::NamedTempFile,
+}
+
+impl Lab {
+    /// Bring up a lab from `yaml` (whose metadata.name must be unique to the test).
+    pub fn up(yaml: &str) -> Lab {
+        let bins = bins();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(yaml.as_bytes()).unwrap();
+        let st = labrun::up(f.path(), &bins).expect("lab up");
+        Lab { st, bins, _file: f }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.st.plan.name
+    }
+
+    pub fn node(&self, name: &str) -> &strait_model::lab::NodePlan {
+        self.st.plan.node(name).unwrap()
+    }
+
+    pub fn probe(&self, src: &str, dst_pod: &str) -> anyhow::Result<String> {
+        let ns = labrun::target_netns(&self.st.plan, src)?;
+        let p = self.st.plan.pod(dst_pod).unwrap();
+        let ip = self.st.pod_ip(p).unwrap();
+        let r = strait_lab::probe::probe(
+            &labrun::netns_path(&ns),
+            std::net::SocketAddr::new(ip, 8080),
+            false,
+            Duration::from_secs(2),
+        )?;
+        Ok(r.answered_by)
+    }
+
+    /// Run a command in a lab namespace; returns stdout, panics on failure.
+    pub fn exec(&self, target: &str, args: &[&str]) -> String {
+        let ns = labrun::target_netns(&self.st.plan, target).unwrap();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} in {target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn status(&self, node: &str) -> strait_model::api::NodeStatus {
+        labrun::agent_status(&self.st.socket(self.node(node))).unwrap()
+    }
+
+    /// Names of strait host veths in a node's namespace.
+    pub fn host_veths(&self, node: &str) -> Vec<String> {
+        self.exec(node, &["ip", "-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap().to_string())
+            .filter(|n| strait_model::naming::is_host_veth(n))
+            .collect()
+    }
+
+    /// A fresh pod namespace owned by the test (removed with the lab).
+    pub fn pod_netns(&self, pod: &str) -> String {
+        let name = format!("strait-{}-pod-t-{pod}", self.name());
+        strait_lab::cmd::ip(&["netns", "add", &name]).unwrap();
+        name
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let name = self.st.plan.name.clone();
+        if let Err(e) = labrun::down(&name, &self.bins) {
+            eprintln!("lab {name} down failed: {e:#}");
+        }
+        let left = strait_lab::cmd::netns_with_prefix(&strait_model::lab::netns_prefix(&name));
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("lab {name} left namespaces behind: {left:?}");
+        }
+    }
+}
+
+/// A lab file with `nodes` nodes, no pods, and pod blocks of `/mask`.
+pub fn lab_yaml(name: &str, nodes: &[&str], mask: u8, pods: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "apiVersion: strait.dev/v1alpha1\nkind: Lab\nmetadata: {{name: {name}}}\nspec:\n  mode: routed\n  addressPlan: {{fabric: 198.18.0.0/24, podCIDR: 198.19.0.0/16, nodeMaskSize: {mask}}}\n  nodes:\n"
+    );
+    for n in nodes {
+        s.push_str(&format!("  - name: {n}\n"));
+    }
+    for (pod, node) in pods {
+        s.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: default}}\nspec: {{nodeName: {node}, containers: [{{name: echo}}]}}\n"
+        ));
+    }
+    s
+}
+
+/// What a CNI plugin run returned.
+#[derive(Debug)]
+pub struct CniOut {
+    pub ok: bool,
+    pub json: serde_json::Value,
+    pub stderr: String,
+}
+
+impl CniOut {
+    pub fn code(&self) -> u64 {
+        assert!(!self.ok, "expected an error, got success: {}", self.json);
+        self.json["code"].as_u64().expect("error JSON has a code")
+    }
+    pub fn msg(&self) -> String {
+        self.json["msg"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// Run a CNI plugin binary in `node_netns` with explicit env and stdin.
+pub fn cni_raw(plugin: &Path, node_netns: &str, env: &[(&str, &str)], stdin: &[u8]) -> CniOut {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", node_netns])
+        .arg(plugin)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    CniOut {
+        ok: out.status.success(),
+        json: if stdout.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&stdout)
+                .unwrap_or_else(|e| panic!("plugin stdout is not JSON ({e}): {stdout}"))
+        },
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The standard environment for an attachment.
+pub fn cni_env<'a>(
+    command: &'a str,
+    cid: &'a str,
+    netns: &'a str,
+    pod: &'a str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("CNI_COMMAND", command.to_string()),
+        ("CNI_CONTAINERID", cid.to_string()),
+        ("CNI_NETNS", if netns.is_empty() { String::new() } else { format!("/run/netns/{netns}") }),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_PATH", "/usr/lib/cni".to_string()),
+        ("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};K8S_POD_UID=uid-{pod}")),
+    ]
+}
+
+pub fn as_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}

@@ -1,0 +1,281 @@
+//! The lab end to end: the connectivity matrix, agent restarts, and crashes.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/two-nodes.yaml"
+    ))
+    .unwrap()
+    .replace("name: demo", &format!("name: {name}"))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn connectivity_matrix_same_node_and_across_nodes() {
+    if !require_root("connectivity_matrix_same_node_and_across_nodes") {
+        return;
+    }
+    let lab = Lab::up(&example("t-matrix"));
+    let pods = ["a1", "a2", "b1", "b2"];
+    for src in pods.iter().chain(["node-a", "node-b"].iter()) {
+        for dst in pods {
+            let got = lab
+                .probe(src, dst)
+                .unwrap_or_else(|e| panic!("{src} -> {dst}: {e:#}"));
+            assert_eq!(got, dst, "{src} -> {dst} answered by the wrong pod");
+        }
+    }
+    // UDP across nodes too.
+    let b2 = lab.st.pod_ip(lab.st.plan.pod("b2").unwrap()).unwrap();
+    let r = strait_lab::probe::probe(
+        &strait_lab::run::netns_path(&lab.st.plan.pod("a1").unwrap().netns),
+        std::net::SocketAddr::new(b2, 8080),
+        true,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert_eq!(r.answered_by, "b2");
+    // Routed mode: node-a routes node-b's pod CIDR via node-b's fabric IP,
+    // and blackholes its own CIDR.
+    let routes = lab.exec("node-a", &["ip", "route"]);
+    assert!(
+        routes.contains("198.19.1.0/24 via 198.18.0.2 dev eth0 proto 90"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("blackhole 198.19.0.0/24 proto 90"),
+        "{routes}"
+    );
+    // The CLI probe exits 0 and names the pod; a probe to nowhere exits 1.
+    let strait = &lab.bins.strait;
+    let ok = std::process::Command::new(strait)
+        .args(["lab", "--lab", "t-matrix", "probe", "a1", "b1"])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("answered by b1"));
+    let bad = std::process::Command::new(strait)
+        .args([
+            "lab",
+            "--lab",
+            "t-matrix",
+            "probe",
+            "a1",
+            "198.19.1.200:8080",
+            "--timeout-ms",
+            "300",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+}
+
+#[test]
+fn agent_restart_keeps_pods_reachable_and_heals_routes() {
+    if !require_root("agent_restart_keeps_pods_reachable_and_heals_routes") {
+        return;
+    }
+    let lab = Lab::up(&example("t-restart"));
+    let before = lab.status("node-a").allocations;
+    let a = lab.node("node-a").clone();
+    let pid = strait_lab::LabState::read_pid(&lab.st.agent_pid(&a)).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("agent to die", Duration::from_secs(5), || {
+        !strait_lab::cmd::alive(pid)
+    });
+
+    // Forwarding does not need the agent.
+    assert_eq!(lab.probe("a1", "b1").unwrap(), "b1");
+    assert_eq!(lab.probe("b2", "a2").unwrap(), "a2");
+
+    // Drift while the agent is down: a node route and a pod route vanish.
+    lab.exec("node-a", &["ip", "route", "del", "198.19.1.0/24"]);
+    lab.exec("node-a", &["ip", "route", "del", "198.19.0.2/32"]);
+    assert!(lab.probe("a1", "b1").is_err());
+
+    strait_lab::run::start_agent(&lab.st, &lab.bins, &a, &[]).unwrap();
+    strait_lab::run::wait_agent_ready(&lab.st, &a, Duration::from_secs(10)).unwrap();
+    wait_until("routes to heal", Duration::from_secs(10), || {
+        let r = lab.exec("node-a", &["ip", "route"]);
+        r.contains("198.19.1.0/24 via 198.18.0.2") && r.contains("198.19.0.2 dev strt")
+    });
+    for (s, d) in [("a1", "b1"), ("b1", "a2"), ("a1", "a2"), ("node-b", "a2")] {
+        assert_eq!(lab.probe(s, d).unwrap(), d, "{s} -> {d} after restart");
+    }
+    assert_eq!(
+        lab.status("node-a").allocations,
+        before,
+        "IPAM intact across the restart"
+    );
+}
+
+fn state_files(lab: &Lab, node: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(lab.st.node_dir(lab.node(node)).join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn gc_all(lab: &Lab, node: &str) {
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&strait_lab::run::cni_conf(&lab.st, lab.node(node))).unwrap();
+    c["cni.dev/valid-attachments"] = serde_json::json!([]);
+    let out = cni_raw(
+        &lab.bins.cni,
+        &lab.node(node).netns,
+        &[("CNI_COMMAND", "GC")],
+        c.to_string().as_bytes(),
+    );
+    assert!(out.ok, "GC: {}", out.json);
+}
+
+fn spawn_add(
+    lab: &Lab,
+    node: &str,
+    cid: &str,
+    ns: &str,
+    extra: &[(&str, &str)],
+) -> std::process::Child {
+    use std::io::Write;
+    let conf = strait_lab::run::cni_conf(&lab.st, lab.node(node));
+    let mut c = std::process::Command::new("ip");
+    c.args(["netns", "exec", &lab.node(node).netns])
+        .arg(&lab.bins.cni);
+    for (k, v) in cni_env("ADD", cid, ns, cid) {
+        c.env(k, v);
+    }
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    let mut child = c
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&conf).unwrap();
+    child
+}
+
+#[test]
+fn plugin_killed_mid_add_then_gc_leaks_nothing() {
+    if !require_root("plugin_killed_mid_add_then_gc_leaks_nothing") {
+        return;
+    }
+    let lab = Lab::up(&lab_yaml("t-crashp", &["n1"], 24, &[]));
+    let files_before = state_files(&lab, "n1");
+    for point in ["after-allocate", "after-veth"] {
+        let ns = lab.pod_netns(point);
+        let mut child = spawn_add(&lab, "n1", point, &ns, &[("STRAIT_CNI_PAUSE_AT", point)]);
+        wait_until(
+            "the plugin to reach its pause point",
+            Duration::from_secs(10),
+            || {
+                lab.status("n1").allocations.len() == 1
+                    && (point != "after-veth" || lab.host_veths("n1").len() == 1)
+            },
+        );
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // The runtime's view: the container is gone; GC with no valid attachments.
+        gc_all(&lab, "n1");
+        assert!(
+            lab.status("n1").allocations.is_empty(),
+            "{point}: IP leaked"
+        );
+        wait_until("leftover links to go", Duration::from_secs(5), || {
+            lab.host_veths("n1").is_empty()
+        });
+        assert_eq!(
+            state_files(&lab, "n1"),
+            files_before,
+            "{point}: stray files"
+        );
+    }
+}
+
+#[test]
+fn agent_killed_mid_add_then_gc_leaks_nothing() {
+    if !require_root("agent_killed_mid_add_then_gc_leaks_nothing") {
+        return;
+    }
+    let lab = Lab::up(&lab_yaml("t-crasha", &["n1"], 24, &[]));
+    let n1 = lab.node("n1").clone();
+    let pid = strait_lab::LabState::read_pid(&lab.st.agent_pid(&n1)).unwrap();
+    strait_lab::cmd::stop(&[pid], Duration::from_secs(3));
+    // Restart the agent so that it stops right after persisting an allocation.
+    let env = [(
+        "STRAIT_AGENT_PAUSE_AT".to_string(),
+        "after-allocate".to_string(),
+    )];
+    let pid = strait_lab::run::start_agent(&lab.st, &lab.bins, &n1, &env).unwrap();
+    strait_lab::run::wait_agent_ready(&lab.st, &n1, Duration::from_secs(10)).unwrap();
+    let ns = lab.pod_netns("k1");
+    let child = spawn_add(&lab, "n1", "k1", &ns, &[]);
+    let ipam = lab.st.node_dir(&n1).join("state/ipam.json");
+    wait_until(
+        "the allocation to be persisted",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&ipam).is_ok_and(|s| s.contains("\"k1\"")),
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["code"], 11, "agent died mid-request: try again later");
+
+    strait_lab::run::start_agent(&lab.st, &lab.bins, &n1, &[]).unwrap();
+    strait_lab::run::wait_agent_ready(&lab.st, &n1, Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        lab.status("n1").allocations.len(),
+        1,
+        "the persisted allocation survived"
+    );
+    gc_all(&lab, "n1");
+    assert!(lab.status("n1").allocations.is_empty());
+    assert!(lab.host_veths("n1").is_empty());
+    assert_eq!(state_files(&lab, "n1"), vec!["ipam.json".to_string()]);
+}
+
+#[test]
+fn vanished_pod_namespace_releases_its_address() {
+    if !require_root("vanished_pod_namespace_releases_its_address") {
+        return;
+    }
+    let lab = Lab::up(&lab_yaml("t-vanish", &["n1"], 24, &[("v1", "n1")]));
+    assert_eq!(lab.status("n1").allocations.len(), 1);
+    let p = lab.st.plan.pod("v1").unwrap().clone();
+    let pid = strait_lab::LabState::read_pid(&lab.st.pod_pid(&p)).unwrap();
+    strait_lab::cmd::stop(&[pid], Duration::from_secs(2));
+    strait_lab::cmd::ip(&["netns", "del", &p.netns]).unwrap();
+    // No DEL ever comes; the agent notices the namespace is gone.
+    wait_until(
+        "the address to be released",
+        Duration::from_secs(10),
+        || lab.status("n1").allocations.is_empty(),
+    );
+    wait_until("the host veth to go", Duration::from_secs(5), || {
+        lab.host_veths("n1").is_empty()
+    });
+}
