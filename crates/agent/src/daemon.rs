@@ -18,6 +18,10 @@ pub struct Agent {
     pub nudge: Notify,
     /// What the last reconcile pass programmed, for `status`.
     pub programmed: Mutex<Vec<NodeRoute>>,
+    /// Host veths of released pods, to delete on the next pass.
+    pub doomed_links: Mutex<Vec<String>>,
+    /// Host veths no allocation owns, and when they were first seen so.
+    pub orphan_links: Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Agent {
@@ -71,6 +75,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         snapshot: source.subscribe(),
         nudge: Notify::new(),
         programmed: Mutex::new(vec![]),
+        doomed_links: Mutex::new(vec![]),
+        orphan_links: Mutex::new(Default::default()),
         cfg,
     });
     let listener = crate::api::bind(&agent.cfg.socket)?;

@@ -13,6 +13,7 @@ use strait_model::ipam::{Allocation, AllocationRequest, Attachment, IpamError, I
 
 pub struct NodeIpam {
     path: PathBuf,
+    boot_id: String,
     cooldown: Duration,
     state: Mutex<Option<IpamState>>,
 }
@@ -24,14 +25,46 @@ fn internal(e: StoreError) -> ApiError {
     }
 }
 
+/// The file on disk: the state and the boot it belongs to.
+#[derive(serde::Serialize)]
+struct IpamFileRef<'a> {
+    boot_id: &'a str,
+    ipam: &'a IpamState,
+}
+
+#[derive(serde::Deserialize)]
+struct IpamFile {
+    boot_id: String,
+    ipam: IpamState,
+}
+
 impl NodeIpam {
     pub fn load(path: PathBuf, cooldown: Duration) -> Result<Self, StoreError> {
-        let state = store::load::<IpamState>(&path)?;
+        Self::load_for_boot(path, cooldown, store::boot_id())
+    }
+
+    pub fn load_for_boot(path: PathBuf, cooldown: Duration, boot_id: String) -> Result<Self, StoreError> {
+        let state = match store::load::<IpamFile>(&path)? {
+            Some(f) if f.boot_id == boot_id => Some(f.ipam),
+            Some(f) => {
+                tracing::warn!(
+                    allocations = f.ipam.allocations.len(),
+                    "IPAM state is from an earlier boot; its pods did not survive the reboot, starting empty"
+                );
+                None
+            }
+            None => None,
+        };
         Ok(NodeIpam {
             path,
+            boot_id,
             cooldown,
             state: Mutex::new(state),
         })
+    }
+
+    fn save(&self, state: &IpamState) -> Result<(), StoreError> {
+        store::save(&self.path, &IpamFileRef { boot_id: &self.boot_id, ipam: state })
     }
 
     fn cooldown_ms(&self) -> u64 {
@@ -50,7 +83,7 @@ impl NodeIpam {
         let before = state.clone();
         let out = f(state)?;
         if *state != before {
-            if let Err(e) = store::save(&self.path, &*state) {
+            if let Err(e) = self.save(state) {
                 *state = before;
                 return Err(internal(e));
             }
@@ -70,7 +103,7 @@ impl NodeIpam {
             }
             None => *guard = Some(IpamState::new(cidr)),
         }
-        if let Err(e) = store::save(&self.path, guard.as_ref().unwrap()) {
+        if let Err(e) = self.save(guard.as_ref().unwrap()) {
             *guard = before;
             return Err(e);
         }
@@ -184,6 +217,20 @@ mod tests {
         let a = ipam.allocate(req("a")).unwrap();
         let again = NodeIpam::load(p, Duration::from_secs(30)).unwrap();
         assert_eq!(again.get(&req("a").attachment), Some(a));
+    }
+
+    #[test]
+    fn state_from_an_earlier_boot_is_discarded() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("ipam.json");
+        let ipam = NodeIpam::load_for_boot(p.clone(), Duration::ZERO, "boot-1".into()).unwrap();
+        ipam.ensure_cidr("10.0.0.0/24".parse().unwrap()).unwrap();
+        ipam.allocate(req("a")).unwrap();
+        let same = NodeIpam::load_for_boot(p.clone(), Duration::ZERO, "boot-1".into()).unwrap();
+        assert_eq!(same.allocations().len(), 1);
+        let next = NodeIpam::load_for_boot(p, Duration::ZERO, "boot-2".into()).unwrap();
+        assert!(next.allocations().is_empty());
+        assert_eq!(next.cidr(), None);
     }
 
     #[test]

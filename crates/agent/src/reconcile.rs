@@ -14,6 +14,9 @@ use strait_model::naming::{is_host_veth, ROUTE_PROTOCOL};
 use strait_model::routes::plan_node_routes;
 use strait_netlink::{Netlink, Route, RouteKind};
 
+/// How long a host veth may exist without an allocation before it is removed.
+pub const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn run(agent: Arc<Agent>) -> anyhow::Result<()> {
     let nl = Netlink::connect()?;
     let mut rx = agent.snapshot.clone();
@@ -62,26 +65,39 @@ pub async fn pass(agent: &Agent, nl: &Netlink) -> anyhow::Result<()> {
     if !stale.is_empty() {
         for a in agent.ipam.release_many(&stale)? {
             tracing::info!(ip = %a.ip, pod = %a.pod, netns = %a.netns, "released: the pod's network namespace is gone");
+            agent.doomed_links.lock().unwrap().push(a.host_veth);
         }
     }
     let allocs = agent.ipam.allocations();
 
-    // Host veths that no allocation owns are leftovers (a DEL that never
-    // came, a GC'd pod): remove them.
+    // Host veths of released pods go now. Other host veths that no
+    // allocation owns are leftovers (a DEL that never came, a plugin killed
+    // mid-ADD) and go once they have stayed unowned for ORPHAN_GRACE: an ADD
+    // in flight creates its link while the agent is still allocating.
     let links = nl.links().await?;
-    let by_veth: HashMap<&str, &Allocation> =
-        allocs.iter().map(|a| (a.host_veth.as_str(), a)).collect();
+    let by_veth: HashMap<&str, &Allocation> = allocs.iter().map(|a| (a.host_veth.as_str(), a)).collect();
+    let doomed: Vec<String> = std::mem::take(&mut *agent.doomed_links.lock().unwrap());
     let mut veth_index: HashMap<&str, u32> = HashMap::new();
+    let now = std::time::Instant::now();
+    let mut seen_orphans = HashMap::new();
     for l in &links {
         if !is_host_veth(&l.name) {
             continue;
         }
-        if by_veth.contains_key(l.name.as_str()) {
-            veth_index.insert(by_veth[l.name.as_str()].host_veth.as_str(), l.index);
-        } else if nl.delete_link(&l.name).await? {
-            tracing::info!(link = %l.name, "removed host veth that no pod owns");
+        if let Some(a) = by_veth.get(l.name.as_str()) {
+            veth_index.insert(a.host_veth.as_str(), l.index);
+            continue;
+        }
+        let first = agent.orphan_links.lock().unwrap().get(&l.name).copied().unwrap_or(now);
+        if doomed.contains(&l.name) || now.duration_since(first) >= ORPHAN_GRACE {
+            if nl.delete_link(&l.name).await? {
+                tracing::info!(link = %l.name, "removed host veth that no pod owns");
+            }
+        } else {
+            seen_orphans.insert(l.name.clone(), first);
         }
     }
+    *agent.orphan_links.lock().unwrap() = seen_orphans;
 
     // Desired routes: other nodes' pod CIDRs, our blackhole, our pods.
     let node_routes = plan_node_routes(&snap, me);

@@ -66,12 +66,17 @@ pub fn read_dir_snapshot(dir: &Path) -> ClusterSnapshot {
 
 impl DirectorySource {
     pub fn start(dir: PathBuf, poll: Duration) -> Self {
+        // Fingerprint before reading, so an edit that lands in between is
+        // seen as a change on the first poll rather than lost.
+        let mut last = fingerprint(&dir);
         let initial = read_dir_snapshot(&dir);
         let (tx, rx) = watch::channel(Arc::new(initial));
         tokio::spawn(async move {
-            let mut last = fingerprint(&dir);
             loop {
                 tokio::time::sleep(poll).await;
+                if tx.is_closed() {
+                    break;
+                }
                 let fp = fingerprint(&dir);
                 if fp == last {
                     continue;
@@ -86,9 +91,6 @@ impl DirectorySource {
                         true
                     }
                 });
-                if tx.is_closed() {
-                    break;
-                }
             }
         });
         DirectorySource { rx }

@@ -16,6 +16,38 @@ fn kernel(what: &str) -> impl FnOnce(KernelError) -> CniError + '_ {
     move |e| CniError::new(ErrorCode::Kernel, format!("{what}: {e}"))
 }
 
+/// Opt-in phase timing on stderr (`STRAIT_CNI_TIMING=1`), for operators
+/// asking "why is pod start slow?" and for the benchmark.
+pub struct PhaseTimer {
+    start: std::time::Instant,
+    last: std::time::Instant,
+    on: bool,
+}
+
+impl PhaseTimer {
+    pub fn new() -> Self {
+        let now = std::time::Instant::now();
+        PhaseTimer { start: now, last: now, on: std::env::var_os("STRAIT_CNI_TIMING").is_some() }
+    }
+    pub fn mark(&mut self, phase: &str) {
+        if self.on {
+            let now = std::time::Instant::now();
+            eprintln!(
+                "strait-cni timing: {phase:<24} {:>8.3} ms (total {:.3} ms)",
+                (now - self.last).as_secs_f64() * 1e3,
+                (now - self.start).as_secs_f64() * 1e3
+            );
+            self.last = now;
+        }
+    }
+}
+
+impl Default for PhaseTimer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Test hook: stop forever at a named step so crash tests can kill -9 the
 /// plugin mid-ADD. Unset in production.
 fn pause_point(step: &str) {
@@ -74,11 +106,14 @@ fn require_1_1(conf: &NetConf, verb: &str) -> Result<(), CniError> {
 }
 
 fn add(env: &CniEnv, conf: &NetConf) -> Result<serde_json::Value, CniError> {
+    let mut t = PhaseTimer::new();
     let ns = NetnsFile::open(env.netns.as_ref())
         .map_err(|e| CniError::new(ErrorCode::InvalidEnvironment, format!("CNI_NETNS: {e}")))?;
     let host_veth = host_veth_name(&env.container_id, &env.ifname);
     let host_mac = host_veth_mac(&env.container_id, &env.ifname);
-    let resp = client::call(
+    // Ask for the address first and build the veth pair while the agent
+    // works: the pair does not depend on the address.
+    let pending = client::send(
         &conf.agent_socket,
         &Request::Allocate {
             attachment: attachment(env),
@@ -91,170 +126,140 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<serde_json::Value, CniError> {
             host_veth: host_veth.clone(),
         },
     )?;
-    let Response::Allocated { allocation, .. } = resp else {
-        return Err(CniError::new(
-            ErrorCode::IoFailure,
-            format!("unexpected answer from the agent: {resp:?}"),
-        ));
-    };
-    pause_point("after-allocate");
-    match wire(env, conf, &ns, &allocation, &host_veth, host_mac) {
-        Ok(pod_mac) => {
-            let ip = allocation.ip;
-            let res = CniResult {
-                cni_version: conf.cni_version.clone(),
-                interfaces: vec![
-                    Interface {
-                        name: host_veth,
-                        mac: format_mac(&host_mac),
-                        mtu: Some(conf.mtu),
-                        sandbox: None,
-                    },
-                    Interface {
-                        name: env.ifname.clone(),
-                        mac: format_mac(&pod_mac),
-                        mtu: Some(conf.mtu),
-                        sandbox: Some(env.netns.clone()),
-                    },
-                ],
-                ips: vec![IpConfig {
-                    version: (!version_at_least(&conf.cni_version, "1.0.0"))
-                        .then(|| if ip.is_ipv4() { "4" } else { "6" }.to_string()),
-                    address: IpNet::from(ip).to_string(),
-                    gateway: Some(POD_GATEWAY_V4.into()),
-                    interface: Some(1),
-                }],
-                routes: vec![RouteConfig {
-                    dst: "0.0.0.0/0".into(),
-                    gw: Some(POD_GATEWAY_V4.into()),
-                }],
-                dns: serde_json::json!({}),
-            };
-            let merged = res.merged_onto(conf.prev_result.as_ref())?;
-            Ok(serde_json::to_value(merged).expect("results serialise"))
-        }
-        Err(e) => {
+    t.mark("agent request sent");
+    let wired = block_on(async {
+        let host = Netlink::connect().map_err(kernel("netlink"))?;
+        let out = wire(env, conf, &ns, &host, pending, &host_veth, host_mac, &mut t).await;
+        if out.is_err() {
             // Leave no half-made pod: remove the link (and with it the pod
-            // end and routes), then give the address back.
-            let _ = block_on(async {
-                let nl = Netlink::connect()?;
-                nl.delete_link(&host_veth).await
-            });
-            let _ = client::call(
-                &conf.agent_socket,
-                &Request::Release {
-                    attachment: attachment(env),
-                },
-            );
-            Err(e)
+            // end and its routes); the address is given back below.
+            let _ = host.delete_link(&host_veth).await;
         }
-    }
+        out
+    });
+    let (allocation, pod_mac) = match wired {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = client::call(&conf.agent_socket, &Request::Release { attachment: attachment(env) });
+            return Err(e);
+        }
+    };
+    let ip = allocation.ip;
+    let res = CniResult {
+        cni_version: conf.cni_version.clone(),
+        interfaces: vec![
+            Interface {
+                name: host_veth,
+                mac: format_mac(&host_mac),
+                mtu: Some(conf.mtu),
+                sandbox: None,
+            },
+            Interface {
+                name: env.ifname.clone(),
+                mac: format_mac(&pod_mac),
+                mtu: Some(conf.mtu),
+                sandbox: Some(env.netns.clone()),
+            },
+        ],
+        ips: vec![IpConfig {
+            version: (!version_at_least(&conf.cni_version, "1.0.0"))
+                .then(|| if ip.is_ipv4() { "4" } else { "6" }.to_string()),
+            address: IpNet::from(ip).to_string(),
+            gateway: Some(POD_GATEWAY_V4.into()),
+            interface: Some(1),
+        }],
+        routes: vec![RouteConfig {
+            dst: "0.0.0.0/0".into(),
+            gw: Some(POD_GATEWAY_V4.into()),
+        }],
+        dns: serde_json::json!({}),
+    };
+    let merged = res.merged_onto(conf.prev_result.as_ref())?;
+    Ok(serde_json::to_value(merged).expect("results serialise"))
 }
 
-/// Create and configure both ends. Returns the pod interface's MAC.
-fn wire(
+/// Create and configure both ends. Returns the allocation and the pod
+/// interface's MAC.
+#[allow(clippy::too_many_arguments)]
+async fn wire(
     env: &CniEnv,
     conf: &NetConf,
     ns: &NetnsFile,
-    alloc: &Allocation,
+    host: &Netlink,
+    pending: client::Pending,
     host_veth: &str,
     host_mac: [u8; 6],
-) -> Result<Vec<u8>, CniError> {
-    let IpAddr::V4(_) = alloc.ip else {
-        return Err(CniError::new(
-            ErrorCode::InvalidConfig,
-            "IPv6 pod addresses are not supported yet",
-        ));
-    };
-    let host_index = block_on(async {
-        let nl = Netlink::connect().map_err(kernel("netlink"))?;
+    t: &mut PhaseTimer,
+) -> Result<(Allocation, Vec<u8>), CniError> {
+    let create = || host.create_veth(host_veth, host_mac, &env.ifname, ns.raw_fd(), conf.mtu);
+    match create().await {
+        Ok(()) => {}
         // A leftover from an earlier ADD of this container that crashed
-        // midway: same deterministic name, so remove and start clean.
-        nl.delete_link(host_veth)
-            .await
-            .map_err(kernel("remove stale host veth"))?;
-        nl.create_veth(host_veth, host_mac, &env.ifname, ns.raw_fd(), conf.mtu)
-            .await
-            .map_err(|e| {
-                if e.is_exists() {
-                    CniError::new(
-                        ErrorCode::Kernel,
-                        format!("cannot create the pod interface: an interface named {} already exists in {} or a host link named {host_veth} exists", env.ifname, env.netns),
-                    )
-                } else {
-                    kernel("create veth pair")(e)
-                }
-            })?;
-        let l = nl
-            .link(host_veth)
-            .await
-            .map_err(kernel("read host veth"))?
-            .ok_or_else(|| {
-                CniError::new(
-                    ErrorCode::Kernel,
-                    format!("host veth {host_veth} vanished after creation"),
-                )
-            })?;
-        Ok::<u32, CniError>(l.index)
-    })?;
+        // midway has the same deterministic name: remove it, try again.
+        Err(e) if e.is_exists() && host.delete_link(host_veth).await.map_err(kernel("remove stale host veth"))? => {
+            create().await.map_err(kernel("create veth pair"))?
+        }
+        Err(e) if e.is_exists() => {
+            return Err(CniError::new(
+                ErrorCode::Kernel,
+                format!(
+                    "cannot create the pod interface: an interface named {} already exists in {}",
+                    env.ifname, env.netns
+                ),
+            ))
+        }
+        Err(e) => return Err(kernel("create veth pair")(e)),
+    }
+    t.mark("create veth");
     pause_point("after-veth");
-    let ip = alloc.ip;
-    let ifname = env.ifname.clone();
-    let pod_mac = in_netns(ns, move || {
-        block_on(async move {
-            let nl = Netlink::connect().map_err(kernel("netlink in pod namespace"))?;
-            if let Some(lo) = nl.link("lo").await.map_err(kernel("read lo"))? {
-                nl.set_up(lo.index).await.map_err(kernel("set lo up"))?;
-            }
-            let eth = nl
-                .link(&ifname)
-                .await
-                .map_err(kernel("read pod interface"))?
-                .ok_or_else(|| {
-                    CniError::new(
-                        ErrorCode::Kernel,
-                        format!("{ifname} missing in the pod namespace"),
-                    )
-                })?;
-            nl.set_up(eth.index)
-                .await
-                .map_err(kernel("set pod interface up"))?;
-            nl.add_address(eth.index, ip, 32)
-                .await
-                .map_err(kernel("add pod address"))?;
-            let gw: IpAddr = POD_GATEWAY_V4.into();
-            nl.replace_permanent_neighbour(eth.index, gw, &host_mac)
-                .await
-                .map_err(kernel("add gateway neighbour"))?;
-            nl.replace_route(&Route {
-                dst: IpNet::from(gw),
-                via: None,
-                oif: Some(eth.index),
-                kind: RouteKind::Unicast,
-                protocol: ROUTE_PROTOCOL,
-            })
-            .await
-            .map_err(kernel("add gateway route"))?;
-            nl.replace_route(&Route {
-                dst: "0.0.0.0/0".parse().unwrap(),
-                via: Some(gw),
-                oif: Some(eth.index),
-                kind: RouteKind::Unicast,
-                protocol: ROUTE_PROTOCOL,
-            })
-            .await
-            .map_err(kernel("add default route"))?;
-            Ok::<Vec<u8>, CniError>(eth.mac)
+    let resp = pending.wait()?;
+    let Response::Allocated { allocation, .. } = resp else {
+        return Err(CniError::new(ErrorCode::IoFailure, format!("unexpected answer from the agent: {resp:?}")));
+    };
+    t.mark("agent reply");
+    pause_point("after-allocate");
+    let IpAddr::V4(_) = allocation.ip else {
+        return Err(CniError::new(ErrorCode::InvalidConfig, "IPv6 pod addresses are not supported yet"));
+    };
+    let ip = allocation.ip;
+    let pod = Netlink::connect_in(ns).map_err(kernel("netlink in pod namespace"))?;
+    if let Some(lo) = pod.link("lo").await.map_err(kernel("read lo"))? {
+        pod.set_up(lo.index).await.map_err(kernel("set lo up"))?;
+    }
+    let eth = pod
+        .link(&env.ifname)
+        .await
+        .map_err(kernel("read pod interface"))?
+        .ok_or_else(|| CniError::new(ErrorCode::Kernel, format!("{} missing in the pod namespace", env.ifname)))?;
+    pod.set_up(eth.index).await.map_err(kernel("set pod interface up"))?;
+    pod.add_address(eth.index, ip, 32).await.map_err(kernel("add pod address"))?;
+    let gw: IpAddr = POD_GATEWAY_V4.into();
+    pod.replace_permanent_neighbour(eth.index, gw, &host_mac)
+        .await
+        .map_err(kernel("add gateway neighbour"))?;
+    for (dst, via) in [(IpNet::from(gw), None), ("0.0.0.0/0".parse().unwrap(), Some(gw))] {
+        pod.replace_route(&Route {
+            dst,
+            via,
+            oif: Some(eth.index),
+            kind: RouteKind::Unicast,
+            protocol: ROUTE_PROTOCOL,
         })
-    })
-    .map_err(kernel("enter pod namespace"))??;
-    block_on(async {
-        let nl = Netlink::connect().map_err(kernel("netlink"))?;
-        nl.replace_route(&host_route(ip, host_index))
-            .await
-            .map_err(kernel("add host route to pod"))
-    })?;
-    Ok(pod_mac)
+        .await
+        .map_err(kernel("add pod route"))?;
+    }
+    t.mark("configure pod side");
+    let host_index = host
+        .link(host_veth)
+        .await
+        .map_err(kernel("read host veth"))?
+        .ok_or_else(|| CniError::new(ErrorCode::Kernel, format!("host veth {host_veth} vanished")))?
+        .index;
+    host.replace_route(&host_route(ip, host_index))
+        .await
+        .map_err(kernel("add host route to pod"))?;
+    t.mark("host route");
+    Ok((allocation, eth.mac))
 }
 
 pub fn host_route(ip: IpAddr, host_index: u32) -> Route {

@@ -121,6 +121,24 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// Open a connection in the namespace `ns` from the calling thread's
+    /// runtime: only the socket is created inside `ns` (on a helper thread);
+    /// the socket stays bound to `ns` for its whole life.
+    pub fn connect_in(ns: &crate::NetnsFile) -> Result<Self> {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle, _) = crate::in_netns(ns, move || {
+            // The socket registers with the caller's reactor.
+            let _enter = rt.enter();
+            rtnetlink::new_connection()
+        })?
+        .map_err(|source| KernelError::Io {
+            what: "open a netlink socket in the pod namespace".into(),
+            source,
+        })?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
         let mut s = self
             .handle
