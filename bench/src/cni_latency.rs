@@ -36,7 +36,10 @@ fn run_plugin(p: &Plugin, cmd: &str, cid: &str, netns: &str) -> anyhow::Result<D
         .env("CNI_NETNS", netns_path(netns))
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", REF)
-        .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={cid}"))
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={cid}"),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -45,7 +48,11 @@ fn run_plugin(p: &Plugin, cmd: &str, cid: &str, netns: &str) -> anyhow::Result<D
     let out = child.wait_with_output()?;
     let dt = t0.elapsed();
     if !out.status.success() {
-        bail!("{} {cmd} {cid}: {}", p.name, String::from_utf8_lossy(&out.stdout));
+        bail!(
+            "{} {cmd} {cid}: {}",
+            p.name,
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     Ok(dt)
 }
@@ -64,12 +71,25 @@ impl Samples {
 
 /// One batch: ADD (then DEL) `pods` pods, `par` at a time, each from a
 /// thread inside the node namespace.
-fn batch(node: &NetnsFile, p: &Plugin, pods: &[String], par: usize, cmd: &str, out: &mut Samples) -> anyhow::Result<()> {
+fn batch(
+    node: &NetnsFile,
+    p: &Plugin,
+    pods: &[String],
+    par: usize,
+    cmd: &str,
+    out: &mut Samples,
+) -> anyhow::Result<()> {
     for chunk in pods.chunks(par) {
         let res: Vec<anyhow::Result<Duration>> = std::thread::scope(|s| {
             let hs: Vec<_> = chunk
                 .iter()
-                .map(|ns| s.spawn(move || in_netns(node, || run_plugin(p, cmd, ns, ns)).map_err(anyhow::Error::from).and_then(|r| r)))
+                .map(|ns| {
+                    s.spawn(move || {
+                        in_netns(node, || run_plugin(p, cmd, ns, ns))
+                            .map_err(anyhow::Error::from)
+                            .and_then(|r| r)
+                    })
+                })
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
@@ -80,7 +100,13 @@ fn batch(node: &NetnsFile, p: &Plugin, pods: &[String], par: usize, cmd: &str, o
     Ok(())
 }
 
-fn batch_floor(node: &NetnsFile, p: &Plugin, pods: &[String], par: usize, out: &mut Samples) -> anyhow::Result<()> {
+fn batch_floor(
+    node: &NetnsFile,
+    p: &Plugin,
+    pods: &[String],
+    par: usize,
+    out: &mut Samples,
+) -> anyhow::Result<()> {
     let spawn = || -> anyhow::Result<Duration> {
         let t0 = Instant::now();
         let mut child = Command::new(&p.bin)
@@ -98,7 +124,13 @@ fn batch_floor(node: &NetnsFile, p: &Plugin, pods: &[String], par: usize, out: &
         let res: Vec<anyhow::Result<Duration>> = std::thread::scope(|s| {
             let hs: Vec<_> = chunk
                 .iter()
-                .map(|_| s.spawn(|| in_netns(node, spawn).map_err(anyhow::Error::from).and_then(|r| r)))
+                .map(|_| {
+                    s.spawn(|| {
+                        in_netns(node, spawn)
+                            .map_err(anyhow::Error::from)
+                            .and_then(|r| r)
+                    })
+                })
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
@@ -125,37 +157,62 @@ impl Drop for Cleanup {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let kernel = strait_lab::cmd::run("uname", &["-r"]).unwrap_or_default();
-    let bridge_ver = strait_lab::cmd::run("dpkg-query", &["-W", "-f", "${Version}", "containernetworking-plugins"]).unwrap_or_default();
+    let bridge_ver = strait_lab::cmd::run(
+        "dpkg-query",
+        &["-W", "-f", "${Version}", "containernetworking-plugins"],
+    )
+    .unwrap_or_default();
     format!(
         "kernel {}, {} CPUs ({cpu}), containernetworking-plugins {bridge_ver}",
         kernel.trim(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     )
 }
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str, def: usize| -> usize {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(def)
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(def)
     };
     let rounds = flag("--rounds", 4);
     let par = flag("--parallel", 50);
-    let out_file = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).map(PathBuf::from);
+    let out_file = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
     if !nix::unistd::geteuid().is_root() {
         bail!("cni-latency needs root (it creates network namespaces)");
     }
     if !Path::new(REF).join("bridge").exists() {
         bail!("{REF}/bridge is missing: apt-get install containernetworking-plugins");
     }
-    let bins = Binaries::locate().context("run from target/*/ next to strait and strait-cni, or set STRAIT_CNI")?;
+    let bins = Binaries::locate()
+        .context("run from target/*/ next to strait and strait-cni, or set STRAIT_CNI")?;
     let strait = bins.strait.with_file_name("strait");
     if !strait.exists() {
-        bail!("{} missing: cargo build --release --workspace", strait.display());
+        bail!(
+            "{} missing: cargo build --release --workspace",
+            strait.display()
+        );
     }
-    let bins = Binaries { strait, cni: bins.cni };
+    let bins = Binaries {
+        strait,
+        cni: bins.cni,
+    };
     let mut cleanup = Cleanup(vec![]);
     let _ = labrun::down(LAB, &bins);
 
@@ -168,7 +225,11 @@ fn main() -> anyhow::Result<()> {
     let node_ns = NetnsFile::open(&netns_path(&node.netns))?;
 
     let plugins = [
-        Plugin { name: "strait", bin: bins.cni.clone(), conf: labrun::cni_conf(&st, &node) },
+        Plugin {
+            name: "strait",
+            bin: bins.cni.clone(),
+            conf: labrun::cni_conf(&st, &node),
+        },
         Plugin {
             name: "bridge+host-local",
             bin: Path::new(REF).join("bridge"),
@@ -184,7 +245,9 @@ fn main() -> anyhow::Result<()> {
     let mut table = vec![];
     for (pi, p) in plugins.iter().enumerate() {
         for (mode, width) in [("sequential", 1usize), ("parallel", par)] {
-            let pods: Vec<String> = (0..n).map(|i| format!("strait-{LAB}-pod-b{pi}-{}-{i}", &mode[..3])).collect();
+            let pods: Vec<String> = (0..n)
+                .map(|i| format!("strait-{LAB}-pod-b{pi}-{}-{i}", &mode[..3]))
+                .collect();
             for ns in &pods {
                 strait_lab::cmd::ip(&["netns", "add", ns])?;
                 cleanup.0.push(ns.clone());
@@ -205,8 +268,15 @@ fn main() -> anyhow::Result<()> {
     // The floor every exec'd plugin pays: spawning a process that does
     // nothing (/bin/true) and strait-cni answering VERSION.
     let mut floors = vec![];
-    for (name, bin) in [("/bin/true", PathBuf::from("/bin/true")), ("strait-cni VERSION", bins.cni.clone())] {
-        let p = Plugin { name: "floor", bin, conf: b"{}".to_vec() };
+    for (name, bin) in [
+        ("/bin/true", PathBuf::from("/bin/true")),
+        ("strait-cni VERSION", bins.cni.clone()),
+    ] {
+        let p = Plugin {
+            name: "floor",
+            bin,
+            conf: b"{}".to_vec(),
+        };
         let mut seq = Samples::default();
         let pods: Vec<String> = (0..n).map(|_| String::new()).collect();
         batch_floor(&node_ns, &p, &pods, 1, &mut seq)?;
@@ -227,11 +297,18 @@ fn main() -> anyhow::Result<()> {
     for (name, seq, p) in &floors {
         report.push_str(&format!(
             "| {name} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |\n",
-            seq.pct(0.5), seq.pct(0.99), p.pct(0.5), p.pct(0.99)
+            seq.pct(0.5),
+            seq.pct(0.99),
+            p.pct(0.5),
+            p.pct(0.99)
         ));
     }
     let med = |name: &str, mode: &str, add: bool| {
-        table.iter().find(|t| t.0 == name && t.1 == mode).map(|t| if add { t.3.pct(0.5) } else { t.4.pct(0.5) }).unwrap()
+        table
+            .iter()
+            .find(|t| t.0 == name && t.1 == mode)
+            .map(|t| if add { t.3.pct(0.5) } else { t.4.pct(0.5) })
+            .unwrap()
     };
     report.push_str(&format!(
         "\nstrait median ADD is {:.1}x faster than bridge sequential, {:.1}x in parallel; DEL {:.1}x and {:.1}x.\n",

@@ -117,7 +117,11 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                     tracing::info!(ip = %a.ip, pod = %a.pod, "GC released");
                 }
                 // Links of released pods go in the reconciler's next pass.
-                agent.doomed_links.lock().unwrap().extend(released.iter().map(|a| a.host_veth.clone()));
+                agent
+                    .doomed_links
+                    .lock()
+                    .unwrap()
+                    .extend(released.iter().map(|a| a.host_veth.clone()));
                 agent.nudge.notify_one();
                 Response::Collected { released }
             }

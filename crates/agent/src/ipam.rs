@@ -43,7 +43,11 @@ impl NodeIpam {
         Self::load_for_boot(path, cooldown, store::boot_id())
     }
 
-    pub fn load_for_boot(path: PathBuf, cooldown: Duration, boot_id: String) -> Result<Self, StoreError> {
+    pub fn load_for_boot(
+        path: PathBuf,
+        cooldown: Duration,
+        boot_id: String,
+    ) -> Result<Self, StoreError> {
         let state = match store::load::<IpamFile>(&path)? {
             Some(f) if f.boot_id == boot_id => Some(f.ipam),
             Some(f) => {
@@ -64,7 +68,13 @@ impl NodeIpam {
     }
 
     fn save(&self, state: &IpamState) -> Result<(), StoreError> {
-        store::save(&self.path, &IpamFileRef { boot_id: &self.boot_id, ipam: state })
+        store::save(
+            &self.path,
+            &IpamFileRef {
+                boot_id: &self.boot_id,
+                ipam: state,
+            },
+        )
     }
 
     fn cooldown_ms(&self) -> u64 {

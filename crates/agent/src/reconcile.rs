@@ -75,7 +75,8 @@ pub async fn pass(agent: &Agent, nl: &Netlink) -> anyhow::Result<()> {
     // mid-ADD) and go once they have stayed unowned for ORPHAN_GRACE: an ADD
     // in flight creates its link while the agent is still allocating.
     let links = nl.links().await?;
-    let by_veth: HashMap<&str, &Allocation> = allocs.iter().map(|a| (a.host_veth.as_str(), a)).collect();
+    let by_veth: HashMap<&str, &Allocation> =
+        allocs.iter().map(|a| (a.host_veth.as_str(), a)).collect();
     let doomed: Vec<String> = std::mem::take(&mut *agent.doomed_links.lock().unwrap());
     let mut veth_index: HashMap<&str, u32> = HashMap::new();
     let now = std::time::Instant::now();
@@ -88,7 +89,13 @@ pub async fn pass(agent: &Agent, nl: &Netlink) -> anyhow::Result<()> {
             veth_index.insert(a.host_veth.as_str(), l.index);
             continue;
         }
-        let first = agent.orphan_links.lock().unwrap().get(&l.name).copied().unwrap_or(now);
+        let first = agent
+            .orphan_links
+            .lock()
+            .unwrap()
+            .get(&l.name)
+            .copied()
+            .unwrap_or(now);
         if doomed.contains(&l.name) || now.duration_since(first) >= ORPHAN_GRACE {
             if nl.delete_link(&l.name).await? {
                 tracing::info!(link = %l.name, "removed host veth that no pod owns");

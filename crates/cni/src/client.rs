@@ -36,20 +36,29 @@ pub fn send(socket: &Path, req: &Request) -> Result<Pending, CniError> {
     s.set_write_timeout(Some(TIMEOUT)).ok();
     let mut line = serde_json::to_vec(req).expect("requests serialise");
     line.push(b'\n');
-    s.write_all(&line).map_err(|e| unreachable(socket, "send", e))?;
-    Ok(Pending { reader: BufReader::new(s), socket: socket.to_path_buf() })
+    s.write_all(&line)
+        .map_err(|e| unreachable(socket, "send", e))?;
+    Ok(Pending {
+        reader: BufReader::new(s),
+        socket: socket.to_path_buf(),
+    })
 }
 
 impl Pending {
     pub fn wait(mut self) -> Result<Response, CniError> {
         let socket = self.socket.as_path();
         let mut resp = String::new();
-        self.reader.read_line(&mut resp).map_err(|e| unreachable(socket, "receive", e))?;
+        self.reader
+            .read_line(&mut resp)
+            .map_err(|e| unreachable(socket, "receive", e))?;
         if resp.is_empty() {
             return Err(unreachable(
                 socket,
                 "receive",
-                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the agent closed the connection without answering"),
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the agent closed the connection without answering",
+                ),
             ));
         }
         decode(&resp)

@@ -27,7 +27,11 @@ pub struct PhaseTimer {
 impl PhaseTimer {
     pub fn new() -> Self {
         let now = std::time::Instant::now();
-        PhaseTimer { start: now, last: now, on: std::env::var_os("STRAIT_CNI_TIMING").is_some() }
+        PhaseTimer {
+            start: now,
+            last: now,
+            on: std::env::var_os("STRAIT_CNI_TIMING").is_some(),
+        }
     }
     pub fn mark(&mut self, phase: &str) {
         if self.on {
@@ -140,7 +144,12 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<serde_json::Value, CniError> {
     let (allocation, pod_mac) = match wired {
         Ok(v) => v,
         Err(e) => {
-            let _ = client::call(&conf.agent_socket, &Request::Release { attachment: attachment(env) });
+            let _ = client::call(
+                &conf.agent_socket,
+                &Request::Release {
+                    attachment: attachment(env),
+                },
+            );
             return Err(e);
         }
     };
@@ -191,35 +200,28 @@ async fn wire(
     host_mac: [u8; 6],
     t: &mut PhaseTimer,
 ) -> Result<(Allocation, Vec<u8>), CniError> {
-    let create = || host.create_veth(host_veth, host_mac, &env.ifname, ns.raw_fd(), conf.mtu);
-    match create().await {
-        Ok(()) => {}
-        // A leftover from an earlier ADD of this container that crashed
-        // midway has the same deterministic name: remove it, try again.
-        Err(e) if e.is_exists() && host.delete_link(host_veth).await.map_err(kernel("remove stale host veth"))? => {
-            create().await.map_err(kernel("create veth pair"))?
-        }
-        Err(e) if e.is_exists() => {
-            return Err(CniError::new(
-                ErrorCode::Kernel,
-                format!(
-                    "cannot create the pod interface: an interface named {} already exists in {}",
-                    env.ifname, env.netns
-                ),
-            ))
-        }
-        Err(e) => return Err(kernel("create veth pair")(e)),
-    }
+    let created = create_host_end(env, conf, ns, host, host_veth, host_mac).await;
     t.mark("create veth");
     pause_point("after-veth");
-    let resp = pending.wait()?;
+    // Always collect the agent's answer before returning, even when the link
+    // failed: a Release sent while the Allocate is still in flight could
+    // overtake it and leak the address.
+    let resp = pending.wait();
+    created?;
+    let resp = resp?;
     let Response::Allocated { allocation, .. } = resp else {
-        return Err(CniError::new(ErrorCode::IoFailure, format!("unexpected answer from the agent: {resp:?}")));
+        return Err(CniError::new(
+            ErrorCode::IoFailure,
+            format!("unexpected answer from the agent: {resp:?}"),
+        ));
     };
     t.mark("agent reply");
     pause_point("after-allocate");
     let IpAddr::V4(_) = allocation.ip else {
-        return Err(CniError::new(ErrorCode::InvalidConfig, "IPv6 pod addresses are not supported yet"));
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            "IPv6 pod addresses are not supported yet",
+        ));
     };
     let ip = allocation.ip;
     let pod = Netlink::connect_in(ns).map_err(kernel("netlink in pod namespace"))?;
@@ -230,14 +232,26 @@ async fn wire(
         .link(&env.ifname)
         .await
         .map_err(kernel("read pod interface"))?
-        .ok_or_else(|| CniError::new(ErrorCode::Kernel, format!("{} missing in the pod namespace", env.ifname)))?;
-    pod.set_up(eth.index).await.map_err(kernel("set pod interface up"))?;
-    pod.add_address(eth.index, ip, 32).await.map_err(kernel("add pod address"))?;
+        .ok_or_else(|| {
+            CniError::new(
+                ErrorCode::Kernel,
+                format!("{} missing in the pod namespace", env.ifname),
+            )
+        })?;
+    pod.set_up(eth.index)
+        .await
+        .map_err(kernel("set pod interface up"))?;
+    pod.add_address(eth.index, ip, 32)
+        .await
+        .map_err(kernel("add pod address"))?;
     let gw: IpAddr = POD_GATEWAY_V4.into();
     pod.replace_permanent_neighbour(eth.index, gw, &host_mac)
         .await
         .map_err(kernel("add gateway neighbour"))?;
-    for (dst, via) in [(IpNet::from(gw), None), ("0.0.0.0/0".parse().unwrap(), Some(gw))] {
+    for (dst, via) in [
+        (IpNet::from(gw), None),
+        ("0.0.0.0/0".parse().unwrap(), Some(gw)),
+    ] {
         pod.replace_route(&Route {
             dst,
             via,
@@ -260,6 +274,39 @@ async fn wire(
         .map_err(kernel("add host route to pod"))?;
     t.mark("host route");
     Ok((allocation, eth.mac))
+}
+
+async fn create_host_end(
+    env: &CniEnv,
+    conf: &NetConf,
+    ns: &NetnsFile,
+    host: &Netlink,
+    host_veth: &str,
+    host_mac: [u8; 6],
+) -> Result<(), CniError> {
+    let create = || host.create_veth(host_veth, host_mac, &env.ifname, ns.raw_fd(), conf.mtu);
+    match create().await {
+        Ok(()) => Ok(()),
+        // A leftover from an earlier ADD of this container that crashed
+        // midway has the same deterministic name: remove it, try again.
+        Err(e)
+            if e.is_exists()
+                && host
+                    .delete_link(host_veth)
+                    .await
+                    .map_err(kernel("remove stale host veth"))? =>
+        {
+            create().await.map_err(kernel("create veth pair"))
+        }
+        Err(e) if e.is_exists() => Err(CniError::new(
+            ErrorCode::Kernel,
+            format!(
+                "cannot create the pod interface: an interface named {} already exists in {}",
+                env.ifname, env.netns
+            ),
+        )),
+        Err(e) => Err(kernel("create veth pair")(e)),
+    }
 }
 
 pub fn host_route(ip: IpAddr, host_index: u32) -> Route {

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up, build, and run every test: unit tests and the root integration
+# tests that build labs and send real packets. Run as root (CI does); under
+# CI=true a skipped root test is a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cargo build --workspace --bins
+cargo test --workspace
+# Nothing may be left behind.
+left=$(ip netns list 2>/dev/null | awk '{print $1}' | grep '^strait-' || true)
+if [ -n "$left" ]; then
+  echo "tests left network namespaces behind: $left" >&2
+  exit 1
+fi
