@@ -52,6 +52,14 @@ fn add_check_del_lifecycle() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(pod(&["ip", "-4", "addr", "show", "eth0"]).contains("inet 198.19.0.1/32"));
+    let pod_mac =
+        strait_model::naming::format_mac(&strait_model::naming::pod_veth_mac("cid-p1", "eth0"));
+    assert_eq!(r["interfaces"][1]["mac"], pod_mac.as_str());
+    assert!(
+        pod(&["ip", "link", "show", "eth0"]).contains(&pod_mac),
+        "the result's MAC is the real one"
+    );
+    assert!(pod(&["ip", "link", "show", "lo"]).contains("UP"));
     assert!(pod(&["ip", "route"]).contains("default via 169.254.1.1 dev eth0"));
     let host_mac =
         strait_model::naming::format_mac(&strait_model::naming::host_veth_mac("cid-p1", "eth0"));

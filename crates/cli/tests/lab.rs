@@ -279,3 +279,40 @@ fn vanished_pod_namespace_releases_its_address() {
         lab.host_veths("n1").is_empty()
     });
 }
+
+#[test]
+fn up_recovers_from_a_crashed_lab_and_the_socket_is_private() {
+    if !require_root("up_recovers_from_a_crashed_lab_and_the_socket_is_private") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let yaml = lab_yaml("t-reup", &["n1", "n2"], 24, &[("r1", "n1"), ("r2", "n2")]);
+    let first = Lab::up(&yaml);
+    let mode = std::fs::metadata(first.st.socket(first.node("n1")))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "agent socket must be private");
+    // Crash: every process of the lab dies at once, nothing is cleaned up.
+    for ns in strait_lab::cmd::netns_with_prefix("strait-t-reup-") {
+        for pid in strait_lab::cmd::netns_pids(&ns) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    first.abandon(); // no down: the leftovers stay, as after a crash
+    let second = Lab::up(&yaml);
+    assert_eq!(second.probe("r1", "r2").unwrap(), "r2");
+    assert_eq!(
+        second.status("n1").allocations.len(),
+        1,
+        "no stale allocations from the crashed run"
+    );
+    assert_eq!(
+        strait_lab::cmd::netns_with_prefix("strait-t-reup-").len(),
+        5,
+        "fabric + 2 nodes + 2 pods"
+    );
+}

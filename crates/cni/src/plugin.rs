@@ -3,12 +3,13 @@
 use crate::client;
 use crate::env::{CniEnv, Command};
 use crate::types::*;
+use futures::TryFutureExt;
 use ipnet::IpNet;
 use std::net::IpAddr;
 use strait_model::api::{Request, Response};
 use strait_model::ipam::{Allocation, Attachment, PodRef};
 use strait_model::naming::{
-    format_mac, host_veth_mac, host_veth_name, POD_GATEWAY_V4, ROUTE_PROTOCOL,
+    format_mac, host_veth_mac, host_veth_name, pod_veth_mac, POD_GATEWAY_V4, ROUTE_PROTOCOL,
 };
 use strait_netlink::{block_on, in_netns, KernelError, Netlink, NetnsFile, Route, RouteKind};
 
@@ -200,14 +201,28 @@ async fn wire(
     host_mac: [u8; 6],
     t: &mut PhaseTimer,
 ) -> Result<(Allocation, Vec<u8>), CniError> {
-    let created = create_host_end(env, conf, ns, host, host_veth, host_mac).await;
+    let pod_mac = pod_veth_mac(&env.container_id, &env.ifname);
+    // One lookup after creation gives both the host end's index and, from
+    // IFLA_LINK, the pod end's index inside the pod namespace.
+    let host_link = match create_host_end(env, conf, ns, host, host_veth, host_mac, pod_mac).await {
+        Ok(()) => host
+            .link(host_veth)
+            .await
+            .map_err(kernel("read host veth"))
+            .and_then(|l| {
+                l.ok_or_else(|| {
+                    CniError::new(ErrorCode::Kernel, format!("host veth {host_veth} vanished"))
+                })
+            }),
+        Err(e) => Err(e),
+    };
     t.mark("create veth");
     pause_point("after-veth");
     // Always collect the agent's answer before returning, even when the link
     // failed: a Release sent while the Allocate is still in flight could
     // overtake it and leak the address.
     let resp = pending.wait();
-    created?;
+    let host_link = host_link?;
     let resp = resp?;
     let Response::Allocated { allocation, .. } = resp else {
         return Err(CniError::new(
@@ -224,57 +239,49 @@ async fn wire(
         ));
     };
     let ip = allocation.ip;
-    let pod = Netlink::connect_in(ns).map_err(kernel("netlink in pod namespace"))?;
-    if let Some(lo) = pod.link("lo").await.map_err(kernel("read lo"))? {
-        pod.set_up(lo.index).await.map_err(kernel("set lo up"))?;
-    }
-    let eth = pod
-        .link(&env.ifname)
-        .await
-        .map_err(kernel("read pod interface"))?
-        .ok_or_else(|| {
-            CniError::new(
-                ErrorCode::Kernel,
-                format!("{} missing in the pod namespace", env.ifname),
-            )
-        })?;
-    pod.set_up(eth.index)
-        .await
-        .map_err(kernel("set pod interface up"))?;
-    pod.add_address(eth.index, ip, 32)
-        .await
-        .map_err(kernel("add pod address"))?;
+    let eth = host_link.peer_index.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::Kernel,
+            format!("host veth {host_veth} reports no peer"),
+        )
+    })?;
     let gw: IpAddr = POD_GATEWAY_V4.into();
-    pod.replace_permanent_neighbour(eth.index, gw, &host_mac)
-        .await
-        .map_err(kernel("add gateway neighbour"))?;
-    for (dst, via) in [
-        (IpNet::from(gw), None),
-        ("0.0.0.0/0".parse().unwrap(), Some(gw)),
-    ] {
-        pod.replace_route(&Route {
-            dst,
-            via,
-            oif: Some(eth.index),
-            kind: RouteKind::Unicast,
-            protocol: ROUTE_PROTOCOL,
-        })
-        .await
-        .map_err(kernel("add pod route"))?;
-    }
+    let pod_route = |dst: IpNet, via: Option<IpAddr>| Route {
+        dst,
+        via,
+        oif: Some(eth),
+        kind: RouteKind::Unicast,
+        protocol: ROUTE_PROTOCOL,
+    };
+    let (to_gw, default) = (
+        pod_route(IpNet::from(gw), None),
+        pod_route("0.0.0.0/0".parse().unwrap(), Some(gw)),
+    );
+    let pod = Netlink::connect_in(ns).map_err(kernel("netlink in pod namespace"))?;
+    // Pipelined on one socket: each request is sent when first polled, in
+    // this order, and the kernel applies them in the order they arrive.
+    futures::try_join!(
+        pod.set_up(LOOPBACK_IFINDEX).map_err(kernel("set lo up")),
+        pod.set_up(eth).map_err(kernel("set pod interface up")),
+        pod.add_address(eth, ip, 32)
+            .map_err(kernel("add pod address")),
+        pod.replace_permanent_neighbour(eth, gw, &host_mac)
+            .map_err(kernel("add gateway neighbour")),
+        pod.replace_route(&to_gw)
+            .map_err(kernel("add route to the gateway")),
+        pod.replace_route(&default)
+            .map_err(kernel("add default route")),
+    )?;
     t.mark("configure pod side");
-    let host_index = host
-        .link(host_veth)
-        .await
-        .map_err(kernel("read host veth"))?
-        .ok_or_else(|| CniError::new(ErrorCode::Kernel, format!("host veth {host_veth} vanished")))?
-        .index;
-    host.replace_route(&host_route(ip, host_index))
+    host.replace_route(&host_route(ip, host_link.index))
         .await
         .map_err(kernel("add host route to pod"))?;
     t.mark("host route");
-    Ok((allocation, eth.mac))
+    Ok((allocation, pod_mac.to_vec()))
 }
+
+/// `lo` is always the first device of a network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 async fn create_host_end(
     env: &CniEnv,
@@ -283,8 +290,18 @@ async fn create_host_end(
     host: &Netlink,
     host_veth: &str,
     host_mac: [u8; 6],
+    pod_mac: [u8; 6],
 ) -> Result<(), CniError> {
-    let create = || host.create_veth(host_veth, host_mac, &env.ifname, ns.raw_fd(), conf.mtu);
+    let create = || {
+        host.create_veth(
+            host_veth,
+            host_mac,
+            &env.ifname,
+            pod_mac,
+            ns.raw_fd(),
+            conf.mtu,
+        )
+    };
     match create().await {
         Ok(()) => Ok(()),
         // A leftover from an earlier ADD of this container that crashed

@@ -38,6 +38,14 @@ pub fn host_veth_mac(container_id: &str, ifname: &str) -> [u8; 6] {
     [0xee, d[11], d[12], d[13], d[14], d[15]]
 }
 
+/// MAC address of the pod end: also derived, so the plugin never has to
+/// look it up in the pod's namespace. The link is point-to-point, so it only
+/// has to differ from the host end's.
+pub fn pod_veth_mac(container_id: &str, ifname: &str) -> [u8; 6] {
+    let d = digest(container_id, ifname);
+    [0x0a, d[16], d[17], d[18], d[19], d[20]]
+}
+
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
@@ -81,6 +89,9 @@ mod tests {
         let m = host_veth_mac("c1", "eth0");
         assert_eq!(m[0] & 0x01, 0, "unicast");
         assert_eq!(m[0] & 0x02, 0x02, "locally administered");
+        let p = pod_veth_mac("c1", "eth0");
+        assert_eq!(p[0] & 0x03, 0x02, "pod end: local unicast too");
+        assert_ne!(p, m);
         assert_eq!(format_mac(&[0xee, 1, 2, 3, 4, 0xff]), "ee:01:02:03:04:ff");
     }
 }

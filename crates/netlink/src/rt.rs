@@ -33,6 +33,8 @@ pub struct Link {
     pub mac: Vec<u8>,
     pub mtu: u32,
     pub up: bool,
+    /// IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace).
+    pub peer_index: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,12 +65,14 @@ fn link_from(msg: LinkMessage) -> Link {
         mac: vec![],
         mtu: 0,
         up: msg.header.flags.contains(LinkFlags::Up),
+        peer_index: None,
     };
     for a in msg.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n,
             LinkAttribute::Address(m) => l.mac = m,
             LinkAttribute::Mtu(m) => l.mtu = m,
+            LinkAttribute::Link(i) => l.peer_index = Some(i),
             _ => {}
         }
     }
@@ -186,17 +190,19 @@ impl Netlink {
     }
 
     /// Create a veth pair whose peer is born directly in the namespace
-    /// `peer_netns_fd` (no separate move), with a fixed MAC on the host end.
+    /// `peer_netns_fd` (no separate move), with fixed MACs on both ends.
     pub async fn create_veth(
         &self,
         host: &str,
         host_mac: [u8; 6],
         peer: &str,
+        peer_mac: [u8; 6],
         peer_netns_fd: i32,
         mtu: u32,
     ) -> Result<()> {
         let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
+            .address(peer_mac.to_vec())
             .mtu(mtu)
             .setns_by_fd(peer_netns_fd)
             .build();

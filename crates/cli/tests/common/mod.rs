@@ -40,6 +40,8 @@ pub struct Lab {
     pub st: LabState,
     pub bins: Binaries,
     _file: tempfile::NamedTempFile,
+    /// False once the test has abandoned the lab (to simulate a crash).
+    armed: bool,
 }
 
 impl Lab {
@@ -49,7 +51,17 @@ impl Lab {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(yaml.as_bytes()).unwrap();
         let st = labrun::up(f.path(), &bins).expect("lab up");
-        Lab { st, bins, _file: f }
+        Lab {
+            st,
+            bins,
+            _file: f,
+            armed: true,
+        }
+    }
+
+    /// Drop the guard without taking the lab down, as a crash would.
+    pub fn abandon(mut self) {
+        self.armed = false;
     }
 
     pub fn name(&self) -> &str {
@@ -113,6 +125,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let name = self.st.plan.name.clone();
         if let Err(e) = labrun::down(&name, &self.bins) {
             eprintln!("lab {name} down failed: {e:#}");
