@@ -6,6 +6,7 @@ use strait_cni::plugin;
 use strait_cni::types::{CniError, ErrorCode};
 
 fn main() {
+    let mut timer = plugin::PhaseTimer::new();
     let mut stdin = vec![];
     let read = std::io::stdin().read_to_end(&mut stdin);
     // Errors are reported in the configuration's cniVersion when it can be read.
@@ -21,6 +22,7 @@ fn main() {
         .map_err(|e| CniError::new(ErrorCode::IoFailure, format!("reading stdin: {e}")))
         .and_then(|_| CniEnv::from_lookup(|k| std::env::var(k).ok()))
         .and_then(|env| plugin::run(&env, &stdin));
+    timer.mark("whole verb");
     match outcome {
         Ok(serde_json::Value::Null) => {}
         Ok(v) => println!("{v}"),
