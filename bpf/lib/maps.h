@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/* The maps. All are pinned by name (strait_*) under the node's bpffs
+ * directory, so they outlive the agent and forwarding continues while it
+ * restarts. */
+#pragma once
+#include "common.h"
+#include "reasons.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct endpoint);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct lxc);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_lxc SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, REASON_COUNT);
+	__type(key, __u32);
+	__type(value, struct metric);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_metrics SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_events SEC(".maps");

@@ -1,0 +1,84 @@
+//! Verdict and drop reasons (bpf/lib/reasons.h).
+
+pub const TO_STACK: u8 = 1;
+pub const PEER_LOCAL: u8 = 2;
+pub const HOSTVETH_LOCAL: u8 = 3;
+pub const NEIGH_REMOTE: u8 = 4;
+pub const PEER_FROM_NETDEV: u8 = 5;
+pub const HOSTVETH_FROM_NETDEV: u8 = 6;
+pub const FIB_TO_STACK: u8 = 7;
+pub const TTL_TO_STACK: u8 = 8;
+pub const DROP_SOURCE_SPOOF: u8 = 128;
+pub const DROP_MALFORMED: u8 = 129;
+pub const DROP_REDIRECT_FAILED: u8 = 130;
+
+/// A short name and what it means, for tables and `monitor`.
+pub fn describe(code: u8) -> (&'static str, &'static str) {
+    match code {
+        TO_STACK => (
+            "to-stack",
+            "not for the fast path: handed to the host stack",
+        ),
+        PEER_LOCAL => ("peer-local", "same node: bpf_redirect_peer into the pod"),
+        HOSTVETH_LOCAL => (
+            "hostveth-local",
+            "same node, no redirect_peer: out of the pod's host veth",
+        ),
+        NEIGH_REMOTE => (
+            "neigh-remote",
+            "other node: bpf_fib_lookup + bpf_redirect_neigh",
+        ),
+        PEER_FROM_NETDEV => (
+            "peer-from-netdev",
+            "from the uplink: bpf_redirect_peer into the pod",
+        ),
+        HOSTVETH_FROM_NETDEV => (
+            "hostveth-from-netdev",
+            "from the uplink, no redirect_peer: out of the pod's host veth",
+        ),
+        FIB_TO_STACK => (
+            "fib-to-stack",
+            "FIB says local, blackhole or unreachable: host stack decides",
+        ),
+        TTL_TO_STACK => (
+            "ttl-to-stack",
+            "TTL would expire: host stack answers with ICMP",
+        ),
+        DROP_SOURCE_SPOOF => (
+            "drop-source-spoof",
+            "the pod sent from an address that is not its own",
+        ),
+        DROP_MALFORMED => ("drop-malformed", "truncated or invalid IPv4 header"),
+        DROP_REDIRECT_FAILED => (
+            "drop-redirect-failed",
+            "the redirect helper refused the packet",
+        ),
+        _ => ("unknown", "unknown reason code"),
+    }
+}
+
+pub fn is_drop(code: u8) -> bool {
+    code >= 128
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_code_in_the_header_has_a_name() {
+        let header = include_str!("../../../bpf/lib/reasons.h");
+        for line in header.lines().filter(|l| l.starts_with("#define")) {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let (name, Some(Ok(code))) = (parts[1], parts.get(2).map(|v| v.parse::<u16>())) else {
+                continue;
+            };
+            if name.ends_with("_MAX_FORWARD") || name.ends_with("_COUNT") {
+                continue;
+            }
+            assert_ne!(
+                super::describe(code as u8).0,
+                "unknown",
+                "{name} = {code} has no name in reason.rs"
+            );
+        }
+    }
+}

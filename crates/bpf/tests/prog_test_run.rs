@@ -1,0 +1,286 @@
+//! The datapath's decisions, tested with BPF_PROG_TEST_RUN: crafted packets
+//! in, verdicts and map side effects out. Needs root (and a bpffs, which the
+//! test mounts at /sys/fs/bpf when missing); skips loudly otherwise, and
+//! under CI=true a skip is a failure.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use strait_bpf::datapath::{ensure_bpffs, Prog};
+use strait_bpf::maps::{self, Endpoint, EndpointMap, EventRing, Lxc, LxcMap, MetricsMap};
+use strait_bpf::reason::*;
+use strait_bpf::{Datapath, Features};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const POD_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const POD_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const IF_A: u32 = 7001;
+const IF_B: u32 = 7002;
+const B_POD_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0xb0];
+const B_HOST_MAC: [u8; 6] = [0xee, 0, 0, 0, 0, 0xb1];
+
+fn root() -> bool {
+    if nix_is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("BPF tests need root, and CI=true forbids skipping them");
+    }
+    eprintln!("\n!!! SKIPPED BPF_PROG_TEST_RUN tests: need root !!!\n");
+    false
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A datapath loaded with its maps pinned in a private directory, removed
+/// on drop.
+struct Loaded {
+    dp: Datapath,
+    dir: PathBuf,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn load(test: &str, peer: bool) -> Loaded {
+    ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).unwrap();
+    let dir = PathBuf::from(format!(
+        "/sys/fs/bpf/strait-test-{}-{test}",
+        std::process::id()
+    ));
+    let features = Features {
+        redirect_peer: peer,
+        reason: "test".into(),
+    };
+    let dp = Datapath::load(&dir, features).unwrap();
+    let mut lxc: LxcMap = maps::open(&dir, "strait_lxc").unwrap();
+    lxc.insert(
+        IF_A,
+        Lxc {
+            ip: maps::ip_key(POD_A),
+            flags: 0,
+        },
+        0,
+    )
+    .unwrap();
+    let mut eps: EndpointMap = maps::open(&dir, "strait_endpoints").unwrap();
+    eps.insert(
+        maps::ip_key(POD_B),
+        Endpoint {
+            ifindex: IF_B,
+            pod_mac: B_POD_MAC,
+            host_mac: B_HOST_MAC,
+            flags: 0,
+        },
+        0,
+    )
+    .unwrap();
+    Loaded { dp, dir }
+}
+
+fn checksum(h: &[u8]) -> u16 {
+    let mut s: u32 = h
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+        .sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// Ethernet + IPv4 + UDP, with a valid header checksum.
+fn udp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
+    let mut p = vec![];
+    p.extend([0xee, 1, 1, 1, 1, 1]); // to the host end of the sender's veth
+    p.extend([0x0a, 2, 2, 2, 2, 2]);
+    p.extend([0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 32, 0, 1, 0x40, 0, ttl, 17, 0, 0];
+    ip.extend(src.octets());
+    ip.extend(dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend(ip);
+    p.extend([0x30, 0x39, 0x1f, 0x90, 0, 12, 0, 0]); // 12345 -> 8080
+    p.extend(b"ping");
+    p
+}
+
+fn run(l: &mut Loaded, prog: Prog, pkt: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+    let p = l.dp.program(prog).unwrap();
+    strait_bpf::testrun::run_skb(p.fd().unwrap(), pkt, ifindex).unwrap()
+}
+
+fn count(l: &Loaded, reason: u8) -> u64 {
+    let m: MetricsMap = maps::open(&l.dir, "strait_metrics").unwrap();
+    maps::metric(&m, reason).unwrap().0
+}
+
+#[test]
+fn same_node_pod_to_pod_is_redirect_peer_with_rewritten_headers() {
+    if !root() {
+        return;
+    }
+    let mut l = load("peer", true);
+    let (rc, out) = run(&mut l, Prog::FromContainer, &udp(POD_A, POD_B, 64), IF_A);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(&out[0..6], &B_POD_MAC, "destination MAC is the pod's");
+    assert_eq!(&out[6..12], &B_HOST_MAC, "source MAC is its host end");
+    assert_eq!(out[14 + 8], 63, "TTL decremented");
+    assert_eq!(
+        checksum(&out[14..34]),
+        0,
+        "IPv4 header checksum still valid"
+    );
+    assert_eq!(count(&l, PEER_LOCAL), 1);
+    assert_eq!(count(&l, HOSTVETH_LOCAL), 0);
+}
+
+#[test]
+fn legacy_kernel_path_goes_through_the_host_veth() {
+    if !root() {
+        return;
+    }
+    let mut l = load("legacy", false);
+    let (rc, _) = run(&mut l, Prog::FromContainer, &udp(POD_A, POD_B, 64), IF_A);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(count(&l, HOSTVETH_LOCAL), 1);
+    assert_eq!(count(&l, PEER_LOCAL), 0);
+    let (rc, _) = run(
+        &mut l,
+        Prog::FromNetdev,
+        &udp(Ipv4Addr::new(10, 9, 0, 1), POD_B, 64),
+        1,
+    );
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(count(&l, HOSTVETH_FROM_NETDEV), 1);
+}
+
+#[test]
+fn spoofed_source_is_dropped_counted_and_reported() {
+    if !root() {
+        return;
+    }
+    let mut l = load("spoof", true);
+    let (rc, _) = run(
+        &mut l,
+        Prog::FromContainer,
+        &udp(Ipv4Addr::new(10, 0, 0, 99), POD_B, 64),
+        IF_A,
+    );
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(count(&l, DROP_SOURCE_SPOOF), 1);
+    let mut ring: EventRing = maps::open(&l.dir, "strait_events").unwrap();
+    let ev = maps::Event::parse(&ring.next().expect("a drop event")).unwrap();
+    assert_eq!((ev.kind, ev.reason), (maps::EVENT_DROP, DROP_SOURCE_SPOOF));
+    assert_eq!(
+        (ev.src(), ev.dst(), ev.sport, ev.dport, ev.proto),
+        (Ipv4Addr::new(10, 0, 0, 99), POD_B, 12345, 8080, 17)
+    );
+    assert_eq!(ev.ifindex, IF_A);
+}
+
+#[test]
+fn what_is_not_ours_goes_to_the_stack() {
+    if !root() {
+        return;
+    }
+    let mut l = load("stack", true);
+    // Unknown host veth: the agent has not programmed it (yet).
+    let (rc, _) = run(&mut l, Prog::FromContainer, &udp(POD_A, POD_B, 64), 4242);
+    assert_eq!(rc, TC_ACT_OK);
+    // ARP.
+    let mut arp = udp(POD_A, POD_B, 64);
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    assert_eq!(run(&mut l, Prog::FromContainer, &arp, IF_A).0, TC_ACT_OK);
+    // TTL about to expire: the stack answers with ICMP.
+    assert_eq!(
+        run(&mut l, Prog::FromContainer, &udp(POD_A, POD_B, 1), IF_A).0,
+        TC_ACT_OK
+    );
+    assert_eq!(count(&l, TTL_TO_STACK), 1);
+    // From the uplink, for an address that is not a local pod.
+    assert_eq!(
+        run(
+            &mut l,
+            Prog::FromNetdev,
+            &udp(Ipv4Addr::new(10, 9, 0, 1), Ipv4Addr::new(10, 0, 0, 77), 64),
+            1
+        )
+        .0,
+        TC_ACT_OK
+    );
+    assert_eq!(count(&l, TO_STACK), 3);
+    // No route in this (test) namespace for a remote pod: FIB says so.
+    assert_eq!(
+        run(
+            &mut l,
+            Prog::FromContainer,
+            &udp(POD_A, Ipv4Addr::new(10, 200, 0, 1), 64),
+            IF_A
+        )
+        .0,
+        TC_ACT_OK
+    );
+    assert_eq!(count(&l, FIB_TO_STACK), 1);
+}
+
+#[test]
+fn malformed_ipv4_is_dropped() {
+    if !root() {
+        return;
+    }
+    let mut l = load("malformed", true);
+    let mut bad = udp(POD_A, POD_B, 64);
+    bad[14] = 0x43; // IHL 3
+    assert_eq!(run(&mut l, Prog::FromContainer, &bad, IF_A).0, TC_ACT_SHOT);
+    assert_eq!(count(&l, DROP_MALFORMED), 1);
+}
+
+#[test]
+fn uplink_traffic_for_a_local_pod_is_redirect_peer() {
+    if !root() {
+        return;
+    }
+    let mut l = load("netdev", true);
+    let (rc, out) = run(
+        &mut l,
+        Prog::FromNetdev,
+        &udp(Ipv4Addr::new(10, 9, 0, 1), POD_B, 64),
+        1,
+    );
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(&out[0..6], &B_POD_MAC);
+    assert_eq!(count(&l, PEER_FROM_NETDEV), 1);
+}
+
+#[test]
+fn maps_outlive_the_loader_and_are_reused() {
+    if !root() {
+        return;
+    }
+    let l = load("reuse", true);
+    let dir = l.dir.clone();
+    // A second load (an agent restart) reuses the pinned maps and their state.
+    let dp2 = Datapath::load(
+        &dir,
+        Features {
+            redirect_peer: true,
+            reason: "test".into(),
+        },
+    )
+    .unwrap();
+    let eps: EndpointMap = maps::open(&dir, "strait_endpoints").unwrap();
+    assert_eq!(eps.get(&maps::ip_key(POD_B), 0).unwrap().ifindex, IF_B);
+    drop(dp2);
+    drop(l);
+    assert!(!dir.exists(), "test pins removed");
+}
