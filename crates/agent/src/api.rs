@@ -108,6 +108,10 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
             }
             Err(e) => Response::Error(e),
         },
+        Request::Wired { .. } => {
+            agent.nudge.notify_one();
+            Response::Found { allocation: None }
+        }
         Request::Get { attachment } => Response::Found {
             allocation: agent.ipam.get(&attachment),
         },
@@ -134,7 +138,7 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
             let reason = agent.not_ready_reason();
             Response::Status(NodeStatus {
                 node: agent.cfg.node_name.clone(),
-                mode: "routed".into(),
+                mode: agent.cfg.mode.to_string(),
                 pod_cidr: agent.ipam.cidr().map(|c| c.to_string()),
                 node_ip: node.and_then(|n| strait_model::cluster::node_internal_ip(n, true)),
                 ready: reason.is_none() && agent.ipam.cidr().is_some(),
@@ -142,6 +146,7 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 allocations: agent.ipam.allocations(),
                 cooling: agent.ipam.cooling(),
                 node_routes: agent.programmed.lock().unwrap().clone(),
+                datapath: agent.datapath_status(),
             })
         }
     }

@@ -16,4 +16,13 @@ pub struct AgentConfig {
     pub ip_cooldown: Duration,
     /// Full resync period, on top of reacting to source changes.
     pub resync: Duration,
+    /// Datapath mode: routed, or routed plus the eBPF fast path.
+    pub mode: strait_model::lab::Mode,
+    /// ebpf mode: where this node's maps are pinned (a bpffs directory).
+    pub bpf_dir: PathBuf,
+    /// ebpf mode: the uplink that carries from-netdev.
+    pub uplink: String,
+    /// ebpf mode: take the older host-veth path even if the kernel has
+    /// bpf_redirect_peer.
+    pub no_redirect_peer: bool,
 }

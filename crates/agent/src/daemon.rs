@@ -22,9 +22,31 @@ pub struct Agent {
     pub doomed_links: Mutex<Vec<String>>,
     /// Host veths no allocation owns, and when they were first seen so.
     pub orphan_links: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// The eBPF datapath, in ebpf mode.
+    pub bpf: Option<Mutex<BpfState>>,
+}
+
+pub struct BpfState {
+    pub dp: strait_bpf::Datapath,
+    /// Host veths this agent attached from-container to since it started
+    /// (an agent restart re-attaches all, atomically replacing the old).
+    pub attached: std::collections::BTreeSet<String>,
+    pub endpoints: usize,
 }
 
 impl Agent {
+    pub fn datapath_status(&self) -> Option<strait_model::api::DatapathStatus> {
+        let b = self.bpf.as_ref()?.lock().unwrap();
+        Some(strait_model::api::DatapathStatus {
+            pin_dir: b.dp.pin_dir.display().to_string(),
+            redirect_peer: b.dp.features.redirect_peer,
+            reason: b.dp.features.reason.clone(),
+            uplink: self.cfg.uplink.clone(),
+            attached: b.attached.iter().cloned().collect(),
+            endpoints: b.endpoints,
+        })
+    }
+
     /// Why the node cannot serve ADDs, if it cannot.
     pub fn not_ready_reason(&self) -> Option<String> {
         let snap = self.snapshot.borrow().clone();
@@ -58,6 +80,25 @@ pub fn pause_point(step: &str) {
     }
 }
 
+fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<BpfState> {
+    use strait_bpf::datapath::{ensure_bpffs, Prog};
+    let default_root = std::path::Path::new("/sys/fs/bpf");
+    if cfg.bpf_dir.starts_with(default_root) {
+        ensure_bpffs(default_root).context("mount bpffs at /sys/fs/bpf")?;
+    }
+    let features = strait_bpf::Features::probe(cfg.no_redirect_peer);
+    tracing::info!(redirect_peer = features.redirect_peer, reason = %features.reason, pin_dir = %cfg.bpf_dir.display(), "eBPF datapath");
+    let mut dp =
+        strait_bpf::Datapath::load(&cfg.bpf_dir, features).context("load the eBPF datapath")?;
+    dp.attach(Prog::FromNetdev, &cfg.uplink)
+        .with_context(|| format!("attach from-netdev to the uplink {}", cfg.uplink))?;
+    Ok(BpfState {
+        dp,
+        attached: Default::default(),
+        endpoints: 0,
+    })
+}
+
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("create state dir {}", cfg.state_dir.display()))?;
@@ -69,6 +110,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .context("enable IPv4 forwarding in the node's namespace")?;
     let ipam = NodeIpam::load(cfg.state_dir.join("ipam.json"), cfg.ip_cooldown)
         .context("load IPAM state")?;
+    let bpf = match cfg.mode {
+        strait_model::lab::Mode::Routed => None,
+        strait_model::lab::Mode::Ebpf => Some(Mutex::new(load_datapath(&cfg)?)),
+    };
     let source = DirectorySource::start(cfg.manifests_dir.clone(), Duration::from_millis(500));
     let agent = Arc::new(Agent {
         ipam,
@@ -77,10 +122,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         programmed: Mutex::new(vec![]),
         doomed_links: Mutex::new(vec![]),
         orphan_links: Mutex::new(Default::default()),
+        bpf,
         cfg,
     });
     let listener = crate::api::bind(&agent.cfg.socket)?;
-    tracing::info!(node = %agent.cfg.node_name, socket = %agent.cfg.socket.display(), "strait agent started (mode routed)");
+    tracing::info!(node = %agent.cfg.node_name, socket = %agent.cfg.socket.display(), "strait agent started");
     let api = tokio::spawn(crate::api::serve(agent.clone(), listener));
     let rec = tokio::spawn(crate::reconcile::run(agent.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

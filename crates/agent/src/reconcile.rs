@@ -161,5 +161,79 @@ pub async fn pass(agent: &Agent, nl: &Netlink) -> anyhow::Result<()> {
         }
     }
     *agent.programmed.lock().unwrap() = node_routes;
+    if let Some(bpf) = &agent.bpf {
+        sync_datapath(&mut bpf.lock().unwrap(), &allocs, &veth_index)?;
+    }
+    Ok(())
+}
+
+/// Make the endpoint and source maps match the node's pods, then make sure
+/// every pod's host veth carries from-container. Maps first, so a freshly
+/// attached program finds its pod.
+fn sync_datapath(
+    bpf: &mut crate::daemon::BpfState,
+    allocs: &[Allocation],
+    veth_index: &HashMap<&str, u32>,
+) -> anyhow::Result<()> {
+    use strait_bpf::datapath::Prog;
+    use strait_bpf::maps::{self, Endpoint, EndpointMap, Lxc, LxcMap};
+    use strait_model::naming::{host_veth_mac, pod_veth_mac};
+    let mut want_ep: HashMap<u32, Endpoint> = HashMap::new();
+    let mut want_lxc: HashMap<u32, Lxc> = HashMap::new();
+    for a in allocs {
+        let (IpAddr::V4(ip), Some(&idx)) = (a.ip, veth_index.get(a.host_veth.as_str())) else {
+            continue;
+        };
+        let (cid, ifn) = (&a.attachment.container_id, &a.attachment.ifname);
+        want_ep.insert(
+            maps::ip_key(ip),
+            Endpoint {
+                ifindex: idx,
+                pod_mac: pod_veth_mac(cid, ifn),
+                host_mac: host_veth_mac(cid, ifn),
+                flags: 0,
+            },
+        );
+        want_lxc.insert(
+            idx,
+            Lxc {
+                ip: maps::ip_key(ip),
+                flags: 0,
+            },
+        );
+    }
+    let dir = bpf.dp.pin_dir.clone();
+    let mut eps: EndpointMap = maps::open(&dir, "strait_endpoints")?;
+    let mut lxc: LxcMap = maps::open(&dir, "strait_lxc")?;
+    sync_map(&mut eps, &want_ep)?;
+    sync_map(&mut lxc, &want_lxc)?;
+    bpf.endpoints = want_ep.len();
+    for a in allocs {
+        if veth_index.contains_key(a.host_veth.as_str()) && !bpf.attached.contains(&a.host_veth) {
+            bpf.dp.attach(Prog::FromContainer, &a.host_veth)?;
+            tracing::info!(link = %a.host_veth, pod = %a.pod, "from-container attached");
+            bpf.attached.insert(a.host_veth.clone());
+        }
+    }
+    // Links that went away took their filters with them.
+    bpf.attached.retain(|l| veth_index.contains_key(l.as_str()));
+    Ok(())
+}
+
+fn sync_map<V: aya::Pod + PartialEq>(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, u32, V>,
+    want: &HashMap<u32, V>,
+) -> anyhow::Result<()> {
+    let have: Vec<u32> = map.keys().collect::<Result<_, _>>()?;
+    for k in have {
+        if !want.contains_key(&k) {
+            map.remove(&k)?;
+        }
+    }
+    for (k, v) in want {
+        if map.get(k, 0).ok().as_ref() != Some(v) {
+            map.insert(k, v, 0)?;
+        }
+    }
     Ok(())
 }

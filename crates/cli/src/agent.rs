@@ -21,6 +21,18 @@ pub struct Args {
     /// Seconds between full reconcile passes.
     #[arg(long, default_value_t = 10)]
     resync_secs: u64,
+    /// Datapath: routed (kernel routes) or ebpf (routed plus the eBPF fast path).
+    #[arg(long, default_value = "routed", value_parser = ["routed", "ebpf"])]
+    datapath: String,
+    /// ebpf: the bpffs directory for this node's pinned maps.
+    #[arg(long, default_value = "/sys/fs/bpf/strait")]
+    bpf_dir: PathBuf,
+    /// ebpf: the node's uplink (from-netdev is attached to its tc ingress).
+    #[arg(long, default_value = "eth0")]
+    uplink: String,
+    /// ebpf: use the older host-veth path even where bpf_redirect_peer exists.
+    #[arg(long)]
+    no_redirect_peer: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -37,6 +49,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         manifests_dir: a.manifests,
         ip_cooldown: Duration::from_secs(a.ip_cooldown_secs),
         resync: Duration::from_secs(a.resync_secs.max(1)),
+        mode: if a.datapath == "ebpf" {
+            strait_model::lab::Mode::Ebpf
+        } else {
+            strait_model::lab::Mode::Routed
+        },
+        bpf_dir: a.bpf_dir,
+        uplink: a.uplink,
+        no_redirect_peer: a.no_redirect_peer,
     };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

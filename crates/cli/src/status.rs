@@ -36,6 +36,21 @@ pub fn render(s: &NodeStatus) -> String {
             a.attachment.container_id
         ));
     }
+    if let Some(d) = &s.datapath {
+        out.push_str(&format!(
+            "\neBPF datapath: {}\n  why: {}\n  maps pinned in {}; from-netdev on {}; from-container on {} host veths; {} endpoints\n",
+            if d.redirect_peer {
+                "bpf_redirect_peer (pod traffic skips the destination's host veth)"
+            } else {
+                "host-veth path (no bpf_redirect_peer)"
+            },
+            d.reason,
+            d.pin_dir,
+            d.uplink,
+            d.attached.len(),
+            d.endpoints,
+        ));
+    }
     out.push_str(&format!(
         "\n{:<20} {:<16} {}\n",
         "NODE ROUTE", "VIA", "NODE"

@@ -45,7 +45,15 @@ pub fn send(socket: &Path, req: &Request) -> Result<Pending, CniError> {
 }
 
 impl Pending {
-    pub fn wait(mut self) -> Result<Response, CniError> {
+    /// Send a follow-up request on the same connection without waiting for
+    /// its answer (best effort).
+    pub fn notify(&mut self, req: &Request) {
+        let mut line = serde_json::to_vec(req).expect("requests serialise");
+        line.push(b'\n');
+        let _ = self.reader.get_mut().write_all(&line);
+    }
+
+    pub fn wait(&mut self) -> Result<Response, CniError> {
         let socket = self.socket.as_path();
         let mut resp = String::new();
         self.reader

@@ -196,7 +196,7 @@ async fn wire(
     conf: &NetConf,
     ns: &NetnsFile,
     host: &Netlink,
-    pending: client::Pending,
+    mut pending: client::Pending,
     host_veth: &str,
     host_mac: [u8; 6],
     t: &mut PhaseTimer,
@@ -277,6 +277,9 @@ async fn wire(
         .await
         .map_err(kernel("add host route to pod"))?;
     t.mark("host route");
+    pending.notify(&Request::Wired {
+        attachment: allocation.attachment.clone(),
+    });
     Ok((allocation, pod_mac.to_vec()))
 }
 

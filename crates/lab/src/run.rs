@@ -138,8 +138,14 @@ fn spawn_daemon(
 ) -> anyhow::Result<i32> {
     use std::os::unix::process::CommandExt;
     let logf = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", netns]).arg(prog).args(args);
+    // nsenter enters only the network namespace: unlike `ip netns exec` it
+    // keeps the host's mount namespace, so agents share /sys/fs/bpf and
+    // their pinned maps outlive them.
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", netns_path(netns).display()))
+        .arg("--")
+        .arg(prog)
+        .args(args);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -168,20 +174,38 @@ pub fn start_agent(
     let state = nd.join("state");
     let sock = st.socket(n);
     let manifests = st.manifests_dir();
+    let bpf_dir = strait_model::lab::bpf_dir(&st.plan.name, &n.name);
+    let mut args = vec![
+        "agent",
+        "--node",
+        &n.name,
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--socket",
+        sock.to_str().unwrap(),
+        "--manifests",
+        manifests.to_str().unwrap(),
+        // A lab is small: a quick full resync heals drift fast.
+        "--resync-secs",
+        "2",
+    ];
+    if st.plan.mode == strait_model::lab::Mode::Ebpf {
+        args.extend([
+            "--datapath",
+            "ebpf",
+            "--bpf-dir",
+            &bpf_dir,
+            "--uplink",
+            "eth0",
+        ]);
+        if st.plan.no_redirect_peer {
+            args.push("--no-redirect-peer");
+        }
+    }
     spawn_daemon(
         &n.netns,
         &bins.strait,
-        &[
-            "agent",
-            "--node",
-            &n.name,
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--socket",
-            sock.to_str().unwrap(),
-            "--manifests",
-            manifests.to_str().unwrap(),
-        ],
+        &args,
         &st.log_dir().join(format!("agent-{}.log", n.name)),
         &st.agent_pid(n),
         env,
@@ -451,6 +475,20 @@ pub fn down(name: &str, bins: &Binaries) -> anyhow::Result<()> {
     for ns in all {
         if let Err(e) = ip(&["netns", "del", &ns]) {
             problems.push(format!("{e:#}"));
+        }
+    }
+    // Pinned maps: the programs went with the namespaces' devices.
+    let pins = std::path::PathBuf::from(strait_model::lab::lab_bpf_dir(name));
+    if pins.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&pins) {
+            problems.push(format!("remove {}: {e}", pins.display()));
+        }
+        let parent = pins.parent().unwrap();
+        if std::fs::read_dir(parent)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false)
+        {
+            let _ = std::fs::remove_dir(parent);
         }
     }
     let dir = LabState::dir_for(name);

@@ -23,6 +23,10 @@ pub enum Request {
     Gc { valid: Vec<Attachment> },
     /// Node status and every allocation.
     Status,
+    /// The plugin finished wiring this attachment (sent without waiting for
+    /// an answer): the agent programs the datapath for it now rather than
+    /// on its next pass.
+    Wired { attachment: Attachment },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -58,6 +62,25 @@ pub struct NodeStatus {
     pub allocations: Vec<Allocation>,
     pub cooling: usize,
     pub node_routes: Vec<crate::routes::NodeRoute>,
+    /// The eBPF datapath, in ebpf mode.
+    #[serde(default)]
+    pub datapath: Option<DatapathStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DatapathStatus {
+    /// Where the maps are pinned.
+    pub pin_dir: String,
+    /// True when traffic to a pod uses bpf_redirect_peer ("newer kernel").
+    pub redirect_peer: bool,
+    /// Why that path was chosen.
+    pub reason: String,
+    /// The uplink carrying from-netdev.
+    pub uplink: String,
+    /// Host veths carrying from-container.
+    pub attached: Vec<String>,
+    /// Pods in the endpoint map.
+    pub endpoints: usize,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -13,14 +13,18 @@ pub const LAB_API_VERSION: &str = "strait.dev/v1alpha1";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// Kernel routing: host routes per pod, a route per node.
     #[default]
     Routed,
+    /// Routed, plus the eBPF fast path (Terway DataPath V2).
+    Ebpf,
 }
 
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Mode::Routed => f.write_str("routed"),
+            Mode::Ebpf => f.write_str("ebpf"),
         }
     }
 }
@@ -35,6 +39,10 @@ pub struct LabSpec {
     #[serde(default)]
     pub address_plan: AddressPlan,
     pub nodes: Vec<LabNodeSpec>,
+    /// ebpf mode: take the older host-veth path (the seed's "Aliyun2"
+    /// column) even where the kernel has bpf_redirect_peer.
+    #[serde(default)]
+    pub no_redirect_peer: bool,
 }
 
 fn default_mtu() -> u32 {
@@ -72,6 +80,8 @@ pub struct LabNodeSpec {
 pub struct LabPlan {
     pub name: String,
     pub mode: Mode,
+    #[serde(default)]
+    pub no_redirect_peer: bool,
     pub mtu: u32,
     pub fabric: Ipv4Net,
     pub nodes: Vec<NodePlan>,
@@ -131,6 +141,15 @@ pub fn pod_netns(lab: &str, namespace: &str, pod: &str) -> String {
 }
 
 /// Prefix shared by every namespace of a lab: what `down` and `up` clean.
+/// Where a lab node's agent pins its BPF maps.
+pub fn bpf_dir(lab: &str, node: &str) -> String {
+    format!("{}/{node}", lab_bpf_dir(lab))
+}
+
+pub fn lab_bpf_dir(lab: &str) -> String {
+    format!("/sys/fs/bpf/strait-lab/{lab}")
+}
+
 pub fn netns_prefix(lab: &str) -> String {
     format!("strait-{lab}-")
 }
@@ -329,6 +348,7 @@ impl LabFile {
         Ok(LabPlan {
             name: name.clone(),
             mode: spec.mode,
+            no_redirect_peer: spec.no_redirect_peer,
             mtu: spec.mtu,
             fabric: ap.fabric,
             nodes,
