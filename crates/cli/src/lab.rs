@@ -40,6 +40,10 @@ enum Verb {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Capture on every interface from SRC (pod or node) to the pod DST while
+    /// one request/response crosses: which interface saw the request, which
+    /// the reply.
+    Hops { src: String, dst: String },
     /// The pod echo server (run inside a pod's namespace by the lab).
     #[command(hide = true)]
     ServeEcho {
@@ -138,6 +142,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     Ok(1)
                 }
             }
+        }
+        Verb::Hops { src, dst } => {
+            let st = LabState::find(a.lab.as_deref())?;
+            let r = strait_lab::hops::trace(&st, &src, &dst)?;
+            println!("lab {} (mode {})", st.plan.name, st.plan.mode);
+            print!("{}", r.table());
+            Ok(0)
         }
         Verb::ServeEcho { name, port } => {
             strait_lab::echo::serve(&name, port)?;

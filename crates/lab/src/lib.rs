@@ -8,6 +8,7 @@
 
 pub mod cmd;
 pub mod echo;
+pub mod hops;
 pub mod probe;
 pub mod run;
 pub mod state;
