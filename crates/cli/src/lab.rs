@@ -44,6 +44,19 @@ enum Verb {
     /// one request/response crosses: which interface saw the request, which
     /// the reply.
     Hops { src: String, dst: String },
+    /// `strait monitor` for a node (ebpf mode), run in the node's namespace.
+    Monitor {
+        node: String,
+        /// Arguments for `strait monitor` (--trace, --pod, --count, ...).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// `strait metrics` for a node (ebpf mode).
+    Metrics {
+        node: String,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// The pod echo server (run inside a pod's namespace by the lab).
     #[command(hide = true)]
     ServeEcho {
@@ -150,9 +163,39 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             print!("{}", r.table());
             Ok(0)
         }
+        Verb::Monitor { node, args } => node_tool(a.lab.as_deref(), &node, "monitor", &args, true),
+        Verb::Metrics { node, args } => node_tool(a.lab.as_deref(), &node, "metrics", &args, false),
         Verb::ServeEcho { name, port } => {
             strait_lab::echo::serve(&name, port)?;
             Ok(0)
         }
     }
+}
+
+/// Run a `strait` node tool inside a lab node's network namespace, pointed
+/// at that node's pin directory (and socket, for pod names).
+fn node_tool(
+    lab: Option<&str>,
+    node: &str,
+    tool: &str,
+    extra: &[String],
+    socket: bool,
+) -> anyhow::Result<i32> {
+    let st = LabState::find(lab)?;
+    let n = st
+        .plan
+        .node(node)
+        .with_context(|| format!("{node} is not a node of lab {}", st.plan.name))?;
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns_path(&n.netns).display()))
+        .arg("--")
+        .arg(std::env::current_exe()?)
+        .arg(tool)
+        .arg("--bpf-dir")
+        .arg(strait_model::lab::bpf_dir(&st.plan.name, &n.name));
+    if socket {
+        cmd.arg("--socket").arg(st.socket(n));
+    }
+    let status = cmd.args(extra).status().context("run nsenter")?;
+    Ok(status.code().unwrap_or(1))
 }

@@ -2,6 +2,8 @@
 
 mod agent;
 mod lab;
+mod metrics;
+mod monitor;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +27,11 @@ enum Cmd {
     Status(status::Args),
     /// Build and use a multi-node cluster made of network namespaces.
     Lab(lab::Args),
+    /// Live datapath events: drops with their reason, and with --trace every
+    /// forwarding decision.
+    Monitor(monitor::Args),
+    /// Per-reason packet and byte counters of the eBPF datapath.
+    Metrics(metrics::Args),
 }
 
 fn main() {
@@ -33,6 +40,8 @@ fn main() {
         Cmd::Agent(a) => agent::run(a),
         Cmd::Status(a) => status::run(a),
         Cmd::Lab(a) => lab::run(a),
+        Cmd::Monitor(a) => monitor::run(a),
+        Cmd::Metrics(a) => metrics::run(a),
     };
     match r {
         Ok(code) => std::process::exit(code),

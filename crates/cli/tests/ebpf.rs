@@ -230,3 +230,76 @@ fn down_leaves_no_pinned_maps_or_filters() {
     assert!(!pins.exists(), "pinned maps removed");
     assert!(strait_lab::cmd::netns_with_prefix("strait-t-bpfclean-").is_empty());
 }
+
+#[test]
+fn spoofed_source_is_dropped_and_shows_in_monitor_and_metrics() {
+    if !require_root("spoofed_source_is_dropped_and_shows_in_monitor_and_metrics") {
+        return;
+    }
+    let lab = Lab::up(&ebpf_lab("t-spoof", false));
+    wait_programmed(&lab);
+    // a1 adds an address that is not its own and sends from it.
+    lab.exec(
+        "a1",
+        &["ip", "addr", "add", "198.19.0.99/32", "dev", "eth0"],
+    );
+    let ns = strait_netlink::NetnsFile::open(&strait_lab::run::netns_path(
+        &lab.st.plan.pod("a1").unwrap().netns,
+    ))
+    .unwrap();
+    strait_netlink::in_netns(&ns, || {
+        let s = std::net::UdpSocket::bind("198.19.0.99:0").unwrap();
+        s.send_to(b"spoof", "198.19.0.2:8080").unwrap();
+    })
+    .unwrap();
+    // Its own address still works.
+    assert_eq!(lab.probe("a1", "a2").unwrap(), "a2");
+    let strait = |args: &[&str]| {
+        let out = std::process::Command::new(&lab.bins.strait)
+            .args(["lab", "--lab", "t-spoof"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ev: serde_json::Value = serde_json::from_str(
+        strait(&[
+            "monitor",
+            "node-a",
+            "--",
+            "--count",
+            "1",
+            "--seconds",
+            "5",
+            "-o",
+            "json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(ev["kind"], "drop");
+    assert_eq!(ev["reason"], "drop-source-spoof");
+    assert_eq!(
+        (ev["src"].as_str(), ev["dst"].as_str(), ev["dport"].as_u64()),
+        (Some("198.19.0.99"), Some("198.19.0.2"), Some(8080))
+    );
+    assert_eq!(
+        ev["iface"],
+        strait_model::naming::host_veth_name("lab-t-spoof-default-a1", "eth0")
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&strait(&["metrics", "node-a", "--", "-o", "json"])).unwrap();
+    let spoof = m
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "drop-source-spoof")
+        .expect("counted");
+    assert_eq!(spoof["packets"], 1);
+    assert_eq!(spoof["drop"], true);
+}
