@@ -37,6 +37,17 @@ pub fn run_skb(
     packet: &[u8],
     ingress_ifindex: u32,
 ) -> std::io::Result<(u32, Vec<u8>)> {
+    run_skb_repeat(prog, packet, ingress_ifindex, 1).map(|(rc, out, _)| (rc, out))
+}
+
+/// Run `prog` `repeat` times in the kernel; also returns the mean time per
+/// run in nanoseconds, as the kernel measured it (the program's own cost).
+pub fn run_skb_repeat(
+    prog: &impl AsFd,
+    packet: &[u8],
+    ingress_ifindex: u32,
+    repeat: u32,
+) -> std::io::Result<(u32, Vec<u8>, u32)> {
     let mut ctx = [0u8; SKB_CTX_SIZE];
     ctx[SKB_INGRESS_IFINDEX..SKB_INGRESS_IFINDEX + 4]
         .copy_from_slice(&ingress_ifindex.to_ne_bytes());
@@ -47,7 +58,7 @@ pub fn run_skb(
         data_size_out: out.len() as u32,
         data_in: packet.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
+        repeat,
         ctx_size_in: SKB_CTX_SIZE as u32,
         ctx_in: ctx.as_ptr() as u64,
         ..Default::default()
@@ -65,5 +76,5 @@ pub fn run_skb(
         return Err(std::io::Error::last_os_error());
     }
     out.truncate(attr.data_size_out as usize);
-    Ok((attr.retval, out))
+    Ok((attr.retval, out, attr.duration))
 }

@@ -284,3 +284,31 @@ fn maps_outlive_the_loader_and_are_reused() {
     drop(l);
     assert!(!dir.exists(), "test pins removed");
 }
+
+/// Not a timing assertion: prints the per-packet cost of each path so a
+/// regression is visible in the test log (`--nocapture`). The kernel reruns
+/// the program on the same buffer, so each batch of 250 starts at TTL 255
+/// and every run takes the forwarding path.
+#[test]
+fn per_packet_cost_is_reported() {
+    if !root() {
+        return;
+    }
+    let mut l = load("cost", true);
+    let p = l.dp.program(Prog::FromContainer).unwrap();
+    let mut cost = |pkt: &[u8], want: u32| {
+        let mut ns: Vec<u32> = (0..200)
+            .map(|_| {
+                let (rc, _, ns) =
+                    strait_bpf::testrun::run_skb_repeat(p.fd().unwrap(), pkt, IF_A, 250).unwrap();
+                assert_eq!(rc, want);
+                ns
+            })
+            .collect();
+        ns.sort();
+        ns[ns.len() / 2]
+    };
+    let local = cost(&udp(POD_A, POD_B, 255), TC_ACT_REDIRECT);
+    let miss = cost(&udp(POD_A, Ipv4Addr::new(10, 200, 0, 1), 255), TC_ACT_OK);
+    eprintln!("from_container per packet: same-node redirect_peer {local} ns, FIB miss to stack {miss} ns");
+}

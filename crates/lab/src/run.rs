@@ -18,7 +18,19 @@ pub struct Binaries {
 
 impl Binaries {
     pub fn locate() -> anyhow::Result<Binaries> {
-        let strait = std::env::current_exe().context("locate the strait binary")?;
+        let exe = std::env::current_exe().context("locate the strait binary")?;
+        // Run as `strait`, or as another tool (a benchmark) next to it.
+        let strait = if exe.file_name().is_some_and(|n| n == "strait") {
+            exe
+        } else {
+            exe.with_file_name("strait")
+        };
+        if !strait.exists() {
+            bail!(
+                "strait not found at {}; build it with `cargo build --workspace`",
+                strait.display()
+            );
+        }
         let cni = match std::env::var_os("STRAIT_CNI") {
             Some(p) => PathBuf::from(p),
             None => strait.with_file_name("strait-cni"),
@@ -224,10 +236,21 @@ pub fn wait_agent_ready(st: &LabState, n: &NodePlan, timeout: Duration) -> anyho
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let log = st.log_dir().join(format!("agent-{}.log", n.name));
+    let tail: String = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .map(|l| format!("\n    {l}"))
+        .collect();
     bail!(
-        "agent on node {} not ready after {timeout:?}: {last} (log: {})",
+        "agent on node {} not ready after {timeout:?}: {last}\n  last lines of {}:{tail}",
         n.name,
-        st.log_dir().join(format!("agent-{}.log", n.name)).display()
+        log.display()
     )
 }
 

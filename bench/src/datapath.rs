@@ -1,0 +1,460 @@
+//! Pod-to-pod datapath benchmark: TCP request/response latency (p50, p99,
+//! transactions/s) and single-stream throughput, same node and across
+//! nodes, for strait ebpf, strait routed, Debian's bridge plugin (with
+//! host-gw routes across nodes), and the limits: two namespaces joined by a
+//! bare veth (same node) and node-to-node over the fabric (across nodes).
+//! Everything runs in one run, in namespaces this program makes and removes.
+//!
+//! Usage: datapath [--seconds S] [--rounds N] [--out FILE]   (root)
+
+use anyhow::{bail, Context};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use strait_lab::cmd::ip;
+use strait_lab::run::{self as labrun, netns_path, Binaries};
+use strait_netlink::{in_netns, NetnsFile};
+
+const PORT: u16 = 9090;
+const MSG: usize = 64;
+
+struct Rr {
+    p50_us: f64,
+    p99_us: f64,
+    tps: f64,
+}
+
+/// Pin the calling thread to one CPU: client and server then hand off on
+/// the same CPU, so the figures measure the path, not cross-CPU wakeups.
+fn pin_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn ns(name: &str) -> anyhow::Result<NetnsFile> {
+    Ok(NetnsFile::open(&netns_path(name))?)
+}
+
+/// A server in `server_ns` that echoes MSG-byte messages (rr) or sinks a
+/// stream; a client in `client_ns`.
+fn serve(server_ns: &str, bind: SocketAddr) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let sns = ns(server_ns)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let _ = in_netns(&sns, move || {
+            pin_cpu(0);
+            let l = TcpListener::bind(bind).expect("bind bench server");
+            tx.send(()).unwrap();
+            // Two connections: request/response, then the stream.
+            for _ in 0..2 {
+                let Ok((mut c, _)) = l.accept() else { return };
+                c.set_nodelay(true).ok();
+                let mut buf = vec![0u8; 1 << 16];
+                let mut kind = [0u8; 1];
+                if c.read_exact(&mut kind).is_err() {
+                    return;
+                }
+                if kind[0] == b'r' {
+                    let mut m = [0u8; MSG];
+                    while c.read_exact(&mut m).is_ok() {
+                        if c.write_all(&m).is_err() {
+                            break;
+                        }
+                    }
+                } else {
+                    while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+                }
+            }
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .context("bench server did not start")?;
+    Ok(h)
+}
+
+fn measure(
+    client_ns: &str,
+    server_ns: &str,
+    dst: SocketAddr,
+    secs: f64,
+) -> anyhow::Result<(Rr, f64)> {
+    let server = serve(server_ns, SocketAddr::new(dst.ip(), PORT))?;
+    let cns = ns(client_ns)?;
+    let dst = SocketAddr::new(dst.ip(), PORT);
+    let res = in_netns(&cns, move || -> anyhow::Result<(Rr, f64)> {
+        pin_cpu(0);
+        // Request/response.
+        let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
+        c.set_nodelay(true)?;
+        c.write_all(b"r")?;
+        let mut m = [7u8; MSG];
+        let warm = Instant::now();
+        while warm.elapsed() < Duration::from_millis(200) {
+            c.write_all(&m)?;
+            c.read_exact(&mut m)?;
+        }
+        let mut lat = Vec::with_capacity(200_000);
+        let t0 = Instant::now();
+        while t0.elapsed().as_secs_f64() < secs {
+            let t = Instant::now();
+            c.write_all(&m)?;
+            c.read_exact(&mut m)?;
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        let total = t0.elapsed().as_secs_f64();
+        drop(c);
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let pct = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
+        let rr = Rr {
+            p50_us: pct(0.5),
+            p99_us: pct(0.99),
+            tps: lat.len() as f64 / total,
+        };
+        // Single stream.
+        let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
+        s.write_all(b"s")?;
+        let buf = vec![0u8; 1 << 16];
+        let t0 = Instant::now();
+        let mut sent = 0u64;
+        while t0.elapsed().as_secs_f64() < secs {
+            s.write_all(&buf)?;
+            sent += buf.len() as u64;
+        }
+        let gbps = sent as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1e9;
+        Ok((rr, gbps))
+    })??;
+    server.join().ok();
+    Ok(res)
+}
+
+struct Row {
+    scope: &'static str,
+    setup: String,
+    rr: Rr,
+    gbps: f64,
+}
+
+fn lab_yaml(name: &str, mode: &str, pods: &[(&str, &str)]) -> String {
+    let mut s = format!("apiVersion: strait.dev/v1alpha1\nkind: Lab\nmetadata: {{name: {name}}}\nspec:\n  mode: {mode}\n  nodes: [{{name: node-a}}, {{name: node-b}}]\n");
+    for (p, n) in pods {
+        s.push_str(&format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {p}}}\nspec: {{nodeName: {n}, containers: [{{name: c}}]}}\n"));
+    }
+    s
+}
+
+struct Cleanup {
+    labs: Vec<String>,
+    netns: Vec<String>,
+    bins: Binaries,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for n in &self.netns {
+            let _ = ip(&["netns", "del", n]);
+        }
+        for l in &self.labs {
+            let _ = labrun::down(l, &self.bins);
+        }
+        let _ = std::fs::remove_dir_all("/run/strait-bench-dp");
+    }
+}
+
+fn up(
+    name: &str,
+    mode: &str,
+    pods: &[(&str, &str)],
+    bins: &Binaries,
+    c: &mut Cleanup,
+) -> anyhow::Result<strait_lab::LabState> {
+    let _ = labrun::down(name, bins);
+    std::fs::create_dir_all("/run/strait-bench-dp")?;
+    let f = PathBuf::from(format!("/run/strait-bench-dp/{name}.yaml"));
+    std::fs::write(&f, lab_yaml(name, mode, pods))?;
+    c.labs.push(name.to_string());
+    let st = labrun::up(&f, bins)?;
+    // Let the agents program the datapath (ebpf) before measuring.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(st)
+}
+
+fn pod_addr(st: &strait_lab::LabState, pod: &str) -> SocketAddr {
+    SocketAddr::new(st.pod_ip(st.plan.pod(pod).unwrap()).unwrap(), PORT)
+}
+
+/// Debian's bridge plugin on each node of a routed lab (whose agents only
+/// own 198.19.0.0/24 and 198.19.1.0/24), with host-gw routes between the
+/// nodes' bridge subnets.
+fn bridge_pods(
+    st: &strait_lab::LabState,
+    c: &mut Cleanup,
+) -> anyhow::Result<Vec<(String, SocketAddr)>> {
+    let mut out = vec![];
+    let plugin = Path::new("/usr/lib/cni/bridge");
+    for (i, (pod, node)) in [
+        ("br-a1", "node-a"),
+        ("br-a2", "node-a"),
+        ("br-b1", "node-b"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let n = st.plan.node(node).unwrap();
+        let nsname = format!("strait-{}-pod-{pod}", st.plan.name);
+        ip(&["netns", "add", &nsname])?;
+        c.netns.push(nsname.clone());
+        let subnet = if node == "node-a" {
+            "198.19.100.0/24"
+        } else {
+            "198.19.101.0/24"
+        };
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "benchbr", "type": "bridge", "bridge": "cni0",
+            "isGateway": true, "ipMasq": false,
+            "ipam": {"type": "host-local", "subnet": subnet, "dataDir": format!("/run/strait-bench-dp/hl-{node}"),
+                     "routes": [{"dst": "0.0.0.0/0"}]}
+        });
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", netns_path(&n.netns).display()))
+            .arg("--")
+            .arg(plugin)
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", format!("bench{i}"))
+            .env("CNI_NETNS", netns_path(&nsname))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())?;
+        let o = child.wait_with_output()?;
+        if !o.status.success() {
+            bail!("bridge plugin: {}", String::from_utf8_lossy(&o.stdout));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+        let addr = v["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()?;
+        out.push((nsname, SocketAddr::new(addr, PORT)));
+    }
+    ip(&[
+        "-n",
+        &st.plan.node("node-a").unwrap().netns,
+        "route",
+        "add",
+        "198.19.101.0/24",
+        "via",
+        "198.18.0.2",
+    ])?;
+    ip(&[
+        "-n",
+        &st.plan.node("node-b").unwrap().netns,
+        "route",
+        "add",
+        "198.19.100.0/24",
+        "via",
+        "198.18.0.1",
+    ])?;
+    Ok(out)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = strait_lab::cmd::run("uname", &["-r"]).unwrap_or_default();
+    format!(
+        "kernel {}, {} CPUs ({cpu})",
+        kernel.trim(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let secs: f64 = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3.0);
+    let rounds: usize = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let out_file = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
+    if !nix::unistd::geteuid().is_root() {
+        bail!("datapath needs root (it creates network namespaces)");
+    }
+    let bins = Binaries::locate()?;
+    let mut c = Cleanup {
+        labs: vec![],
+        netns: vec![],
+        bins: Binaries {
+            strait: bins.strait.clone(),
+            cni: bins.cni.clone(),
+        },
+    };
+    let pods = [("a1", "node-a"), ("a2", "node-a"), ("b1", "node-b")];
+    // Every setup stays up; rounds interleave them so drift hits all alike.
+    let (l1, l2) = (
+        "strait-benchdp-limit-1".to_string(),
+        "strait-benchdp-limit-2".to_string(),
+    );
+    for n in [&l1, &l2] {
+        ip(&["netns", "add", n])?;
+        c.netns.push(n.clone());
+        ip(&["-n", n, "link", "set", "lo", "up"])?;
+    }
+    ip(&[
+        "-n", &l1, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &l2,
+    ])?;
+    for (n, a) in [(&l1, "198.18.200.1/24"), (&l2, "198.18.200.2/24")] {
+        ip(&["-n", n, "addr", "add", a, "dev", "eth0"])?;
+        ip(&["-n", n, "link", "set", "eth0", "up"])?;
+    }
+    // (scope, setup, client netns, server netns, server address)
+    let mut pairs: Vec<(&'static str, String, String, String, SocketAddr)> = vec![(
+        "same node",
+        "limit: bare veth between two namespaces".into(),
+        l1.clone(),
+        l2.clone(),
+        "198.18.200.2:0".parse()?,
+    )];
+    for mode in ["ebpf", "routed"] {
+        let st = up(&format!("benchdp{mode}"), mode, &pods, &bins, &mut c)?;
+        let netns = |p: &str| st.plan.pod(p).unwrap().netns.clone();
+        pairs.push((
+            "same node",
+            format!("strait {mode}"),
+            netns("a1"),
+            netns("a2"),
+            pod_addr(&st, "a2"),
+        ));
+        pairs.push((
+            "across nodes",
+            format!("strait {mode}"),
+            netns("a1"),
+            netns("b1"),
+            pod_addr(&st, "b1"),
+        ));
+        if mode == "ebpf" {
+            let (na, nb) = (
+                st.plan.node("node-a").unwrap(),
+                st.plan.node("node-b").unwrap(),
+            );
+            pairs.push((
+                "across nodes",
+                "limit: node to node over the fabric".into(),
+                na.netns.clone(),
+                nb.netns.clone(),
+                SocketAddr::new(nb.ip.into(), PORT),
+            ));
+        }
+    }
+    let st = up("benchdpbridge", "routed", &[], &bins, &mut c)?;
+    let br = bridge_pods(&st, &mut c)?;
+    pairs.push((
+        "same node",
+        "reference: bridge + host-local".into(),
+        br[0].0.clone(),
+        br[1].0.clone(),
+        br[1].1,
+    ));
+    pairs.push((
+        "across nodes",
+        "reference: bridge + host-local, host-gw routes".into(),
+        br[0].0.clone(),
+        br[2].0.clone(),
+        br[2].1,
+    ));
+
+    let mut results: Vec<Vec<(Rr, f64)>> = pairs.iter().map(|_| vec![]).collect();
+    for round in 0..rounds {
+        for (i, (scope, setup, cn, sn, addr)) in pairs.iter().enumerate() {
+            eprintln!("round {}/{rounds}: {scope}, {setup}", round + 1);
+            results[i].push(measure(cn, sn, *addr, secs)?);
+        }
+    }
+    let mut rows = vec![];
+    for ((scope, setup, ..), mut runs) in pairs.into_iter().zip(results) {
+        // The round with the median p50 stands for the setup.
+        runs.sort_by(|a, b| a.0.p50_us.partial_cmp(&b.0.p50_us).unwrap());
+        let mid = runs.len() / 2;
+        let (rr, gbps) = runs.swap_remove(mid);
+        rows.push(Row {
+            scope,
+            setup,
+            rr,
+            gbps,
+        });
+    }
+
+    rows.sort_by_key(|r| r.scope != "same node");
+    let mut report = format!(
+        "# Pod-to-pod datapath\n\nmachine: {}\nTCP request/response: one connection, {MSG}-byte messages, TCP_NODELAY, {secs} s; stream: one connection, 64 KiB writes, {secs} s. Client and server pinned to one CPU (the path, not cross-CPU wakeups); {rounds} interleaved rounds, the median round shown.\n\n",
+        machine()
+    );
+    report.push_str("| scope | setup | RR p50 | RR p99 | transactions/s | stream |\n|---|---|---|---|---|---|\n");
+    for r in &rows {
+        report.push_str(&format!(
+            "| {} | {} | {:.1} us | {:.1} us | {:.0} | {:.2} Gbit/s |\n",
+            r.scope, r.setup, r.rr.p50_us, r.rr.p99_us, r.rr.tps, r.gbps
+        ));
+    }
+    let find = |setup: &str, scope: &str| {
+        rows.iter()
+            .find(|r| r.setup.starts_with(setup) && r.scope == scope)
+            .unwrap()
+    };
+    let (e, v) = (
+        find("strait ebpf", "same node"),
+        find("limit: bare veth", "same node"),
+    );
+    let (ex, n) = (
+        find("strait ebpf", "across nodes"),
+        find("limit: node to node", "across nodes"),
+    );
+    report.push_str(&format!(
+        "\nebpf same-node p50 is {:+.1}% vs the bare veth; routed {:+.1}%; bridge {:+.1}%.\nebpf cross-node p50 is {:+.1}% vs node to node; routed {:+.1}%; bridge {:+.1}%.\n",
+        (e.rr.p50_us / v.rr.p50_us - 1.0) * 100.0,
+        (find("strait routed", "same node").rr.p50_us / v.rr.p50_us - 1.0) * 100.0,
+        (find("reference", "same node").rr.p50_us / v.rr.p50_us - 1.0) * 100.0,
+        (ex.rr.p50_us / n.rr.p50_us - 1.0) * 100.0,
+        (find("strait routed", "across nodes").rr.p50_us / n.rr.p50_us - 1.0) * 100.0,
+        (find("reference", "across nodes").rr.p50_us / n.rr.p50_us - 1.0) * 100.0,
+    ));
+    print!("{report}");
+    if let Some(f) = out_file {
+        std::fs::write(&f, &report)?;
+        eprintln!("saved to {}", f.display());
+    }
+    Ok(())
+}
