@@ -296,7 +296,7 @@ fn per_packet_cost_is_reported() {
     }
     let mut l = load("cost", true);
     let p = l.dp.program(Prog::FromContainer).unwrap();
-    let mut cost = |pkt: &[u8], want: u32| {
+    let cost = |pkt: &[u8], want: u32| {
         let mut ns: Vec<u32> = (0..200)
             .map(|_| {
                 let (rc, _, ns) =
