@@ -202,17 +202,6 @@ fn main() -> anyhow::Result<()> {
     }
     let bins = Binaries::locate()
         .context("run from target/*/ next to strait and strait-cni, or set STRAIT_CNI")?;
-    let strait = bins.strait.with_file_name("strait");
-    if !strait.exists() {
-        bail!(
-            "{} missing: cargo build --release --workspace",
-            strait.display()
-        );
-    }
-    let bins = Binaries {
-        strait,
-        cni: bins.cni,
-    };
     let mut cleanup = Cleanup(vec![]);
     let _ = labrun::down(LAB, &bins);
 
