@@ -11,3 +11,4 @@ pub mod ipam;
 pub mod lab;
 pub mod naming;
 pub mod routes;
+pub mod services;
