@@ -7,7 +7,7 @@
  *   - to anywhere the FIB forwards out of this node: bpf_fib_lookup, then
  *     bpf_redirect_neigh out of the right interface;
  *   - everything else (the node itself, ARP, IPv6, ...) goes to the stack. */
-#include "lib/fwd.h"
+#include "lib/lb.h"
 
 SEC("classifier/from_container")
 int from_container(struct __sk_buff *skb)
@@ -25,6 +25,18 @@ int from_container(struct __sk_buff *skb)
 		return verdict(skb, REASON_TO_STACK, PROG_FROM_CONTAINER, &p.flow, 0, TC_ACT_OK);
 	if (p.flow.saddr != me->ip)
 		return drop(skb, DROP_SOURCE_SPOOF, PROG_FROM_CONTAINER, &p.flow);
+
+	/* Services: a local backend's reply gets its VIP back; a packet to a
+	 * VIP gets a backend. Either way the rest is plain pod forwarding. */
+	int lb = lb_revnat(skb, &p);
+	if (lb == LB_NONE)
+		lb = lb_dnat(skb, &p, PROG_FROM_CONTAINER);
+	if (lb == LB_NO_BACKEND) /* the node's unreachable route for the service CIDR answers */
+		return verdict(skb, REASON_SVC_NO_BACKEND, PROG_FROM_CONTAINER, &p.flow, 0, TC_ACT_OK);
+	if (lb == LB_ERROR)
+		return drop(skb, DROP_NAT_FAILED, PROG_FROM_CONTAINER, &p.flow);
+	if (lb == LB_DONE && parse_ipv4(skb, &p) != 1)
+		return drop(skb, DROP_MALFORMED, PROG_FROM_CONTAINER, &p.flow);
 
 	__u32 daddr = p.flow.daddr;
 	struct endpoint *ep = bpf_map_lookup_elem(&strait_endpoints, &daddr);

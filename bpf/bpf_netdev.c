@@ -5,7 +5,7 @@
  * including traffic for the node itself, goes to the host stack. Traffic
  * the node itself sends to a pod never passes here: it takes the host
  * stack and the pod's host veth (seed scenario 1). */
-#include "lib/fwd.h"
+#include "lib/lb.h"
 
 SEC("classifier/from_netdev")
 int from_netdev(struct __sk_buff *skb)
@@ -14,6 +14,12 @@ int from_netdev(struct __sk_buff *skb)
 	int r = parse_ipv4(skb, &p);
 	if (r <= 0) /* malformed packets from the wire are the stack's business */
 		return verdict(skb, REASON_TO_STACK, PROG_FROM_NETDEV, &p.flow, 0, TC_ACT_OK);
+	/* A remote backend's reply to a client here: back to the VIP. */
+	int lb = lb_revnat(skb, &p);
+	if (lb == LB_ERROR)
+		return drop(skb, DROP_NAT_FAILED, PROG_FROM_NETDEV, &p.flow);
+	if (lb == LB_DONE && parse_ipv4(skb, &p) != 1)
+		return drop(skb, DROP_MALFORMED, PROG_FROM_NETDEV, &p.flow);
 	__u32 daddr = p.flow.daddr;
 	struct endpoint *ep = bpf_map_lookup_elem(&strait_endpoints, &daddr);
 	if (!ep)

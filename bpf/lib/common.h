@@ -66,3 +66,54 @@ struct event {
 
 #define PROG_FROM_CONTAINER 1
 #define PROG_FROM_NETDEV 2
+
+/* Services. A frontend (VIP, port, protocol) has a master entry at slot 0
+ * (backend count, service id, affinity) and its active backends at slots
+ * 1..count. Ports are in network byte order, as in the packet. */
+struct lb_key {
+	__u32 addr;
+	__u16 port;
+	__u16 slot;
+	__u8 proto;
+	__u8 _pad[3];
+};
+
+struct lb_val {
+	__u32 backend_ip;     /* slots >= 1 */
+	__u16 backend_port;   /* slots >= 1, network order */
+	__u16 count;          /* slot 0: active backends */
+	__u32 svc_id;         /* slot 0: for affinity */
+	__u32 affinity_secs;  /* slot 0: 0 = no session affinity */
+};
+
+/* Connection tracking for translated flows. The forward entry is keyed by
+ * the client's original tuple (to the VIP) and holds the chosen backend;
+ * the reverse entry is keyed by the backend's reply tuple and holds the
+ * VIP to put back. */
+struct ct_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 _pad[3];
+};
+
+struct ct_val {
+	__u32 addr;
+	__u16 port;
+	__u16 _pad;
+	__u64 last_seen;
+};
+
+struct affinity_key {
+	__u32 client;
+	__u32 svc_id;
+};
+
+struct affinity_val {
+	__u32 backend_ip;
+	__u16 backend_port;
+	__u16 _pad;
+	__u64 last_used;
+};

@@ -2,6 +2,7 @@
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use std::net::Ipv4Addr;
+use strait_model::services as strait_model_services;
 
 /// `struct endpoint`: a pod on this node.
 #[repr(C)]
@@ -40,6 +41,101 @@ pub struct Config {
 unsafe impl aya::Pod for Config {}
 
 pub const CFG_TRACE: u32 = 1;
+
+/// `struct lb_key`: a frontend's slot (0 = the service, 1.. = backends).
+/// Address and port in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct LbKey {
+    pub addr: u32,
+    pub port: u16,
+    pub slot: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+unsafe impl aya::Pod for LbKey {}
+
+/// `struct lb_val`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LbVal {
+    pub backend_ip: u32,
+    pub backend_port: u16,
+    pub count: u16,
+    pub svc_id: u32,
+    pub affinity_secs: u32,
+}
+unsafe impl aya::Pod for LbVal {}
+
+/// `struct ct_key` / `struct ct_val`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+unsafe impl aya::Pod for CtKey {}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtVal {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+    pub last_seen: u64,
+}
+unsafe impl aya::Pod for CtVal {}
+
+pub type LbMap = HashMap<MapData, LbKey, LbVal>;
+pub type CtMap = aya::maps::HashMap<MapData, CtKey, CtVal>;
+
+/// The map entries for a service table: slot 0 per frontend, then one slot
+/// per active backend. Terminating backends get no slot (no new
+/// connections); their connections live on in conntrack.
+pub fn lb_entries(table: &[strait_model_services::ServiceEntry]) -> Vec<(LbKey, LbVal)> {
+    let mut out = vec![];
+    for e in table {
+        let base = LbKey {
+            addr: ip_key(e.frontend.ip),
+            port: e.frontend.port.to_be(),
+            slot: 0,
+            proto: e.frontend.proto.number(),
+            _pad: [0; 3],
+        };
+        let active: Vec<_> = e.active().collect();
+        let count = active.len().min(u16::MAX as usize) as u16;
+        out.push((
+            base,
+            LbVal {
+                backend_ip: 0,
+                backend_port: 0,
+                count,
+                svc_id: e.id,
+                affinity_secs: e.affinity_secs.unwrap_or(0),
+            },
+        ));
+        for (i, b) in active.into_iter().take(count as usize).enumerate() {
+            out.push((
+                LbKey {
+                    slot: i as u16 + 1,
+                    ..base
+                },
+                LbVal {
+                    backend_ip: ip_key(b.ip),
+                    backend_port: b.port.to_be(),
+                    count: 0,
+                    svc_id: e.id,
+                    affinity_secs: 0,
+                },
+            ));
+        }
+    }
+    out
+}
 
 /// `struct event` on the ring buffer.
 #[repr(C)]
@@ -121,6 +217,10 @@ mod tests {
         assert_eq!(std::mem::size_of::<Lxc>(), 8);
         assert_eq!(std::mem::size_of::<Metric>(), 16);
         assert_eq!(std::mem::size_of::<Event>(), 40);
+        assert_eq!(std::mem::size_of::<LbKey>(), 12);
+        assert_eq!(std::mem::size_of::<LbVal>(), 16);
+        assert_eq!(std::mem::size_of::<CtKey>(), 16);
+        assert_eq!(std::mem::size_of::<CtVal>(), 16);
         assert_eq!(
             key_ip(ip_key(Ipv4Addr::new(198, 19, 0, 1))),
             Ipv4Addr::new(198, 19, 0, 1)

@@ -8,9 +8,14 @@ pub const PEER_FROM_NETDEV: u8 = 5;
 pub const HOSTVETH_FROM_NETDEV: u8 = 6;
 pub const FIB_TO_STACK: u8 = 7;
 pub const TTL_TO_STACK: u8 = 8;
+pub const SVC_DNAT: u8 = 9;
+pub const SVC_CT: u8 = 10;
+pub const SVC_REVNAT: u8 = 11;
+pub const SVC_NO_BACKEND: u8 = 12;
 pub const DROP_SOURCE_SPOOF: u8 = 128;
 pub const DROP_MALFORMED: u8 = 129;
 pub const DROP_REDIRECT_FAILED: u8 = 130;
+pub const DROP_NAT_FAILED: u8 = 131;
 
 /// A short name and what it means, for tables and `monitor`.
 pub fn describe(code: u8) -> (&'static str, &'static str) {
@@ -43,6 +48,20 @@ pub fn describe(code: u8) -> (&'static str, &'static str) {
         TTL_TO_STACK => (
             "ttl-to-stack",
             "TTL would expire: host stack answers with ICMP",
+        ),
+        SVC_DNAT => (
+            "svc-dnat",
+            "service VIP translated to a backend (new connection)",
+        ),
+        SVC_CT => ("svc-ct", "service VIP translated by an existing connection"),
+        SVC_REVNAT => ("svc-revnat", "a backend's reply translated back to the VIP"),
+        SVC_NO_BACKEND => (
+            "svc-no-backend",
+            "service with no ready backend: the host stack rejects",
+        ),
+        DROP_NAT_FAILED => (
+            "drop-nat-failed",
+            "service translation could not rewrite the packet",
         ),
         DROP_SOURCE_SPOOF => (
             "drop-source-spoof",

@@ -83,6 +83,26 @@ fn load(test: &str, peer: bool) -> Loaded {
         0,
     )
     .unwrap();
+    eps.insert(
+        maps::ip_key(POD_A),
+        Endpoint {
+            ifindex: IF_A,
+            pod_mac: [0x0a, 0, 0, 0, 0, 0xa0],
+            host_mac: [0xee, 0, 0, 0, 0, 0xa1],
+            flags: 0,
+        },
+        0,
+    )
+    .unwrap();
+    lxc.insert(
+        IF_B,
+        Lxc {
+            ip: maps::ip_key(POD_B),
+            flags: 0,
+        },
+        0,
+    )
+    .unwrap();
     Loaded { dp, dir }
 }
 
@@ -311,4 +331,136 @@ fn per_packet_cost_is_reported() {
     let local = cost(&udp(POD_A, POD_B, 255), TC_ACT_REDIRECT);
     let miss = cost(&udp(POD_A, Ipv4Addr::new(10, 200, 0, 1), 255), TC_ACT_OK);
     eprintln!("from_container per packet: same-node redirect_peer {local} ns, FIB miss to stack {miss} ns");
+}
+
+/// Ethernet + IPv4 + TCP SYN with valid IPv4 and TCP checksums.
+fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut p = vec![0xee, 1, 1, 1, 1, 1, 0x0a, 2, 2, 2, 2, 2, 0x08, 0x00];
+    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
+    ip.extend(src.octets());
+    ip.extend(dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut t = vec![];
+    t.extend(sport.to_be_bytes());
+    t.extend(dport.to_be_bytes());
+    t.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    let c = tcp_checksum(src, dst, &t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    p.extend(ip);
+    p.extend(t);
+    p
+}
+
+fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, seg: &[u8]) -> u16 {
+    let mut pseudo = vec![];
+    pseudo.extend(src.octets());
+    pseudo.extend(dst.octets());
+    pseudo.extend([0, 6]);
+    pseudo.extend((seg.len() as u16).to_be_bytes());
+    pseudo.extend(seg);
+    if pseudo.len() % 2 == 1 {
+        pseudo.push(0);
+    }
+    checksum(&pseudo)
+}
+
+fn tcp_ok(pkt: &[u8]) -> bool {
+    let src = Ipv4Addr::new(pkt[26], pkt[27], pkt[28], pkt[29]);
+    let dst = Ipv4Addr::new(pkt[30], pkt[31], pkt[32], pkt[33]);
+    tcp_checksum(src, dst, &pkt[34..]) == 0 && checksum(&pkt[14..34]) == 0
+}
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+fn add_service(l: &Loaded, backends: &[(Ipv4Addr, u16)]) {
+    use strait_model::services::*;
+    let mut lb: maps::LbMap = maps::open(&l.dir, "strait_lb").unwrap();
+    let entry = ServiceEntry {
+        id: 7,
+        namespace: "default".into(),
+        name: "web".into(),
+        port_name: "http".into(),
+        frontend: Frontend {
+            ip: VIP,
+            port: 80,
+            proto: Proto::Tcp,
+        },
+        backends: backends
+            .iter()
+            .map(|(ip, port)| Backend {
+                ip: *ip,
+                port: *port,
+                state: BackendState::Active,
+                pod: None,
+            })
+            .collect(),
+        affinity_secs: None,
+    };
+    for (k, v) in maps::lb_entries(&[entry]) {
+        lb.insert(k, v, 0).unwrap();
+    }
+}
+
+#[test]
+fn service_vip_is_translated_and_replies_are_translated_back() {
+    if !root() {
+        return;
+    }
+    let mut l = load("svc", true);
+    add_service(&l, &[(POD_B, 8080)]);
+    // Request from A to the VIP: DNAT to B:8080, checksums valid, into B.
+    let (rc, out) = run(
+        &mut l,
+        Prog::FromContainer,
+        &tcp(POD_A, 40000, VIP, 80),
+        IF_A,
+    );
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(&out[30..34], &POD_B.octets(), "destination is the backend");
+    assert_eq!(u16::from_be_bytes([out[36], out[37]]), 8080);
+    assert_eq!(&out[0..6], &B_POD_MAC);
+    assert!(
+        tcp_ok(&out),
+        "IPv4 and TCP checksums valid after translation"
+    );
+    assert_eq!(count(&l, SVC_DNAT), 1);
+    // The reply from B goes back to A with the VIP as its source.
+    let (rc, out) = run(
+        &mut l,
+        Prog::FromContainer,
+        &tcp(POD_B, 8080, POD_A, 40000),
+        IF_B,
+    );
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(&out[26..30], &VIP.octets(), "source is the VIP again");
+    assert_eq!(u16::from_be_bytes([out[34], out[35]]), 80);
+    assert!(tcp_ok(&out));
+    assert_eq!(count(&l, SVC_REVNAT), 1);
+    // The same connection again: conntrack, not a new pick.
+    run(
+        &mut l,
+        Prog::FromContainer,
+        &tcp(POD_A, 40000, VIP, 80),
+        IF_A,
+    );
+    assert_eq!(count(&l, SVC_CT), 1);
+}
+
+#[test]
+fn service_without_backends_goes_to_the_stack_to_be_rejected() {
+    if !root() {
+        return;
+    }
+    let mut l = load("svcnone", true);
+    add_service(&l, &[]);
+    let (rc, out) = run(
+        &mut l,
+        Prog::FromContainer,
+        &tcp(POD_A, 40001, VIP, 80),
+        IF_A,
+    );
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(&out[30..34], &VIP.octets(), "untouched");
+    assert_eq!(count(&l, SVC_NO_BACKEND), 1);
 }
