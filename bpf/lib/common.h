@@ -81,7 +81,7 @@ struct lb_key {
 struct lb_val {
 	__u32 backend_ip;     /* slots >= 1 */
 	__u16 backend_port;   /* slots >= 1, network order */
-	__u16 count;          /* slot 0: active backends */
+	__u16 count;          /* slot 0: active backends; slots >= 1: 0 active, 1 terminating */
 	__u32 svc_id;         /* slot 0: for affinity */
 	__u32 affinity_secs;  /* slot 0: 0 = no session affinity */
 };

@@ -147,6 +147,8 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 cooling: agent.ipam.cooling(),
                 node_routes: agent.programmed.lock().unwrap().clone(),
                 datapath: agent.datapath_status(),
+                services: agent.services.lock().unwrap().clone(),
+                service_problems: agent.service_problems.lock().unwrap().clone(),
             })
         }
     }

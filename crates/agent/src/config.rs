@@ -25,4 +25,7 @@ pub struct AgentConfig {
     /// ebpf mode: take the older host-veth path even if the kernel has
     /// bpf_redirect_peer.
     pub no_redirect_peer: bool,
+    /// The cluster's service CIDR: an unreachable route makes the node
+    /// answer at once for virtual IPs that have no ready backend.
+    pub service_cidr: Option<ipnet::IpNet>,
 }

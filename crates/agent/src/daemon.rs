@@ -24,6 +24,9 @@ pub struct Agent {
     pub orphan_links: Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// The eBPF datapath, in ebpf mode.
     pub bpf: Option<Mutex<BpfState>>,
+    /// The programmed service table and the objects rejected from it.
+    pub services: Mutex<Vec<strait_model::services::ServiceEntry>>,
+    pub service_problems: Mutex<Vec<String>>,
 }
 
 pub struct BpfState {
@@ -123,6 +126,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         doomed_links: Mutex::new(vec![]),
         orphan_links: Mutex::new(Default::default()),
         bpf,
+        services: Mutex::new(vec![]),
+        service_problems: Mutex::new(vec![]),
         cfg,
     });
     let listener = crate::api::bind(&agent.cfg.socket)?;

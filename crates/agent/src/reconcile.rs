@@ -119,6 +119,15 @@ pub async fn pass(agent: &Agent, nl: &Netlink) -> anyhow::Result<()> {
             protocol: ROUTE_PROTOCOL,
         })
         .collect();
+    if let Some(cidr) = agent.cfg.service_cidr {
+        desired.push(Route {
+            dst: cidr,
+            via: None,
+            oif: None,
+            kind: RouteKind::Unreachable,
+            protocol: ROUTE_PROTOCOL,
+        });
+    }
     if let Some(cidr) = agent.ipam.cidr() {
         desired.push(Route {
             dst: cidr,
@@ -162,7 +171,20 @@ pub async fn pass(agent: &Agent, nl: &Netlink) -> anyhow::Result<()> {
     }
     *agent.programmed.lock().unwrap() = node_routes;
     if let Some(bpf) = &agent.bpf {
-        sync_datapath(&mut bpf.lock().unwrap(), &allocs, &veth_index)?;
+        let table = strait_model::services::compile(&snap);
+        {
+            let mut seen = agent.service_problems.lock().unwrap();
+            for p in &table.problems {
+                if !seen.contains(p) {
+                    tracing::warn!(problem = %p, "service object rejected; fix the object");
+                }
+            }
+            *seen = table.problems.clone();
+        }
+        let mut b = bpf.lock().unwrap();
+        sync_datapath(&mut b, &allocs, &veth_index)?;
+        sync_services(&mut b, &table)?;
+        *agent.services.lock().unwrap() = table.entries;
     }
     Ok(())
 }
@@ -220,11 +242,26 @@ fn sync_datapath(
     Ok(())
 }
 
-fn sync_map<V: aya::Pod + PartialEq>(
-    map: &mut aya::maps::HashMap<aya::maps::MapData, u32, V>,
-    want: &HashMap<u32, V>,
+/// Make strait_lb hold exactly the table's frontends and backends.
+/// Conntrack is left alone: connections to removed or terminating backends
+/// keep their backend until they end.
+fn sync_services(
+    bpf: &mut crate::daemon::BpfState,
+    table: &strait_model::services::ServiceTable,
 ) -> anyhow::Result<()> {
-    let have: Vec<u32> = map.keys().collect::<Result<_, _>>()?;
+    use strait_bpf::maps::{self, LbMap};
+    let want: HashMap<maps::LbKey, maps::LbVal> =
+        maps::lb_entries(&table.entries).into_iter().collect();
+    let mut lb: LbMap = maps::open(&bpf.dp.pin_dir, "strait_lb")?;
+    sync_map(&mut lb, &want)?;
+    Ok(())
+}
+
+fn sync_map<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod + PartialEq>(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
+    want: &HashMap<K, V>,
+) -> anyhow::Result<()> {
+    let have: Vec<K> = map.keys().collect::<Result<_, _>>()?;
     for k in have {
         if !want.contains_key(&k) {
             map.remove(&k)?;

@@ -107,7 +107,7 @@ pub fn lb_entries(table: &[strait_model_services::ServiceEntry]) -> Vec<(LbKey, 
             _pad: [0; 3],
         };
         let active: Vec<_> = e.active().collect();
-        let count = active.len().min(u16::MAX as usize) as u16;
+        let count = active.len().min(u16::MAX as usize / 2) as u16;
         out.push((
             base,
             LbVal {
@@ -118,7 +118,17 @@ pub fn lb_entries(table: &[strait_model_services::ServiceEntry]) -> Vec<(LbKey, 
                 affinity_secs: e.affinity_secs.unwrap_or(0),
             },
         ));
-        for (i, b) in active.into_iter().take(count as usize).enumerate() {
+        // Active backends in slots 1..=count (the only ones picked), then
+        // terminating ones past them: kept for `lb list`, never picked.
+        let terminating = e
+            .backends
+            .iter()
+            .filter(|b| b.state == strait_model_services::BackendState::Terminating);
+        let slots = active
+            .into_iter()
+            .map(|b| (b, 0))
+            .chain(terminating.map(|b| (b, 1)));
+        for (i, (b, state)) in slots.take(u16::MAX as usize - 1).enumerate() {
             out.push((
                 LbKey {
                     slot: i as u16 + 1,
@@ -127,7 +137,7 @@ pub fn lb_entries(table: &[strait_model_services::ServiceEntry]) -> Vec<(LbKey, 
                 LbVal {
                     backend_ip: ip_key(b.ip),
                     backend_port: b.port.to_be(),
-                    count: 0,
+                    count: state,
                     svc_id: e.id,
                     affinity_secs: 0,
                 },

@@ -33,6 +33,10 @@ pub struct Args {
     /// ebpf: use the older host-veth path even where bpf_redirect_peer exists.
     #[arg(long)]
     no_redirect_peer: bool,
+    /// The cluster's service CIDR (virtual IPs without a ready backend are
+    /// answered with ICMP unreachable at once).
+    #[arg(long)]
+    service_cidr: Option<String>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -57,6 +61,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         bpf_dir: a.bpf_dir,
         uplink: a.uplink,
         no_redirect_peer: a.no_redirect_peer,
+        service_cidr: a
+            .service_cidr
+            .map(|s| {
+                s.parse()
+                    .map_err(|e| anyhow::anyhow!("--service-cidr {s:?}: {e}"))
+            })
+            .transpose()?,
     };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

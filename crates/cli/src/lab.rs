@@ -51,6 +51,12 @@ enum Verb {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// `strait lb list` for a node (ebpf mode).
+    Lb {
+        node: String,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// `strait metrics` for a node (ebpf mode).
     Metrics {
         node: String,
@@ -110,6 +116,28 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             let src_ns = labrun::target_netns(&st.plan, &src)?;
             let (addr, want): (SocketAddr, Option<String>) = match dst.parse::<SocketAddr>() {
                 Ok(sa) => (sa, None),
+                Err(_) if dst.starts_with("svc/") => {
+                    let rest = &dst[4..];
+                    let (name, port) = rest
+                        .rsplit_once(':')
+                        .with_context(|| format!("{dst}: write svc/NAME:PORT"))?;
+                    let port: u16 = port
+                        .parse()
+                        .with_context(|| format!("{dst}: {port:?} is not a port"))?;
+                    let svc = st.plan.service(name).with_context(|| {
+                        format!(
+                            "no service {name} in lab {} (services: {})",
+                            st.plan.name,
+                            st.plan
+                                .services
+                                .iter()
+                                .map(|s| s.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    })?;
+                    (SocketAddr::new(svc.cluster_ip.into(), port), None)
+                }
                 Err(_) => {
                     let p = st.plan.pod(&dst).with_context(|| {
                         format!(
@@ -165,6 +193,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         Verb::Monitor { node, args } => node_tool(a.lab.as_deref(), &node, "monitor", &args, true),
         Verb::Metrics { node, args } => node_tool(a.lab.as_deref(), &node, "metrics", &args, false),
+        Verb::Lb { node, args } => {
+            let mut full = vec!["list".to_string()];
+            full.extend(args);
+            node_tool_sub(a.lab.as_deref(), &node, "lb", &full)
+        }
         Verb::ServeEcho { name, port } => {
             strait_lab::echo::serve(&name, port)?;
             Ok(0)
@@ -197,5 +230,33 @@ fn node_tool(
         cmd.arg("--socket").arg(st.socket(n));
     }
     let status = cmd.args(extra).status().context("run nsenter")?;
+    Ok(status.code().unwrap_or(1))
+}
+
+/// `strait TOOL SUB --bpf-dir … --socket …` in a lab node's namespace.
+fn node_tool_sub(
+    lab: Option<&str>,
+    node: &str,
+    tool: &str,
+    args: &[String],
+) -> anyhow::Result<i32> {
+    let st = LabState::find(lab)?;
+    let n = st
+        .plan
+        .node(node)
+        .with_context(|| format!("{node} is not a node of lab {}", st.plan.name))?;
+    let status = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns_path(&n.netns).display()))
+        .arg("--")
+        .arg(std::env::current_exe()?)
+        .arg(tool)
+        .args(&args[..1])
+        .arg("--bpf-dir")
+        .arg(strait_model::lab::bpf_dir(&st.plan.name, &n.name))
+        .arg("--socket")
+        .arg(st.socket(n))
+        .args(&args[1..])
+        .status()
+        .context("run nsenter")?;
     Ok(status.code().unwrap_or(1))
 }

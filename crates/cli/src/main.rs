@@ -2,6 +2,7 @@
 
 mod agent;
 mod lab;
+mod lb;
 mod metrics;
 mod monitor;
 mod status;
@@ -32,6 +33,8 @@ enum Cmd {
     Monitor(monitor::Args),
     /// Per-reason packet and byte counters of the eBPF datapath.
     Metrics(metrics::Args),
+    /// The service load balancer as programmed in the datapath.
+    Lb(lb::Args),
 }
 
 fn main() {
@@ -42,6 +45,7 @@ fn main() {
         Cmd::Lab(a) => lab::run(a),
         Cmd::Monitor(a) => monitor::run(a),
         Cmd::Metrics(a) => metrics::run(a),
+        Cmd::Lb(a) => lb::run(a),
     };
     match r {
         Ok(code) => std::process::exit(code),

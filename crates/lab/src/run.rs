@@ -3,11 +3,13 @@
 use crate::cmd::{alive, ip, netns_pids, netns_with_prefix, stop};
 use crate::state::LabState;
 use anyhow::{bail, Context};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use strait_model::api::{NodeStatus, Request, Response};
+use strait_model::cluster::ClusterObject;
 use strait_model::lab::{fabric_netns, netns_prefix, parse_lab_file, LabPlan, NodePlan, PodPlan};
 
 /// Binaries the lab runs: this `strait` and the `strait-cni` beside it.
@@ -187,6 +189,7 @@ pub fn start_agent(
     let sock = st.socket(n);
     let manifests = st.manifests_dir();
     let bpf_dir = strait_model::lab::bpf_dir(&st.plan.name, &n.name);
+    let service_cidr = st.plan.service_cidr.to_string();
     let mut args = vec![
         "agent",
         "--node",
@@ -209,6 +212,8 @@ pub fn start_agent(
             &bpf_dir,
             "--uplink",
             "eth0",
+            "--service-cidr",
+            &service_cidr,
         ]);
         if st.plan.no_redirect_peer {
             args.push("--no-redirect-peer");
@@ -320,7 +325,7 @@ pub fn up(file: &Path, bins: &Binaries) -> anyhow::Result<LabState> {
         serde_json::to_vec_pretty(&st.plan)?,
     )?;
     // From here on a failure leaves state that `down` (or the next `up`) removes.
-    let result = build(&st, bins, &lab.manifests_yaml);
+    let result = build(&st, bins, &lab.objects);
     if let Err(e) = result {
         eprintln!("lab up failed: {e:#}\n  cleaning up");
         let _ = down(&st.plan.name, bins);
@@ -334,7 +339,7 @@ pub fn up(file: &Path, bins: &Binaries) -> anyhow::Result<LabState> {
     Ok(st)
 }
 
-fn build(st: &LabState, bins: &Binaries, manifests: &str) -> anyhow::Result<()> {
+fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::Result<()> {
     let plan = &st.plan;
     let fabric = fabric_netns(&plan.name);
     let mtu = plan.mtu.to_string();
@@ -398,7 +403,7 @@ fn build(st: &LabState, bins: &Binaries, manifests: &str) -> anyhow::Result<()> 
     }
     // The cluster source: Node objects for the plan, then the user's manifests.
     write_node_manifests(st)?;
-    std::fs::write(st.manifests_dir().join("lab.yaml"), manifests)?;
+    let (mut pods, services) = write_object_manifests(st, objects)?;
     for n in &plan.nodes {
         let pid = start_agent(st, bins, n, &[])?;
         step(&format!(
@@ -423,6 +428,122 @@ fn build(st: &LabState, bins: &Binaries, manifests: &str) -> anyhow::Result<()> 
     // Give echo servers a moment to bind before anyone probes.
     for p in &plan.pods {
         wait_listening(&p.netns, Duration::from_secs(5));
+    }
+    // Now that pods have addresses: their status, and (as
+    // kube-controller-manager would) the EndpointSlices of selector Services.
+    for pod in &mut pods {
+        let (ns, name) = (
+            pod.metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        if let Some(ip) = plan.pod(&format!("{ns}/{name}")).and_then(|p| st.pod_ip(p)) {
+            let node = plan.pod(&format!("{ns}/{name}")).map(|p| p.node.clone());
+            pod.spec.get_or_insert_with(Default::default).node_name = node;
+            pod.status.get_or_insert_with(Default::default).pod_ip = Some(ip.to_string());
+        }
+    }
+    write_yaml(&st.manifests_dir().join("pods.yaml"), &pods)?;
+    let slices = strait_model::services::endpoint_slices_for(&services, &pods);
+    write_yaml(&st.manifests_dir().join("endpointslices.yaml"), &slices)?;
+    if !services.is_empty() {
+        wait_services_programmed(st, Duration::from_secs(10))?;
+        step(&format!(
+            "{} services programmed on every node",
+            services.len()
+        ));
+    }
+    Ok(())
+}
+
+fn write_yaml<T: serde::Serialize>(path: &Path, objs: &[T]) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for o in objs {
+        text.push_str("---\n");
+        text.push_str(&serde_yaml::to_string(o)?);
+    }
+    // Write then rename, so an agent never reads half a file.
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The lab file's objects as the cluster source holds them: Services with
+/// their cluster IPs, Pods (addresses come later), everything else as is.
+fn write_object_manifests(
+    st: &LabState,
+    objects: &[ClusterObject],
+) -> anyhow::Result<(Vec<Pod>, Vec<Service>)> {
+    let (mut pods, mut services, mut slices, mut policies) = (vec![], vec![], vec![], vec![]);
+    for o in objects {
+        match o {
+            ClusterObject::Pod(p) => pods.push((**p).clone()),
+            ClusterObject::Service(s) => {
+                let mut s = (**s).clone();
+                let ns = s
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
+                let name = s.metadata.name.clone().unwrap_or_default();
+                if let Some(sp) = st.plan.service(&format!("{ns}/{name}")) {
+                    s.spec.get_or_insert_with(Default::default).cluster_ip =
+                        Some(sp.cluster_ip.to_string());
+                }
+                services.push(s);
+            }
+            ClusterObject::EndpointSlice(e) => slices.push((**e).clone()),
+            ClusterObject::NetworkPolicy(n) => policies.push((**n).clone()),
+            ClusterObject::Node(_) | ClusterObject::Other { .. } => {}
+        }
+    }
+    write_yaml(&st.manifests_dir().join("services.yaml"), &services)?;
+    write_yaml(
+        &st.manifests_dir().join("user-endpointslices.yaml"),
+        &slices,
+    )?;
+    write_yaml(&st.manifests_dir().join("networkpolicies.yaml"), &policies)?;
+    Ok((pods, services))
+}
+
+/// Wait until every node's agent programs the whole service table.
+pub fn wait_services_programmed(st: &LabState, timeout: Duration) -> anyhow::Result<()> {
+    let snap_services = strait_model::services::compile(&{
+        let mut s = strait_model::cluster::ClusterSnapshot::default();
+        for e in std::fs::read_dir(st.manifests_dir())?.flatten() {
+            if e.path().extension().is_some_and(|x| x == "yaml") {
+                for o in
+                    strait_model::cluster::parse_manifests(&std::fs::read_to_string(e.path())?)?
+                {
+                    s.add(o);
+                }
+            }
+        }
+        s
+    });
+    let want = snap_services.entries;
+    let deadline = Instant::now() + timeout;
+    for n in &st.plan.nodes {
+        loop {
+            let got = agent_status(&st.socket(n))
+                .map(|s| s.services)
+                .unwrap_or_default();
+            if got == want || st.plan.mode != strait_model::lab::Mode::Ebpf {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {}: agent programmed {} of {} service frontends",
+                    n.name,
+                    got.len(),
+                    want.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     Ok(())
 }

@@ -65,6 +65,12 @@ pub struct NodeStatus {
     /// The eBPF datapath, in ebpf mode.
     #[serde(default)]
     pub datapath: Option<DatapathStatus>,
+    /// The programmed service table.
+    #[serde(default)]
+    pub services: Vec<crate::services::ServiceEntry>,
+    /// Service objects left out, and why.
+    #[serde(default)]
+    pub service_problems: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -58,6 +58,13 @@ pub struct AddressPlan {
     #[serde(rename = "podCIDR")]
     pub pod_cidr: Ipv4Net,
     pub node_mask_size: u8,
+    /// Where Services get their cluster IPs.
+    #[serde(rename = "serviceCIDR", default = "default_service_cidr")]
+    pub service_cidr: Ipv4Net,
+}
+
+fn default_service_cidr() -> Ipv4Net {
+    "198.18.64.0/20".parse().unwrap()
 }
 
 impl Default for AddressPlan {
@@ -66,6 +73,7 @@ impl Default for AddressPlan {
             fabric: "198.18.0.0/24".parse().unwrap(),
             pod_cidr: "198.19.0.0/16".parse().unwrap(),
             node_mask_size: 24,
+            service_cidr: default_service_cidr(),
         }
     }
 }
@@ -80,6 +88,10 @@ pub struct LabNodeSpec {
 pub struct LabPlan {
     pub name: String,
     pub mode: Mode,
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: Ipv4Net,
+    #[serde(default)]
+    pub services: Vec<ServicePlan>,
     #[serde(default)]
     pub no_redirect_peer: bool,
     pub mtu: u32,
@@ -96,6 +108,13 @@ pub struct NodePlan {
     pub netns: String,
     /// Name of the node's link inside the fabric namespace.
     pub fabric_port: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServicePlan {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ip: Ipv4Addr,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -345,9 +364,12 @@ impl LabFile {
                 node,
             });
         }
+        let services = self.plan_services(ap)?;
         Ok(LabPlan {
             name: name.clone(),
             mode: spec.mode,
+            service_cidr: ap.service_cidr,
+            services,
             no_redirect_peer: spec.no_redirect_peer,
             mtu: spec.mtu,
             fabric: ap.fabric,
@@ -357,7 +379,94 @@ impl LabFile {
     }
 }
 
+impl LabFile {
+    /// Cluster IPs: as written (inside the service CIDR), or the next free one.
+    fn plan_services(&self, ap: &AddressPlan) -> Result<Vec<ServicePlan>, LabError> {
+        let mut out: Vec<ServicePlan> = vec![];
+        let mut taken: Vec<Ipv4Addr> = vec![];
+        let svcs: Vec<_> = self
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                ClusterObject::Service(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        for s in &svcs {
+            if let Some(ip) = s
+                .spec
+                .as_ref()
+                .and_then(|sp| sp.cluster_ip.as_deref())
+                .filter(|c| *c != "None" && !c.is_empty())
+            {
+                let name = s.metadata.name.clone().unwrap_or_default();
+                let ip: Ipv4Addr = ip.parse().map_err(|_| {
+                    LabError::Invalid(format!(
+                        "service {name}: clusterIP {ip:?} is not an IPv4 address"
+                    ))
+                })?;
+                if !ap.service_cidr.contains(&ip) {
+                    return Err(LabError::Invalid(format!(
+                        "service {name}: clusterIP {ip} is outside the service CIDR {}",
+                        ap.service_cidr
+                    )));
+                }
+                if taken.contains(&ip) {
+                    return Err(LabError::Invalid(format!(
+                        "service {name}: clusterIP {ip} is used twice"
+                    )));
+                }
+                taken.push(ip);
+            }
+        }
+        let mut free = ap
+            .service_cidr
+            .hosts()
+            .skip(9)
+            .filter(|ip| !taken.contains(ip));
+        for s in svcs {
+            let name = s.metadata.name.clone().unwrap_or_default();
+            let namespace = s
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            if !valid_name(&name, 40) {
+                return Err(LabError::Invalid(format!(
+                    "service {name:?}: names must be lowercase a-z, 0-9 and '-'"
+                )));
+            }
+            let given = s.spec.as_ref().and_then(|sp| sp.cluster_ip.clone());
+            if given.as_deref() == Some("None") {
+                continue;
+            }
+            let cluster_ip = match given.and_then(|c| c.parse().ok()) {
+                Some(ip) => ip,
+                None => free.next().ok_or_else(|| {
+                    LabError::Invalid(format!("service CIDR {} is full", ap.service_cidr))
+                })?,
+            };
+            out.push(ServicePlan {
+                namespace,
+                name,
+                cluster_ip,
+            });
+        }
+        Ok(out)
+    }
+}
+
 impl LabPlan {
+    pub fn service(&self, key: &str) -> Option<&ServicePlan> {
+        match key.split_once('/') {
+            Some((ns, n)) => self
+                .services
+                .iter()
+                .find(|s| s.namespace == ns && s.name == n),
+            None => self.services.iter().find(|s| s.name == key),
+        }
+    }
+
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.nodes.iter().find(|n| n.name == name)
     }
@@ -393,6 +502,23 @@ kind: Pod
 metadata: {name: x, namespace: web}
 spec: {containers: [{name: echo}]}
 "#;
+
+    #[test]
+    fn assigns_cluster_ips_and_checks_given_ones() {
+        let with = |svcs: &str| parse_lab_file(&format!("{LAB}{svcs}")).unwrap().plan();
+        let p = with("---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec: {clusterIP: 198.18.64.10, ports: [{port: 5432}]}\n").unwrap();
+        assert_eq!(
+            p.service("db").unwrap().cluster_ip,
+            Ipv4Addr::new(198, 18, 64, 10)
+        );
+        assert_eq!(
+            p.service("web").unwrap().cluster_ip,
+            Ipv4Addr::new(198, 18, 64, 11),
+            "the next free address"
+        );
+        let e = with("---\napiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n").unwrap_err();
+        assert!(e.to_string().contains("outside the service CIDR"), "{e}");
+    }
 
     #[test]
     fn plans_addresses_and_namespaces() {

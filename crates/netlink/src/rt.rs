@@ -41,6 +41,8 @@ pub struct Link {
 pub enum RouteKind {
     Unicast,
     Blackhole,
+    /// Answers with ICMP host unreachable.
+    Unreachable,
 }
 
 /// A route in the main table, in the terms strait uses.
@@ -83,6 +85,7 @@ fn route_from(msg: RouteMessage) -> Option<Route> {
     let kind = match msg.header.kind {
         RouteType::Unicast => RouteKind::Unicast,
         RouteType::BlackHole => RouteKind::Blackhole,
+        RouteType::Unreachable => RouteKind::Unreachable,
         _ => return None,
     };
     let mut dst: Option<IpAddr> = None;
@@ -293,6 +296,7 @@ impl Netlink {
             .kind(match route.kind {
                 RouteKind::Unicast => RouteType::Unicast,
                 RouteKind::Blackhole => RouteType::BlackHole,
+                RouteKind::Unreachable => RouteType::Unreachable,
             });
         if let Some(oif) = route.oif {
             b = b.output_interface(oif);
