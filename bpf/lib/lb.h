@@ -88,7 +88,14 @@ static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u8 pr
 	struct ct_key ck = { .saddr = f.saddr, .daddr = f.daddr, .sport = bpf_htons(f.sport), .dport = bpf_htons(f.dport), .proto = f.proto };
 	__u32 bip;
 	__u16 bport;
-	struct ct_val *ct = ct_get(&strait_ct, &ck, now);
+	/* A TCP SYN starts a new connection even when an old entry for the
+	 * same tuple lingers (a reused client port): it gets a fresh pick, so a
+	 * removed backend never receives a new connection. */
+	__u8 tcp_flags = 0;
+	if (f.proto == IPPROTO_TCP)
+		bpf_skb_load_bytes(skb, l4_offset(p) + 13, &tcp_flags, 1);
+	int syn = (tcp_flags & 0x12) == 0x02; /* SYN without ACK */
+	struct ct_val *ct = syn ? 0 : ct_get(&strait_ct, &ck, now);
 	if (ct) {
 		bip = ct->addr;
 		bport = ct->port;

@@ -335,6 +335,10 @@ fn per_packet_cost_is_reported() {
 
 /// Ethernet + IPv4 + TCP SYN with valid IPv4 and TCP checksums.
 fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    tcp_flags(src, sport, dst, dport, 0x02)
+}
+
+fn tcp_flags(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
     let mut p = vec![0xee, 1, 1, 1, 1, 1, 0x0a, 2, 2, 2, 2, 2, 0x08, 0x00];
     let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
     ip.extend(src.octets());
@@ -344,7 +348,7 @@ fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     let mut t = vec![];
     t.extend(sport.to_be_bytes());
     t.extend(dport.to_be_bytes());
-    t.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     let c = tcp_checksum(src, dst, &t);
     t[16..18].copy_from_slice(&c.to_be_bytes());
     p.extend(ip);
@@ -437,14 +441,22 @@ fn service_vip_is_translated_and_replies_are_translated_back() {
     assert_eq!(u16::from_be_bytes([out[34], out[35]]), 80);
     assert!(tcp_ok(&out));
     assert_eq!(count(&l, SVC_REVNAT), 1);
-    // The same connection again: conntrack, not a new pick.
+    // The same connection again (an ACK): conntrack, not a new pick.
+    run(
+        &mut l,
+        Prog::FromContainer,
+        &tcp_flags(POD_A, 40000, VIP, 80, 0x10),
+        IF_A,
+    );
+    assert_eq!(count(&l, SVC_CT), 1);
+    // A new SYN on the same tuple (a reused client port) is a new pick.
     run(
         &mut l,
         Prog::FromContainer,
         &tcp(POD_A, 40000, VIP, 80),
         IF_A,
     );
-    assert_eq!(count(&l, SVC_CT), 1);
+    assert_eq!(count(&l, SVC_DNAT), 2);
 }
 
 #[test]

@@ -184,6 +184,19 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 }
             }
         }
+        Verb::Hops { src, dst } if dst.starts_with("svc/") => {
+            let st = LabState::find(a.lab.as_deref())?;
+            let (name, port) = dst[4..]
+                .rsplit_once(':')
+                .with_context(|| format!("{dst}: write svc/NAME:PORT"))?;
+            let port: u16 = port
+                .parse()
+                .with_context(|| format!("{dst}: {port:?} is not a port"))?;
+            let r = strait_lab::hops::trace_service(&st, &src, name, port)?;
+            println!("lab {} (mode {})", st.plan.name, st.plan.mode);
+            print!("{}", r.table());
+            Ok(0)
+        }
         Verb::Hops { src, dst } => {
             let st = LabState::find(a.lab.as_deref())?;
             let r = strait_lab::hops::trace(&st, &src, &dst)?;

@@ -27,6 +27,9 @@ enum Verb {
     },
 }
 
+/// A frontend's master entry and its backend slots.
+type Slots = (Option<LbVal>, Vec<(u16, LbVal)>);
+
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let Verb::List {
         bpf_dir,
@@ -48,8 +51,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         None => Default::default(),
     };
     // Group slots by frontend.
-    let mut frontends: BTreeMap<(Ipv4Addr, u16, u8), (Option<LbVal>, Vec<(u16, LbVal)>)> =
-        BTreeMap::new();
+    let mut frontends: BTreeMap<(Ipv4Addr, u16, u8), Slots> = BTreeMap::new();
     for item in lb.iter() {
         let (k, v): (LbKey, LbVal) = item?;
         let f = frontends
@@ -107,8 +109,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<26} {:<28} {}",
-        "SERVICE ADDRESS", "BACKEND ADDRESS (STATE)", "SERVICE"
+        "{:<26} {:<28} SERVICE",
+        "SERVICE ADDRESS", "BACKEND ADDRESS (STATE)"
     );
     for (f, n, m, bs) in rows {
         let affinity = if m.affinity_secs > 0 {

@@ -164,18 +164,18 @@ fn v4(ip: IpAddr) -> anyhow::Result<Ipv4Addr> {
     }
 }
 
-/// Count request (src->dst) and reply (dst->src) IPv4 packets seen on one
-/// interface until `stop`.
+type Pairs = std::collections::HashMap<(Ipv4Addr, Ipv4Addr), usize>;
+
+/// Count IPv4 packets by (source, destination) seen on one interface
+/// until `stop`.
 fn capture(
     ns: &NetnsFile,
     iface: &str,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
     ready: &AtomicBool,
     stop: &AtomicBool,
-) -> anyhow::Result<Seen> {
+) -> anyhow::Result<Pairs> {
     let iface = iface.to_string();
-    in_netns(ns, move || -> anyhow::Result<Seen> {
+    in_netns(ns, move || -> anyhow::Result<Pairs> {
         let cname = std::ffi::CString::new(iface.clone())?;
         // SAFETY: plain libc calls with valid arguments; the fd is closed below.
         unsafe {
@@ -214,7 +214,7 @@ fn capture(
                 std::mem::size_of::<libc::timeval>() as u32,
             );
             ready.store(true, Ordering::SeqCst);
-            let mut seen = Seen::default();
+            let mut seen = Pairs::new();
             let mut buf = [0u8; 2048];
             while !stop.load(Ordering::SeqCst) {
                 let n = libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
@@ -223,11 +223,7 @@ fn capture(
                 }
                 let s = Ipv4Addr::new(buf[26], buf[27], buf[28], buf[29]);
                 let d = Ipv4Addr::new(buf[30], buf[31], buf[32], buf[33]);
-                if (s, d) == (src, dst) {
-                    seen.request += 1;
-                } else if (s, d) == (dst, src) {
-                    seen.reply += 1;
-                }
+                *seen.entry((s, d)).or_default() += 1;
             }
             libc::close(fd);
             Ok(seen)
@@ -235,20 +231,18 @@ fn capture(
     })?
 }
 
-/// Capture along the path while one TCP request/response crosses it.
-pub fn trace(st: &LabState, src: &str, dst: &str) -> anyhow::Result<HopReport> {
-    let (hops, sip, dip, _) = path(st, src, dst)?;
-    let src_ns = crate::run::target_netns(&st.plan, src)?;
+/// Capture on `hops` while `traffic` runs.
+fn capture_during<T>(hops: &[Hop], traffic: impl FnOnce() -> T) -> anyhow::Result<(Vec<Pairs>, T)> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = vec![];
     let mut readies = vec![];
-    for h in &hops {
+    for h in hops {
         let ns = NetnsFile::open(&netns_path(&h.netns))?;
         let (stop, ready) = (stop.clone(), Arc::new(AtomicBool::new(false)));
         readies.push(ready.clone());
         let iface = h.iface.clone();
         handles.push(std::thread::spawn(move || {
-            capture(&ns, &iface, sip, dip, &ready, &stop)
+            capture(&ns, &iface, &ready, &stop)
         }));
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -256,26 +250,206 @@ pub fn trace(st: &LabState, src: &str, dst: &str) -> anyhow::Result<HopReport> {
     {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let probe = crate::probe::probe(
-        &netns_path(&src_ns),
-        SocketAddr::new(dip.into(), crate::echo::ECHO_PORT),
-        false,
-        Duration::from_secs(2),
-    );
+    let out = traffic();
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::SeqCst);
-    let mut out = vec![];
-    for (h, t) in hops.into_iter().zip(handles) {
-        let seen = t
-            .join()
-            .map_err(|_| anyhow::anyhow!("capture thread panicked"))??;
-        out.push((h, seen));
+    let mut pairs = vec![];
+    for t in handles {
+        pairs.push(
+            t.join()
+                .map_err(|_| anyhow::anyhow!("capture thread panicked"))??,
+        );
     }
+    Ok((pairs, out))
+}
+
+/// Capture along the path while one TCP request/response crosses it.
+pub fn trace(st: &LabState, src: &str, dst: &str) -> anyhow::Result<HopReport> {
+    let (hops, sip, dip, _) = path(st, src, dst)?;
+    let src_ns = crate::run::target_netns(&st.plan, src)?;
+    let (pairs, probe) = capture_during(&hops, || {
+        crate::probe::probe(
+            &netns_path(&src_ns),
+            SocketAddr::new(dip.into(), crate::echo::ECHO_PORT),
+            false,
+            Duration::from_secs(2),
+        )
+    })?;
     let probe = probe?;
+    let hops = hops
+        .into_iter()
+        .zip(pairs)
+        .map(|(h, p)| {
+            let seen = Seen {
+                request: p.get(&(sip, dip)).copied().unwrap_or(0),
+                reply: p.get(&(dip, sip)).copied().unwrap_or(0),
+            };
+            (h, seen)
+        })
+        .collect();
     Ok(HopReport {
         src: sip,
         dst: dip,
         answered_by: probe.answered_by,
-        hops: out,
+        hops,
+    })
+}
+
+/// Where a service's virtual IP is seen, and where only pod IPs are.
+#[derive(Debug)]
+pub struct ServiceHopReport {
+    pub client: Ipv4Addr,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub answered_by: String,
+    /// Per hop: packets carrying the VIP, and packets between the client
+    /// and a backend's pod IP.
+    pub hops: Vec<(Hop, usize, usize)>,
+}
+
+impl ServiceHopReport {
+    pub fn at(&self, label: &str) -> (usize, usize) {
+        let (_, v, p) = self
+            .hops
+            .iter()
+            .find(|(h, ..)| h.label == label)
+            .unwrap_or_else(|| panic!("no hop {label}"));
+        (*v, *p)
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{} -> service {}:{} (answered by {})\n\n",
+            self.client, self.vip, self.port, self.answered_by
+        );
+        out.push_str(&format!(
+            "{:<22} {:<18} {:<14} {}\n",
+            "HOP", "INTERFACE", "SERVICE IP", "POD IPs ONLY"
+        ));
+        let mark = |n: usize| {
+            if n > 0 {
+                format!("seen ({n})")
+            } else {
+                "-".into()
+            }
+        };
+        for (h, v, p) in &self.hops {
+            out.push_str(&format!(
+                "{:<22} {:<18} {:<14} {}\n",
+                h.label,
+                h.iface,
+                mark(*v),
+                mark(*p)
+            ));
+        }
+        out
+    }
+}
+
+/// Capture while the pod `src` talks to service `svc` on `port`, on the
+/// client's interfaces, every node uplink, and every backend pod's
+/// interfaces.
+pub fn trace_service(
+    st: &LabState,
+    src: &str,
+    svc: &str,
+    port: u16,
+) -> anyhow::Result<ServiceHopReport> {
+    let plan = &st.plan;
+    let spod = plan
+        .pod(src)
+        .with_context(|| format!("{src} is not a pod of lab {}", plan.name))?;
+    let client = v4(st.pod_ip(spod).context("client has no address")?)?;
+    let sp = plan
+        .service(svc)
+        .with_context(|| format!("no service {svc} in lab {}", plan.name))?;
+    let vip = sp.cluster_ip;
+    let host_veth = |p: &strait_model::lab::PodPlan| {
+        strait_model::naming::host_veth_name(&st.container_id(p), "eth0")
+    };
+    // Backends: from the endpoint slices the lab wrote.
+    let slices =
+        std::fs::read_to_string(st.manifests_dir().join("endpointslices.yaml")).unwrap_or_default();
+    let backend_pods: Vec<&strait_model::lab::PodPlan> = plan
+        .pods
+        .iter()
+        .filter(|p| {
+            st.pod_ip(p)
+                .is_some_and(|ip| slices.contains(&ip.to_string()))
+        })
+        .collect();
+    let backend_ips: Vec<Ipv4Addr> = backend_pods
+        .iter()
+        .filter_map(|p| st.pod_ip(p))
+        .filter_map(|ip| v4(ip).ok())
+        .collect();
+    let snode = plan.node(&spod.node).unwrap();
+    let mut hops = vec![
+        Hop {
+            label: format!("{} eth0", spod.name),
+            netns: spod.netns.clone(),
+            iface: "eth0".into(),
+        },
+        Hop {
+            label: format!("{} host veth", spod.name),
+            netns: snode.netns.clone(),
+            iface: host_veth(spod),
+        },
+    ];
+    for n in &plan.nodes {
+        hops.push(Hop {
+            label: format!("{} eth0", n.name),
+            netns: n.netns.clone(),
+            iface: "eth0".into(),
+        });
+    }
+    for b in &backend_pods {
+        let bn = plan.node(&b.node).unwrap();
+        hops.push(Hop {
+            label: format!("{} host veth", b.name),
+            netns: bn.netns.clone(),
+            iface: host_veth(b),
+        });
+        hops.push(Hop {
+            label: format!("{} eth0", b.name),
+            netns: b.netns.clone(),
+            iface: "eth0".into(),
+        });
+    }
+    let (pairs, probe) = capture_during(&hops, || {
+        crate::probe::probe(
+            &netns_path(&spod.netns),
+            SocketAddr::new(vip.into(), port),
+            false,
+            Duration::from_secs(2),
+        )
+    })?;
+    let probe = probe?;
+    let hops = hops
+        .into_iter()
+        .zip(pairs)
+        .map(|(h, p)| {
+            let v: usize = p
+                .iter()
+                .filter(|((s, d), _)| *s == vip || *d == vip)
+                .map(|(_, n)| n)
+                .sum();
+            let pods: usize = p
+                .iter()
+                .filter(|((s, d), _)| {
+                    (*s == client && backend_ips.contains(d))
+                        || (*d == client && backend_ips.contains(s))
+                })
+                .map(|(_, n)| n)
+                .sum();
+            (h, v, pods)
+        })
+        .collect();
+    Ok(ServiceHopReport {
+        client,
+        vip,
+        port,
+        answered_by: probe.answered_by,
+        hops,
     })
 }

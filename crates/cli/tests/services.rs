@@ -1,0 +1,368 @@
+//! Services in the eBPF datapath, with real packets: seed 000 scenarios 5
+//! and 7, backend choice, affinity, draining, UDP, rejection, bad objects.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+fn svc_lab(name: &str) -> Lab {
+    let y = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/services-ebpf.yaml"
+    ))
+    .unwrap()
+    .replace("name: svc", &format!("name: {name}"));
+    Lab::up(&y)
+}
+
+fn vip(lab: &Lab, svc: &str) -> Ipv4Addr {
+    lab.st.plan.service(svc).unwrap().cluster_ip
+}
+
+fn pod_ip(lab: &Lab, pod: &str) -> String {
+    lab.st
+        .pod_ip(lab.st.plan.pod(pod).unwrap())
+        .unwrap()
+        .to_string()
+}
+
+/// Run `f` in the client pod's namespace.
+fn in_client<T: Send>(lab: &Lab, f: impl FnOnce() -> T + Send) -> T {
+    let ns = strait_netlink::NetnsFile::open(&strait_lab::run::netns_path(
+        &lab.st.plan.pod("client").unwrap().netns,
+    ))
+    .unwrap();
+    strait_netlink::in_netns(&ns, f).unwrap()
+}
+
+/// One short TCP exchange; the answering pod's name.
+fn ask(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"hi\n")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
+/// Add manifests to the lab's cluster source and wait until node-a's agent
+/// has programmed what `done` looks for.
+fn apply(lab: &Lab, file: &str, yaml: &str, done: impl Fn(&strait_model::api::NodeStatus) -> bool) {
+    let p = lab.st.manifests_dir().join(file);
+    std::fs::write(p.with_extension("tmp"), yaml).unwrap();
+    std::fs::rename(p.with_extension("tmp"), &p).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done(&lab.status("node-a")) {
+        assert!(Instant::now() < deadline, "agent did not program {file}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn seed_scenarios_5_and_7_service_ip_only_on_the_client_side() {
+    if !require_root("seed_scenarios_5_and_7_service_ip_only_on_the_client_side") {
+        return;
+    }
+    let lab = svc_lab("t-svcseed");
+    let mut seen_same = false;
+    let mut seen_other = false;
+    for _ in 0..40 {
+        let r = strait_lab::hops::trace_service(&lab.st, "client", "web", 80).unwrap();
+        let (backend, other) = if r.answered_by == "web-a" {
+            ("web-a", "web-b")
+        } else {
+            ("web-b", "web-a")
+        };
+        // The VIP is seen on the client's side only.
+        assert!(r.at("client host veth").0 > 0, "{}", r.table());
+        for hop in [
+            "node-a eth0",
+            "node-b eth0",
+            "web-a host veth",
+            "web-b host veth",
+            "web-a eth0",
+            "web-b eth0",
+        ] {
+            assert_eq!(
+                r.at(hop).0,
+                0,
+                "the service IP must not appear at {hop}\n{}",
+                r.table()
+            );
+        }
+        // The backend's host veth sees pod IPs only (its reply), and the
+        // other backend sees nothing.
+        assert!(r.at(&format!("{backend} host veth")).1 > 0, "{}", r.table());
+        assert_eq!(r.at(&format!("{other} host veth")), (0, 0), "{}", r.table());
+        if backend == "web-a" {
+            // Scenario 5: backend on the client's node; nothing on the uplinks.
+            assert_eq!(r.at("node-a eth0"), (0, 0), "{}", r.table());
+            seen_same = true;
+        } else {
+            // Scenario 7: backend on the other node; both uplinks carry pod IPs.
+            assert!(
+                r.at("node-a eth0").1 > 0 && r.at("node-b eth0").1 > 0,
+                "{}",
+                r.table()
+            );
+            seen_other = true;
+        }
+        if seen_same && seen_other {
+            return;
+        }
+    }
+    panic!("40 connections never reached both backends (same node: {seen_same}, other node: {seen_other})");
+}
+
+#[test]
+fn backends_are_chosen_evenly_and_replies_come_from_the_vip() {
+    if !require_root("backends_are_chosen_evenly_and_replies_come_from_the_vip") {
+        return;
+    }
+    let lab = svc_lab("t-svceven");
+    let addr = SocketAddr::new(vip(&lab, "web").into(), 80);
+    let n = 2000;
+    let counts = in_client(&lab, move || {
+        let mut c = std::collections::HashMap::<String, usize>::new();
+        for _ in 0..n {
+            *c.entry(ask(addr).unwrap()).or_default() += 1;
+        }
+        c
+    });
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    for (b, k) in &counts {
+        let share = *k as f64 / (n as f64 / 2.0);
+        assert!(
+            (0.9..=1.1).contains(&share),
+            "{b} got {k} of {n}: outside ±10% of an even split ({counts:?})"
+        );
+    }
+    // UDP: the answer comes back from the VIP (the probe checks the source).
+    let ns = strait_lab::run::netns_path(&lab.st.plan.pod("client").unwrap().netns);
+    let r = strait_lab::probe::probe(
+        &ns,
+        SocketAddr::new(vip(&lab, "web").into(), 53),
+        true,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert!(r.answered_by == "web-a" || r.answered_by == "web-b");
+    // TCP: the connected socket's peer is the VIP.
+    let peer = in_client(&lab, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .unwrap()
+            .peer_addr()
+            .unwrap()
+    });
+    assert_eq!(peer, addr);
+}
+
+#[test]
+fn a_service_without_backends_is_refused_at_once() {
+    if !require_root("a_service_without_backends_is_refused_at_once") {
+        return;
+    }
+    let lab = svc_lab("t-svcempty");
+    let addr = SocketAddr::new(vip(&lab, "empty").into(), 80);
+    let t0 = Instant::now();
+    let err = in_client(&lab, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_err()
+    });
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "refused at once, not after a timeout ({:?})",
+        t0.elapsed()
+    );
+    assert_eq!(err.raw_os_error(), Some(libc_ehostunreach()), "{err}");
+}
+
+fn libc_ehostunreach() -> i32 {
+    113
+}
+
+fn slice(name: &str, svc: &str, eps: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: default, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n"
+    );
+    for (ip, cond) in eps {
+        s.push_str(&format!("- {{addresses: [{ip}], conditions: {cond}}}\n"));
+    }
+    s
+}
+
+const READY: &str = "{ready: true}";
+const TERMINATING: &str = "{ready: false, serving: true, terminating: true}";
+
+#[test]
+fn session_affinity_sticks_to_one_backend() {
+    if !require_root("session_affinity_sticks_to_one_backend") {
+        return;
+    }
+    let lab = svc_lab("t-svcaff");
+    let (a, b) = (pod_ip(&lab, "web-a"), pod_ip(&lab, "web-b"));
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: sticky, namespace: default}}\nspec: {{clusterIP: 198.18.64.50, sessionAffinity: ClientIP, sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 60}}}}, ports: [{{name: http, port: 80}}]}}\n{}",
+        slice("sticky-1", "sticky", &[(&a, READY), (&b, READY)])
+    );
+    apply(&lab, "sticky.yaml", &yaml, |s| {
+        s.services
+            .iter()
+            .any(|e| e.name == "sticky" && e.backends.len() == 2)
+    });
+    let addr: SocketAddr = "198.18.64.50:80".parse().unwrap();
+    let answers = in_client(&lab, move || {
+        (0..40)
+            .map(|_| ask(addr).unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+    });
+    assert_eq!(
+        answers.len(),
+        1,
+        "all 40 connections went to one backend: {answers:?}"
+    );
+}
+
+#[test]
+fn terminating_backends_drain_existing_connections_and_get_no_new_ones() {
+    if !require_root("terminating_backends_drain_existing_connections_and_get_no_new_ones") {
+        return;
+    }
+    let lab = svc_lab("t-svcdrain");
+    let (a, b) = (pod_ip(&lab, "web-a"), pod_ip(&lab, "web-b"));
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: drain, namespace: default}\nspec: {clusterIP: 198.18.64.60, ports: [{name: http, port: 80}]}\n";
+    apply(
+        &lab,
+        "drain.yaml",
+        &format!(
+            "{svc}{}",
+            slice("drain-1", "drain", &[(&a, READY), (&b, READY)])
+        ),
+        |s| {
+            s.services
+                .iter()
+                .any(|e| e.name == "drain" && e.backends.len() == 2)
+        },
+    );
+    let addr: SocketAddr = "198.18.64.60:80".parse().unwrap();
+    let ns = strait_netlink::NetnsFile::open(&strait_lab::run::netns_path(
+        &lab.st.plan.pod("client").unwrap().netns,
+    ))
+    .unwrap();
+    // A long-lived connection that landed on web-a.
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<String>();
+    let conn = std::thread::spawn(move || {
+        strait_netlink::in_netns(&ns, move || {
+            let mut s = loop {
+                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+                let mut line = String::new();
+                (&s).write_all(b"hi\n").unwrap();
+                BufReader::new(&s).read_line(&mut line).unwrap();
+                if line.trim() == "web-a" {
+                    break s;
+                }
+            };
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            back_tx.send("connected".into()).unwrap();
+            while let Ok(cmd) = rx.recv() {
+                if cmd == "ask" {
+                    s.write_all(b"hi\n").unwrap();
+                    let mut line = String::new();
+                    BufReader::new(&s).read_line(&mut line).unwrap();
+                    back_tx.send(line.trim().to_string()).unwrap();
+                }
+            }
+        })
+        .unwrap()
+    });
+    assert_eq!(back_rx.recv().unwrap(), "connected");
+    // web-a starts terminating.
+    apply(
+        &lab,
+        "drain.yaml",
+        &format!(
+            "{svc}{}",
+            slice("drain-1", "drain", &[(&a, TERMINATING), (&b, READY)])
+        ),
+        |s| {
+            s.services
+                .iter()
+                .any(|e| e.name == "drain" && e.active().count() == 1)
+        },
+    );
+    tx.send("ask").unwrap();
+    assert_eq!(
+        back_rx.recv().unwrap(),
+        "web-a",
+        "the existing connection keeps its backend"
+    );
+    let fresh = in_client(&lab, move || {
+        (0..50)
+            .map(|_| ask(addr).unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+    });
+    assert_eq!(
+        fresh,
+        ["web-b".to_string()].into(),
+        "no new connection goes to the terminating backend"
+    );
+    // web-a is removed altogether: its connection still finishes.
+    apply(
+        &lab,
+        "drain.yaml",
+        &format!("{svc}{}", slice("drain-1", "drain", &[(&b, READY)])),
+        |s| {
+            s.services
+                .iter()
+                .any(|e| e.name == "drain" && e.backends.len() == 1)
+        },
+    );
+    tx.send("ask").unwrap();
+    assert_eq!(back_rx.recv().unwrap(), "web-a");
+    drop(tx);
+    conn.join().unwrap();
+}
+
+#[test]
+fn bad_service_objects_are_rejected_with_a_reason_and_change_nothing() {
+    if !require_root("bad_service_objects_are_rejected_with_a_reason_and_change_nothing") {
+        return;
+    }
+    let lab = svc_lab("t-svcbad");
+    let before = lab.status("node-a").services;
+    let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: default}\nspec: {clusterIP: 198.18.64.70, ports: [{name: http, port: 70000}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: manual, namespace: default}\nspec: {clusterIP: 198.18.64.71, ports: [{name: http, port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: manual-1, namespace: default, labels: {kubernetes.io/service-name: manual}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [not-an-address]}]\n";
+    apply(&lab, "bad.yaml", bad, |s| s.service_problems.len() >= 2);
+    let st = lab.status("node-a");
+    assert!(
+        st.service_problems
+            .iter()
+            .any(|p| p.contains("broken") && p.contains("70000")),
+        "{:?}",
+        st.service_problems
+    );
+    assert!(
+        st.service_problems
+            .iter()
+            .any(|p| p.contains("manual-1") && p.contains("not-an-address")),
+        "{:?}",
+        st.service_problems
+    );
+    assert!(st.services.iter().all(|e| e.name != "broken"));
+    // The good services are untouched and still answer.
+    let kept: Vec<_> = st
+        .services
+        .iter()
+        .filter(|e| e.name != "manual")
+        .cloned()
+        .collect();
+    assert_eq!(kept, before);
+    let addr = SocketAddr::new(vip(&lab, "web").into(), 80);
+    assert!(in_client(&lab, move || ask(addr)).is_ok());
+    let log = std::fs::read_to_string(lab.st.log_dir().join("agent-node-a.log")).unwrap();
+    assert!(
+        log.contains("service object rejected") && log.contains("70000"),
+        "a clear log line"
+    );
+}
