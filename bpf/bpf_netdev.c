@@ -16,15 +16,46 @@ int from_netdev(struct __sk_buff *skb)
 		return verdict(skb, REASON_TO_STACK, PROG_FROM_NETDEV, &p.flow, 0, TC_ACT_OK);
 	/* A remote backend's reply to a client here: back to the VIP. */
 	int lb = lb_revnat(skb, &p);
+	/* From outside the cluster: NodePort, ExternalIP, LoadBalancer. */
+	int dnat = 0;
+	if (lb == LB_NONE) {
+		lb = lb_dnat(skb, &p, PROG_FROM_NETDEV);
+		dnat = lb == LB_DONE;
+	}
 	if (lb == LB_ERROR)
 		return drop(skb, DROP_NAT_FAILED, PROG_FROM_NETDEV, &p.flow);
+	if (lb == LB_NO_BACKEND)
+		return verdict(skb, REASON_SVC_NO_BACKEND, PROG_FROM_NETDEV, &p.flow, 0, TC_ACT_OK);
 	if (lb == LB_DONE && parse_ipv4(skb, &p) != 1)
 		return drop(skb, DROP_MALFORMED, PROG_FROM_NETDEV, &p.flow);
 	__u32 daddr = p.flow.daddr;
 	struct endpoint *ep = bpf_map_lookup_elem(&strait_endpoints, &daddr);
+	if (!ep && dnat) {
+		/* externalTrafficPolicy Cluster with a backend on another node: the
+		 * host stack forwards it and masquerades it to this node (the agent's
+		 * nftables rule matches this mark), so the reply comes back here and
+		 * to-netdev restores the frontend. */
+		skb->mark |= MARK_MASQUERADE;
+		return verdict(skb, REASON_SVC_MASQUERADE, PROG_FROM_NETDEV, &p.flow, 0, TC_ACT_OK);
+	}
 	if (!ep)
 		return verdict(skb, REASON_TO_STACK, PROG_FROM_NETDEV, &p.flow, 0, TC_ACT_OK);
 	return to_local_pod(skb, &p, ep, PROG_FROM_NETDEV, REASON_PEER_FROM_NETDEV, REASON_HOSTVETH_FROM_NETDEV);
+}
+
+/* to-netdev: tc egress of the uplink. Replies of masqueraded external
+ * connections leave here after the stack undid the masquerade: their
+ * source goes back to the frontend the client connected to. */
+SEC("classifier/to_netdev")
+int to_netdev(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	if (parse_ipv4(skb, &p) != 1)
+		return TC_ACT_OK;
+	int lb = lb_revnat(skb, &p);
+	if (lb == LB_ERROR)
+		return drop(skb, DROP_NAT_FAILED, PROG_TO_NETDEV, &p.flow);
+	return TC_ACT_OK;
 }
 
 char _license[] SEC("license") = "GPL";

@@ -66,6 +66,10 @@ struct event {
 
 #define PROG_FROM_CONTAINER 1
 #define PROG_FROM_NETDEV 2
+#define PROG_TO_NETDEV 3
+
+/* skb->mark bit that asks the agent's nftables rule to masquerade. */
+#define MARK_MASQUERADE 0x00005a00
 
 /* Services. A frontend (VIP, port, protocol) has a master entry at slot 0
  * (backend count, service id, affinity) and its active backends at slots

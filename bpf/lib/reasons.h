@@ -16,6 +16,7 @@
 #define REASON_SVC_CT            10 /* service VIP translated by an existing connection */
 #define REASON_SVC_REVNAT        11 /* a backend's reply translated back to the VIP */
 #define REASON_SVC_NO_BACKEND    12 /* service with no ready backend: host stack rejects */
+#define REASON_SVC_MASQUERADE    13 /* external connection to a backend on another node: stack forwards, masqueraded */
 
 #define REASON_MAX_FORWARD       127
 

@@ -26,8 +26,19 @@ pub struct Agent {
     pub bpf: Option<Mutex<BpfState>>,
     /// The programmed service table and the objects rejected from it.
     pub services: Mutex<Vec<strait_model::services::ServiceEntry>>,
+    /// healthCheckNodePort servers: port -> (server task, local endpoints).
+    pub health: Mutex<HealthServers>,
     pub service_problems: Mutex<Vec<String>>,
 }
+
+/// healthCheckNodePort servers: port -> (server task, local endpoints).
+pub type HealthServers = std::collections::HashMap<
+    u16,
+    (
+        tokio::task::JoinHandle<()>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ),
+>;
 
 pub struct BpfState {
     pub dp: strait_bpf::Datapath,
@@ -95,11 +106,37 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<BpfState> {
         strait_bpf::Datapath::load(&cfg.bpf_dir, features).context("load the eBPF datapath")?;
     dp.attach(Prog::FromNetdev, &cfg.uplink)
         .with_context(|| format!("attach from-netdev to the uplink {}", cfg.uplink))?;
+    dp.attach(Prog::ToNetdev, &cfg.uplink)
+        .with_context(|| format!("attach to-netdev to the uplink {}", cfg.uplink))?;
+    install_masquerade().context("install the nftables masquerade rule for external traffic")?;
     Ok(BpfState {
         dp,
         attached: Default::default(),
         endpoints: 0,
     })
+}
+
+/// External connections to a backend on another node are forwarded by the
+/// host stack and masqueraded to this node, so their replies come back
+/// here. from-netdev marks them; this rule (one atomic nftables
+/// transaction, idempotent) does the masquerade.
+fn install_masquerade() -> anyhow::Result<()> {
+    use std::io::Write;
+    let rules = "add table ip strait\ndelete table ip strait\ntable ip strait {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    meta mark & 0x00005a00 == 0x00005a00 masquerade\n  }\n}\n";
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("run nft (install nftables)")?;
+    child.stdin.take().unwrap().write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
 }
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
@@ -127,6 +164,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         orphan_links: Mutex::new(Default::default()),
         bpf,
         services: Mutex::new(vec![]),
+        health: Mutex::new(Default::default()),
         service_problems: Mutex::new(vec![]),
         cfg,
     });

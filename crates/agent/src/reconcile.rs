@@ -171,7 +171,18 @@ pub async fn pass(agent: &Agent, nl: &Netlink) -> anyhow::Result<()> {
     }
     *agent.programmed.lock().unwrap() = node_routes;
     if let Some(bpf) = &agent.bpf {
-        let table = strait_model::services::compile(&snap);
+        let this = snap
+            .node(me)
+            .and_then(|n| strait_model::cluster::node_internal_ip(n, true))
+            .and_then(|ip| match ip {
+                IpAddr::V4(ip) => Some(strait_model::services::ThisNode {
+                    name: me.clone(),
+                    ip,
+                }),
+                IpAddr::V6(_) => None,
+            });
+        let table = strait_model::services::compile_for_node(&snap, this.as_ref());
+        sync_health_checks(agent, &table.health_checks);
         {
             let mut seen = agent.service_problems.lock().unwrap();
             for p in &table.problems {
@@ -273,4 +284,54 @@ fn sync_map<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod + PartialEq>(
         }
     }
     Ok(())
+}
+
+/// One HTTP server per healthCheckNodePort: 200 while this node has a local
+/// backend for the service, 503 otherwise (what cloud load balancers probe
+/// for externalTrafficPolicy Local).
+fn sync_health_checks(agent: &Agent, checks: &[strait_model::services::HealthCheck]) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut servers = agent.health.lock().unwrap();
+    servers.retain(|port, (task, _)| {
+        let keep = checks.iter().any(|c| c.port == *port);
+        if !keep {
+            task.abort();
+        }
+        keep
+    });
+    for c in checks {
+        if let Some((_, n)) = servers.get(&c.port) {
+            n.store(c.local_endpoints, Ordering::SeqCst);
+            continue;
+        }
+        let n = std::sync::Arc::new(AtomicUsize::new(c.local_endpoints));
+        let (port, service, count) = (c.port, c.service.clone(), n.clone());
+        let task = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let l = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(port, error = %e, "cannot serve healthCheckNodePort");
+                    return;
+                }
+            };
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let n = count.load(Ordering::SeqCst);
+                let (status, code) = if n > 0 {
+                    ("200 OK", 200)
+                } else {
+                    ("503 Service Unavailable", 503)
+                };
+                let body = format!(
+                    "{{\"service\":\"{service}\",\"localEndpoints\":{n},\"code\":{code}}}\n"
+                );
+                let resp = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        tracing::info!(port = c.port, service = %c.service, "serving healthCheckNodePort");
+        servers.insert(c.port, (task, n));
+    }
 }

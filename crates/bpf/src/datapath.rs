@@ -122,6 +122,7 @@ pub fn ensure_bpffs(mount_point: &Path) -> Result<(), DatapathError> {
 pub enum Prog {
     FromContainer,
     FromNetdev,
+    ToNetdev,
 }
 
 impl Prog {
@@ -129,6 +130,7 @@ impl Prog {
         match self {
             Prog::FromContainer => "from_container",
             Prog::FromNetdev => "from_netdev",
+            Prog::ToNetdev => "to_netdev",
         }
     }
 }
@@ -183,6 +185,12 @@ impl Datapath {
                     source: Box::new(e),
                 })?;
         }
+        program(&mut netdev, Prog::ToNetdev)?
+            .load()
+            .map_err(|e| DatapathError::Program {
+                program: Prog::ToNetdev.name(),
+                source: Box::new(e),
+            })?;
         Ok(Datapath {
             pin_dir: pin_dir.to_path_buf(),
             features,
@@ -194,7 +202,7 @@ impl Datapath {
     pub fn program(&mut self, prog: Prog) -> Result<&mut SchedClassifier, DatapathError> {
         match prog {
             Prog::FromContainer => program(&mut self.lxc, prog),
-            Prog::FromNetdev => program(&mut self.netdev, prog),
+            Prog::FromNetdev | Prog::ToNetdev => program(&mut self.netdev, prog),
         }
     }
 
@@ -218,17 +226,18 @@ impl Datapath {
                 ..Default::default()
             })
         };
-        let id = match p.attach_with_options(iface, TcAttachType::Ingress, opts()) {
+        let hook = if prog == Prog::ToNetdev {
+            TcAttachType::Egress
+        } else {
+            TcAttachType::Ingress
+        };
+        let id = match p.attach_with_options(iface, hook, opts()) {
             Ok(id) => id,
             Err(first) => {
-                let link = SchedClassifierLink::attached(
-                    iface,
-                    TcAttachType::Ingress,
-                    TC_PRIORITY,
-                    TC_HANDLE,
-                    None,
-                )
-                .map_err(|e| err(format!("{first}; and looking up the existing filter: {e}")))?;
+                let link = SchedClassifierLink::attached(iface, hook, TC_PRIORITY, TC_HANDLE, None)
+                    .map_err(|e| {
+                        err(format!("{first}; and looking up the existing filter: {e}"))
+                    })?;
                 p.attach_to_link(link)
                     .map_err(|e| err(format!("{first}; replace: {e}")))?
             }

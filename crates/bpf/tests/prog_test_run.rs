@@ -397,9 +397,12 @@ fn add_service(l: &Loaded, backends: &[(Ipv4Addr, u16)]) {
                 port: *port,
                 state: BackendState::Active,
                 pod: None,
+                node: None,
             })
             .collect(),
         affinity_secs: None,
+        external: false,
+        local_only: false,
     };
     for (k, v) in maps::lb_entries(&[entry]) {
         lb.insert(k, v, 0).unwrap();

@@ -166,8 +166,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                         .connect
                         .map(|c| format!(", connect {:.3} ms", c.as_secs_f64() * 1e3))
                         .unwrap_or_default();
+                    let from = r
+                        .seen_from
+                        .as_deref()
+                        .map(|f| format!(", it saw the client as {f}"))
+                        .unwrap_or_default();
                     println!(
-                        "{src} -> {dst} ({proto} {addr}): answered by {} in {:.3} ms{connect}",
+                        "{src} -> {dst} ({proto} {addr}): answered by {} in {:.3} ms{connect}{from}",
                         r.answered_by,
                         r.rtt.as_secs_f64() * 1e3
                     );

@@ -312,7 +312,7 @@ fn up_recovers_from_a_crashed_lab_and_the_socket_is_private() {
     );
     assert_eq!(
         strait_lab::cmd::netns_with_prefix("strait-t-reup-").len(),
-        5,
-        "fabric + 2 nodes + 2 pods"
+        6,
+        "fabric + external client + 2 nodes + 2 pods"
     );
 }

@@ -44,7 +44,7 @@ fn ask(addr: SocketAddr) -> std::io::Result<String> {
     s.write_all(b"hi\n")?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line)?;
-    Ok(line.trim().to_string())
+    Ok(line.split_whitespace().next().unwrap_or("").to_string())
 }
 
 /// Add manifests to the lab's cluster source and wait until node-a's agent
@@ -260,7 +260,7 @@ fn terminating_backends_drain_existing_connections_and_get_no_new_ones() {
                 let mut line = String::new();
                 (&s).write_all(b"hi\n").unwrap();
                 BufReader::new(&s).read_line(&mut line).unwrap();
-                if line.trim() == "web-a" {
+                if line.split_whitespace().next() == Some("web-a") {
                     break s;
                 }
             };
@@ -271,7 +271,9 @@ fn terminating_backends_drain_existing_connections_and_get_no_new_ones() {
                     s.write_all(b"hi\n").unwrap();
                     let mut line = String::new();
                     BufReader::new(&s).read_line(&mut line).unwrap();
-                    back_tx.send(line.trim().to_string()).unwrap();
+                    back_tx
+                        .send(line.split_whitespace().next().unwrap_or("").to_string())
+                        .unwrap();
                 }
             }
         })
@@ -364,5 +366,120 @@ fn bad_service_objects_are_rejected_with_a_reason_and_change_nothing() {
     assert!(
         log.contains("service object rejected") && log.contains("70000"),
         "a clear log line"
+    );
+}
+
+fn external_probe(lab: &Lab, addr: SocketAddr) -> strait_lab::probe::ProbeResult {
+    let ns = strait_lab::run::netns_path(&strait_model::lab::external_netns(lab.name()));
+    strait_lab::probe::probe(&ns, addr, false, Duration::from_secs(2)).unwrap()
+}
+
+fn lb_ip(lab: &Lab, svc: &str) -> Ipv4Addr {
+    let st = lab.status("node-b");
+    st.services
+        .iter()
+        .find(|e| e.name == svc && e.external && e.frontend.port == 80)
+        .map(|e| e.frontend.ip)
+        .unwrap()
+}
+
+#[test]
+fn seed_scenario_8_loadbalancer_local_policy_from_outside() {
+    if !require_root("seed_scenario_8_loadbalancer_local_policy_from_outside") {
+        return;
+    }
+    let lab = svc_lab("t-svclb");
+    let lb = SocketAddr::new(lb_ip(&lab, "edge").into(), 80);
+    let ext_ip = strait_lab::run::external_ip(&lab.st.plan).to_string();
+    // healthCheckNodePort: healthy only where the backend runs.
+    let hc = lab
+        .status("node-b")
+        .services
+        .iter()
+        .any(|e| e.name == "edge");
+    assert!(hc);
+    let ext_ns = strait_lab::run::netns_path(&strait_model::lab::external_netns(lab.name()));
+    // The healthCheckNodePort the lab (as the API server would) assigned.
+    let written = std::fs::read_to_string(lab.st.manifests_dir().join("services.yaml")).unwrap();
+    let hc_port = strait_model::cluster::parse_manifests(&written)
+        .unwrap()
+        .into_iter()
+        .find_map(|o| match o {
+            strait_model::cluster::ClusterObject::Service(s)
+                if s.metadata.name.as_deref() == Some("edge") =>
+            {
+                s.spec?.health_check_node_port
+            }
+            _ => None,
+        })
+        .expect("edge has a healthCheckNodePort") as u16;
+    let node_ip = |n: &str| lab.node(n).ip;
+    assert!(
+        strait_lab::run::health_ok(&ext_ns, SocketAddr::new(node_ip("node-b").into(), hc_port)),
+        "node-b has a local backend"
+    );
+    assert!(
+        !strait_lab::run::health_ok(&ext_ns, SocketAddr::new(node_ip("node-a").into(), hc_port)),
+        "node-a has none: 503"
+    );
+    // Local policy: the client's source address reaches the pod intact.
+    let r = external_probe(&lab, lb);
+    assert_eq!(r.answered_by, "edge");
+    assert!(
+        r.seen_from
+            .as_deref()
+            .unwrap()
+            .starts_with(&format!("{ext_ip}:")),
+        "source preserved: {:?}",
+        r.seen_from
+    );
+    // Seed 000 scenario 8 (newer kernel): from the node's uplink straight
+    // into the pod, skipping its host veth on the way in.
+    let h = strait_lab::hops::trace_external(&lab.st, lb, &["edge"]).unwrap();
+    assert_eq!(h.answered_by, "edge");
+    assert!(h.at("node-b eth0").0 > 0, "{}", h.table());
+    assert_eq!(h.at("node-a eth0"), (0, 0), "{}", h.table());
+    let (vip, pods) = h.at("edge host veth");
+    assert_eq!(
+        vip,
+        0,
+        "the LB address never reaches the pod's host veth\n{}",
+        h.table()
+    );
+    assert!(
+        pods > 0,
+        "only the pod's reply (pod address) crosses its host veth\n{}",
+        h.table()
+    );
+    assert!(h.at("edge eth0").1 > 0, "{}", h.table());
+}
+
+#[test]
+fn nodeport_cluster_policy_reaches_every_backend_and_masquerades_remote_ones() {
+    if !require_root("nodeport_cluster_policy_reaches_every_backend_and_masquerades_remote_ones") {
+        return;
+    }
+    let lab = svc_lab("t-svcnp");
+    let np = SocketAddr::new(lab.node("node-a").ip.into(), 30080);
+    let ext_ip = strait_lab::run::external_ip(&lab.st.plan).to_string();
+    let node_a = lab.node("node-a").ip.to_string();
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..60 {
+        let r = external_probe(&lab, np);
+        let from = r.seen_from.unwrap();
+        seen.insert(
+            r.answered_by.clone(),
+            from.split(':').next().unwrap().to_string(),
+        );
+    }
+    assert_eq!(
+        seen.get("web-a"),
+        Some(&ext_ip),
+        "the local backend sees the client ({seen:?})"
+    );
+    assert_eq!(
+        seen.get("web-b"),
+        Some(&node_a),
+        "the remote backend sees node-a: masqueraded so replies come back ({seen:?})"
     );
 }

@@ -453,3 +453,78 @@ pub fn trace_service(
         hops,
     })
 }
+
+/// Capture while the external client connects to `frontend` (a
+/// LoadBalancer IP, externalIP or NodePort), on the external client, every
+/// node uplink, and the interfaces of the pods named in `backends`.
+pub fn trace_external(
+    st: &LabState,
+    frontend: SocketAddr,
+    backends: &[&str],
+) -> anyhow::Result<ServiceHopReport> {
+    let plan = &st.plan;
+    let ext = strait_model::lab::external_netns(&plan.name);
+    let client = crate::run::external_ip(plan);
+    let host_veth = |p: &strait_model::lab::PodPlan| {
+        strait_model::naming::host_veth_name(&st.container_id(p), "eth0")
+    };
+    let mut hops = vec![Hop {
+        label: "external eth0".into(),
+        netns: ext.clone(),
+        iface: "eth0".into(),
+    }];
+    for n in &plan.nodes {
+        hops.push(Hop {
+            label: format!("{} eth0", n.name),
+            netns: n.netns.clone(),
+            iface: "eth0".into(),
+        });
+    }
+    let mut backend_ips = vec![];
+    for b in backends {
+        let p = plan.pod(b).with_context(|| format!("{b} is not a pod"))?;
+        let bn = plan.node(&p.node).unwrap();
+        backend_ips.push(v4(st.pod_ip(p).context("backend has no address")?)?);
+        hops.push(Hop {
+            label: format!("{} host veth", p.name),
+            netns: bn.netns.clone(),
+            iface: host_veth(p),
+        });
+        hops.push(Hop {
+            label: format!("{} eth0", p.name),
+            netns: p.netns.clone(),
+            iface: "eth0".into(),
+        });
+    }
+    let IpAddr::V4(fip) = frontend.ip() else {
+        anyhow::bail!("IPv4 frontends only")
+    };
+    let (pairs, probe) = capture_during(&hops, || {
+        crate::probe::probe(&netns_path(&ext), frontend, false, Duration::from_secs(2))
+    })?;
+    let probe = probe?;
+    let hops = hops
+        .into_iter()
+        .zip(pairs)
+        .map(|(h, p)| {
+            let v: usize = p
+                .iter()
+                .filter(|((s, d), _)| *s == fip || *d == fip)
+                .map(|(_, n)| n)
+                .sum();
+            let pods: usize = p
+                .iter()
+                .filter(|((s, d), _)| backend_ips.contains(s) || backend_ips.contains(d))
+                .map(|(_, n)| n)
+                .sum();
+            (h, v, pods)
+        })
+        .collect();
+    Ok(ServiceHopReport {
+        client,
+        vip: fip,
+        port: frontend.port(),
+        answered_by: probe.answered_by,
+        hops,
+    })
+}

@@ -11,6 +11,8 @@ use strait_netlink::{in_netns, NetnsFile};
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeResult {
     pub answered_by: String,
+    /// The client address the answering pod saw.
+    pub seen_from: Option<String>,
     pub connect: Option<Duration>,
     pub rtt: Duration,
 }
@@ -39,7 +41,8 @@ pub fn probe(
                 bail!("answer came from {from}, not {dst}");
             }
             Ok(ProbeResult {
-                answered_by: String::from_utf8_lossy(&buf[..n]).trim().to_string(),
+                answered_by: crate::echo::parse_answer(&String::from_utf8_lossy(&buf[..n])).0,
+                seen_from: crate::echo::parse_answer(&String::from_utf8_lossy(&buf[..n])).1,
                 connect: None,
                 rtt,
             })
@@ -67,7 +70,8 @@ pub fn probe(
                 bail!("{dst} closed the connection without answering");
             }
             Ok(ProbeResult {
-                answered_by: line.trim().to_string(),
+                answered_by: crate::echo::parse_answer(&line).0,
+                seen_from: crate::echo::parse_answer(&line).1,
                 connect: Some(connect),
                 rtt,
             })

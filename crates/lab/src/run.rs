@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use strait_model::api::{NodeStatus, Request, Response};
 use strait_model::cluster::ClusterObject;
-use strait_model::lab::{fabric_netns, netns_prefix, parse_lab_file, LabPlan, NodePlan, PodPlan};
+use strait_model::lab::{
+    external_netns, fabric_netns, netns_prefix, parse_lab_file, LabPlan, NodePlan, PodPlan,
+};
 
 /// Binaries the lab runs: this `strait` and the `strait-cni` beside it.
 pub struct Binaries {
@@ -401,6 +403,30 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
         ip(&["-n", &n.netns, "link", "set", "eth0", "up"])?;
         std::fs::create_dir_all(st.node_dir(n).join("state"))?;
     }
+    // A client outside the cluster, on the fabric's last address.
+    let ext = external_netns(&plan.name);
+    let ext_ip = external_ip(plan);
+    step(&format!(
+        "external client: namespace {ext}, eth0 {ext_ip}/{}",
+        plan.fabric.prefix_len()
+    ));
+    ip(&["netns", "add", &ext])?;
+    ip(&["-n", &ext, "link", "set", "lo", "up"])?;
+    ip(&[
+        "-n", &fabric, "link", "add", "ext", "mtu", &mtu, "type", "veth", "peer", "name", "eth0",
+        "netns", &ext,
+    ])?;
+    ip(&["-n", &fabric, "link", "set", "ext", "master", "br0", "up"])?;
+    ip(&[
+        "-n",
+        &ext,
+        "addr",
+        "add",
+        &format!("{ext_ip}/{}", plan.fabric.prefix_len()),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", &ext, "link", "set", "eth0", "up"])?;
     // The cluster source: Node objects for the plan, then the user's manifests.
     write_node_manifests(st)?;
     let (mut pods, services) = write_object_manifests(st, objects)?;
@@ -454,8 +480,104 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
             "{} services programmed on every node",
             services.len()
         ));
+        route_external(st, &services)?;
     }
     Ok(())
+}
+
+/// The external client sits on the fabric's last host address.
+pub fn external_ip(plan: &LabPlan) -> std::net::Ipv4Addr {
+    plan.fabric
+        .hosts()
+        .last()
+        .expect("the fabric has host addresses")
+}
+
+/// The lab's cloud load balancer: each LoadBalancer ingress IP and
+/// externalIP is routed, from the external client, via one node. For
+/// externalTrafficPolicy Local that is the first node whose
+/// healthCheckNodePort answers 200 (probed from outside, as a cloud LB
+/// does); otherwise the first node.
+fn route_external(st: &LabState, services: &[Service]) -> anyhow::Result<()> {
+    let ext = external_netns(&st.plan.name);
+    for s in services {
+        let Some(spec) = &s.spec else { continue };
+        let mut ips: Vec<String> = spec.external_ips.clone().unwrap_or_default();
+        if spec.type_.as_deref() == Some("LoadBalancer") {
+            ips.extend(
+                s.status
+                    .iter()
+                    .flat_map(|st| st.load_balancer.iter())
+                    .flat_map(|l| l.ingress.iter().flatten())
+                    .filter_map(|i| i.ip.clone()),
+            );
+        }
+        if ips.is_empty() {
+            continue;
+        }
+        let local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let via = if let (true, Some(hc)) = (local, spec.health_check_node_port) {
+            let ns = crate::run::netns_path(&ext);
+            st.plan
+                .nodes
+                .iter()
+                .find(|n| health_ok(&ns, std::net::SocketAddr::new(n.ip.into(), hc as u16)))
+                .map(|n| n.ip)
+        } else {
+            st.plan.nodes.first().map(|n| n.ip)
+        };
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let Some(via) = via else {
+            step(&format!(
+                "service {name}: no node reports a local backend; external addresses not routed"
+            ));
+            continue;
+        };
+        for ipaddr in ips {
+            ip(&[
+                "-n",
+                &ext,
+                "route",
+                "replace",
+                &format!("{ipaddr}/32"),
+                "via",
+                &via.to_string(),
+            ])?;
+            step(&format!(
+                "service {name}: external address {ipaddr} routed via node {via}{}",
+                if local {
+                    " (healthy: has a local backend)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// GET a healthCheckNodePort from a namespace; true on HTTP 200.
+pub fn health_ok(netns: &Path, addr: std::net::SocketAddr) -> bool {
+    let Ok(ns) = strait_netlink::NetnsFile::open(netns) else {
+        return false;
+    };
+    strait_netlink::in_netns(&ns, move || {
+        use std::io::Read;
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+        else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lab\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200")
+    })
+    .unwrap_or(false)
 }
 
 fn write_yaml<T: serde::Serialize>(path: &Path, objs: &[T]) -> anyhow::Result<()> {
@@ -493,6 +615,7 @@ fn write_object_manifests(
                     s.spec.get_or_insert_with(Default::default).cluster_ip =
                         Some(sp.cluster_ip.to_string());
                 }
+                assign_external(&mut s, services.len());
                 services.push(s);
             }
             ClusterObject::EndpointSlice(e) => slices.push((**e).clone()),
@@ -507,6 +630,47 @@ fn write_object_manifests(
     )?;
     write_yaml(&st.manifests_dir().join("networkpolicies.yaml"), &policies)?;
     Ok((pods, services))
+}
+
+/// What the cloud and the API server would fill in for an external service:
+/// NodePorts, a LoadBalancer ingress IP from 198.18.96.0/24, and a
+/// healthCheckNodePort for externalTrafficPolicy Local. Given values stay.
+fn assign_external(s: &mut Service, index: usize) {
+    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+    let Some(spec) = s.spec.as_mut() else { return };
+    let ty = spec.type_.clone().unwrap_or_default();
+    if ty != "NodePort" && ty != "LoadBalancer" {
+        return;
+    }
+    for (i, p) in spec.ports.iter_mut().flatten().enumerate() {
+        if p.node_port.is_none() {
+            p.node_port = Some(30000 + (index as i32) * 10 + i as i32);
+        }
+    }
+    if ty == "LoadBalancer" {
+        if spec.external_traffic_policy.as_deref() == Some("Local")
+            && spec.health_check_node_port.is_none()
+        {
+            spec.health_check_node_port = Some(32000 + index as i32);
+        }
+        let has = s
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .is_some_and(|i| !i.is_empty());
+        if !has {
+            s.status = Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![LoadBalancerIngress {
+                        ip: Some(format!("198.18.96.{}", 10 + index)),
+                        ..Default::default()
+                    }]),
+                }),
+                ..Default::default()
+            });
+        }
+    }
 }
 
 /// Wait until every node's agent programs the whole service table.
@@ -528,9 +692,13 @@ pub fn wait_services_programmed(st: &LabState, timeout: Duration) -> anyhow::Res
     let deadline = Instant::now() + timeout;
     for n in &st.plan.nodes {
         loop {
-            let got = agent_status(&st.socket(n))
+            // Cluster IPs only: external frontends differ per node.
+            let got: Vec<_> = agent_status(&st.socket(n))
                 .map(|s| s.services)
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| !e.external)
+                .collect();
             if got == want || st.plan.mode != strait_model::lab::Mode::Ebpf {
                 break;
             }
@@ -660,6 +828,9 @@ pub fn target_netns(plan: &LabPlan, target: &str) -> anyhow::Result<String> {
     }
     if target == "fabric" {
         return Ok(fabric_netns(&plan.name));
+    }
+    if target == "external" {
+        return Ok(external_netns(&plan.name));
     }
     bail!(
         "{target:?} is neither a node ({}) nor a pod ({}) of lab {}",

@@ -147,6 +147,11 @@ fn valid_name(s: &str, max: usize) -> bool {
         && !s.ends_with('-')
 }
 
+/// A client outside the cluster, on the fabric.
+pub fn external_netns(lab: &str) -> String {
+    format!("strait-{lab}-external")
+}
+
 pub fn fabric_netns(lab: &str) -> String {
     format!("strait-{lab}-fabric")
 }

@@ -77,6 +77,9 @@ pub struct Backend {
     pub state: BackendState,
     /// The pod behind it, when the slice names one.
     pub pod: Option<String>,
+    /// The node it runs on, when the slice says.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +93,13 @@ pub struct ServiceEntry {
     pub backends: Vec<Backend>,
     /// sessionAffinity ClientIP timeout in seconds.
     pub affinity_secs: Option<u32>,
+    /// Reached from outside the cluster (NodePort, ExternalIP, LoadBalancer).
+    #[serde(default)]
+    pub external: bool,
+    /// externalTrafficPolicy Local: only this node's backends, and the
+    /// client's source address is preserved.
+    #[serde(default)]
+    pub local_only: bool,
 }
 
 impl ServiceEntry {
@@ -100,9 +110,19 @@ impl ServiceEntry {
     }
 }
 
+/// A healthCheckNodePort to answer on this node (externalTrafficPolicy
+/// Local LoadBalancer services): healthy while the node has a local backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub port: u16,
+    pub service: String,
+    pub local_endpoints: usize,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceTable {
     pub entries: Vec<ServiceEntry>,
+    pub health_checks: Vec<HealthCheck>,
     /// Objects left out, and why (for the log).
     pub problems: Vec<String>,
 }
@@ -187,13 +207,14 @@ fn slice_backends(
                     continue 'slices;
                 };
                 let pod = e.target_ref.as_ref().and_then(|t| t.name.clone());
-                eps.push((ip, state, pod));
+                eps.push((ip, state, pod, e.node_name.clone()));
             }
         }
         for (pname, port) in ports {
             let v = out.entry((ns.clone(), svc.clone(), pname)).or_default();
-            for (ip, state, pod) in &eps {
+            for (ip, state, pod, node) in &eps {
                 v.push(Backend {
+                    node: node.clone(),
                     ip: *ip,
                     port,
                     state: *state,
@@ -209,8 +230,23 @@ fn slice_backends(
     out
 }
 
-/// Compile the cluster's Services and EndpointSlices into the table.
+/// The node a table is compiled for: its external frontends (NodePorts on
+/// its IP) and externalTrafficPolicy Local depend on it.
+#[derive(Clone, Debug)]
+pub struct ThisNode {
+    pub name: String,
+    pub ip: Ipv4Addr,
+}
+
+/// Compile the cluster's Services and EndpointSlices into the table of
+/// cluster-internal frontends (cluster IPs).
 pub fn compile(snap: &ClusterSnapshot) -> ServiceTable {
+    compile_for_node(snap, None)
+}
+
+/// Cluster IPs, plus, for `node`, the frontends reached from outside:
+/// externalIPs, LoadBalancer ingress IPs and NodePorts on the node's IP.
+pub fn compile_for_node(snap: &ClusterSnapshot, node: Option<&ThisNode>) -> ServiceTable {
     let mut t = ServiceTable::default();
     let backends = slice_backends(&snap.endpoint_slices, &mut t.problems);
     'svcs: for svc in &snap.services {
@@ -249,14 +285,15 @@ pub fn compile(snap: &ClusterSnapshot) -> ServiceTable {
                 continue 'svcs;
             };
             let pname = p.name.clone().unwrap_or_default();
-            entries.push(ServiceEntry {
+            let all = backends
+                .get(&(ns.clone(), name.clone(), pname.clone()))
+                .cloned()
+                .unwrap_or_default();
+            let base = ServiceEntry {
                 id: service_id(&ns, &name, &pname),
                 namespace: ns.clone(),
                 name: name.clone(),
-                backends: backends
-                    .get(&(ns.clone(), name.clone(), pname.clone()))
-                    .cloned()
-                    .unwrap_or_default(),
+                backends: all.clone(),
                 port_name: pname,
                 frontend: Frontend {
                     ip: vip,
@@ -264,7 +301,80 @@ pub fn compile(snap: &ClusterSnapshot) -> ServiceTable {
                     proto,
                 },
                 affinity_secs,
-            });
+                external: false,
+                local_only: false,
+            };
+            if let Some(me) = node {
+                let local_only = spec.external_traffic_policy.as_deref() == Some("Local");
+                let ext_backends: Vec<Backend> = if local_only {
+                    all.iter()
+                        .filter(|b| b.node.as_deref() == Some(me.name.as_str()))
+                        .cloned()
+                        .collect()
+                } else {
+                    all.clone()
+                };
+                let mut ext_ips: Vec<Ipv4Addr> = spec
+                    .external_ips
+                    .iter()
+                    .flatten()
+                    .filter_map(|s| s.parse().ok())
+                    .collect();
+                if spec.type_.as_deref() == Some("LoadBalancer") {
+                    let ingress = svc
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.load_balancer.as_ref())
+                        .and_then(|l| l.ingress.as_ref());
+                    ext_ips.extend(
+                        ingress
+                            .iter()
+                            .copied()
+                            .flatten()
+                            .filter_map(|i| i.ip.as_ref()?.parse::<Ipv4Addr>().ok()),
+                    );
+                }
+                let mut fronts: Vec<Frontend> = ext_ips
+                    .into_iter()
+                    .map(|ip| Frontend { ip, port, proto })
+                    .collect();
+                if matches!(
+                    spec.type_.as_deref(),
+                    Some("NodePort") | Some("LoadBalancer")
+                ) {
+                    if let Some(np) = p.node_port.and_then(valid_port) {
+                        fronts.push(Frontend {
+                            ip: me.ip,
+                            port: np,
+                            proto,
+                        });
+                    }
+                }
+                for f in fronts {
+                    entries.push(ServiceEntry {
+                        frontend: f,
+                        backends: ext_backends.clone(),
+                        external: true,
+                        local_only,
+                        ..base.clone()
+                    });
+                }
+                if local_only && spec.type_.as_deref() == Some("LoadBalancer") {
+                    if let Some(hc) = spec.health_check_node_port.and_then(valid_port) {
+                        if !t.health_checks.iter().any(|h| h.port == hc) {
+                            t.health_checks.push(HealthCheck {
+                                port: hc,
+                                service: format!("{ns}/{name}"),
+                                local_endpoints: ext_backends
+                                    .iter()
+                                    .filter(|b| b.state == BackendState::Active)
+                                    .count(),
+                            });
+                        }
+                    }
+                }
+            }
+            entries.push(base);
         }
         t.entries.extend(entries);
     }
@@ -418,13 +528,15 @@ spec:
                     ip: "10.0.0.1".parse().unwrap(),
                     port: 8080,
                     state: BackendState::Active,
-                    pod: Some("a".into())
+                    pod: Some("a".into()),
+                    node: None,
                 },
                 Backend {
                     ip: "10.0.0.2".parse().unwrap(),
                     port: 8080,
                     state: BackendState::Terminating,
-                    pod: Some("b".into())
+                    pod: Some("b".into()),
+                    node: None,
                 },
             ]
         );
@@ -529,5 +641,77 @@ spec: {clusterIP: None, ports: [{port: 80}]}
             api_version: String::new(),
             kind: String::new(),
         };
+    }
+}
+
+#[cfg(test)]
+mod external_tests {
+    use super::*;
+    use crate::cluster::parse_manifests;
+
+    #[test]
+    fn external_frontends_per_node_and_local_policy() {
+        let mut s = ClusterSnapshot::default();
+        for o in parse_manifests(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec:
+  type: LoadBalancer
+  clusterIP: 198.18.64.5
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  externalIPs: [198.18.97.1]
+  ports: [{name: http, port: 80, nodePort: 30080}]
+status: {loadBalancer: {ingress: [{ip: 198.18.96.1}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: lb-1, labels: {kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.0.0.1], nodeName: a}
+- {addresses: [10.0.1.1], nodeName: b}
+"#,
+        )
+        .unwrap()
+        {
+            s.add(o);
+        }
+        let a = ThisNode {
+            name: "a".into(),
+            ip: "192.0.2.1".parse().unwrap(),
+        };
+        let t = compile_for_node(&s, Some(&a));
+        let fronts: Vec<String> = t.entries.iter().map(|e| e.frontend.to_string()).collect();
+        assert_eq!(
+            fronts,
+            [
+                "192.0.2.1:30080/TCP",
+                "198.18.64.5:80/TCP",
+                "198.18.96.1:80/TCP",
+                "198.18.97.1:80/TCP"
+            ]
+        );
+        let ext = t.entries.iter().find(|e| e.frontend.port == 30080).unwrap();
+        assert!(ext.external && ext.local_only);
+        assert_eq!(ext.backends.len(), 1, "Local: this node's backends only");
+        let cip = t
+            .entries
+            .iter()
+            .find(|e| e.frontend.ip.to_string() == "198.18.64.5")
+            .unwrap();
+        assert_eq!(cip.backends.len(), 2, "the cluster IP keeps every backend");
+        assert_eq!(
+            t.health_checks,
+            vec![HealthCheck {
+                port: 32000,
+                service: "default/lb".into(),
+                local_endpoints: 1
+            }]
+        );
+        assert!(compile(&s).entries.iter().all(|e| !e.external));
     }
 }
