@@ -29,6 +29,8 @@ pub struct Agent {
     /// healthCheckNodePort servers: port -> (server task, local endpoints).
     pub health: Mutex<HealthServers>,
     pub service_problems: Mutex<Vec<String>>,
+    /// Routed mode: the nftables service table last applied.
+    pub nft_applied: Mutex<String>,
 }
 
 /// healthCheckNodePort servers: port -> (server task, local endpoints).
@@ -118,18 +120,24 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<BpfState> {
 
 /// External connections to a backend on another node are forwarded by the
 /// host stack and masqueraded to this node, so their replies come back
-/// here. from-netdev marks them; this rule (one atomic nftables
-/// transaction, idempotent) does the masquerade.
+/// here. from-netdev (or the nftables backend) marks them; this rule (one
+/// atomic nftables transaction, idempotent) does the masquerade, except
+/// towards a local pod's host veth: a local backend sees the real client in
+/// both backends.
 fn install_masquerade() -> anyhow::Result<()> {
+    nft_apply("add table ip strait\ndelete table ip strait\ntable ip strait {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    meta mark & 0x00005a00 == 0x00005a00 oifname != \"strt*\" masquerade\n  }\n}\n")
+}
+
+/// Run an nft script (one atomic transaction).
+pub fn nft_apply(script: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    let rules = "add table ip strait\ndelete table ip strait\ntable ip strait {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    meta mark & 0x00005a00 == 0x00005a00 masquerade\n  }\n}\n";
     let mut child = std::process::Command::new("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .context("run nft (install nftables)")?;
-    child.stdin.take().unwrap().write_all(rules.as_bytes())?;
+    child.stdin.take().unwrap().write_all(script.as_bytes())?;
     let out = child.wait_with_output()?;
     anyhow::ensure!(
         out.status.success(),
@@ -151,7 +159,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let ipam = NodeIpam::load(cfg.state_dir.join("ipam.json"), cfg.ip_cooldown)
         .context("load IPAM state")?;
     let bpf = match cfg.mode {
-        strait_model::lab::Mode::Routed => None,
+        strait_model::lab::Mode::Routed => {
+            install_masquerade()
+                .context("install the nftables masquerade rule for external traffic")?;
+            None
+        }
         strait_model::lab::Mode::Ebpf => Some(Mutex::new(load_datapath(&cfg)?)),
     };
     let source = DirectorySource::start(cfg.manifests_dir.clone(), Duration::from_millis(500));
@@ -166,6 +178,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         services: Mutex::new(vec![]),
         health: Mutex::new(Default::default()),
         service_problems: Mutex::new(vec![]),
+        nft_applied: Mutex::new(String::new()),
         cfg,
     });
     let listener = crate::api::bind(&agent.cfg.socket)?;

@@ -170,33 +170,48 @@ pub async fn pass(agent: &Agent, nl: &Netlink) -> anyhow::Result<()> {
         }
     }
     *agent.programmed.lock().unwrap() = node_routes;
-    if let Some(bpf) = &agent.bpf {
-        let this = snap
-            .node(me)
-            .and_then(|n| strait_model::cluster::node_internal_ip(n, true))
-            .and_then(|ip| match ip {
-                IpAddr::V4(ip) => Some(strait_model::services::ThisNode {
-                    name: me.clone(),
-                    ip,
-                }),
-                IpAddr::V6(_) => None,
-            });
-        let table = strait_model::services::compile_for_node(&snap, this.as_ref());
-        sync_health_checks(agent, &table.health_checks);
-        {
-            let mut seen = agent.service_problems.lock().unwrap();
-            for p in &table.problems {
-                if !seen.contains(p) {
-                    tracing::warn!(problem = %p, "service object rejected; fix the object");
-                }
+    let this = snap
+        .node(me)
+        .and_then(|n| strait_model::cluster::node_internal_ip(n, true))
+        .and_then(|ip| match ip {
+            IpAddr::V4(ip) => Some(strait_model::services::ThisNode {
+                name: me.clone(),
+                ip,
+            }),
+            IpAddr::V6(_) => None,
+        });
+    let table = strait_model::services::compile_for_node(&snap, this.as_ref());
+    sync_health_checks(agent, &table.health_checks);
+    {
+        let mut seen = agent.service_problems.lock().unwrap();
+        for p in &table.problems {
+            if !seen.contains(p) {
+                tracing::warn!(problem = %p, "service object rejected; fix the object");
             }
-            *seen = table.problems.clone();
         }
-        let mut b = bpf.lock().unwrap();
-        sync_datapath(&mut b, &allocs, &veth_index)?;
-        sync_services(&mut b, &table)?;
-        *agent.services.lock().unwrap() = table.entries;
+        *seen = table.problems.clone();
     }
+    match &agent.bpf {
+        Some(bpf) => {
+            let mut b = bpf.lock().unwrap();
+            sync_datapath(&mut b, &allocs, &veth_index)?;
+            sync_services(&mut b, &table)?;
+        }
+        // Routed mode: the nftables backend, replaced whole when it changes.
+        None => {
+            let script = strait_model::nft::render(&table);
+            let mut last = agent.nft_applied.lock().unwrap();
+            if *last != script {
+                crate::daemon::nft_apply(&script)?;
+                tracing::info!(
+                    frontends = table.entries.len(),
+                    "nftables service table applied"
+                );
+                *last = script;
+            }
+        }
+    }
+    *agent.services.lock().unwrap() = table.entries;
     Ok(())
 }
 

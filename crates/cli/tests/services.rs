@@ -8,13 +8,46 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 fn svc_lab(name: &str) -> Lab {
+    svc_lab_mode(name, "ebpf")
+}
+
+/// The services example lab in a datapath mode: "ebpf" (services in eBPF)
+/// or "routed" (the nftables backend).
+fn svc_lab_mode(name: &str, mode: &str) -> Lab {
     let y = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/services-ebpf.yaml"
     ))
     .unwrap()
-    .replace("name: svc", &format!("name: {name}"));
+    .replace("name: svc", &format!("name: {name}"))
+    .replace("mode: ebpf", &format!("mode: {mode}"));
     Lab::up(&y)
+}
+
+/// Run a behaviour test against both service backends.
+macro_rules! both_backends {
+    ($body:ident, $ebpf:ident, $nft:ident) => {
+        #[test]
+        fn $ebpf() {
+            if require_root(stringify!($ebpf)) {
+                $body(&svc_lab_mode(&short(stringify!($ebpf), "e"), "ebpf"));
+            }
+        }
+        #[test]
+        fn $nft() {
+            if require_root(stringify!($nft)) {
+                $body(&svc_lab_mode(&short(stringify!($nft), "n"), "routed"));
+            }
+        }
+    };
+}
+
+/// A lab name (at most 16 characters) from a test name.
+fn short(test: &str, suffix: &str) -> String {
+    let h = test
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    format!("t-{:08x}{suffix}", h)
 }
 
 fn vip(lab: &Lab, svc: &str) -> Ipv4Addr {
@@ -116,15 +149,12 @@ fn seed_scenarios_5_and_7_service_ip_only_on_the_client_side() {
     panic!("40 connections never reached both backends (same node: {seen_same}, other node: {seen_other})");
 }
 
-#[test]
-fn backends_are_chosen_evenly_and_replies_come_from_the_vip() {
-    if !require_root("backends_are_chosen_evenly_and_replies_come_from_the_vip") {
-        return;
-    }
-    let lab = svc_lab("t-svceven");
-    let addr = SocketAddr::new(vip(&lab, "web").into(), 80);
+both_backends!(even_split, even_split_ebpf, even_split_nftables);
+
+fn even_split(lab: &Lab) {
+    let addr = SocketAddr::new(vip(lab, "web").into(), 80);
     let n = 2000;
-    let counts = in_client(&lab, move || {
+    let counts = in_client(lab, move || {
         let mut c = std::collections::HashMap::<String, usize>::new();
         for _ in 0..n {
             *c.entry(ask(addr).unwrap()).or_default() += 1;
@@ -143,14 +173,14 @@ fn backends_are_chosen_evenly_and_replies_come_from_the_vip() {
     let ns = strait_lab::run::netns_path(&lab.st.plan.pod("client").unwrap().netns);
     let r = strait_lab::probe::probe(
         &ns,
-        SocketAddr::new(vip(&lab, "web").into(), 53),
+        SocketAddr::new(vip(lab, "web").into(), 53),
         true,
         Duration::from_secs(2),
     )
     .unwrap();
     assert!(r.answered_by == "web-a" || r.answered_by == "web-b");
     // TCP: the connected socket's peer is the VIP.
-    let peer = in_client(&lab, move || {
+    let peer = in_client(lab, move || {
         TcpStream::connect_timeout(&addr, Duration::from_secs(2))
             .unwrap()
             .peer_addr()
@@ -159,15 +189,12 @@ fn backends_are_chosen_evenly_and_replies_come_from_the_vip() {
     assert_eq!(peer, addr);
 }
 
-#[test]
-fn a_service_without_backends_is_refused_at_once() {
-    if !require_root("a_service_without_backends_is_refused_at_once") {
-        return;
-    }
-    let lab = svc_lab("t-svcempty");
-    let addr = SocketAddr::new(vip(&lab, "empty").into(), 80);
+both_backends!(refused, refused_ebpf, refused_nftables);
+
+fn refused(lab: &Lab) {
+    let addr = SocketAddr::new(vip(lab, "empty").into(), 80);
     let t0 = Instant::now();
-    let err = in_client(&lab, move || {
+    let err = in_client(lab, move || {
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_err()
     });
     assert!(
@@ -195,24 +222,21 @@ fn slice(name: &str, svc: &str, eps: &[(&str, &str)]) -> String {
 const READY: &str = "{ready: true}";
 const TERMINATING: &str = "{ready: false, serving: true, terminating: true}";
 
-#[test]
-fn session_affinity_sticks_to_one_backend() {
-    if !require_root("session_affinity_sticks_to_one_backend") {
-        return;
-    }
-    let lab = svc_lab("t-svcaff");
-    let (a, b) = (pod_ip(&lab, "web-a"), pod_ip(&lab, "web-b"));
+both_backends!(affinity, affinity_ebpf, affinity_nftables);
+
+fn affinity(lab: &Lab) {
+    let (a, b) = (pod_ip(lab, "web-a"), pod_ip(lab, "web-b"));
     let yaml = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: sticky, namespace: default}}\nspec: {{clusterIP: 198.18.64.50, sessionAffinity: ClientIP, sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 60}}}}, ports: [{{name: http, port: 80}}]}}\n{}",
         slice("sticky-1", "sticky", &[(&a, READY), (&b, READY)])
     );
-    apply(&lab, "sticky.yaml", &yaml, |s| {
+    apply(lab, "sticky.yaml", &yaml, |s| {
         s.services
             .iter()
             .any(|e| e.name == "sticky" && e.backends.len() == 2)
     });
     let addr: SocketAddr = "198.18.64.50:80".parse().unwrap();
-    let answers = in_client(&lab, move || {
+    let answers = in_client(lab, move || {
         (0..40)
             .map(|_| ask(addr).unwrap())
             .collect::<std::collections::BTreeSet<_>>()
@@ -224,16 +248,13 @@ fn session_affinity_sticks_to_one_backend() {
     );
 }
 
-#[test]
-fn terminating_backends_drain_existing_connections_and_get_no_new_ones() {
-    if !require_root("terminating_backends_drain_existing_connections_and_get_no_new_ones") {
-        return;
-    }
-    let lab = svc_lab("t-svcdrain");
-    let (a, b) = (pod_ip(&lab, "web-a"), pod_ip(&lab, "web-b"));
+both_backends!(drain, drain_ebpf, drain_nftables);
+
+fn drain(lab: &Lab) {
+    let (a, b) = (pod_ip(lab, "web-a"), pod_ip(lab, "web-b"));
     let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: drain, namespace: default}\nspec: {clusterIP: 198.18.64.60, ports: [{name: http, port: 80}]}\n";
     apply(
-        &lab,
+        lab,
         "drain.yaml",
         &format!(
             "{svc}{}",
@@ -282,7 +303,7 @@ fn terminating_backends_drain_existing_connections_and_get_no_new_ones() {
     assert_eq!(back_rx.recv().unwrap(), "connected");
     // web-a starts terminating.
     apply(
-        &lab,
+        lab,
         "drain.yaml",
         &format!(
             "{svc}{}",
@@ -300,7 +321,7 @@ fn terminating_backends_drain_existing_connections_and_get_no_new_ones() {
         "web-a",
         "the existing connection keeps its backend"
     );
-    let fresh = in_client(&lab, move || {
+    let fresh = in_client(lab, move || {
         (0..50)
             .map(|_| ask(addr).unwrap())
             .collect::<std::collections::BTreeSet<_>>()
@@ -312,7 +333,7 @@ fn terminating_backends_drain_existing_connections_and_get_no_new_ones() {
     );
     // web-a is removed altogether: its connection still finishes.
     apply(
-        &lab,
+        lab,
         "drain.yaml",
         &format!("{svc}{}", slice("drain-1", "drain", &[(&b, READY)])),
         |s| {
@@ -327,15 +348,12 @@ fn terminating_backends_drain_existing_connections_and_get_no_new_ones() {
     conn.join().unwrap();
 }
 
-#[test]
-fn bad_service_objects_are_rejected_with_a_reason_and_change_nothing() {
-    if !require_root("bad_service_objects_are_rejected_with_a_reason_and_change_nothing") {
-        return;
-    }
-    let lab = svc_lab("t-svcbad");
+both_backends!(bad_objects, bad_objects_ebpf, bad_objects_nftables);
+
+fn bad_objects(lab: &Lab) {
     let before = lab.status("node-a").services;
     let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: default}\nspec: {clusterIP: 198.18.64.70, ports: [{name: http, port: 70000}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: manual, namespace: default}\nspec: {clusterIP: 198.18.64.71, ports: [{name: http, port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: manual-1, namespace: default, labels: {kubernetes.io/service-name: manual}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [not-an-address]}]\n";
-    apply(&lab, "bad.yaml", bad, |s| s.service_problems.len() >= 2);
+    apply(lab, "bad.yaml", bad, |s| s.service_problems.len() >= 2);
     let st = lab.status("node-a");
     assert!(
         st.service_problems
@@ -360,8 +378,8 @@ fn bad_service_objects_are_rejected_with_a_reason_and_change_nothing() {
         .cloned()
         .collect();
     assert_eq!(kept, before);
-    let addr = SocketAddr::new(vip(&lab, "web").into(), 80);
-    assert!(in_client(&lab, move || ask(addr)).is_ok());
+    let addr = SocketAddr::new(vip(lab, "web").into(), 80);
+    assert!(in_client(lab, move || ask(addr)).is_ok());
     let log = std::fs::read_to_string(lab.st.log_dir().join("agent-node-a.log")).unwrap();
     assert!(
         log.contains("service object rejected") && log.contains("70000"),
@@ -454,18 +472,19 @@ fn seed_scenario_8_loadbalancer_local_policy_from_outside() {
     assert!(h.at("edge eth0").1 > 0, "{}", h.table());
 }
 
-#[test]
-fn nodeport_cluster_policy_reaches_every_backend_and_masquerades_remote_ones() {
-    if !require_root("nodeport_cluster_policy_reaches_every_backend_and_masquerades_remote_ones") {
-        return;
-    }
-    let lab = svc_lab("t-svcnp");
+both_backends!(
+    nodeport_cluster,
+    nodeport_cluster_ebpf,
+    nodeport_cluster_nftables
+);
+
+fn nodeport_cluster(lab: &Lab) {
     let np = SocketAddr::new(lab.node("node-a").ip.into(), 30080);
     let ext_ip = strait_lab::run::external_ip(&lab.st.plan).to_string();
     let node_a = lab.node("node-a").ip.to_string();
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..60 {
-        let r = external_probe(&lab, np);
+        let r = external_probe(lab, np);
         let from = r.seen_from.unwrap();
         seen.insert(
             r.answered_by.clone(),
@@ -482,4 +501,47 @@ fn nodeport_cluster_policy_reaches_every_backend_and_masquerades_remote_ones() {
         Some(&node_a),
         "the remote backend sees node-a: masqueraded so replies come back ({seen:?})"
     );
+}
+
+both_backends!(lb_local, lb_local_ebpf, lb_local_nftables);
+
+/// externalTrafficPolicy Local from outside: only the node with a local
+/// backend is healthy, and the pod sees the real client.
+fn lb_local(lab: &Lab) {
+    let lb = SocketAddr::new(lb_ip(lab, "edge").into(), 80);
+    let written = std::fs::read_to_string(lab.st.manifests_dir().join("services.yaml")).unwrap();
+    let hc_port = strait_model::cluster::parse_manifests(&written)
+        .unwrap()
+        .into_iter()
+        .find_map(|o| match o {
+            strait_model::cluster::ClusterObject::Service(s)
+                if s.metadata.name.as_deref() == Some("edge") =>
+            {
+                s.spec?.health_check_node_port
+            }
+            _ => None,
+        })
+        .unwrap() as u16;
+    let ext_ns = strait_lab::run::netns_path(&strait_model::lab::external_netns(lab.name()));
+    assert!(strait_lab::run::health_ok(
+        &ext_ns,
+        SocketAddr::new(lab.node("node-b").ip.into(), hc_port)
+    ));
+    assert!(!strait_lab::run::health_ok(
+        &ext_ns,
+        SocketAddr::new(lab.node("node-a").ip.into(), hc_port)
+    ));
+    let ext_ip = strait_lab::run::external_ip(&lab.st.plan).to_string();
+    for _ in 0..5 {
+        let r = external_probe(lab, lb);
+        assert_eq!(r.answered_by, "edge");
+        assert!(
+            r.seen_from
+                .as_deref()
+                .unwrap()
+                .starts_with(&format!("{ext_ip}:")),
+            "source preserved: {:?}",
+            r.seen_from
+        );
+    }
 }

@@ -205,6 +205,8 @@ pub fn start_agent(
         // A lab is small: a quick full resync heals drift fast.
         "--resync-secs",
         "2",
+        "--service-cidr",
+        &service_cidr,
     ];
     if st.plan.mode == strait_model::lab::Mode::Ebpf {
         args.extend([
@@ -214,8 +216,6 @@ pub fn start_agent(
             &bpf_dir,
             "--uplink",
             "eth0",
-            "--service-cidr",
-            &service_cidr,
         ]);
         if st.plan.no_redirect_peer {
             args.push("--no-redirect-peer");
@@ -699,7 +699,7 @@ pub fn wait_services_programmed(st: &LabState, timeout: Duration) -> anyhow::Res
                 .into_iter()
                 .filter(|e| !e.external)
                 .collect();
-            if got == want || st.plan.mode != strait_model::lab::Mode::Ebpf {
+            if got == want {
                 break;
             }
             if Instant::now() > deadline {

@@ -10,5 +10,7 @@ pub mod cluster;
 pub mod ipam;
 pub mod lab;
 pub mod naming;
+pub mod nft;
+
 pub mod routes;
 pub mod services;
