@@ -121,3 +121,18 @@ struct affinity_val {
 	__u16 _pad;
 	__u64 last_used;
 };
+
+/* Socket-level load balancing: what a socket was translated from, so that
+ * recvmsg and getpeername show the service address, not the backend. */
+struct sock_rev_key {
+	__u64 cookie;
+	__u32 addr;   /* the backend, as the socket talks to it */
+	__u16 port;
+	__u16 _pad;
+};
+
+struct sock_rev_val {
+	__u32 addr;   /* the service frontend */
+	__u16 port;
+	__u16 _pad;
+};

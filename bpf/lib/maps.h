@@ -75,3 +75,11 @@ struct {
 	__type(value, struct affinity_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } strait_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sock_rev_key);
+	__type(value, struct sock_rev_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_sock_rev SEC(".maps");

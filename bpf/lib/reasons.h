@@ -17,6 +17,7 @@
 #define REASON_SVC_REVNAT        11 /* a backend's reply translated back to the VIP */
 #define REASON_SVC_NO_BACKEND    12 /* service with no ready backend: host stack rejects */
 #define REASON_SVC_MASQUERADE    13 /* external connection to a backend on another node: stack forwards, masqueraded */
+#define REASON_SOCK_LB           14 /* a node process's socket connected straight to a backend */
 
 #define REASON_MAX_FORWARD       127
 

@@ -28,4 +28,7 @@ pub struct AgentConfig {
     /// The cluster's service CIDR: an unreachable route makes the node
     /// answer at once for virtual IPs that have no ready backend.
     pub service_cidr: Option<ipnet::IpNet>,
+    /// ebpf mode: the node's cgroup (v2) for socket-level load balancing of
+    /// the node's own processes.
+    pub cgroup: Option<PathBuf>,
 }

@@ -111,6 +111,11 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<BpfState> {
     dp.attach(Prog::ToNetdev, &cfg.uplink)
         .with_context(|| format!("attach to-netdev to the uplink {}", cfg.uplink))?;
     install_masquerade().context("install the nftables masquerade rule for external traffic")?;
+    if let Some(cg) = &cfg.cgroup {
+        dp.attach_cgroup(cg)
+            .with_context(|| format!("attach socket load balancing to cgroup {}", cg.display()))?;
+        tracing::info!(cgroup = %cg.display(), "socket-level load balancing for node processes");
+    }
     Ok(BpfState {
         dp,
         attached: Default::default(),

@@ -120,13 +120,27 @@ pub async fn pass(agent: &Agent, nl: &Netlink) -> anyhow::Result<()> {
         })
         .collect();
     if let Some(cidr) = agent.cfg.service_cidr {
-        desired.push(Route {
-            dst: cidr,
-            via: None,
-            oif: None,
-            kind: RouteKind::Unreachable,
-            protocol: ROUTE_PROTOCOL,
-        });
+        if agent.bpf.is_some() {
+            // eBPF translates before routing; what is left has no backend.
+            desired.push(Route {
+                dst: cidr,
+                via: None,
+                oif: None,
+                kind: RouteKind::Unreachable,
+                protocol: ROUTE_PROTOCOL,
+            });
+        } else if let Some(up) = links.iter().find(|l| l.name == agent.cfg.uplink) {
+            // nftables translates in the nat hooks, after the route lookup
+            // of local sockets: the CIDR must be routable; its refuse chains
+            // answer what has no backend.
+            desired.push(Route {
+                dst: cidr,
+                via: None,
+                oif: Some(up.index),
+                kind: RouteKind::Unicast,
+                protocol: ROUTE_PROTOCOL,
+            });
+        }
     }
     if let Some(cidr) = agent.ipam.cidr() {
         desired.push(Route {
@@ -199,7 +213,11 @@ pub async fn pass(agent: &Agent, nl: &Netlink) -> anyhow::Result<()> {
         }
         // Routed mode: the nftables backend, replaced whole when it changes.
         None => {
-            let script = strait_model::nft::render(&table);
+            let cidr = match agent.cfg.service_cidr {
+                Some(ipnet::IpNet::V4(c)) => Some(c),
+                _ => None,
+            };
+            let script = strait_model::nft::render(&table, cidr);
             let mut last = agent.nft_applied.lock().unwrap();
             if *last != script {
                 crate::daemon::nft_apply(&script)?;

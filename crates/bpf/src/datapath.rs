@@ -140,7 +140,16 @@ pub struct Datapath {
     pub features: Features,
     lxc: Ebpf,
     netdev: Ebpf,
+    sock: Ebpf,
 }
+
+/// The socket-LB programs, attached to the node's cgroup.
+pub const SOCK_PROGRAMS: [&str; 4] = [
+    "sock4_connect",
+    "sock4_sendmsg",
+    "sock4_recvmsg",
+    "sock4_getpeername",
+];
 
 fn load_object(
     pin_dir: &Path,
@@ -191,11 +200,30 @@ impl Datapath {
                 program: Prog::ToNetdev.name(),
                 source: Box::new(e),
             })?;
+        let mut sock = load_object(pin_dir, "bpf_sock.o", crate::sock_object(), peer)?;
+        for name in SOCK_PROGRAMS {
+            let p: &mut aya::programs::CgroupSockAddr = sock
+                .program_mut(name)
+                .ok_or_else(|| DatapathError::Program {
+                    program: name,
+                    source: Box::new(aya::programs::ProgramError::NotLoaded),
+                })?
+                .try_into()
+                .map_err(|e| DatapathError::Program {
+                    program: name,
+                    source: Box::new(e),
+                })?;
+            p.load().map_err(|e| DatapathError::Program {
+                program: name,
+                source: Box::new(e),
+            })?;
+        }
         Ok(Datapath {
             pin_dir: pin_dir.to_path_buf(),
             features,
             lxc,
             netdev,
+            sock,
         })
     }
 
@@ -260,4 +288,60 @@ fn program(ebpf: &mut Ebpf, prog: Prog) -> Result<&mut SchedClassifier, Datapath
         program: prog.name(),
         source: Box::new(e),
     })
+}
+
+/// An error and its sources, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(&format!(": {c}"));
+        src = c.source();
+    }
+    s
+}
+
+impl Datapath {
+    /// Attach socket-level load balancing to the node's cgroup (v2). The
+    /// links are pinned in the pin directory, so they stay when the agent
+    /// exits. A restart or upgrade attaches the new programs first (several
+    /// may run; both translate the same way) and then releases the old ones:
+    /// no connect ever misses translation.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        use aya::programs::links::{FdLink, PinnedLink};
+        use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+        let err = |program: &'static str, message: String| DatapathError::Attach {
+            program,
+            iface: cgroup.display().to_string(),
+            message,
+        };
+        let cg = std::fs::File::open(cgroup).map_err(|source| DatapathError::Io {
+            what: format!("open cgroup {}", cgroup.display()),
+            source,
+        })?;
+        for name in SOCK_PROGRAMS {
+            let p: &mut CgroupSockAddr = self
+                .sock
+                .program_mut(name)
+                .ok_or_else(|| err(name, "not loaded".into()))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| err(name, e.to_string()))?;
+            // Link-based cgroup attachments always allow several programs;
+            // the multi flag is for the legacy attach and must not be given.
+            let id = p
+                .attach(&cg, CgroupAttachMode::Single)
+                .map_err(|e| err(name, chain(&e)))?;
+            let link = p.take_link(id).map_err(|e| err(name, e.to_string()))?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| err(name, e.to_string()))?;
+            let pin = self.pin_dir.join(format!("link_{name}"));
+            if let Ok(old) = PinnedLink::from_pin(&pin) {
+                // Dropping the unpinned old link detaches the old program.
+                drop(old.unpin());
+            }
+            fd.pin(&pin).map_err(|e| err(name, e.to_string()))?;
+        }
+        Ok(())
+    }
 }

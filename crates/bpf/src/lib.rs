@@ -25,6 +25,11 @@ struct Aligned<B: ?Sized>(B);
 static LXC: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/bpf_lxc.o")));
 static NETDEV: &Aligned<[u8]> =
     &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/bpf_netdev.o")));
+static SOCK: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/bpf_sock.o")));
+
+pub fn sock_object() -> &'static [u8] {
+    &SOCK.0
+}
 
 pub fn lxc_object() -> &'static [u8] {
     &LXC.0

@@ -13,6 +13,7 @@ pub const SVC_CT: u8 = 10;
 pub const SVC_REVNAT: u8 = 11;
 pub const SVC_NO_BACKEND: u8 = 12;
 pub const SVC_MASQUERADE: u8 = 13;
+pub const SOCK_LB: u8 = 14;
 pub const DROP_SOURCE_SPOOF: u8 = 128;
 pub const DROP_MALFORMED: u8 = 129;
 pub const DROP_REDIRECT_FAILED: u8 = 130;
@@ -63,6 +64,10 @@ pub fn describe(code: u8) -> (&'static str, &'static str) {
         SVC_MASQUERADE => (
             "svc-masquerade",
             "external connection to a backend on another node: forwarded by the stack, masqueraded",
+        ),
+        SOCK_LB => (
+            "sock-lb",
+            "a node process's socket connected straight to a backend (no NAT)",
         ),
         DROP_NAT_FAILED => (
             "drop-nat-failed",

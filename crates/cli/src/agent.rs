@@ -37,6 +37,10 @@ pub struct Args {
     /// answered with ICMP unreachable at once).
     #[arg(long)]
     service_cidr: Option<String>,
+    /// ebpf: the node's cgroup v2 directory; its processes reach services
+    /// through socket-level load balancing.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -68,6 +72,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     .map_err(|e| anyhow::anyhow!("--service-cidr {s:?}: {e}"))
             })
             .transpose()?,
+        cgroup: a.cgroup,
     };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -99,11 +99,22 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         Verb::Exec { target, cmd } => {
             let st = LabState::find(a.lab.as_deref())?;
             let ns = labrun::target_netns(&st.plan, &target)?;
-            let status = std::process::Command::new("ip")
-                .args(["netns", "exec", &ns])
-                .args(&cmd)
-                .status()
-                .context("run ip netns exec")?;
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", &ns]).args(&cmd);
+            // A node's processes live in the node's cgroup (socket LB).
+            if let Some(cg) = st
+                .plan
+                .node(&target)
+                .and_then(|n| strait_lab::cgroup::node_cgroup(&st.plan.name, &n.name))
+                .filter(|c| c.exists())
+            {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: only async-signal-safe work (a write) after fork.
+                unsafe {
+                    c.pre_exec(move || strait_lab::cgroup::join(&cg, std::process::id()));
+                }
+            }
+            let status = c.status().context("run ip netns exec")?;
             Ok(status.code().unwrap_or(1))
         }
         Verb::Probe {
@@ -114,6 +125,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         } => {
             let st = LabState::find(a.lab.as_deref())?;
             let src_ns = labrun::target_netns(&st.plan, &src)?;
+            // Probing from a node: be one of the node's processes.
+            if let Some(cg) = st
+                .plan
+                .node(&src)
+                .and_then(|n| strait_lab::cgroup::node_cgroup(&st.plan.name, &n.name))
+                .filter(|c| c.exists())
+            {
+                strait_lab::cgroup::join(&cg, std::process::id())
+                    .with_context(|| format!("join the node's cgroup {}", cg.display()))?;
+            }
             let (addr, want): (SocketAddr, Option<String>) = match dst.parse::<SocketAddr>() {
                 Ok(sa) => (sa, None),
                 Err(_) if dst.starts_with("svc/") => {

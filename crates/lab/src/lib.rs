@@ -6,7 +6,9 @@
 //! with the pod's name. The host's root network namespace is never used as a
 //! node or pod.
 
+pub mod cgroup;
 pub mod cmd;
+
 pub mod echo;
 pub mod hops;
 pub mod probe;

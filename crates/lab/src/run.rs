@@ -208,6 +208,12 @@ pub fn start_agent(
         "--service-cidr",
         &service_cidr,
     ];
+    let cgroup = crate::cgroup::node_cgroup(&st.plan.name, &n.name)
+        .filter(|c| c.exists())
+        .map(|c| c.display().to_string());
+    if let (strait_model::lab::Mode::Ebpf, Some(cg)) = (st.plan.mode, &cgroup) {
+        args.extend(["--cgroup", cg.as_str()]);
+    }
     if st.plan.mode == strait_model::lab::Mode::Ebpf {
         args.extend([
             "--datapath",
@@ -402,6 +408,14 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
         ])?;
         ip(&["-n", &n.netns, "link", "set", "eth0", "up"])?;
         std::fs::create_dir_all(st.node_dir(n).join("state"))?;
+        if let Some(cg) = crate::cgroup::node_cgroup(&plan.name, &n.name) {
+            if let Err(e) = std::fs::create_dir_all(&cg) {
+                step(&format!(
+                    "node {}: no cgroup ({e}); node processes will not get socket load balancing",
+                    n.name
+                ));
+            }
+        }
     }
     // A client outside the cluster, on the fabric's last address.
     let ext = external_netns(&plan.name);
@@ -789,6 +803,7 @@ pub fn down(name: &str, bins: &Binaries) -> anyhow::Result<()> {
             problems.push(format!("{e:#}"));
         }
     }
+    problems.extend(crate::cgroup::remove_lab(name));
     // Pinned maps: the programs went with the namespaces' devices.
     let pins = std::path::PathBuf::from(strait_model::lab::lab_bpf_dir(name));
     if pins.exists() {

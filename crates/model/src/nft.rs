@@ -27,7 +27,7 @@ fn chain(i: usize) -> String {
 
 /// Render the table as an nft script (for `nft -f`) that atomically
 /// replaces any earlier version.
-pub fn render(table: &ServiceTable) -> String {
+pub fn render(table: &ServiceTable, service_cidr: Option<ipnet::Ipv4Net>) -> String {
     let mut s = String::new();
     let entries: Vec<(usize, &ServiceEntry)> = table
         .entries
@@ -68,6 +68,18 @@ pub fn render(table: &ServiceTable) -> String {
             "  chain {hook} {{\n    type nat hook {hook} priority -100; policy accept;\n    ip daddr . meta l4proto . th dport vmap @frontends\n  }}"
         )
         .unwrap();
+    }
+    // Anything still addressed to the service CIDR after DNAT has no
+    // backend (or no frontend at all): refuse it at once, as the eBPF
+    // backend's unreachable route does.
+    if let Some(cidr) = service_cidr {
+        for (name, hook) in [("refuse_local", "output"), ("refuse_forward", "forward")] {
+            writeln!(
+                s,
+                "  chain {name} {{\n    type filter hook {hook} priority 0; policy accept;\n    ip daddr {cidr} reject with icmp type host-unreachable\n  }}"
+            )
+            .unwrap();
+        }
     }
     for (i, e) in &entries {
         let backends: Vec<_> = e.active().collect();
@@ -181,7 +193,7 @@ mod tests {
             )],
             ..Default::default()
         };
-        let r = render(&t);
+        let r = render(&t, None);
         assert!(
             r.starts_with("add table ip strait_svc\ndelete table ip strait_svc\n"),
             "atomic replace"
@@ -218,7 +230,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let r = render(&t);
+        let r = render(&t, None);
         assert!(
             r.contains("set aff_0_1 {\n    type ipv4_addr; flags dynamic,timeout; timeout 30s;"),
             "{r}"
@@ -292,7 +304,7 @@ mod nft_accepts {
             ],
             ..Default::default()
         };
-        let script = super::render(&t);
+        let script = super::render(&t, Some("198.18.64.0/20".parse().unwrap()));
         let ns = format!("strait-nfttest-{}", std::process::id());
         assert!(std::process::Command::new("ip")
             .args(["netns", "add", &ns])
