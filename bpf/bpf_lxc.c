@@ -31,6 +31,8 @@ int from_container(struct __sk_buff *skb)
 	int lb = lb_revnat(skb, &p);
 	if (lb == LB_NONE)
 		lb = lb_dnat(skb, &p, PROG_FROM_CONTAINER);
+	if (lb == LB_NONE)
+		lb_forget_direct(skb, &p);
 	if (lb == LB_NO_BACKEND) /* the node's unreachable route for the service CIDR answers */
 		return verdict(skb, REASON_SVC_NO_BACKEND, PROG_FROM_CONTAINER, &p.flow, 0, TC_ACT_OK);
 	if (lb == LB_ERROR)

@@ -142,3 +142,20 @@ static __always_inline int lb_revnat(struct __sk_buff *skb, struct pkt *p)
 	count(REASON_SVC_REVNAT, skb->len);
 	return LB_DONE;
 }
+
+/* A client opens a direct connection (a SYN not to a service) on a tuple
+ * whose reply would match a reverse-NAT entry left by an earlier service
+ * connection from the same port to the same backend: that entry is stale,
+ * and applying it would hide the direct connection's replies. Forget it. */
+static __always_inline void lb_forget_direct(struct __sk_buff *skb, struct pkt *p)
+{
+	struct flow f = p->flow;
+	if (f.proto != IPPROTO_TCP)
+		return;
+	__u8 flags = 0;
+	bpf_skb_load_bytes(skb, l4_offset(p) + 13, &flags, 1);
+	if ((flags & 0x12) != 0x02)
+		return;
+	struct ct_key rk = { .saddr = f.daddr, .daddr = f.saddr, .sport = bpf_htons(f.dport), .dport = bpf_htons(f.sport), .proto = f.proto };
+	bpf_map_delete_elem(&strait_ct_rev, &rk);
+}

@@ -149,6 +149,7 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 datapath: agent.datapath_status(),
                 services: agent.services.lock().unwrap().clone(),
                 service_problems: agent.service_problems.lock().unwrap().clone(),
+                service_sync: agent.service_sync.lock().unwrap().clone(),
             })
         }
     }

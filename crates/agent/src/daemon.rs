@@ -31,6 +31,8 @@ pub struct Agent {
     pub service_problems: Mutex<Vec<String>>,
     /// Routed mode: the nftables service table last applied.
     pub nft_applied: Mutex<String>,
+    /// How the last change to the service table was applied.
+    pub service_sync: Mutex<Option<strait_model::api::ServiceSync>>,
 }
 
 /// healthCheckNodePort servers: port -> (server task, local endpoints).
@@ -48,6 +50,10 @@ pub struct BpfState {
     /// (an agent restart re-attaches all, atomically replacing the old).
     pub attached: std::collections::BTreeSet<String>,
     pub endpoints: usize,
+    /// strait_lb as last programmed, so a change costs only its difference
+    /// (read from the pinned map once, at the first sync after start).
+    pub lb_programmed:
+        Option<std::collections::HashMap<strait_bpf::maps::LbKey, strait_bpf::maps::LbVal>>,
 }
 
 impl Agent {
@@ -120,6 +126,7 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<BpfState> {
         dp,
         attached: Default::default(),
         endpoints: 0,
+        lb_programmed: None,
     })
 }
 
@@ -184,6 +191,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         health: Mutex::new(Default::default()),
         service_problems: Mutex::new(vec![]),
         nft_applied: Mutex::new(String::new()),
+        service_sync: Mutex::new(None),
         cfg,
     });
     let listener = crate::api::bind(&agent.cfg.socket)?;

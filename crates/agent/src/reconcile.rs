@@ -209,7 +209,17 @@ pub async fn pass(agent: &Agent, nl: &Netlink) -> anyhow::Result<()> {
         Some(bpf) => {
             let mut b = bpf.lock().unwrap();
             sync_datapath(&mut b, &allocs, &veth_index)?;
-            sync_services(&mut b, &table)?;
+            let t0 = std::time::Instant::now();
+            let changed = sync_services(&mut b, &table)?;
+            if changed > 0 {
+                let micros = t0.elapsed().as_micros() as u64;
+                tracing::info!(changed, micros, "eBPF service table updated");
+                *agent.service_sync.lock().unwrap() = Some(strait_model::api::ServiceSync {
+                    frontends: table.entries.len(),
+                    changed,
+                    micros,
+                });
+            }
         }
         // Routed mode: the nftables backend, replaced whole when it changes.
         None => {
@@ -220,11 +230,19 @@ pub async fn pass(agent: &Agent, nl: &Netlink) -> anyhow::Result<()> {
             let script = strait_model::nft::render(&table, cidr);
             let mut last = agent.nft_applied.lock().unwrap();
             if *last != script {
+                let t0 = std::time::Instant::now();
                 crate::daemon::nft_apply(&script)?;
+                let micros = t0.elapsed().as_micros() as u64;
                 tracing::info!(
                     frontends = table.entries.len(),
+                    micros,
                     "nftables service table applied"
                 );
+                *agent.service_sync.lock().unwrap() = Some(strait_model::api::ServiceSync {
+                    frontends: table.entries.len(),
+                    changed: table.entries.len(),
+                    micros,
+                });
                 *last = script;
             }
         }
@@ -292,13 +310,30 @@ fn sync_datapath(
 fn sync_services(
     bpf: &mut crate::daemon::BpfState,
     table: &strait_model::services::ServiceTable,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
     use strait_bpf::maps::{self, LbMap};
     let want: HashMap<maps::LbKey, maps::LbVal> =
         maps::lb_entries(&table.entries).into_iter().collect();
     let mut lb: LbMap = maps::open(&bpf.dp.pin_dir, "strait_lb")?;
-    sync_map(&mut lb, &want)?;
-    Ok(())
+    let programmed = match bpf.lb_programmed.take() {
+        Some(p) => p,
+        None => lb.iter().collect::<Result<HashMap<_, _>, _>>()?,
+    };
+    let mut changed = 0;
+    for k in programmed.keys() {
+        if !want.contains_key(k) {
+            lb.remove(k)?;
+            changed += 1;
+        }
+    }
+    for (k, v) in &want {
+        if programmed.get(k) != Some(v) {
+            lb.insert(k, v, 0)?;
+            changed += 1;
+        }
+    }
+    bpf.lb_programmed = Some(want);
+    Ok(changed)
 }
 
 fn sync_map<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod + PartialEq>(

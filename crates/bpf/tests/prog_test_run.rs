@@ -479,3 +479,39 @@ fn service_without_backends_goes_to_the_stack_to_be_rejected() {
     assert_eq!(&out[30..34], &VIP.octets(), "untouched");
     assert_eq!(count(&l, SVC_NO_BACKEND), 1);
 }
+
+#[test]
+fn a_direct_connection_on_a_reused_port_is_not_reverse_translated() {
+    if !root() {
+        return;
+    }
+    let mut l = load("reuse-port", true);
+    add_service(&l, &[(POD_B, 8080)]);
+    // A service connection from port 40100 leaves a reverse entry.
+    run(
+        &mut l,
+        Prog::FromContainer,
+        &tcp(POD_A, 40100, VIP, 80),
+        IF_A,
+    );
+    // Later the client connects to B directly from the same port.
+    run(
+        &mut l,
+        Prog::FromContainer,
+        &tcp(POD_A, 40100, POD_B, 8080),
+        IF_B.min(IF_A),
+    );
+    // B's SYN-ACK must keep B as its source.
+    let (_, out) = run(
+        &mut l,
+        Prog::FromContainer,
+        &tcp_flags(POD_B, 8080, POD_A, 40100, 0x12),
+        IF_B,
+    );
+    assert_eq!(
+        &out[26..30],
+        &POD_B.octets(),
+        "the direct reply keeps the backend's address"
+    );
+    assert_eq!(count(&l, SVC_REVNAT), 0);
+}

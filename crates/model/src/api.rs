@@ -71,6 +71,18 @@ pub struct NodeStatus {
     /// Service objects left out, and why.
     #[serde(default)]
     pub service_problems: Vec<String>,
+    /// How the last change to the service table was applied.
+    #[serde(default)]
+    pub service_sync: Option<ServiceSync>,
+}
+
+/// The last service-table change: how many frontends the table had, how
+/// many datapath entries changed, and how long applying took.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceSync {
+    pub frontends: usize,
+    pub changed: usize,
+    pub micros: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
