@@ -44,6 +44,16 @@ pub type HealthServers = std::collections::HashMap<
     ),
 >;
 
+/// What strait_lb holds, per frontend: the service as programmed and its
+/// map entries. A change touches only the frontends that differ.
+pub type LbProgrammed = std::collections::HashMap<
+    strait_model::services::Frontend,
+    (
+        strait_model::services::ServiceEntry,
+        Vec<(strait_bpf::maps::LbKey, strait_bpf::maps::LbVal)>,
+    ),
+>;
+
 pub struct BpfState {
     pub dp: strait_bpf::Datapath,
     /// Host veths this agent attached from-container to since it started
@@ -52,8 +62,7 @@ pub struct BpfState {
     pub endpoints: usize,
     /// strait_lb as last programmed, so a change costs only its difference
     /// (read from the pinned map once, at the first sync after start).
-    pub lb_programmed:
-        Option<std::collections::HashMap<strait_bpf::maps::LbKey, strait_bpf::maps::LbVal>>,
+    pub lb_programmed: Option<LbProgrammed>,
 }
 
 impl Agent {

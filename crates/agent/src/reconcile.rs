@@ -312,27 +312,59 @@ fn sync_services(
     table: &strait_model::services::ServiceTable,
 ) -> anyhow::Result<usize> {
     use strait_bpf::maps::{self, LbMap};
-    let want: HashMap<maps::LbKey, maps::LbVal> =
-        maps::lb_entries(&table.entries).into_iter().collect();
     let mut lb: LbMap = maps::open(&bpf.dp.pin_dir, "strait_lb")?;
-    let programmed = match bpf.lb_programmed.take() {
-        Some(p) => p,
-        None => lb.iter().collect::<Result<HashMap<_, _>, _>>()?,
-    };
     let mut changed = 0;
-    for k in programmed.keys() {
-        if !want.contains_key(k) {
-            lb.remove(k)?;
+    let mut old = match bpf.lb_programmed.take() {
+        Some(p) => p,
+        None => {
+            // First sync since start: whatever the map holds is unknown;
+            // clear what the table does not want.
+            let want: std::collections::HashSet<maps::LbKey> = maps::lb_entries(&table.entries)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            let have: Vec<maps::LbKey> = lb.keys().collect::<Result<_, _>>()?;
+            for k in have.iter().filter(|k| !want.contains(k)) {
+                lb.remove(k)?;
+                changed += 1;
+            }
+            Default::default()
+        }
+    };
+    let mut now: crate::daemon::LbProgrammed = HashMap::with_capacity(table.entries.len());
+    for e in &table.entries {
+        match old.remove(&e.frontend) {
+            // Unchanged service: nothing to do (the common case).
+            Some((prev, kv)) if prev == *e => {
+                now.insert(e.frontend, (prev, kv));
+            }
+            prev => {
+                let kv = maps::lb_entries(std::slice::from_ref(e));
+                let prev_kv = prev.map(|(_, kv)| kv).unwrap_or_default();
+                for (k, _) in &prev_kv {
+                    if !kv.iter().any(|(nk, _)| nk == k) {
+                        lb.remove(k)?;
+                        changed += 1;
+                    }
+                }
+                for (k, v) in &kv {
+                    if !prev_kv.iter().any(|(pk, pv)| pk == k && pv == v) {
+                        lb.insert(k, v, 0)?;
+                        changed += 1;
+                    }
+                }
+                now.insert(e.frontend, (e.clone(), kv));
+            }
+        }
+    }
+    // Frontends that went away.
+    for (_, (_, kv)) in old {
+        for (k, _) in kv {
+            lb.remove(&k)?;
             changed += 1;
         }
     }
-    for (k, v) in &want {
-        if programmed.get(k) != Some(v) {
-            lb.insert(k, v, 0)?;
-            changed += 1;
-        }
-    }
-    bpf.lb_programmed = Some(want);
+    bpf.lb_programmed = Some(now);
     Ok(changed)
 }
 
