@@ -155,26 +155,14 @@ impl Drop for Cleanup {
 }
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let kernel = strait_lab::cmd::run("uname", &["-r"]).unwrap_or_default();
     let bridge_ver = strait_lab::cmd::run(
         "dpkg-query",
         &["-W", "-f", "${Version}", "containernetworking-plugins"],
     )
     .unwrap_or_default();
     format!(
-        "kernel {}, {} CPUs ({cpu}), containernetworking-plugins {bridge_ver}",
-        kernel.trim(),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
+        "{}, containernetworking-plugins {bridge_ver}",
+        strait_bench::machine()
     )
 }
 

@@ -272,24 +272,7 @@ fn bridge_pods(
     Ok(out)
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let kernel = strait_lab::cmd::run("uname", &["-r"]).unwrap_or_default();
-    format!(
-        "kernel {}, {} CPUs ({cpu})",
-        kernel.trim(),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    )
-}
+use strait_bench::machine;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

@@ -280,7 +280,7 @@ fn main() -> anyhow::Result<()> {
         drop(guard);
     }
     let mut report = String::from("# Services at scale\n\n");
-    report.push_str(&format!("machine: kernel {}, {} CPUs. 10 backends per service; connect latency: 500 TCP connects from a pod, to the service VIP (10 real backends) and straight to one backend pod.\n", strait_lab::cmd::run("uname", &["-r"]).unwrap_or_default().trim(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)));
+    report.push_str(&format!("machine: {}. 10 backends per service; connect latency: 500 TCP connects from a pod, to the service VIP (10 real backends) and straight to one backend pod.\n", strait_bench::machine()));
     report.push_str("Cold end to end = from writing the manifests to the agent reporting them programmed (includes the files source's poll of up to 0.5 s); apply = the datapath update alone. iptables rows: iptables-restore of the whole generated rule set (kube-proxy restores it whole on every change); its real service is last in KUBE-SERVICES.\n\n");
     report.push_str("| backend | services | cold, end to end | cold, apply | one endpoint change, apply | connect via service p50 / p99 | connect direct p50 / p99 | overhead p50 | agent RSS |\n|---|---|---|---|---|---|---|---|---|\n");
     for r in &rows {

@@ -417,20 +417,7 @@ fn seed_scenario_8_loadbalancer_local_policy_from_outside() {
         .any(|e| e.name == "edge");
     assert!(hc);
     let ext_ns = strait_lab::run::netns_path(&strait_model::lab::external_netns(lab.name()));
-    // The healthCheckNodePort the lab (as the API server would) assigned.
-    let written = std::fs::read_to_string(lab.st.manifests_dir().join("services.yaml")).unwrap();
-    let hc_port = strait_model::cluster::parse_manifests(&written)
-        .unwrap()
-        .into_iter()
-        .find_map(|o| match o {
-            strait_model::cluster::ClusterObject::Service(s)
-                if s.metadata.name.as_deref() == Some("edge") =>
-            {
-                s.spec?.health_check_node_port
-            }
-            _ => None,
-        })
-        .expect("edge has a healthCheckNodePort") as u16;
+    let hc_port = health_check_port(&lab, "edge");
     let node_ip = |n: &str| lab.node(n).ip;
     assert!(
         strait_lab::run::health_ok(&ext_ns, SocketAddr::new(node_ip("node-b").into(), hc_port)),
@@ -509,19 +496,7 @@ both_backends!(lb_local, lb_local_ebpf, lb_local_nftables);
 /// backend is healthy, and the pod sees the real client.
 fn lb_local(lab: &Lab) {
     let lb = SocketAddr::new(lb_ip(lab, "edge").into(), 80);
-    let written = std::fs::read_to_string(lab.st.manifests_dir().join("services.yaml")).unwrap();
-    let hc_port = strait_model::cluster::parse_manifests(&written)
-        .unwrap()
-        .into_iter()
-        .find_map(|o| match o {
-            strait_model::cluster::ClusterObject::Service(s)
-                if s.metadata.name.as_deref() == Some("edge") =>
-            {
-                s.spec?.health_check_node_port
-            }
-            _ => None,
-        })
-        .unwrap() as u16;
+    let hc_port = health_check_port(lab, "edge");
     let ext_ns = strait_lab::run::netns_path(&strait_model::lab::external_netns(lab.name()));
     assert!(strait_lab::run::health_ok(
         &ext_ns,
@@ -619,4 +594,21 @@ fn node_sockets_are_balanced_without_nat_and_survive_agent_restarts() {
     strait_lab::run::start_agent(&lab.st, &lab.bins, &n, &[]).unwrap();
     strait_lab::run::wait_agent_ready(&lab.st, &n, Duration::from_secs(10)).unwrap();
     node_probe(&lab, "node-a", "svc/web:80", false);
+}
+
+/// The healthCheckNodePort the lab (as the API server would) assigned.
+fn health_check_port(lab: &Lab, svc: &str) -> u16 {
+    let written = std::fs::read_to_string(lab.st.manifests_dir().join("services.yaml")).unwrap();
+    strait_model::cluster::parse_manifests(&written)
+        .unwrap()
+        .into_iter()
+        .find_map(|o| match o {
+            strait_model::cluster::ClusterObject::Service(s)
+                if s.metadata.name.as_deref() == Some(svc) =>
+            {
+                s.spec?.health_check_node_port
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{svc} has no healthCheckNodePort")) as u16
 }

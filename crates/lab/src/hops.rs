@@ -425,26 +425,7 @@ pub fn trace_service(
         )
     })?;
     let probe = probe?;
-    let hops = hops
-        .into_iter()
-        .zip(pairs)
-        .map(|(h, p)| {
-            let v: usize = p
-                .iter()
-                .filter(|((s, d), _)| *s == vip || *d == vip)
-                .map(|(_, n)| n)
-                .sum();
-            let pods: usize = p
-                .iter()
-                .filter(|((s, d), _)| {
-                    (*s == client && backend_ips.contains(d))
-                        || (*d == client && backend_ips.contains(s))
-                })
-                .map(|(_, n)| n)
-                .sum();
-            (h, v, pods)
-        })
-        .collect();
+    let hops = tally(hops, pairs, vip, client, &backend_ips);
     Ok(ServiceHopReport {
         client,
         vip,
@@ -503,23 +484,7 @@ pub fn trace_external(
         crate::probe::probe(&netns_path(&ext), frontend, false, Duration::from_secs(2))
     })?;
     let probe = probe?;
-    let hops = hops
-        .into_iter()
-        .zip(pairs)
-        .map(|(h, p)| {
-            let v: usize = p
-                .iter()
-                .filter(|((s, d), _)| *s == fip || *d == fip)
-                .map(|(_, n)| n)
-                .sum();
-            let pods: usize = p
-                .iter()
-                .filter(|((s, d), _)| backend_ips.contains(s) || backend_ips.contains(d))
-                .map(|(_, n)| n)
-                .sum();
-            (h, v, pods)
-        })
-        .collect();
+    let hops = tally(hops, pairs, fip, client, &backend_ips);
     Ok(ServiceHopReport {
         client,
         vip: fip,
@@ -527,4 +492,31 @@ pub fn trace_external(
         answered_by: probe.answered_by,
         hops,
     })
+}
+
+/// Per hop: packets carrying the service address `vip`, and packets
+/// between the client and a backend's own address.
+fn tally(
+    hops: Vec<Hop>,
+    pairs: Vec<Pairs>,
+    vip: Ipv4Addr,
+    client: Ipv4Addr,
+    backends: &[Ipv4Addr],
+) -> Vec<(Hop, usize, usize)> {
+    let count = |p: &Pairs, f: &dyn Fn(Ipv4Addr, Ipv4Addr) -> bool| -> usize {
+        p.iter()
+            .filter(|((s, d), _)| f(*s, *d))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    hops.into_iter()
+        .zip(pairs)
+        .map(|(h, p)| {
+            let v = count(&p, &|s, d| s == vip || d == vip);
+            let pods = count(&p, &|s, d| {
+                (s == client && backends.contains(&d)) || (d == client && backends.contains(&s))
+            });
+            (h, v, pods)
+        })
+        .collect()
 }
