@@ -69,23 +69,22 @@ impl Samples {
     }
 }
 
-/// One batch: ADD (then DEL) `pods` pods, `par` at a time, each from a
-/// thread inside the node namespace.
-fn batch(
+/// Run `f` once per item, `par` at a time, each call on a thread inside
+/// the node namespace; collect the durations it reports.
+fn in_parallel<T: Sync>(
     node: &NetnsFile,
-    p: &Plugin,
-    pods: &[String],
+    items: &[T],
     par: usize,
-    cmd: &str,
+    f: impl Fn(&T) -> anyhow::Result<Duration> + Sync,
     out: &mut Samples,
 ) -> anyhow::Result<()> {
-    for chunk in pods.chunks(par) {
+    for chunk in items.chunks(par) {
         let res: Vec<anyhow::Result<Duration>> = std::thread::scope(|s| {
             let hs: Vec<_> = chunk
                 .iter()
-                .map(|ns| {
-                    s.spawn(move || {
-                        in_netns(node, || run_plugin(p, cmd, ns, ns))
+                .map(|item| {
+                    s.spawn(|| {
+                        in_netns(node, || f(item))
                             .map_err(anyhow::Error::from)
                             .and_then(|r| r)
                     })
@@ -100,45 +99,46 @@ fn batch(
     Ok(())
 }
 
-fn batch_floor(
+/// One batch: ADD (or DEL) `pods` pods, `par` at a time.
+fn batch(
     node: &NetnsFile,
     p: &Plugin,
     pods: &[String],
     par: usize,
+    cmd: &str,
     out: &mut Samples,
 ) -> anyhow::Result<()> {
-    let spawn = || -> anyhow::Result<Duration> {
-        let t0 = Instant::now();
-        let mut child = Command::new(&p.bin)
-            .env_clear()
-            .env("CNI_COMMAND", "VERSION")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()?;
-        // /bin/true does not read stdin: a broken pipe is expected.
-        let _ = child.stdin.take().unwrap().write_all(&p.conf);
-        child.wait()?;
-        Ok(t0.elapsed())
-    };
-    for chunk in pods.chunks(par) {
-        let res: Vec<anyhow::Result<Duration>> = std::thread::scope(|s| {
-            let hs: Vec<_> = chunk
-                .iter()
-                .map(|_| {
-                    s.spawn(|| {
-                        in_netns(node, spawn)
-                            .map_err(anyhow::Error::from)
-                            .and_then(|r| r)
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        for r in res {
-            out.0.push(r?);
-        }
-    }
-    Ok(())
+    in_parallel(node, pods, par, |ns| run_plugin(p, cmd, ns, ns), out)
+}
+
+/// The floor: spawning the program with nothing to do (VERSION).
+fn batch_floor(
+    node: &NetnsFile,
+    p: &Plugin,
+    n: usize,
+    par: usize,
+    out: &mut Samples,
+) -> anyhow::Result<()> {
+    let items: Vec<()> = vec![(); n];
+    in_parallel(
+        node,
+        &items,
+        par,
+        |_| {
+            let t0 = Instant::now();
+            let mut child = Command::new(&p.bin)
+                .env_clear()
+                .env("CNI_COMMAND", "VERSION")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()?;
+            // /bin/true does not read stdin: a broken pipe is expected.
+            let _ = child.stdin.take().unwrap().write_all(&p.conf);
+            child.wait()?;
+            Ok(t0.elapsed())
+        },
+        out,
+    )
 }
 
 struct Cleanup(Vec<String>);
@@ -167,21 +167,9 @@ fn machine() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str, def: usize| -> usize {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(def)
-    };
-    let rounds = flag("--rounds", 4);
-    let par = flag("--parallel", 50);
-    let out_file = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from);
+    let rounds = strait_bench::flag_or("--rounds", 4);
+    let par = strait_bench::flag_or("--parallel", 50);
+    let out_file = strait_bench::flag("--out").map(PathBuf::from);
     if !nix::unistd::geteuid().is_root() {
         bail!("cni-latency needs root (it creates network namespaces)");
     }
@@ -255,10 +243,9 @@ fn main() -> anyhow::Result<()> {
             conf: b"{}".to_vec(),
         };
         let mut seq = Samples::default();
-        let pods: Vec<String> = (0..n).map(|_| String::new()).collect();
-        batch_floor(&node_ns, &p, &pods, 1, &mut seq)?;
+        batch_floor(&node_ns, &p, n, 1, &mut seq)?;
         let mut par_s = Samples::default();
-        batch_floor(&node_ns, &p, &pods, par, &mut par_s)?;
+        batch_floor(&node_ns, &p, n, par, &mut par_s)?;
         floors.push((name, seq, par_s));
     }
     let mut report = String::new();

@@ -275,24 +275,9 @@ fn bridge_pods(
 use strait_bench::machine;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let secs: f64 = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3.0);
-    let rounds: usize = args
-        .iter()
-        .position(|a| a == "--rounds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let out_file = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from);
+    let secs: f64 = strait_bench::flag_or("--seconds", 3.0);
+    let rounds: usize = strait_bench::flag_or("--rounds", 3);
+    let out_file = strait_bench::flag("--out").map(PathBuf::from);
     if !nix::unistd::geteuid().is_root() {
         bail!("datapath needs root (it creates network namespaces)");
     }

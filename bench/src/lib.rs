@@ -17,3 +17,17 @@ pub fn machine() -> String {
         .unwrap_or(0);
     format!("kernel {}, {cpus} CPUs ({cpu})", kernel.trim())
 }
+
+/// The value after `--name` on the command line, if given.
+pub fn flag(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// The value after `--name`, parsed, or `default`.
+pub fn flag_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    flag(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+}

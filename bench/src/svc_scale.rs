@@ -177,18 +177,10 @@ struct Row {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let scales: Vec<usize> = args
-        .iter()
-        .position(|a| a == "--scales")
-        .and_then(|i| args.get(i + 1))
+    let scales: Vec<usize> = strait_bench::flag("--scales")
         .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
         .unwrap_or_else(|| vec![10, 1000, 10000]);
-    let out_file = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from);
+    let out_file = strait_bench::flag("--out").map(PathBuf::from);
     if !nix::unistd::geteuid().is_root() {
         bail!("svc-scale needs root (it creates network namespaces)");
     }

@@ -183,8 +183,6 @@ pub struct LabFile {
     pub name: String,
     pub spec: LabSpec,
     pub objects: Vec<ClusterObject>,
-    /// The Kubernetes manifests of the file, re-serialised as YAML documents.
-    pub manifests_yaml: String,
 }
 
 pub fn parse_lab_file(text: &str) -> Result<LabFile, LabError> {
@@ -224,7 +222,6 @@ pub fn parse_lab_file(text: &str) -> Result<LabFile, LabError> {
         name,
         spec,
         objects,
-        manifests_yaml: rest,
     })
 }
 

@@ -12,7 +12,7 @@ mod sysctl;
 
 pub use netns::{in_netns, NetnsFile};
 pub use rt::{block_on, Link, Netlink, Route, RouteKind};
-pub use sysctl::{read_sysctl, write_sysctl};
+pub use sysctl::write_sysctl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {

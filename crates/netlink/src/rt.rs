@@ -166,21 +166,6 @@ impl Netlink {
         }
     }
 
-    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let mut s = self.handle.link().get().match_index(index).execute();
-        match s.try_next().await {
-            Ok(m) => Ok(m.map(link_from)),
-            Err(e) => {
-                let e = nl(format!("get link #{index}"))(e);
-                if e.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-
     pub async fn links(&self) -> Result<Vec<Link>> {
         self.handle
             .link()

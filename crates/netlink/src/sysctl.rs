@@ -18,13 +18,3 @@ pub fn write_sysctl(parts: &[&str], value: &str) -> Result<()> {
         source,
     })
 }
-
-pub fn read_sysctl(parts: &[&str]) -> Result<String> {
-    let p = path(parts);
-    std::fs::read_to_string(&p)
-        .map(|s| s.trim().to_string())
-        .map_err(|source| KernelError::Io {
-            what: format!("read {}", p.display()),
-            source,
-        })
-}
