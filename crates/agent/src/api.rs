@@ -23,23 +23,121 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
+/// Bounds that keep a misbehaving or flooding client from taking the agent
+/// down: the socket is root-only, but a buggy root process is enough.
+pub struct ApiLimits {
+    /// Connections served at once; more are answered "busy" and closed.
+    pub max_conns: usize,
+    /// The longest request line.
+    pub max_request: usize,
+    /// How long a connection may take to finish a request line, or stay idle.
+    pub read_timeout: std::time::Duration,
+}
+
+pub const LIMITS: ApiLimits = ApiLimits {
+    max_conns: 256,
+    max_request: 1 << 20,
+    read_timeout: std::time::Duration::from_secs(10),
+};
+
+/// Serve until the process ends. An accept error (EMFILE under a flood, say)
+/// is logged and waited out, never fatal.
 pub async fn serve(agent: Arc<Agent>, listener: UnixListener) -> anyhow::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(LIMITS.max_conns));
+    let mut accept_errors = 0u64;
     loop {
-        let (conn, _) = listener.accept().await?;
+        let mut conn = match listener.accept().await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                accept_errors += 1;
+                if accept_errors.is_power_of_two() {
+                    tracing::warn!(error = %e, count = accept_errors, "api: accept failed; still serving");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let busy = error_line(
+                ApiErrorKind::NotReady,
+                "the agent is serving too many connections; retry",
+            );
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(100), conn.write_all(&busy))
+                    .await;
+            continue;
+        };
         let agent = agent.clone();
         tokio::spawn(async move {
             if let Err(e) = handle_conn(agent, conn).await {
                 tracing::debug!(error = %e, "api connection ended");
             }
+            drop(permit);
         });
     }
 }
 
+fn error_line(kind: ApiErrorKind, message: &str) -> Vec<u8> {
+    let mut out = serde_json::to_vec(&Response::Error(ApiError {
+        kind,
+        message: message.into(),
+    }))
+    .expect("responses serialise");
+    out.push(b'\n');
+    out
+}
+
+/// Read one request line within the limits: Ok(None) at a clean end of the
+/// connection, an error for a timeout or an oversized line.
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<()>> {
+    use tokio::io::AsyncReadExt;
+    buf.clear();
+    let limit = LIMITS.max_request as u64 + 1;
+    let n = tokio::time::timeout(LIMITS.read_timeout, r.take(limit).read_until(b'\n', buf))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "request not finished in time")
+        })??;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            if buf.len() as u64 >= limit {
+                "request longer than the limit"
+            } else {
+                "connection closed mid-request"
+            },
+        ));
+    }
+    Ok(Some(()))
+}
+
 async fn handle_conn(agent: Arc<Agent>, conn: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = conn.into_split();
-    let mut lines = BufReader::new(r).lines();
-    while let Some(line) = lines.next_line().await? {
-        let resp = match serde_json::from_str::<Request>(&line) {
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        match read_request(&mut r, &mut buf).await {
+            Ok(Some(())) => {}
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::TimedOut {
+                    let _ = w
+                        .write_all(&error_line(
+                            ApiErrorKind::Invalid,
+                            &format!("request refused: {e} ({} bytes max)", LIMITS.max_request),
+                        ))
+                        .await;
+                }
+                return Err(e);
+            }
+        }
+        let resp = match serde_json::from_slice::<Request>(&buf) {
             Ok(req) => {
                 let agent = agent.clone();
                 // IPAM persists synchronously (fsync); keep it off the reactor.
@@ -61,7 +159,6 @@ async fn handle_conn(agent: Arc<Agent>, conn: UnixStream) -> std::io::Result<()>
         out.push(b'\n');
         w.write_all(&out).await?;
     }
-    Ok(())
 }
 
 pub fn handle(agent: &Agent, req: Request) -> Response {
@@ -71,6 +168,8 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
             pod,
             netns,
             host_veth,
+            netns_ino,
+            requested,
         } => {
             if let Some(reason) = agent.not_ready_reason() {
                 return Response::Error(ApiError {
@@ -83,6 +182,8 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 pod,
                 netns,
                 host_veth,
+                netns_ino,
+                requested,
             };
             match agent.ipam.allocate(req) {
                 Ok(allocation) => {

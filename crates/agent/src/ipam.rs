@@ -134,6 +134,9 @@ impl NodeIpam {
                     IpamError::Exhausted { .. } | IpamError::TooSmall { .. } => {
                         ApiErrorKind::Exhausted
                     }
+                    IpamError::OutsidePool { .. }
+                    | IpamError::InUse { .. }
+                    | IpamError::AlreadyHolds { .. } => ApiErrorKind::Invalid,
                 },
                 message: e.to_string(),
             })
@@ -211,6 +214,8 @@ mod tests {
             pod: PodRef::default(),
             netns: String::new(),
             host_veth: String::new(),
+            netns_ino: None,
+            requested: None,
         }
     }
 

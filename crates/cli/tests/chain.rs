@@ -18,26 +18,87 @@ fn plugin_conf(list: &Value, i: usize, prev: Option<&Value>) -> Value {
     c
 }
 
+/// Debian's reference plugins speak CNI up to 1.0.0, as containerd 1.6 and
+/// podman 4.3 do; strait is tested in the chain at 0.4.0 and 1.0.0.
 #[test]
-fn portmap_bandwidth_tuning_chained_after_strait() {
-    if !require_root("portmap_bandwidth_tuning_chained_after_strait") {
+fn chain_at_cni_0_4_0() {
+    if !require_root("chain_at_cni_0_4_0") {
         return;
     }
+    chain("0.4.0", "t-chain04", 18081);
+}
+
+#[test]
+fn chain_at_cni_1_0_0() {
+    if !require_root("chain_at_cni_1_0_0") {
+        return;
+    }
+    chain("1.0.0", "t-chain10", 18080);
+}
+
+/// At 1.1.0 no reference plugin can follow strait (they stop at 1.0.0), so
+/// the list is strait alone: ADD, CHECK, STATUS, GC, and DEL twice (with
+/// and without prevResult, as runtimes send it).
+#[test]
+fn strait_alone_at_cni_1_1_0() {
+    if !require_root("strait_alone_at_cni_1_1_0") {
+        return;
+    }
+    let lab = Lab::up(&lab_yaml("t-chain11", &["n1"], 24, &[]));
+    let ns = lab.pod_netns("p");
+    let mut c = json!({"cniVersion": "1.1.0", "name": "strait-11", "type": "strait-cni",
+        "agentSocket": lab.st.socket(lab.node("n1")), "mtu": 1500});
+    let run = |cmd: &str, conf: &Value| {
+        let env = cni_env(cmd, "c11", &ns, "p");
+        let env = if matches!(cmd, "STATUS" | "GC") {
+            vec![env[0].clone()]
+        } else {
+            env
+        };
+        cni_raw(
+            &lab.bins.cni,
+            &lab.node("n1").netns,
+            &as_refs(&env),
+            conf.to_string().as_bytes(),
+        )
+    };
+    let add = run("ADD", &c);
+    assert!(add.ok, "{} {}", add.json, add.stderr);
+    assert_eq!(add.json["cniVersion"], "1.1.0");
+    assert!(add.json["ips"][0].get("version").is_none());
+    let mut with_prev = c.clone();
+    with_prev["prevResult"] = add.json.clone();
+    assert!(run("CHECK", &with_prev).ok);
+    assert!(run("STATUS", &c).ok);
+    c["cni.dev/valid-attachments"] = json!([{"containerID": "c11", "ifname": "eth0"}]);
+    assert!(run("GC", &c).ok);
+    assert_eq!(
+        lab.status("n1").allocations.len(),
+        1,
+        "GC kept the valid attachment"
+    );
+    assert!(run("DEL", &with_prev).ok);
+    assert!(run("DEL", &c).ok, "second DEL, without prevResult");
+    assert!(lab.host_veths("n1").is_empty());
+    assert!(lab.status("n1").allocations.is_empty());
+}
+
+fn chain(version: &str, lab_name: &str, host_port: u16) {
     assert!(
         Path::new(REF).join("portmap").exists(),
         "install containernetworking-plugins (the README's setup does)"
     );
-    let lab = Lab::up(&lab_yaml("t-chain", &["n1", "n2"], 24, &[]));
+    let lab = Lab::up(&lab_yaml(lab_name, &["n1", "n2"], 24, &[]));
     let ns = lab.pod_netns("web");
     let list = json!({
-        "cniVersion": "1.0.0",
+        "cniVersion": version,
         "name": "strait-chain",
         "plugins": [
             {"type": "strait-cni", "agentSocket": lab.st.socket(lab.node("n1")), "mtu": 1500},
             {"type": "tuning", "sysctl": {"net.ipv4.tcp_keepalive_time": "123"}},
             {"type": "bandwidth", "ingressRate": 100000000, "ingressBurst": 1000000, "egressRate": 100000000, "egressBurst": 1000000},
             {"type": "portmap", "capabilities": {"portMappings": true},
-             "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]}}
+             "runtimeConfig": {"portMappings": [{"hostPort": host_port, "containerPort": 8080, "protocol": "tcp"}]}}
         ]
     });
     let bin = |i: usize| -> std::path::PathBuf {
@@ -62,6 +123,13 @@ fn portmap_bandwidth_tuning_chained_after_strait() {
     assert_eq!(
         result["ips"][0]["address"], "198.19.0.1/32",
         "strait's result survives the chain: {result}"
+    );
+    assert_eq!(result["cniVersion"], version);
+    // Before 1.0.0 an IP carries its version; from 1.0.0 it must not.
+    assert_eq!(
+        result["ips"][0].get("version").is_some(),
+        version == "0.4.0",
+        "{result}"
     );
 
     // tuning wrote its sysctl inside the pod; bandwidth shaped the host veth.
@@ -93,7 +161,7 @@ fn portmap_bandwidth_tuning_chained_after_strait() {
     for _ in 0..50 {
         if let Ok(r) = strait_lab::probe::probe(
             &n2,
-            "198.18.0.1:18080".parse().unwrap(),
+            std::net::SocketAddr::from(([198, 18, 0, 1], host_port)),
             false,
             std::time::Duration::from_millis(500),
         ) {
@@ -105,19 +173,28 @@ fn portmap_bandwidth_tuning_chained_after_strait() {
     assert_eq!(
         answer.as_deref(),
         Some("web"),
-        "hostPort 18080 on n1 reaches the pod"
+        "hostPort {host_port} on n1 reaches the pod"
     );
 
-    // DEL runs the chain in reverse, each plugin with the cached result.
+    // DEL runs the chain in reverse, each plugin with the cached result;
+    // runtimes then send DEL again, without prevResult.
     let env = cni_env("DEL", "chain1", &ns, "web");
-    for i in (0..4).rev() {
-        let out = cni_raw(
-            &bin(i),
-            &lab.node("n1").netns,
-            &as_refs(&env),
-            plugin_conf(&list, i, Some(&result)).to_string().as_bytes(),
-        );
-        assert!(out.ok, "DEL plugin {i}: {} {}", out.json, out.stderr);
+    for prev in [Some(&result), None] {
+        for i in (0..4).rev() {
+            let out = cni_raw(
+                &bin(i),
+                &lab.node("n1").netns,
+                &as_refs(&env),
+                plugin_conf(&list, i, prev).to_string().as_bytes(),
+            );
+            assert!(
+                out.ok,
+                "DEL plugin {i} (prevResult: {}): {} {}",
+                prev.is_some(),
+                out.json,
+                out.stderr
+            );
+        }
     }
     assert!(lab.host_veths("n1").is_empty());
     assert!(lab.status("n1").allocations.is_empty());

@@ -29,7 +29,7 @@ fn add_check_del_lifecycle() {
     let add = run(&lab, "n1", &cni_env("ADD", "cid-p1", &ns, "p1"), &c);
     assert!(add.ok, "ADD failed: {} {}", add.json, add.stderr);
     let r = &add.json;
-    assert_eq!(r["cniVersion"], "1.1.0");
+    assert_eq!(r["cniVersion"], "1.0.0");
     let host = strait_model::naming::host_veth_name("cid-p1", "eth0");
     assert_eq!(r["interfaces"][0]["name"], host.as_str());
     assert_eq!(r["interfaces"][1]["name"], "eth0");
@@ -117,7 +117,9 @@ fn version_status_and_gc() {
         return;
     }
     let lab = Lab::up(&lab_yaml("t-gc", &["n1"], 24, &[]));
-    let c = conf(&lab, "n1");
+    // STATUS and GC are CNI 1.1 verbs.
+    let mut c = conf(&lab, "n1");
+    c["cniVersion"] = json!("1.1.0");
     let v = run(
         &lab,
         "n1",
@@ -146,6 +148,14 @@ fn version_status_and_gc() {
         assert!(run(&lab, "n1", &cni_env("ADD", &format!("gc{i}"), &ns, "g"), &c).ok);
         nss.push(ns);
     }
+    assert_eq!(lab.host_veths("n1").len(), 3);
+    // GC without the list is a configuration error and collects nothing
+    // (it used to release every pod on the node).
+    let out = run(&lab, "n1", &[("CNI_COMMAND", "GC".into())], &c);
+    assert_eq!(out.code(), 7, "{}", out.msg());
+    assert!(out.msg().contains("valid-attachments"), "{}", out.msg());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(lab.status("n1").allocations.len(), 3);
     assert_eq!(lab.host_veths("n1").len(), 3);
     let mut g = c.clone();
     g["cni.dev/valid-attachments"] = json!([{"containerID": "gc1", "ifname": "eth0"}]);
@@ -222,6 +232,43 @@ fn errors_are_spec_json_with_the_right_codes() {
     m["cniVersion"] = json!("0.1.0");
     assert_eq!(run(&lab, "n1", &env, &m).code(), 1);
 
+    // A malformed prevResult is refused before anything is made.
+    let mut m = c.clone();
+    m["prevResult"] = json!({"interfaces": "not a list"});
+    let out = run(&lab, "n1", &env, &m);
+    assert_eq!(out.code(), 6, "{}", out.msg());
+    assert!(out.msg().contains("prevResult"), "{}", out.msg());
+    // `type` must name the plugin.
+    let mut m = c.clone();
+    m["type"] = json!("");
+    assert_eq!(run(&lab, "n1", &env, &m).code(), 7);
+    // The node's own namespace is not a pod's (the plugin runs in the node).
+    let mut own = env.clone();
+    own[2].1 = "/proc/self/ns/net".into();
+    let out = run(&lab, "n1", &own, &c);
+    assert_eq!(out.code(), 4, "{}", out.msg());
+    assert!(out.msg().contains("node's own"), "{}", out.msg());
+    // A FIFO at CNI_NETNS is refused at once instead of hanging the plugin.
+    let fifo = lab
+        .st
+        .socket(lab.node("n1"))
+        .with_file_name("netns-fifo")
+        .display()
+        .to_string();
+    let _ = std::fs::remove_file(&fifo);
+    nix::unistd::mkfifo(fifo.as_str(), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut f = env.clone();
+    f[2].1 = fifo.clone();
+    let out = run(&lab, "n1", &f, &c);
+    std::fs::remove_file(&fifo).unwrap();
+    assert_eq!(out.code(), 4, "{}", out.msg());
+    // Requested addresses outside the pool are refused (7).
+    let mut r = env.clone();
+    r[5].1.push_str(";IP=198.19.9.9");
+    let out = run(&lab, "n1", &r, &c);
+    assert_eq!(out.code(), 7, "{}", out.msg());
+    assert!(out.msg().contains("198.19.9.9"), "{}", out.msg());
+
     // 11: agent not reachable.
     let mut m = c.clone();
     m["agentSocket"] = json!("/run/strait-lab/t-errors/nowhere.sock");
@@ -277,6 +324,51 @@ fn errors_are_spec_json_with_the_right_codes() {
         !String::from_utf8_lossy(&links.stdout).contains("eth0"),
         "no eth0 in the refused pod"
     );
+}
+
+#[test]
+fn requested_addresses_are_honoured() {
+    if !require_root("requested_addresses_are_honoured") {
+        return;
+    }
+    let lab = Lab::up(&lab_yaml("t-reqip", &["n1"], 24, &[]));
+    let c = conf(&lab, "n1");
+    // podman network reload: IP= in CNI_ARGS.
+    let ns = lab.pod_netns("r1");
+    let mut env = cni_env("ADD", "r1", &ns, "r1");
+    env[5].1.push_str(";IP=198.19.0.50");
+    let out = run(&lab, "n1", &env, &c);
+    assert!(out.ok, "{} {}", out.json, out.stderr);
+    assert_eq!(out.json["ips"][0]["address"], "198.19.0.50/32");
+    // The ips capability: runtimeConfig.ips.
+    let ns2 = lab.pod_netns("r2");
+    let mut c2 = c.clone();
+    c2["capabilities"] = json!({"ips": true});
+    c2["runtimeConfig"] = json!({"ips": ["198.19.0.60/24"]});
+    let out = run(&lab, "n1", &cni_env("ADD", "r2", &ns2, "r2"), &c2);
+    assert!(out.ok, "{} {}", out.json, out.stderr);
+    assert_eq!(out.json["ips"][0]["address"], "198.19.0.60/32");
+    // Taken by r1: a clear error, and nothing changes.
+    let ns3 = lab.pod_netns("r3");
+    let mut env3 = cni_env("ADD", "r3", &ns3, "r3");
+    env3[5].1.push_str(";IP=198.19.0.50");
+    let out = run(&lab, "n1", &env3, &c);
+    assert_eq!(out.code(), 7, "{}", out.msg());
+    assert!(
+        out.msg().contains("in use by pod default/r1"),
+        "{}",
+        out.msg()
+    );
+    assert_eq!(lab.status("n1").allocations.len(), 2);
+    assert_eq!(lab.host_veths("n1").len(), 2);
+    // Released, then asked for again by the re-added container (podman
+    // network reload re-runs ADD with the old address): it gets it back
+    // despite the cool-down.
+    let del = cni_env("DEL", "r1", &ns, "r1");
+    assert!(run(&lab, "n1", &del, &c).ok);
+    let out = run(&lab, "n1", &env, &c);
+    assert!(out.ok, "{} {}", out.json, out.stderr);
+    assert_eq!(out.json["ips"][0]["address"], "198.19.0.50/32");
 }
 
 #[test]

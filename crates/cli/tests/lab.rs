@@ -137,6 +137,7 @@ fn gc_all(lab: &Lab, node: &str) {
     let mut c: serde_json::Value =
         serde_json::from_slice(&strait_lab::run::cni_conf(&lab.st, lab.node(node))).unwrap();
     c["cni.dev/valid-attachments"] = serde_json::json!([]);
+    c["cniVersion"] = serde_json::json!("1.1.0"); // GC is a CNI 1.1 verb
     let out = cni_raw(
         &lab.bins.cni,
         &lab.node(node).netns,
@@ -315,4 +316,74 @@ fn up_recovers_from_a_crashed_lab_and_the_socket_is_private() {
         6,
         "fabric + external client + 2 nodes + 2 pods"
     );
+}
+
+/// A connection flood, an oversized request and a half-written one: the
+/// agent answers what it can, closes what it must, and keeps serving. Its
+/// file limit is lowered to 200 first so the flood really hits EMFILE.
+#[test]
+fn agent_api_survives_flood_and_bad_clients() {
+    if !require_root("agent_api_survives_flood_and_bad_clients") {
+        return;
+    }
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let lab = Lab::up(&lab_yaml("t-flood", &["n1"], 24, &[]));
+    let n1 = lab.node("n1").clone();
+    let sock = lab.st.socket(&n1);
+    let pid = strait_lab::LabState::read_pid(&lab.st.agent_pid(&n1)).unwrap();
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=200:200"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "prlimit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A request line of 2 MiB with no end: refused with an error line.
+    let mut big = UnixStream::connect(&sock).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunk = vec![b'x'; 64 << 10];
+    for _ in 0..32 {
+        if big.write_all(&chunk).is_err() {
+            break; // the agent closed it: fine
+        }
+    }
+    let mut reply = String::new();
+    let _ = big.read_to_string(&mut reply);
+    assert!(reply.contains("longer than the limit"), "reply: {reply:?}");
+
+    // A half-written request is closed after the read timeout.
+    let mut half = UnixStream::connect(&sock).unwrap();
+    half.write_all(b"{\"op\":").unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let n = half.read(&mut buf).unwrap_or(0);
+    assert!(
+        t0.elapsed() < Duration::from_secs(19),
+        "a half-written request must be timed out by the agent (read {n} bytes)"
+    );
+
+    // 400 idle connections: past the file limit and the connection cap.
+    let flood: Vec<UnixStream> = (0..400)
+        .filter_map(|_| UnixStream::connect(&sock).ok())
+        .collect();
+    assert!(!flood.is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    drop(flood);
+    wait_until("the agent to answer again", Duration::from_secs(15), || {
+        labrun_status_ok(&lab, "n1")
+    });
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(),
+        "the agent survived"
+    );
+}
+
+fn labrun_status_ok(lab: &Lab, node: &str) -> bool {
+    strait_lab::run::agent_status(&lab.st.socket(lab.node(node))).is_ok()
 }

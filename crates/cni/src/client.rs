@@ -1,7 +1,7 @@
 //! Blocking client for the agent's local API (one JSON line each way).
 
 use crate::types::{CniError, ErrorCode};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -55,9 +55,13 @@ impl Pending {
 
     pub fn wait(&mut self) -> Result<Response, CniError> {
         let socket = self.socket.as_path();
-        let mut resp = String::new();
+        // Bytes, not a String: a reply that is not UTF-8 is garbage from
+        // something that answered, not an unreachable agent.
+        let mut resp = Vec::new();
         self.reader
-            .read_line(&mut resp)
+            .by_ref()
+            .take(MAX_REPLY)
+            .read_until(b'\n', &mut resp)
             .map_err(|e| unreachable(socket, "receive", e))?;
         if resp.is_empty() {
             return Err(unreachable(
@@ -73,8 +77,12 @@ impl Pending {
     }
 }
 
-fn decode(resp: &str) -> Result<Response, CniError> {
-    let resp: Response = serde_json::from_str(resp).map_err(|e| {
+/// Longer answers than this are not the agent's (a status with thousands of
+/// pods is a few MiB at most).
+const MAX_REPLY: u64 = 64 << 20;
+
+fn decode(resp: &[u8]) -> Result<Response, CniError> {
+    let resp: Response = serde_json::from_slice(resp).map_err(|e| {
         CniError::new(
             ErrorCode::IoFailure,
             format!("the agent's answer could not be decoded: {e}"),
@@ -90,4 +98,45 @@ fn decode(resp: &str) -> Result<Response, CniError> {
         return Err(CniError::new(code, e.message));
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One connection on a throwaway socket, answered with `reply`.
+    fn answer_with(reply: &'static [u8]) -> Result<Response, CniError> {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("agent.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(c.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            c.write_all(reply).unwrap();
+        });
+        let out = call(&path, &Request::Status);
+        t.join().unwrap();
+        out
+    }
+
+    #[test]
+    fn garbage_reply_is_a_decode_error_not_unreachable() {
+        for reply in [
+            &b"\xff\xfe\x00garbage\n"[..],
+            b"HTTP/1.1 400 Bad Request\r\n\r\n",
+        ] {
+            let e = answer_with(reply).unwrap_err();
+            assert_eq!(e.code, ErrorCode::IoFailure, "{}", e.msg);
+            assert!(e.msg.contains("could not be decoded"), "{}", e.msg);
+        }
+    }
+
+    #[test]
+    fn closed_without_answer_is_unreachable() {
+        let e = answer_with(b"").unwrap_err();
+        assert_eq!(e.code, ErrorCode::TryAgainLater, "{}", e.msg);
+    }
 }

@@ -35,6 +35,45 @@ impl CniEnv {
     pub fn pod_uid(&self) -> String {
         self.args.get("K8S_POD_UID").cloned().unwrap_or_default()
     }
+    /// `IP=` in CNI_ARGS (podman, host-local's convention), possibly
+    /// several addresses separated by commas.
+    pub fn requested_ips(&self) -> Result<Vec<std::net::IpAddr>, CniError> {
+        let Some(v) = self.args.get("IP") else {
+            return Ok(vec![]);
+        };
+        v.split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                crate::types::parse_requested_ip(s)
+                    .map_err(|_| bad(format!("CNI_ARGS IP={v:?} is not a list of IP addresses")))
+            })
+            .collect()
+    }
+
+    /// Read the process environment. A variable that is set but not valid
+    /// UTF-8 is an error naming it, not "unset".
+    pub fn from_process_env() -> Result<CniEnv, CniError> {
+        for name in [
+            "CNI_COMMAND",
+            "CNI_CONTAINERID",
+            "CNI_NETNS",
+            "CNI_IFNAME",
+            "CNI_ARGS",
+            "CNI_PATH",
+        ] {
+            utf8_var(name, std::env::var_os(name))?;
+        }
+        CniEnv::from_lookup(|k| std::env::var(k).ok())
+    }
+}
+
+/// A variable's value as UTF-8, or error 4 naming it.
+pub fn utf8_var(name: &str, v: Option<std::ffi::OsString>) -> Result<Option<String>, CniError> {
+    v.map(|v| {
+        v.into_string()
+            .map_err(|raw| bad(format!("{name} is not valid UTF-8: {raw:?}")))
+    })
+    .transpose()
 }
 
 fn bad(msg: String) -> CniError {
@@ -191,6 +230,32 @@ mod tests {
         let mut v = ADD.to_vec();
         v[1] = ("CNI_CONTAINERID", "../../etc");
         assert_eq!(env(&v).unwrap_err().code, ErrorCode::InvalidEnvironment);
+    }
+
+    #[test]
+    fn requested_ip_from_cni_args() {
+        let mut v = ADD.to_vec();
+        v[4] = ("CNI_ARGS", "IgnoreUnknown=1;IP=198.19.0.9");
+        assert_eq!(
+            env(&v).unwrap().requested_ips().unwrap(),
+            vec!["198.19.0.9".parse::<std::net::IpAddr>().unwrap()]
+        );
+        v[4] = ("CNI_ARGS", "IP=banana");
+        assert_eq!(
+            env(&v).unwrap().requested_ips().unwrap_err().code,
+            ErrorCode::InvalidEnvironment
+        );
+        assert!(env(ADD).unwrap().requested_ips().unwrap().is_empty());
+    }
+
+    #[test]
+    fn non_utf8_variable_is_an_error_not_unset() {
+        use std::os::unix::ffi::OsStringExt;
+        let raw = std::ffi::OsString::from_vec(vec![b'I', b'P', b'=', 0xff]);
+        let e = utf8_var("CNI_ARGS", Some(raw)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidEnvironment);
+        assert!(e.msg.contains("CNI_ARGS"), "{}", e.msg);
+        assert_eq!(utf8_var("CNI_ARGS", None).unwrap(), None);
     }
 
     #[test]

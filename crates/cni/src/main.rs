@@ -17,10 +17,10 @@ fn main() {
                 .and_then(|s| s.as_str())
                 .map(str::to_string)
         })
-        .unwrap_or_else(|| "1.1.0".into());
+        .unwrap_or_else(|| "1.0.0".into());
     let outcome = read
         .map_err(|e| CniError::new(ErrorCode::IoFailure, format!("reading stdin: {e}")))
-        .and_then(|_| CniEnv::from_lookup(|k| std::env::var(k).ok()))
+        .and_then(|_| CniEnv::from_process_env())
         .and_then(|env| plugin::run(&env, &stdin));
     timer.mark("whole verb");
     match outcome {

@@ -110,10 +110,54 @@ fn require_1_1(conf: &NetConf, verb: &str) -> Result<(), CniError> {
     }
 }
 
+/// The one address the runtime asked for, if it asked: CNI_ARGS `IP=`,
+/// `runtimeConfig.ips` or `args.cni.ips`, all of which must agree.
+fn requested_ip(env: &CniEnv, conf: &NetConf) -> Result<Option<IpAddr>, CniError> {
+    let mut all = env.requested_ips()?;
+    all.extend(conf.requested_ips()?);
+    all.sort();
+    all.dedup();
+    match all.as_slice() {
+        [] => Ok(None),
+        [ip @ IpAddr::V4(_)] => Ok(Some(*ip)),
+        [IpAddr::V6(ip)] => Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!("requested address {ip}: IPv6 pod addresses are not supported yet"),
+        )),
+        many => Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "more than one address requested ({}); strait gives a pod one address per interface",
+                many.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
+}
+
+/// Open CNI_NETNS and make sure it is a pod's namespace, not the node's.
+fn pod_netns(env: &CniEnv) -> Result<(NetnsFile, u64), CniError> {
+    let bad = |m: String| CniError::new(ErrorCode::InvalidEnvironment, m);
+    let ns = NetnsFile::open(env.netns.as_ref()).map_err(|e| bad(format!("CNI_NETNS: {e}")))?;
+    if ns
+        .is_current()
+        .map_err(|e| bad(format!("CNI_NETNS: {e}")))?
+    {
+        return Err(bad(format!(
+            "CNI_NETNS {} is the node's own network namespace, not a pod's; refusing to rename and re-address the node's interfaces",
+            env.netns
+        )));
+    }
+    let ino = ns.id().map_err(|e| bad(format!("CNI_NETNS: {e}")))?.ino;
+    Ok((ns, ino))
+}
+
 fn add(env: &CniEnv, conf: &NetConf) -> Result<serde_json::Value, CniError> {
     let mut t = PhaseTimer::new();
-    let ns = NetnsFile::open(env.netns.as_ref())
-        .map_err(|e| CniError::new(ErrorCode::InvalidEnvironment, format!("CNI_NETNS: {e}")))?;
+    // Every input is checked before the first side effect: a bad request
+    // changes nothing.
+    let prev = conf.prev()?;
+    let requested = requested_ip(env, conf)?;
+    let (ns, netns_ino) = pod_netns(env)?;
     let host_veth = host_veth_name(&env.container_id, &env.ifname);
     let host_mac = host_veth_mac(&env.container_id, &env.ifname);
     // Ask for the address first and build the veth pair while the agent
@@ -129,6 +173,8 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<serde_json::Value, CniError> {
             },
             netns: env.netns.clone(),
             host_veth: host_veth.clone(),
+            netns_ino: Some(netns_ino),
+            requested,
         },
     )?;
     t.mark("agent request sent");
@@ -184,7 +230,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<serde_json::Value, CniError> {
         }],
         dns: serde_json::json!({}),
     };
-    let merged = res.merged_onto(conf.prev_result.as_ref())?;
+    let merged = res.merged_onto(prev);
     Ok(serde_json::to_value(merged).expect("results serialise"))
 }
 
@@ -359,13 +405,8 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
 }
 
 fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
-    let prev: CniResult = match &conf.prev_result {
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
-            CniError::new(
-                ErrorCode::DecodeFailure,
-                format!("prevResult could not be decoded: {e}"),
-            )
-        })?,
+    let prev: CniResult = match conf.prev()? {
+        Some(p) => p,
         None => {
             return Err(CniError::new(
                 ErrorCode::InvalidConfig,
@@ -513,10 +554,15 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
 
 fn gc(conf: &NetConf) -> Result<(), CniError> {
     require_1_1(conf, "GC")?;
-    let valid = conf
-        .valid_attachments
-        .clone()
-        .unwrap_or_default()
+    // Without the list, "everything else is stale" would be every pod on
+    // the node. Only an explicit (possibly empty) list means that.
+    let Some(valid) = conf.valid_attachments.clone() else {
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            "GC needs cni.dev/valid-attachments (the attachments the runtime still knows); without it nothing is collected",
+        ));
+    };
+    let valid = valid
         .into_iter()
         .map(|a| Attachment {
             container_id: a.container_id,

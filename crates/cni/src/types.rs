@@ -83,6 +83,20 @@ pub struct NetConf {
     /// `cni.dev/valid-attachments` for GC.
     #[serde(default, rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<ValidAttachment>>,
+    /// Capabilities the runtime fills in (`ips` when the config declares
+    /// `"capabilities": {"ips": true}`, as podman does).
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
+    /// `args.cni.ips`, the conventions' other way to request an address.
+    #[serde(default)]
+    pub args: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RuntimeConfig {
+    /// Requested addresses, with or without a prefix length.
+    #[serde(default)]
+    pub ips: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -139,6 +153,12 @@ impl NetConf {
                 ),
             ));
         }
+        if conf.plugin_type.trim().is_empty() {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                "network configuration: `type` must name the plugin (strait-cni)",
+            ));
+        }
         if conf.name.trim().is_empty() {
             return Err(CniError::new(
                 ErrorCode::InvalidConfig,
@@ -165,6 +185,67 @@ impl NetConf {
         }
         Ok(conf)
     }
+
+    /// The decoded prevResult, if any. Undecodable is code 6, caught before
+    /// any side effect.
+    pub fn prev(&self) -> Result<Option<CniResult>, CniError> {
+        self.prev_result
+            .as_ref()
+            .map(|v| {
+                serde_json::from_value::<CniResult>(v.clone()).map_err(|e| {
+                    CniError::new(
+                        ErrorCode::DecodeFailure,
+                        format!("prevResult could not be decoded: {e}"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// Addresses the runtime asked for, from `runtimeConfig.ips` or
+    /// `args.cni.ips` (prefix lengths ignored: pods get a /32 or /128).
+    pub fn requested_ips(&self) -> Result<Vec<IpAddr>, CniError> {
+        let mut raw: Vec<String> = self.runtime_config.ips.clone();
+        if let Some(ips) = self
+            .args
+            .as_ref()
+            .and_then(|a| a.get("cni"))
+            .and_then(|c| c.get("ips"))
+        {
+            let list = ips.as_array().ok_or_else(|| {
+                CniError::new(ErrorCode::InvalidConfig, "args.cni.ips must be a list")
+            })?;
+            for v in list {
+                raw.push(
+                    v.as_str()
+                        .ok_or_else(|| {
+                            CniError::new(
+                                ErrorCode::InvalidConfig,
+                                format!("args.cni.ips entry {v} is not a string"),
+                            )
+                        })?
+                        .to_string(),
+                );
+            }
+        }
+        let mut out = vec![];
+        for s in raw {
+            out.push(parse_requested_ip(&s)?);
+        }
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// "198.19.0.5" or "198.19.0.5/24".
+pub fn parse_requested_ip(s: &str) -> Result<IpAddr, CniError> {
+    let addr = s.split_once('/').map(|(a, _)| a).unwrap_or(s);
+    addr.trim().parse().map_err(|_| {
+        CniError::new(
+            ErrorCode::InvalidConfig,
+            format!("requested address {s:?} is not an IP address"),
+        )
+    })
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -214,14 +295,8 @@ pub struct CniResult {
 impl CniResult {
     /// Append `ours` to a previous plugin's result (strait not first in the
     /// chain), renumbering our interface indexes.
-    pub fn merged_onto(self, prev: Option<&Value>) -> Result<CniResult, CniError> {
-        let Some(prev) = prev else { return Ok(self) };
-        let mut base: CniResult = serde_json::from_value(prev.clone()).map_err(|e| {
-            CniError::new(
-                ErrorCode::DecodeFailure,
-                format!("prevResult could not be decoded: {e}"),
-            )
-        })?;
+    pub fn merged_onto(self, prev: Option<CniResult>) -> CniResult {
+        let Some(mut base) = prev else { return self };
         let offset = base.interfaces.len();
         base.interfaces.extend(self.interfaces);
         base.ips.extend(self.ips.into_iter().map(|mut ip| {
@@ -230,7 +305,7 @@ impl CniResult {
         }));
         base.routes.extend(self.routes);
         base.cni_version = self.cni_version;
-        Ok(base)
+        base
     }
 }
 
@@ -314,12 +389,46 @@ mod tests {
             routes: vec![],
             dns: Value::Null,
         };
-        let m = ours.merged_onto(Some(&prev)).unwrap();
+        let c = conf(
+            &serde_json::json!({"cniVersion":"1.0.0","name":"n","type":"x","prevResult": prev})
+                .to_string(),
+        )
+        .unwrap();
+        let m = ours.merged_onto(c.prev().unwrap());
         assert_eq!(m.interfaces.len(), 2);
         assert_eq!(m.ips[1].interface, Some(1));
-        assert!(CniResult::default()
-            .merged_onto(Some(&serde_json::json!(3)))
-            .is_err());
+        let bad = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"x","prevResult":3}"#).unwrap();
+        assert_eq!(bad.prev().unwrap_err().code, ErrorCode::DecodeFailure);
+    }
+
+    #[test]
+    fn empty_type_is_invalid() {
+        let e = conf(r#"{"cniVersion":"1.0.0","name":"n","type":""}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+        assert!(e.msg.contains("type"), "{}", e.msg);
+    }
+
+    #[test]
+    fn requested_ips_from_runtime_config_and_args() {
+        let c = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"x","runtimeConfig":{"ips":["198.19.0.7/24"]},"args":{"cni":{"ips":["198.19.0.7"]}}}"#).unwrap();
+        assert_eq!(
+            c.requested_ips().unwrap(),
+            vec!["198.19.0.7".parse::<IpAddr>().unwrap()]
+        );
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"x","runtimeConfig":{"ips":["nope"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.requested_ips().unwrap_err().code,
+            ErrorCode::InvalidConfig
+        );
+        let c = conf(r#"{"cniVersion":"1.0.0","name":"n","type":"x","args":{"cni":{"ips":"x"}}}"#)
+            .unwrap();
+        assert_eq!(
+            c.requested_ips().unwrap_err().code,
+            ErrorCode::InvalidConfig
+        );
     }
 
     #[test]

@@ -268,8 +268,9 @@ pub fn wait_agent_ready(st: &LabState, n: &NodePlan, timeout: Duration) -> anyho
 }
 
 pub fn cni_conf(st: &LabState, n: &NodePlan) -> Vec<u8> {
+    // 1.0.0: what containerd 1.6 and podman 4.3 read (they refuse 1.1.0 results).
     serde_json::to_vec(&serde_json::json!({
-        "cniVersion": "1.1.0",
+        "cniVersion": "1.0.0",
         "name": format!("strait-lab-{}", st.plan.name),
         "type": "strait-cni",
         "agentSocket": st.socket(n),

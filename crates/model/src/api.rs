@@ -14,6 +14,13 @@ pub enum Request {
         pod: PodRef,
         netns: String,
         host_veth: String,
+        /// The pod namespace's inode, so the agent can tell "this pod's
+        /// namespace is gone" from "its path now names another one".
+        #[serde(default)]
+        netns_ino: Option<u64>,
+        /// The address the runtime asked for (CNI_ARGS IP=, runtimeConfig.ips).
+        #[serde(default)]
+        requested: Option<IpAddr>,
     },
     /// Release the attachment's address (CNI DEL). Unknown attachments are fine.
     Release { attachment: Attachment },

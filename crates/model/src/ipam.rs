@@ -43,6 +43,10 @@ pub struct Allocation {
     pub netns: String,
     pub host_veth: String,
     pub allocated_at_ms: u64,
+    /// Inode of the pod's network namespace at ADD (absent in state written
+    /// by older agents, and for allocations recovered from the kernel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_ino: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -55,6 +59,21 @@ pub enum IpamError {
     },
     #[error("pod CIDR {cidr} has no usable host addresses")]
     TooSmall { cidr: IpNet },
+    #[error("requested address {ip} is not a usable address of this node's pod CIDR {cidr}")]
+    OutsidePool { ip: IpAddr, cidr: IpNet },
+    #[error("requested address {ip} is in use by pod {holder} (container {container}); delete that pod first or request another address")]
+    InUse {
+        ip: IpAddr,
+        holder: PodRef,
+        container: String,
+    },
+    #[error("container {container} interface {ifname} already holds {held}, not the requested {ip}; DEL it first")]
+    AlreadyHolds {
+        container: String,
+        ifname: String,
+        held: IpAddr,
+        ip: IpAddr,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +106,9 @@ pub struct AllocationRequest {
     pub pod: PodRef,
     pub netns: String,
     pub host_veth: String,
+    pub netns_ino: Option<u64>,
+    /// A specific address the runtime asked for.
+    pub requested: Option<IpAddr>,
 }
 
 impl IpamState {
@@ -136,11 +158,44 @@ impl IpamState {
         cooldown_ms: u64,
     ) -> Result<Allocation, IpamError> {
         if let Some(a) = self.find(&req.attachment) {
-            return Ok(a.clone());
+            return match req.requested {
+                Some(ip) if ip != a.ip => Err(IpamError::AlreadyHolds {
+                    container: a.attachment.container_id.clone(),
+                    ifname: a.attachment.ifname.clone(),
+                    held: a.ip,
+                    ip,
+                }),
+                _ => Ok(a.clone()),
+            };
         }
         let (lo, hi) = self
             .usable_range()
             .ok_or(IpamError::TooSmall { cidr: self.cidr })?;
+        if let Some(ip) = req.requested {
+            // An explicit request may take an address in cool-down: the
+            // runtime re-adding a container with its old address (podman
+            // network reload) is the usual reason to ask for one.
+            let v = to_u128(ip);
+            if !self.cidr.contains(&ip)
+                || ip.is_ipv4() != self.cidr.addr().is_ipv4()
+                || v < lo
+                || v > hi
+            {
+                return Err(IpamError::OutsidePool {
+                    ip,
+                    cidr: self.cidr,
+                });
+            }
+            if let Some(h) = self.allocations.get(&ip) {
+                return Err(IpamError::InUse {
+                    ip,
+                    holder: h.pod.clone(),
+                    container: h.attachment.container_id.clone(),
+                });
+            }
+            self.cooling.remove(&ip);
+            return Ok(self.insert(ip, req, now_ms));
+        }
         let span = hi - lo + 1;
         let start = match self.last {
             Some(l) if self.cidr.contains(&l) => {
@@ -164,15 +219,7 @@ impl IpamState {
                 continue;
             }
             self.cooling.remove(&ip);
-            let alloc = Allocation {
-                ip,
-                attachment: req.attachment,
-                pod: req.pod,
-                netns: req.netns,
-                host_veth: req.host_veth,
-                allocated_at_ms: now_ms,
-            };
-            self.allocations.insert(ip, alloc.clone());
+            let alloc = self.insert(ip, req, now_ms);
             self.last = Some(ip);
             return Ok(alloc);
         }
@@ -186,6 +233,20 @@ impl IpamState {
             in_use: self.allocations.len(),
             cooling,
         })
+    }
+
+    fn insert(&mut self, ip: IpAddr, req: AllocationRequest, now_ms: u64) -> Allocation {
+        let alloc = Allocation {
+            ip,
+            attachment: req.attachment,
+            pod: req.pod,
+            netns: req.netns,
+            host_veth: req.host_veth,
+            allocated_at_ms: now_ms,
+            netns_ino: req.netns_ino,
+        };
+        self.allocations.insert(ip, alloc.clone());
+        alloc
     }
 
     /// Release the attachment's address, if any. Releasing an unknown
@@ -245,7 +306,9 @@ mod tests {
                 uid: String::new(),
             },
             netns: format!("/run/netns/{id}"),
-            host_veth: String::new(),
+            host_veth: crate::naming::host_veth_name(id, "eth0"),
+            netns_ino: None,
+            requested: None,
         }
     }
 
@@ -268,6 +331,43 @@ mod tests {
         let err = s.allocate(req("c"), 0, 0).unwrap_err();
         assert!(matches!(err, IpamError::Exhausted { in_use: 2, .. }));
         assert!(err.to_string().contains("10.0.0.0/30"));
+    }
+
+    #[test]
+    fn requested_address_is_honoured_or_refused_clearly() {
+        let mut s = IpamState::new("10.0.0.0/24".parse().unwrap());
+        let want = |id: &str, a: &str| AllocationRequest {
+            requested: Some(ip(a)),
+            ..req(id)
+        };
+        assert_eq!(
+            s.allocate(want("a", "10.0.0.77"), 0, 0).unwrap().ip,
+            ip("10.0.0.77")
+        );
+        // Idempotent retry with the same request; a different one is refused.
+        assert_eq!(
+            s.allocate(want("a", "10.0.0.77"), 0, 0).unwrap().ip,
+            ip("10.0.0.77")
+        );
+        assert!(matches!(
+            s.allocate(want("a", "10.0.0.78"), 0, 0),
+            Err(IpamError::AlreadyHolds { .. })
+        ));
+        let before = s.clone();
+        let e = s.allocate(want("b", "10.0.0.77"), 0, 0).unwrap_err();
+        assert!(e.to_string().contains("in use by pod default/a"), "{e}");
+        for bad in ["10.0.1.5", "10.0.0.0", "10.0.0.255", "fd00::1"] {
+            let e = s.allocate(want("b", bad), 0, 0).unwrap_err();
+            assert!(matches!(e, IpamError::OutsidePool { .. }), "{bad}: {e}");
+        }
+        assert_eq!(s, before, "refused requests change nothing");
+        // A released address may be requested back during its cool-down.
+        s.release(&att("a"), 10);
+        assert_eq!(
+            s.allocate(want("a2", "10.0.0.77"), 20, 1000).unwrap().ip,
+            ip("10.0.0.77")
+        );
+        assert!(s.cooling.is_empty());
     }
 
     #[test]

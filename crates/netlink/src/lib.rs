@@ -10,7 +10,7 @@ mod netns;
 mod rt;
 mod sysctl;
 
-pub use netns::{in_netns, NetnsFile};
+pub use netns::{in_netns, NetnsFile, NetnsId};
 pub use rt::{block_on, Link, Netlink, Route, RouteKind};
 pub use sysctl::write_sysctl;
 
