@@ -34,6 +34,9 @@ pub struct ApiLimits {
     pub read_timeout: std::time::Duration,
 }
 
+/// How long an ADD waits for its pod to be programmed.
+pub const WIRED_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub const LIMITS: ApiLimits = ApiLimits {
     max_conns: 256,
     max_request: 1 << 20,
@@ -138,6 +141,20 @@ async fn handle_conn(agent: Arc<Agent>, conn: UnixStream) -> std::io::Result<()>
             }
         }
         let resp = match serde_json::from_slice::<Request>(&buf) {
+            // ADD waits here until its pod is programmed (bounded).
+            Ok(Request::Wired { attachment }) => {
+                let veth = strait_model::naming::host_veth_name(
+                    &attachment.container_id,
+                    &attachment.ifname,
+                );
+                match agent.wait_programmed(&veth, WIRED_WAIT).await {
+                    Ok(()) => Response::Programmed {},
+                    Err(message) => Response::Error(ApiError {
+                        kind: ApiErrorKind::Internal,
+                        message,
+                    }),
+                }
+            }
             Ok(req) => {
                 let agent = agent.clone();
                 // IPAM persists synchronously (fsync); keep it off the reactor.
@@ -209,10 +226,7 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
             }
             Err(e) => Response::Error(e),
         },
-        Request::Wired { .. } => {
-            agent.nudge.notify_one();
-            Response::Found { allocation: None }
-        }
+        Request::Wired { .. } => unreachable!("answered in handle_conn"),
         Request::Get { attachment } => Response::Found {
             allocation: agent.ipam.get(&attachment),
         },
@@ -227,7 +241,7 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                     .lock()
                     .unwrap()
                     .extend(released.iter().map(|a| a.host_veth.clone()));
-                agent.nudge.notify_one();
+                agent.nudge();
                 Response::Collected { released }
             }
             Err(e) if e.kind == ApiErrorKind::NotReady => Response::Collected { released: vec![] },
@@ -237,7 +251,9 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
             let snap = agent.snapshot.borrow().clone();
             let node = snap.node(&agent.cfg.node_name);
             let reason = agent.not_ready_reason();
-            Response::Status(NodeStatus {
+            let datapath = agent.datapath_status();
+            let pb = agent.published.lock().unwrap();
+            Response::Status(Box::new(NodeStatus {
                 node: agent.cfg.node_name.clone(),
                 mode: agent.cfg.mode.to_string(),
                 pod_cidr: agent.ipam.cidr().map(|c| c.to_string()),
@@ -246,12 +262,21 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 reason,
                 allocations: agent.ipam.allocations(),
                 cooling: agent.ipam.cooling(),
-                node_routes: agent.programmed.lock().unwrap().clone(),
-                datapath: agent.datapath_status(),
-                services: agent.services.lock().unwrap().clone(),
-                service_problems: agent.service_problems.lock().unwrap().clone(),
-                service_sync: agent.service_sync.lock().unwrap().clone(),
-            })
+                datapath,
+                node_routes: pb.node_routes.clone(),
+                services: pb.services.clone(),
+                service_problems: pb.service_problems.clone(),
+                service_sync: pb.service_sync.clone(),
+                reconcilers: agent
+                    .reconcilers
+                    .lock()
+                    .unwrap()
+                    .values()
+                    .cloned()
+                    .collect(),
+                cross_node: agent.cross_node.into(),
+                service_backend: agent.service_backend.into(),
+            }))
         }
     }
 }

@@ -31,4 +31,6 @@ pub struct AgentConfig {
     /// ebpf mode: the node's cgroup (v2) for socket-level load balancing of
     /// the node's own processes.
     pub cgroup: Option<PathBuf>,
+    /// How pod traffic crosses between nodes (see `crossnode::MODES`).
+    pub cross_node: String,
 }

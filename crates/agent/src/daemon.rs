@@ -6,76 +6,96 @@ use crate::source::{ClusterSource, DirectorySource};
 use anyhow::Context;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use strait_model::api::ReconcilerStatus;
 use strait_model::cluster::{node_internal_ip, node_pod_cidrs, ClusterSnapshot};
 use strait_model::routes::NodeRoute;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 pub struct Agent {
     pub cfg: AgentConfig,
     pub ipam: NodeIpam,
     pub snapshot: watch::Receiver<Arc<ClusterSnapshot>>,
-    /// Ask the reconciler for a pass now (after GC, say).
-    pub nudge: Notify,
-    /// What the last reconcile pass programmed, for `status`.
-    pub programmed: Mutex<Vec<NodeRoute>>,
-    /// Host veths of released pods, to delete on the next pass.
+    /// Wakes every reconciler for a pass now (after a GC, say).
+    nudge: watch::Sender<u64>,
+    /// Host veths of pods released by GC, for the endpoints reconciler to
+    /// delete on its next pass.
     pub doomed_links: Mutex<Vec<String>>,
-    /// Host veths no allocation owns, and when they were first seen so.
-    pub orphan_links: Mutex<std::collections::HashMap<String, std::time::Instant>>,
-    /// The eBPF datapath, in ebpf mode.
-    pub bpf: Option<Mutex<BpfState>>,
-    /// The programmed service table and the objects rejected from it.
-    pub services: Mutex<Vec<strait_model::services::ServiceEntry>>,
-    /// healthCheckNodePort servers: port -> (server task, local endpoints).
-    pub health: Mutex<HealthServers>,
-    pub service_problems: Mutex<Vec<String>>,
-    /// Routed mode: the nftables service table last applied.
-    pub nft_applied: Mutex<String>,
-    /// How the last change to the service table was applied.
-    pub service_sync: Mutex<Option<strait_model::api::ServiceSync>>,
+    /// What the reconcilers programmed, for `status`; each field has one writer.
+    pub published: Mutex<Published>,
+    /// Each reconciler's health.
+    pub reconcilers: Mutex<std::collections::BTreeMap<&'static str, ReconcilerStatus>>,
+    /// Host veths whose pods are fully programmed; None until the endpoints
+    /// reconciler's first pass (which recovers pods from the kernel) is done.
+    pub programmed: watch::Sender<Option<Arc<std::collections::BTreeSet<String>>>>,
+    /// The eBPF datapath's features, in ebpf mode.
+    pub datapath: Option<(String, strait_bpf::Features)>,
+    /// Service objects whose rejection was already logged.
+    pub service_problems_logged: Mutex<Vec<String>>,
+    pub cross_node: &'static str,
+    pub service_backend: &'static str,
 }
 
-/// healthCheckNodePort servers: port -> (server task, local endpoints).
-pub type HealthServers = std::collections::HashMap<
-    u16,
-    (
-        tokio::task::JoinHandle<()>,
-        Arc<std::sync::atomic::AtomicUsize>,
-    ),
->;
-
-/// What strait_lb holds, per frontend: the service as programmed and its
-/// map entries. A change touches only the frontends that differ.
-pub type LbProgrammed = std::collections::HashMap<
-    strait_model::services::Frontend,
-    (
-        strait_model::services::ServiceEntry,
-        Vec<(strait_bpf::maps::LbKey, strait_bpf::maps::LbVal)>,
-    ),
->;
-
-pub struct BpfState {
-    pub dp: strait_bpf::Datapath,
-    /// Host veths this agent attached from-container to since it started
-    /// (an agent restart re-attaches all, atomically replacing the old).
-    pub attached: std::collections::BTreeSet<String>,
+/// What the reconcilers last programmed.
+#[derive(Default)]
+pub struct Published {
+    pub node_routes: Vec<NodeRoute>,
+    pub services: Vec<strait_model::services::ServiceEntry>,
+    pub service_problems: Vec<String>,
+    pub service_sync: Option<strait_model::api::ServiceSync>,
+    /// Host veths carrying from-container, and pods in the endpoint map.
+    pub attached: Vec<String>,
     pub endpoints: usize,
-    /// strait_lb as last programmed, so a change costs only its difference
-    /// (read from the pinned map once, at the first sync after start).
-    pub lb_programmed: Option<LbProgrammed>,
 }
 
 impl Agent {
+    pub fn nudge(&self) {
+        self.nudge.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn nudges(&self) -> watch::Receiver<u64> {
+        self.nudge.subscribe()
+    }
+
     pub fn datapath_status(&self) -> Option<strait_model::api::DatapathStatus> {
-        let b = self.bpf.as_ref()?.lock().unwrap();
+        let (pin_dir, f) = self.datapath.as_ref()?;
+        let pb = self.published.lock().unwrap();
         Some(strait_model::api::DatapathStatus {
-            pin_dir: b.dp.pin_dir.display().to_string(),
-            redirect_peer: b.dp.features.redirect_peer,
-            reason: b.dp.features.reason.clone(),
+            pin_dir: pin_dir.clone(),
+            redirect_peer: f.redirect_peer,
+            reason: f.reason.clone(),
             uplink: self.cfg.uplink.clone(),
-            attached: b.attached.iter().cloned().collect(),
-            endpoints: b.endpoints,
+            attached: pb.attached.clone(),
+            endpoints: pb.endpoints,
         })
+    }
+
+    /// Wait until the endpoints reconciler has programmed `host_veth`.
+    pub async fn wait_programmed(&self, host_veth: &str, within: Duration) -> Result<(), String> {
+        self.nudge();
+        let mut rx = self.programmed.subscribe();
+        let ok = {
+            let done = rx.wait_for(|p| p.as_ref().is_some_and(|s| s.contains(host_veth)));
+            matches!(tokio::time::timeout(within, done).await, Ok(Ok(_)))
+        };
+        match ok {
+            true => Ok(()),
+            false => {
+                let st = self.reconcilers.lock().unwrap().get("endpoints").cloned();
+                let why = st
+                    .map(|s| {
+                        s.error
+                            .into_iter()
+                            .chain(s.problems.into_iter().filter(|p| p.contains(host_veth)))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    })
+                    .filter(|w| !w.is_empty())
+                    .unwrap_or_else(|| "no error reported; the agent may be overloaded".into());
+                Err(format!(
+                    "the agent did not program {host_veth} within {within:?}: {why}"
+                ))
+            }
+        }
     }
 
     /// Why the node cannot serve ADDs, if it cannot.
@@ -96,6 +116,9 @@ impl Agent {
                 self.cfg.node_name
             ));
         }
+        if self.programmed.borrow().is_none() {
+            return Some("still recovering this node's pods from the kernel".into());
+        }
         None
     }
 }
@@ -109,34 +132,6 @@ pub fn pause_point(step: &str) {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
-}
-
-fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<BpfState> {
-    use strait_bpf::datapath::{ensure_bpffs, Prog};
-    let default_root = std::path::Path::new("/sys/fs/bpf");
-    if cfg.bpf_dir.starts_with(default_root) {
-        ensure_bpffs(default_root).context("mount bpffs at /sys/fs/bpf")?;
-    }
-    let features = strait_bpf::Features::probe(cfg.no_redirect_peer);
-    tracing::info!(redirect_peer = features.redirect_peer, reason = %features.reason, pin_dir = %cfg.bpf_dir.display(), "eBPF datapath");
-    let mut dp =
-        strait_bpf::Datapath::load(&cfg.bpf_dir, features).context("load the eBPF datapath")?;
-    dp.attach(Prog::FromNetdev, &cfg.uplink)
-        .with_context(|| format!("attach from-netdev to the uplink {}", cfg.uplink))?;
-    dp.attach(Prog::ToNetdev, &cfg.uplink)
-        .with_context(|| format!("attach to-netdev to the uplink {}", cfg.uplink))?;
-    install_masquerade().context("install the nftables masquerade rule for external traffic")?;
-    if let Some(cg) = &cfg.cgroup {
-        dp.attach_cgroup(cg)
-            .with_context(|| format!("attach socket load balancing to cgroup {}", cg.display()))?;
-        tracing::info!(cgroup = %cg.display(), "socket-level load balancing for node processes");
-    }
-    Ok(BpfState {
-        dp,
-        attached: Default::default(),
-        endpoints: 0,
-        lb_programmed: None,
-    })
 }
 
 /// External connections to a backend on another node are forwarded by the
@@ -169,6 +164,9 @@ pub fn nft_apply(script: &str) -> anyhow::Result<()> {
 }
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    use crate::reconcile::{
+        self, endpoints::Endpoints, health::Health, node_routes::NodeRoutes, services::Services,
+    };
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("create state dir {}", cfg.state_dir.display()))?;
     let stale = crate::store::remove_stale_temps(&cfg.state_dir);
@@ -179,40 +177,53 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .context("enable IPv4 forwarding in the node's namespace")?;
     let ipam = NodeIpam::load(cfg.state_dir.join("ipam.json"), cfg.ip_cooldown)
         .context("load IPAM state")?;
-    let bpf = match cfg.mode {
-        strait_model::lab::Mode::Routed => {
-            install_masquerade()
-                .context("install the nftables masquerade rule for external traffic")?;
-            None
-        }
-        strait_model::lab::Mode::Ebpf => Some(Mutex::new(load_datapath(&cfg)?)),
+    // Backends by name: every choice is checked before anything is loaded.
+    let cross_node = crate::crossnode::by_name(&cfg.cross_node)?;
+    let svc_name = match cfg.mode {
+        strait_model::lab::Mode::Routed => "nftables",
+        strait_model::lab::Mode::Ebpf => "ebpf",
     };
+    let bpf = match cfg.mode {
+        strait_model::lab::Mode::Routed => None,
+        strait_model::lab::Mode::Ebpf => Some(crate::datapath::load(&cfg)?),
+    };
+    install_masquerade().context("install the nftables masquerade rule for external traffic")?;
+    let services = crate::svcbackend::by_name(
+        svc_name,
+        bpf.as_ref().map(|b| b.dp.pin_dir.as_path()),
+        cfg.service_cidr,
+    )?;
     let source = DirectorySource::start(cfg.manifests_dir.clone(), Duration::from_millis(500));
     let agent = Arc::new(Agent {
         ipam,
         snapshot: source.subscribe(),
-        nudge: Notify::new(),
-        programmed: Mutex::new(vec![]),
+        nudge: watch::channel(0).0,
         doomed_links: Mutex::new(vec![]),
-        orphan_links: Mutex::new(Default::default()),
-        bpf,
-        services: Mutex::new(vec![]),
-        health: Mutex::new(Default::default()),
-        service_problems: Mutex::new(vec![]),
-        nft_applied: Mutex::new(String::new()),
-        service_sync: Mutex::new(None),
+        published: Mutex::new(Published::default()),
+        reconcilers: Mutex::new(Default::default()),
+        programmed: watch::channel(None).0,
+        datapath: bpf
+            .as_ref()
+            .map(|b| (b.dp.pin_dir.display().to_string(), b.dp.features.clone())),
+        service_problems_logged: Mutex::new(vec![]),
+        cross_node: cross_node.name(),
+        service_backend: services.name(),
         cfg,
     });
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(reconcile::run(Endpoints::new(bpf)?, agent.clone()));
+    tasks.spawn(reconcile::run(NodeRoutes::new(cross_node)?, agent.clone()));
+    tasks.spawn(reconcile::run(Services::new(services), agent.clone()));
+    tasks.spawn(reconcile::run(Health::default(), agent.clone()));
     let listener = crate::api::bind(&agent.cfg.socket)?;
-    tracing::info!(node = %agent.cfg.node_name, socket = %agent.cfg.socket.display(), "strait agent started");
+    tracing::info!(node = %agent.cfg.node_name, socket = %agent.cfg.socket.display(), cross_node = agent.cross_node, services = agent.service_backend, "strait agent started");
     let api = tokio::spawn(crate::api::serve(agent.clone(), listener));
-    let rec = tokio::spawn(crate::reconcile::run(agent.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
         r = api => r??,
-        r = rec => r??,
+        _ = tasks.join_next() => anyhow::bail!("the cluster source ended"),
     }
     // Routes and pods stay as they are: forwarding must not depend on the
     // agent running. Only the socket goes.

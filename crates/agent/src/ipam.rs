@@ -163,6 +163,23 @@ impl NodeIpam {
         self.mutate(|s| Ok(atts.iter().filter_map(|a| s.release(a, now)).collect()))
     }
 
+    /// Release the given addresses (the reconciler found their pods gone).
+    pub fn release_ips(&self, ips: &[std::net::IpAddr]) -> Result<Vec<Allocation>, ApiError> {
+        let now = crate::now_ms();
+        self.mutate(|s| Ok(ips.iter().filter_map(|ip| s.release_ip(*ip, now)).collect()))
+    }
+
+    /// Record addresses found live in the kernel that the state lacks.
+    pub fn adopt(&self, found: &[(std::net::IpAddr, String)]) -> Result<Vec<Allocation>, ApiError> {
+        let now = crate::now_ms();
+        self.mutate(|s| {
+            Ok(found
+                .iter()
+                .filter_map(|(ip, veth)| s.adopt(*ip, veth, now))
+                .collect())
+        })
+    }
+
     pub fn get(&self, att: &Attachment) -> Option<Allocation> {
         self.state.lock().unwrap().as_ref()?.find(att).cloned()
     }
@@ -173,6 +190,24 @@ impl NodeIpam {
             .unwrap()
             .as_ref()
             .map(|s| s.allocations.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Addresses released and still in cool-down.
+    pub fn cooling_ips(&self) -> std::collections::BTreeSet<std::net::IpAddr> {
+        let now = crate::now_ms();
+        let cd = self.cooldown_ms();
+        self.state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|s| {
+                s.cooling
+                    .iter()
+                    .filter(|(_, &t)| now.saturating_sub(t) < cd)
+                    .map(|(ip, _)| *ip)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -5,17 +5,23 @@
 //! node's pod CIDR via its node IP, a /32 per local pod, and a blackhole for
 //! the node's own pod CIDR.
 //!
-//! Reconcilers are level-triggered: each pass computes the desired state from
-//! the latest snapshot and applies the difference, so a restart or a missed
-//! event heals itself on the next pass.
+//! One reconciler per concern (see [`reconcile`]): endpoints, node routes,
+//! services and health checks. Each is level-triggered: a pass computes the
+//! desired state from the latest snapshot and the kernel and applies the
+//! difference, so a restart or a missed event heals itself on the next
+//! pass. Modes are backends behind traits, chosen by name: the cross-node
+//! mode ([`crossnode`]) and the service backend ([`svcbackend`]).
 
 pub mod api;
 pub mod config;
+pub mod crossnode;
 pub mod daemon;
+pub mod datapath;
 pub mod ipam;
 pub mod reconcile;
 pub mod source;
 pub mod store;
+pub mod svcbackend;
 
 pub use config::AgentConfig;
 pub use daemon::run;

@@ -41,6 +41,10 @@ pub struct Args {
     /// through socket-level load balancing.
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// How pod traffic crosses between nodes: routed (a route per node's pod
+    /// CIDR via its node IP).
+    #[arg(long, default_value = "routed")]
+    cross_node: String,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -73,6 +77,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             })
             .transpose()?,
         cgroup: a.cgroup,
+        cross_node: a.cross_node,
     };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

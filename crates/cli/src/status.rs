@@ -13,9 +13,11 @@ pub struct Args {
 
 pub fn render(s: &NodeStatus) -> String {
     let mut out = format!(
-        "node {}  mode {}  ready {}{}\npod CIDR {}  node IP {}  pods {}  addresses cooling down {}\n",
+        "node {}  datapath {}  cross-node {}  services {}  ready {}{}\npod CIDR {}  node IP {}  pods {}  addresses cooling down {}\n",
         s.node,
         s.mode,
+        if s.cross_node.is_empty() { "-" } else { &s.cross_node },
+        if s.service_backend.is_empty() { "-" } else { &s.service_backend },
         if s.ready { "yes" } else { "no" },
         s.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
         s.pod_cidr.as_deref().unwrap_or("-"),
@@ -62,6 +64,36 @@ pub fn render(s: &NodeStatus) -> String {
             r.via,
             r.node
         ));
+    }
+    if !s.reconcilers.is_empty() {
+        out.push_str(&format!(
+            "\n{:<12} {:>7} {:>9} {:>10}  {}\n",
+            "RECONCILER", "PASSES", "LAST (ms)", "FAILING", "PROBLEMS"
+        ));
+        for r in &s.reconcilers {
+            let problems: Vec<&str> = r
+                .error
+                .iter()
+                .map(String::as_str)
+                .chain(r.problems.iter().map(String::as_str))
+                .collect();
+            out.push_str(&format!(
+                "{:<12} {:>7} {:>9.1} {:>10}  {}\n",
+                r.name,
+                r.passes,
+                r.last_pass_micros as f64 / 1e3,
+                if r.consecutive_failures == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{} passes", r.consecutive_failures)
+                },
+                if problems.is_empty() {
+                    "-".to_string()
+                } else {
+                    problems.join("\n                                            ")
+                }
+            ));
+        }
     }
     out
 }

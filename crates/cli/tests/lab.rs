@@ -387,3 +387,151 @@ fn agent_api_survives_flood_and_bad_clients() {
 fn labrun_status_ok(lab: &Lab, node: &str) -> bool {
     strait_lab::run::agent_status(&lab.st.socket(lab.node(node))).is_ok()
 }
+
+/// IPAM state is per boot (it lives under /run), but a lost or mismatched
+/// state file must never cost live pods: the agent rebuilds allocations
+/// from the kernel (host veths with strait's routes), keeps their links and
+/// never hands their addresses out again. A foreign route to a pod CIDR is
+/// left alone and reported.
+#[test]
+fn lost_ipam_state_is_recovered_from_the_kernel() {
+    if !require_root("lost_ipam_state_is_recovered_from_the_kernel") {
+        return;
+    }
+    let lab = Lab::up(&example("t-lostipam"));
+    let a = lab.node("node-a").clone();
+    let before: Vec<std::net::IpAddr> = lab
+        .status("node-a")
+        .allocations
+        .iter()
+        .map(|x| x.ip)
+        .collect();
+    assert_eq!(before.len(), 2);
+    let veths = lab.host_veths("node-a");
+    let pid = strait_lab::LabState::read_pid(&lab.st.agent_pid(&a)).unwrap();
+    strait_lab::cmd::stop(&[pid], Duration::from_secs(3));
+    for state in ["lost", "other boot"] {
+        let file = lab.st.node_dir(&a).join("state/ipam.json");
+        if state == "lost" {
+            std::fs::remove_file(&file).unwrap();
+        } else {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            v["boot_id"] = serde_json::json!("a-different-boot");
+            std::fs::write(&file, v.to_string()).unwrap();
+        }
+        let pid = strait_lab::run::start_agent(&lab.st, &lab.bins, &a, &[]).unwrap();
+        strait_lab::run::wait_agent_ready(&lab.st, &a, Duration::from_secs(10)).unwrap();
+        let st = lab.status("node-a");
+        let mut got: Vec<_> = st.allocations.iter().map(|x| x.ip).collect();
+        got.sort();
+        let mut want = before.clone();
+        want.sort();
+        assert_eq!(got, want, "{state}: live pods recovered");
+        assert!(st.allocations.iter().all(|x| x.recovered), "{state}");
+        // Well past the orphan grace: nothing was deleted, pods still answer.
+        std::thread::sleep(Duration::from_secs(6));
+        assert_eq!(
+            lab.host_veths("node-a"),
+            veths,
+            "{state}: no live link deleted"
+        );
+        assert_eq!(lab.probe("b1", "a1").unwrap(), "a1", "{state}");
+        assert_eq!(lab.probe("a2", "b2").unwrap(), "b2", "{state}");
+        // A new pod never gets a live pod's address.
+        let ns = lab.pod_netns(&format!("new{}", state.len()));
+        let cid = format!("new-{}", state.len());
+        let out = cni_raw(
+            &lab.bins.cni,
+            &a.netns,
+            &as_refs(&cni_env("ADD", &cid, &ns, "new")),
+            &strait_lab::run::cni_conf(&lab.st, &a),
+        );
+        assert!(out.ok, "{} {}", out.json, out.stderr);
+        let ip: std::net::IpAddr = out.json["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(!before.contains(&ip), "{state}: {ip} is a live pod's");
+        let del = cni_raw(
+            &lab.bins.cni,
+            &a.netns,
+            &as_refs(&cni_env("DEL", &cid, &ns, "new")),
+            &strait_lab::run::cni_conf(&lab.st, &a),
+        );
+        assert!(del.ok);
+        strait_lab::cmd::stop(&[pid], Duration::from_secs(3));
+    }
+    // DEL of a recovered pod by its container id releases it.
+    let pid = strait_lab::run::start_agent(&lab.st, &lab.bins, &a, &[]).unwrap();
+    strait_lab::run::wait_agent_ready(&lab.st, &a, Duration::from_secs(10)).unwrap();
+    let a1 = lab.st.plan.pod("a1").unwrap().clone();
+    let cid = lab.st.container_id(&a1);
+    let del = cni_raw(
+        &lab.bins.cni,
+        &a.netns,
+        &as_refs(&cni_env("DEL", &cid, "", "a1")),
+        &strait_lab::run::cni_conf(&lab.st, &a),
+    );
+    assert!(del.ok, "{}", del.json);
+    assert_eq!(lab.status("node-a").allocations.len(), 1);
+    let _ = pid;
+}
+
+/// A route strait did not make to another node's pod CIDR is neither
+/// replaced nor deleted; status names it.
+#[test]
+fn foreign_routes_are_never_adopted() {
+    if !require_root("foreign_routes_are_never_adopted") {
+        return;
+    }
+    let lab = Lab::up(&lab_yaml("t-foreign", &["n1", "n2"], 24, &[]));
+    // A static route of the operator's to n2's pod CIDR, made while
+    // strait's own is briefly absent.
+    lab.exec("n1", &["ip", "route", "del", "198.19.1.0/24"]);
+    lab.exec(
+        "n1",
+        &[
+            "ip",
+            "route",
+            "add",
+            "198.19.1.0/24",
+            "via",
+            "198.18.0.2",
+            "proto",
+            "static",
+        ],
+    );
+    wait_until(
+        "the conflict to be reported",
+        Duration::from_secs(10),
+        || {
+            lab.status("n1").reconcilers.iter().any(|r| {
+                r.name == "node-routes"
+                    && r.problems
+                        .iter()
+                        .any(|p| p.contains("198.19.1.0/24") && p.contains("did not make"))
+            })
+        },
+    );
+    let r = lab.exec("n1", &["ip", "route", "show", "198.19.1.0/24"]);
+    assert!(
+        r.contains("proto static"),
+        "the operator's route is untouched: {r}"
+    );
+    // Once it goes, strait's comes back and the problem clears.
+    lab.exec("n1", &["ip", "route", "del", "198.19.1.0/24"]);
+    wait_until("strait's route to return", Duration::from_secs(10), || {
+        lab.exec("n1", &["ip", "route", "show", "198.19.1.0/24"])
+            .contains("198.18.0.2")
+            && lab
+                .status("n1")
+                .reconcilers
+                .iter()
+                .all(|r| r.problems.is_empty())
+    });
+}

@@ -45,12 +45,15 @@ pub fn send(socket: &Path, req: &Request) -> Result<Pending, CniError> {
 }
 
 impl Pending {
-    /// Send a follow-up request on the same connection without waiting for
-    /// its answer (best effort).
-    pub fn notify(&mut self, req: &Request) {
+    /// Send a follow-up request on the same connection and wait for its answer.
+    pub fn ask(&mut self, req: &Request) -> Result<Response, CniError> {
         let mut line = serde_json::to_vec(req).expect("requests serialise");
         line.push(b'\n');
-        let _ = self.reader.get_mut().write_all(&line);
+        self.reader
+            .get_mut()
+            .write_all(&line)
+            .map_err(|e| unreachable(&self.socket, "send", e))?;
+        self.wait()
     }
 
     pub fn wait(&mut self) -> Result<Response, CniError> {

@@ -323,9 +323,15 @@ async fn wire(
         .await
         .map_err(kernel("add host route to pod"))?;
     t.mark("host route");
-    pending.notify(&Request::Wired {
-        attachment: allocation.attachment.clone(),
-    });
+    // Return only once the agent has programmed the pod (its spoof check,
+    // service translation): before that, its first packets would be
+    // treated as a stranger's.
+    pending
+        .ask(&Request::Wired {
+            attachment: allocation.attachment.clone(),
+        })
+        .map_err(|e| CniError::new(e.code, format!("pod wired, but not programmed: {}", e.msg)))?;
+    t.mark("agent programmed");
     Ok((allocation, pod_mac.to_vec()))
 }
 

@@ -73,7 +73,7 @@ pub fn agent_call(socket: &Path, req: &Request) -> anyhow::Result<Response> {
 
 pub fn agent_status(socket: &Path) -> anyhow::Result<NodeStatus> {
     match agent_call(socket, &Request::Status)? {
-        Response::Status(s) => Ok(s),
+        Response::Status(s) => Ok(*s),
         other => bail!("unexpected answer {other:?}"),
     }
 }

@@ -53,8 +53,29 @@ pub enum Response {
     Collected {
         released: Vec<Allocation>,
     },
-    Status(NodeStatus),
+    Status(Box<NodeStatus>),
+    /// The attachment's endpoint is programmed (answer to `Wired`).
+    Programmed {},
     Error(ApiError),
+}
+
+/// How one of the agent's reconcilers is doing.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReconcilerStatus {
+    pub name: String,
+    pub passes: u64,
+    /// Failed passes in a row (0 when the last one succeeded).
+    pub consecutive_failures: u32,
+    /// When the last pass ended (unix ms) and how long it took.
+    pub last_pass_ms: u64,
+    pub last_pass_micros: u64,
+    /// Why the last pass failed as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Objects the last pass could not program, each with its reason; the
+    /// rest were programmed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -81,6 +102,14 @@ pub struct NodeStatus {
     /// How the last change to the service table was applied.
     #[serde(default)]
     pub service_sync: Option<ServiceSync>,
+    /// One entry per reconciler: endpoints, node-routes, services, health.
+    #[serde(default)]
+    pub reconcilers: Vec<ReconcilerStatus>,
+    /// The cross-node mode and the service backend in use.
+    #[serde(default)]
+    pub cross_node: String,
+    #[serde(default)]
+    pub service_backend: String,
 }
 
 /// The last service-table change: how many frontends the table had, how

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 /// Who holds an address: CNI identifies an attachment by container id and
 /// interface name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
 pub struct Attachment {
     pub container_id: String,
     pub ifname: String,
@@ -47,6 +47,22 @@ pub struct Allocation {
     /// by older agents, and for allocations recovered from the kernel).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_ino: Option<u64>,
+    /// Rebuilt from the kernel (a host veth with strait's route to this
+    /// address) after IPAM state was lost: the container id is unknown, so
+    /// the attachment is matched by its host veth name until a CNI verb
+    /// names it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
+}
+
+impl Allocation {
+    /// Whether this allocation belongs to `att`: by identity, or for a
+    /// recovered one by the host veth name the attachment would have.
+    pub fn is_for(&self, att: &Attachment) -> bool {
+        self.attachment == *att
+            || (self.recovered
+                && self.host_veth == crate::naming::host_veth_name(&att.container_id, &att.ifname))
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -140,7 +156,39 @@ impl IpamState {
     }
 
     pub fn find(&self, att: &Attachment) -> Option<&Allocation> {
-        self.allocations.values().find(|a| &a.attachment == att)
+        self.allocations
+            .values()
+            .find(|a| &a.attachment == att)
+            .or_else(|| self.allocations.values().find(|a| a.is_for(att)))
+    }
+
+    /// Record an address found live in the kernel (routed by strait to
+    /// `host_veth`) that the state does not know. Returns the new record, or
+    /// None when the address is already held (then the state wins).
+    pub fn adopt(&mut self, ip: IpAddr, host_veth: &str, now_ms: u64) -> Option<Allocation> {
+        if self.allocations.contains_key(&ip) {
+            return None;
+        }
+        let a = Allocation {
+            ip,
+            attachment: Attachment {
+                container_id: String::new(),
+                ifname: String::new(),
+            },
+            pod: PodRef {
+                namespace: String::new(),
+                name: format!("(recovered from {host_veth})"),
+                uid: String::new(),
+            },
+            netns: String::new(),
+            host_veth: host_veth.to_string(),
+            allocated_at_ms: now_ms,
+            netns_ino: None,
+            recovered: true,
+        };
+        self.cooling.remove(&ip);
+        self.allocations.insert(ip, a.clone());
+        Some(a)
     }
 
     fn is_cooling(&self, ip: &IpAddr, now_ms: u64, cooldown_ms: u64) -> bool {
@@ -157,7 +205,15 @@ impl IpamState {
         now_ms: u64,
         cooldown_ms: u64,
     ) -> Result<Allocation, IpamError> {
-        if let Some(a) = self.find(&req.attachment) {
+        if let Some(a) = self.find(&req.attachment).cloned() {
+            if a.recovered {
+                // A runtime retrying ADD for a pod recovered from the
+                // kernel: it names the attachment again, keep its address.
+                let mut claimed = self.insert(a.ip, req, now_ms);
+                claimed.allocated_at_ms = a.allocated_at_ms;
+                self.allocations.insert(a.ip, claimed.clone());
+                return Ok(claimed);
+            }
             return match req.requested {
                 Some(ip) if ip != a.ip => Err(IpamError::AlreadyHolds {
                     container: a.attachment.container_id.clone(),
@@ -244,6 +300,7 @@ impl IpamState {
             host_veth: req.host_veth,
             allocated_at_ms: now_ms,
             netns_ino: req.netns_ino,
+            recovered: false,
         };
         self.allocations.insert(ip, alloc.clone());
         alloc
@@ -258,17 +315,23 @@ impl IpamState {
         Some(a)
     }
 
+    /// Release the allocation of `ip` (the reconciler found its pod gone).
+    pub fn release_ip(&mut self, ip: IpAddr, now_ms: u64) -> Option<Allocation> {
+        let a = self.allocations.remove(&ip)?;
+        self.cooling.insert(ip, now_ms);
+        Some(a)
+    }
+
     /// Release every allocation whose attachment is not in `valid`.
     pub fn retain_attachments(&mut self, valid: &[Attachment], now_ms: u64) -> Vec<Allocation> {
-        let stale: Vec<Attachment> = self
+        let ips: Vec<IpAddr> = self
             .allocations
             .values()
-            .filter(|a| !valid.contains(&a.attachment))
-            .map(|a| a.attachment.clone())
+            .filter(|a| !valid.iter().any(|v| a.is_for(v)))
+            .map(|a| a.ip)
             .collect();
-        stale
-            .iter()
-            .filter_map(|att| self.release(att, now_ms))
+        ips.into_iter()
+            .filter_map(|ip| self.release_ip(ip, now_ms))
             .collect()
     }
 
@@ -368,6 +431,31 @@ mod tests {
             ip("10.0.0.77")
         );
         assert!(s.cooling.is_empty());
+    }
+
+    #[test]
+    fn recovered_allocations_are_matched_by_host_veth() {
+        let mut s = IpamState::new("10.0.0.0/24".parse().unwrap());
+        let veth = crate::naming::host_veth_name("lost", "eth0");
+        let a = s.adopt(ip("10.0.0.9"), &veth, 0).unwrap();
+        assert!(a.recovered);
+        assert!(s.adopt(ip("10.0.0.9"), "other", 0).is_none(), "state wins");
+        // Never handed to anyone else.
+        for i in 0..20 {
+            assert_ne!(s.allocate(req(&format!("n{i}")), 0, 0).unwrap().ip, a.ip);
+        }
+        // GC keeps it while the runtime lists it, DEL by container id finds it.
+        assert!(s
+            .retain_attachments(&[att("lost")], 0)
+            .iter()
+            .all(|r| r.ip != a.ip));
+        assert_eq!(s.find(&att("lost")).unwrap().ip, a.ip);
+        // An ADD retry claims it under its real identity.
+        let claimed = s.allocate(req("lost"), 5, 0).unwrap();
+        assert_eq!(claimed.ip, a.ip);
+        assert!(!claimed.recovered);
+        assert_eq!(claimed.attachment, att("lost"));
+        assert_eq!(s.release(&att("lost"), 6).unwrap().ip, a.ip);
     }
 
     #[test]

@@ -40,6 +40,54 @@ pub fn plan_node_routes(snapshot: &ClusterSnapshot, self_node: &str) -> Vec<Node
     out
 }
 
+/// Why a node's pod CIDR must not be routed, if it must not: a default
+/// route, or a range that holds a node's own address, would take over the
+/// node's traffic.
+pub fn pod_cidr_problem(snapshot: &ClusterSnapshot, cidr: &IpNet) -> Option<String> {
+    if cidr.prefix_len() == 0 {
+        return Some(format!(
+            "pod CIDR {cidr} is a default route; routing it would take every address"
+        ));
+    }
+    for n in &snapshot.nodes {
+        for ip in [node_internal_ip(n, true), node_internal_ip(n, false)]
+            .into_iter()
+            .flatten()
+        {
+            if cidr.contains(&ip) {
+                return Some(format!(
+                    "pod CIDR {cidr} contains node {}'s address {ip}",
+                    n.metadata.name.as_deref().unwrap_or("?")
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// [`plan_node_routes`] without the CIDRs that must not be routed, and why
+/// each was left out.
+pub fn plan_node_routes_checked(
+    snapshot: &ClusterSnapshot,
+    self_node: &str,
+) -> (Vec<NodeRoute>, Vec<String>) {
+    let mut problems = vec![];
+    let routes = plan_node_routes(snapshot, self_node)
+        .into_iter()
+        .filter(|r| match pod_cidr_problem(snapshot, &r.pod_cidr) {
+            Some(p) => {
+                problems.push(format!(
+                    "node {}: {p}; not routed, fix the Node's spec.podCIDR",
+                    r.node
+                ));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (routes, problems)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +115,24 @@ mod tests {
         );
         assert_eq!(plan_node_routes(&snap, "b").len(), 1);
         assert_eq!(plan_node_routes(&snap, "b")[0].node, "a");
+    }
+
+    #[test]
+    fn default_and_node_covering_pod_cidrs_are_rejected() {
+        let snap = ClusterSnapshot {
+            nodes: vec![
+                test_node("a", Some("10.1.0.0/24"), Some("192.0.2.1")),
+                test_node("b", Some("0.0.0.0/0"), Some("192.0.2.2")),
+                test_node("c", Some("192.0.2.0/24"), Some("192.0.2.3")),
+                test_node("d", Some("10.1.3.0/24"), Some("192.0.2.4")),
+            ],
+            ..Default::default()
+        };
+        let (r, problems) = plan_node_routes_checked(&snap, "a");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].node, "d");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("default route"), "{problems:?}");
+        assert!(problems[1].contains("contains node"), "{problems:?}");
     }
 }

@@ -1,0 +1,131 @@
+//! The eBPF datapath as the agent holds it: the loaded programs, which
+//! host veths carry from-container, and the endpoint maps. Owned by the
+//! endpoints reconciler.
+
+use anyhow::Context;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use strait_model::ipam::Allocation;
+
+pub struct BpfState {
+    pub dp: strait_bpf::Datapath,
+    /// Host veths this agent attached from-container to since it started
+    /// (an agent restart re-attaches all, atomically replacing the old).
+    pub attached: std::collections::BTreeSet<String>,
+    pub endpoints: usize,
+}
+
+/// Load the programs, attach them to the uplink and the node's cgroup.
+pub fn load(cfg: &crate::AgentConfig) -> anyhow::Result<BpfState> {
+    use strait_bpf::datapath::{ensure_bpffs, Prog};
+    let default_root = std::path::Path::new("/sys/fs/bpf");
+    if cfg.bpf_dir.starts_with(default_root) {
+        ensure_bpffs(default_root).context("mount bpffs at /sys/fs/bpf")?;
+    }
+    let features = strait_bpf::Features::probe(cfg.no_redirect_peer);
+    tracing::info!(redirect_peer = features.redirect_peer, reason = %features.reason, pin_dir = %cfg.bpf_dir.display(), "eBPF datapath");
+    let mut dp =
+        strait_bpf::Datapath::load(&cfg.bpf_dir, features).context("load the eBPF datapath")?;
+    dp.attach(Prog::FromNetdev, &cfg.uplink)
+        .with_context(|| format!("attach from-netdev to the uplink {}", cfg.uplink))?;
+    dp.attach(Prog::ToNetdev, &cfg.uplink)
+        .with_context(|| format!("attach to-netdev to the uplink {}", cfg.uplink))?;
+    if let Some(cg) = &cfg.cgroup {
+        dp.attach_cgroup(cg)
+            .with_context(|| format!("attach socket load balancing to cgroup {}", cg.display()))?;
+        tracing::info!(cgroup = %cg.display(), "socket-level load balancing for node processes");
+    }
+    Ok(BpfState {
+        dp,
+        attached: Default::default(),
+        endpoints: 0,
+    })
+}
+
+/// Make the endpoint and source maps match the node's pods, then make sure
+/// every pod's host veth carries from-container. Maps first, so a freshly
+/// attached program finds its pod.
+impl BpfState {
+    /// Returns entries changed and per-pod problems (a program that would not
+    /// attach to one pod's veth does not stop the others).
+    pub fn sync_endpoints(
+        &mut self,
+        allocs: &[Allocation],
+        veth_index: &HashMap<&str, u32>,
+    ) -> anyhow::Result<(usize, Vec<String>)> {
+        let bpf = self;
+        use strait_bpf::datapath::Prog;
+        use strait_bpf::maps::{self, Endpoint, EndpointMap, Lxc, LxcMap};
+        use strait_model::naming::{host_veth_mac, pod_veth_mac};
+        let mut want_ep: HashMap<u32, Endpoint> = HashMap::new();
+        let mut want_lxc: HashMap<u32, Lxc> = HashMap::new();
+        for a in allocs {
+            let (IpAddr::V4(ip), Some(&idx)) = (a.ip, veth_index.get(a.host_veth.as_str())) else {
+                continue;
+            };
+            let (cid, ifn) = (&a.attachment.container_id, &a.attachment.ifname);
+            want_ep.insert(
+                maps::ip_key(ip),
+                Endpoint {
+                    ifindex: idx,
+                    pod_mac: pod_veth_mac(cid, ifn),
+                    host_mac: host_veth_mac(cid, ifn),
+                    flags: 0,
+                },
+            );
+            want_lxc.insert(
+                idx,
+                Lxc {
+                    ip: maps::ip_key(ip),
+                    flags: 0,
+                },
+            );
+        }
+        let dir = bpf.dp.pin_dir.clone();
+        let mut eps: EndpointMap = maps::open(&dir, "strait_endpoints")?;
+        let mut lxc: LxcMap = maps::open(&dir, "strait_lxc")?;
+        let mut changed = sync_map(&mut eps, &want_ep)? + sync_map(&mut lxc, &want_lxc)?;
+        bpf.endpoints = want_ep.len();
+        let mut problems = vec![];
+        for a in allocs {
+            if veth_index.contains_key(a.host_veth.as_str()) && !bpf.attached.contains(&a.host_veth)
+            {
+                match bpf.dp.attach(Prog::FromContainer, &a.host_veth) {
+                    Ok(()) => {
+                        tracing::info!(link = %a.host_veth, pod = %a.pod, "from-container attached");
+                        bpf.attached.insert(a.host_veth.clone());
+                        changed += 1;
+                    }
+                    Err(e) => problems.push(format!(
+                        "pod {} ({}): attach from-container: {e:#}",
+                        a.pod, a.host_veth
+                    )),
+                }
+            }
+        }
+        // Links that went away took their filters with them.
+        bpf.attached.retain(|l| veth_index.contains_key(l.as_str()));
+        Ok((changed, problems))
+    }
+}
+
+fn sync_map<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod + PartialEq>(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
+    want: &HashMap<K, V>,
+) -> anyhow::Result<usize> {
+    let mut changed = 0;
+    let have: Vec<K> = map.keys().collect::<Result<_, _>>()?;
+    for k in have {
+        if !want.contains_key(&k) {
+            map.remove(&k)?;
+            changed += 1;
+        }
+    }
+    for (k, v) in want {
+        if map.get(k, 0).ok().as_ref() != Some(v) {
+            map.insert(k, v, 0)?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}

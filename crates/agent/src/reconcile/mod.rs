@@ -1,0 +1,196 @@
+//! The agent's reconcilers, one per concern. Each owns its state, runs its
+//! own level-triggered loop (on a source change, on a nudge, and every
+//! resync period), and reports in `strait status`:
+//!
+//! - [`endpoints`]: IPAM's pod CIDR, pods recovered from the kernel, pods
+//!   whose namespace is gone, leftover host veths, each pod's /32 route and,
+//!   in ebpf mode, its endpoint-map entries and from-container program;
+//! - [`node_routes`]: the cross-node mode (a [`crate::crossnode::CrossNode`]
+//!   backend chosen by name), the node's own pod CIDR blackhole and the
+//!   service CIDR route;
+//! - [`services`]: the service table, applied by a
+//!   [`crate::svcbackend::ServiceBackend`] chosen by name;
+//! - [`health`]: healthCheckNodePort servers.
+//!
+//! A pass that fails as a whole is retried with exponential backoff; a pass
+//! that programs most objects but not all reports the others as problems,
+//! by object, and retries them the same way. One reconciler's failure never
+//! stops another.
+
+pub mod endpoints;
+pub mod health;
+pub mod node_routes;
+pub mod services;
+
+use crate::daemon::Agent;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strait_model::api::ReconcilerStatus;
+use strait_model::cluster::ClusterSnapshot;
+use strait_netlink::{Netlink, Route};
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Kernel objects changed.
+    pub changed: usize,
+    /// Objects left unprogrammed, each with the reason (a retry follows).
+    pub problems: Vec<String>,
+}
+
+pub trait Reconciler: Send + 'static {
+    const NAME: &'static str;
+    /// One level-triggered pass against the newest snapshot.
+    fn pass(
+        &mut self,
+        agent: &Agent,
+        snap: &ClusterSnapshot,
+    ) -> impl Future<Output = anyhow::Result<Report>> + Send;
+}
+
+/// Retry delays after failures: 200 ms doubling to 30 s.
+struct Backoff(u32);
+
+impl Backoff {
+    fn delay(&self) -> Duration {
+        Duration::from_millis(200u64.saturating_mul(1 << self.0.min(8)))
+            .min(Duration::from_secs(30))
+    }
+}
+
+/// Run `r` until the cluster source ends.
+pub async fn run<R: Reconciler>(mut r: R, agent: Arc<Agent>) {
+    let mut snap_rx = agent.snapshot.clone();
+    let mut nudge_rx = agent.nudges();
+    let mut failures = Backoff(0);
+    loop {
+        let snap = snap_rx.borrow_and_update().clone();
+        nudge_rx.borrow_and_update();
+        let t0 = Instant::now();
+        let res = r.pass(&agent, &snap).await;
+        let ok = agent.record_pass(R::NAME, res, t0.elapsed());
+        let wait = if ok {
+            failures.0 = 0;
+            agent.cfg.resync
+        } else {
+            failures.0 += 1;
+            failures.delay()
+        };
+        tokio::select! {
+            c = snap_rx.changed() => { if c.is_err() { return; } }
+            _ = nudge_rx.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if !ok {
+            // A change may fix it, but a flapping source must not turn a
+            // failing pass into a busy loop.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Agent {
+    /// Record a pass in the reconciler's status; log a problem once, when
+    /// it first appears. Returns whether the pass fully succeeded.
+    pub fn record_pass(
+        &self,
+        name: &'static str,
+        res: anyhow::Result<Report>,
+        took: Duration,
+    ) -> bool {
+        let mut all = self.reconcilers.lock().unwrap();
+        let st = all.entry(name).or_insert_with(|| ReconcilerStatus {
+            name: name.into(),
+            ..Default::default()
+        });
+        st.passes += 1;
+        st.last_pass_ms = crate::now_ms();
+        st.last_pass_micros = took.as_micros() as u64;
+        match res {
+            Ok(rep) => {
+                for p in rep.problems.iter().filter(|p| !st.problems.contains(p)) {
+                    tracing::warn!(reconciler = name, problem = %p, "not programmed; will retry");
+                }
+                if st.error.take().is_some() {
+                    tracing::info!(reconciler = name, "pass succeeded again");
+                }
+                let ok = rep.problems.is_empty();
+                st.consecutive_failures = if ok { 0 } else { st.consecutive_failures + 1 };
+                st.problems = rep.problems;
+                ok
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if st.error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(reconciler = name, error = %msg, "pass failed; retrying with backoff");
+                }
+                st.error = Some(msg);
+                st.consecutive_failures += 1;
+                false
+            }
+        }
+    }
+}
+
+/// A desired route is satisfied by an actual one with the same destination,
+/// kind and gateway, and the same device when the desired one names one.
+pub fn satisfies(actual: &Route, desired: &Route) -> bool {
+    actual.dst == desired.dst
+        && actual.kind == desired.kind
+        && actual.via == desired.via
+        && (desired.oif.is_none() || actual.oif == desired.oif)
+}
+
+/// Make the routes a reconciler owns (`owned` picks them out of `actual`,
+/// the whole main table) equal `desired`. A destination that already has a
+/// route strait did not make is left alone and reported: replacing it would
+/// adopt it, and a later pass would delete it.
+pub async fn apply_routes(
+    nl: &Netlink,
+    actual: &[Route],
+    owned: impl Fn(&Route) -> bool,
+    desired: &[Route],
+    rep: &mut Report,
+) {
+    use strait_model::naming::ROUTE_PROTOCOL;
+    for d in desired {
+        if actual.iter().any(|a| owned(a) && satisfies(a, d)) {
+            continue;
+        }
+        if let Some(f) = actual
+            .iter()
+            .find(|a| a.dst == d.dst && a.protocol != ROUTE_PROTOCOL)
+        {
+            rep.problems.push(format!(
+                "route {}: the main table already has a route to it that strait did not make (protocol {}); strait leaves it alone — remove it or change the pod CIDR",
+                d.dst, f.protocol
+            ));
+            continue;
+        }
+        match nl.replace_route(d).await {
+            Ok(()) => {
+                rep.changed += 1;
+                tracing::info!(dst = %d.dst, via = ?d.via, kind = ?d.kind, "route programmed");
+            }
+            Err(e) => rep.problems.push(format!("route {}: {e}", d.dst)),
+        }
+    }
+    // A route with the same destination and kind as a desired one was just
+    // replaced in place; anything else of ours is stale.
+    for a in actual.iter().filter(|a| owned(a)) {
+        if desired.iter().any(|d| d.dst == a.dst && d.kind == a.kind) {
+            continue;
+        }
+        match nl.delete_route(a).await {
+            Ok(true) => {
+                rep.changed += 1;
+                tracing::info!(dst = %a.dst, "stale route removed");
+            }
+            Ok(false) => {}
+            Err(e) => rep
+                .problems
+                .push(format!("remove stale route {}: {e}", a.dst)),
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Node routes: how this node reaches other nodes' pods (the cross-node
+//! backend), a blackhole for its own pod CIDR so unassigned pod addresses
+//! never leave by the default route, and the service CIDR's route.
+//!
+//! It owns strait's main-table routes that are not pod routes (those belong
+//! to the endpoints reconciler), and never touches a route strait did not
+//! make.
+
+use super::{apply_routes, Reconciler, Report};
+use crate::crossnode::CrossNode;
+use crate::daemon::Agent;
+use strait_model::cluster::ClusterSnapshot;
+use strait_model::naming::{is_host_veth, ROUTE_PROTOCOL};
+use strait_model::routes::plan_node_routes_checked;
+use strait_netlink::{Netlink, Route, RouteKind};
+
+pub struct NodeRoutes {
+    nl: Netlink,
+    mode: Box<dyn CrossNode>,
+}
+
+impl NodeRoutes {
+    pub fn new(mode: Box<dyn CrossNode>) -> anyhow::Result<Self> {
+        Ok(NodeRoutes {
+            nl: Netlink::connect()?,
+            mode,
+        })
+    }
+}
+
+impl Reconciler for NodeRoutes {
+    const NAME: &'static str = "node-routes";
+
+    async fn pass(&mut self, agent: &Agent, snap: &ClusterSnapshot) -> anyhow::Result<Report> {
+        let mut rep = Report::default();
+        let (peers, rejected) = plan_node_routes_checked(snap, &agent.cfg.node_name);
+        rep.problems.extend(rejected);
+        rep.problems
+            .extend(self.mode.prepare(&self.nl, &peers).await?);
+        let mut desired = self.mode.routes(&peers);
+        let links = self.nl.links().await?;
+        if let Some(cidr) = agent.cfg.service_cidr {
+            if agent.cfg.mode == strait_model::lab::Mode::Ebpf {
+                // eBPF translates before routing; what is left has no backend.
+                desired.push(Route {
+                    dst: cidr,
+                    via: None,
+                    oif: None,
+                    kind: RouteKind::Unreachable,
+                    protocol: ROUTE_PROTOCOL,
+                });
+            } else if let Some(up) = links.iter().find(|l| l.name == agent.cfg.uplink) {
+                // nftables translates in the nat hooks, after the route lookup
+                // of local sockets: the CIDR must be routable; its refuse
+                // chains answer what has no backend.
+                desired.push(Route {
+                    dst: cidr,
+                    via: None,
+                    oif: Some(up.index),
+                    kind: RouteKind::Unicast,
+                    protocol: ROUTE_PROTOCOL,
+                });
+            }
+        }
+        if let Some(cidr) = agent.ipam.cidr() {
+            desired.push(Route {
+                dst: cidr,
+                via: None,
+                oif: None,
+                kind: RouteKind::Blackhole,
+                protocol: ROUTE_PROTOCOL,
+            });
+        }
+        let veth_index: std::collections::BTreeSet<u32> = links
+            .iter()
+            .filter(|l| is_host_veth(&l.name))
+            .map(|l| l.index)
+            .collect();
+        // Everything of strait's except routes to pods through host veths.
+        let owned = |r: &Route| {
+            r.protocol == ROUTE_PROTOCOL && !r.oif.is_some_and(|i| veth_index.contains(&i))
+        };
+        let actual = self.nl.routes(true).await?;
+        apply_routes(&self.nl, &actual, owned, &desired, &mut rep).await;
+        agent.published.lock().unwrap().node_routes = peers;
+        Ok(rep)
+    }
+}
