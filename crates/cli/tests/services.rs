@@ -103,10 +103,10 @@ fn seed_scenarios_5_and_7_service_ip_only_on_the_client_side() {
     let mut seen_other = false;
     for _ in 0..40 {
         let r = strait_lab::hops::trace_service(&lab.st, "client", "web", 80).unwrap();
-        let (backend, other) = if r.answered_by == "web-a" {
-            ("web-a", "web-b")
-        } else {
-            ("web-b", "web-a")
+        let (backend, other) = match r.answered_by.as_str() {
+            "web-a" => ("web-a", "web-b"),
+            "web-b" => ("web-b", "web-a"),
+            who => panic!("answered by {who:?}, not a backend of the service"),
         };
         // The VIP is seen on the client's side only.
         assert!(r.at("client host veth").0 > 0, "{}", r.table());
@@ -276,7 +276,12 @@ fn drain(lab: &Lab) {
     let (back_tx, back_rx) = std::sync::mpsc::channel::<String>();
     let conn = std::thread::spawn(move || {
         strait_netlink::in_netns(&ns, move || {
+            // Random picks: web-a comes up within 60 tries unless something
+            // is wrong (the chance of missing it by luck is 2^-60).
+            let mut tries = 0;
             let mut s = loop {
+                tries += 1;
+                assert!(tries <= 60, "60 connections never reached web-a");
                 let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
                 let mut line = String::new();
                 (&s).write_all(b"hi\n").unwrap();

@@ -636,7 +636,11 @@ spec: {clusterIP: None, ports: [{port: 80}]}
         let s = snap("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: 198.18.64.1, sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}, ports: [{port: 80}]}\n");
         let t = compile(&s);
         assert_eq!(t.entries[0].affinity_secs, Some(30));
-        assert_eq!(t.entries[0].id, compile(&s).entries[0].id);
+        // Ids live in pinned maps and must not change across versions or
+        // agents: FNV-1a of "default/s/" (namespace/name/port name).
+        assert_eq!(t.entries[0].id, 946186189);
+        let other = snap("apiVersion: v1\nkind: Service\nmetadata: {name: t}\nspec: {clusterIP: 198.18.64.2, ports: [{port: 80}]}\n");
+        assert_ne!(compile(&other).entries[0].id, t.entries[0].id);
         let _ = ClusterObject::Other {
             api_version: String::new(),
             kind: String::new(),
