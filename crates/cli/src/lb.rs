@@ -43,7 +43,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         )
     })?;
     let names: BTreeMap<u32, String> = match socket {
-        Some(s) => strait_lab::run::agent_status(&s)?
+        Some(s) => strait_cni::client::status(&s)
+            .map_err(|e| anyhow::anyhow!(e.msg))?
             .services
             .into_iter()
             .map(|e| (e.id, format!("{}/{}:{}", e.namespace, e.name, e.port_name)))

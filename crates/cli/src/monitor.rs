@@ -59,7 +59,8 @@ fn ifname(idx: u32) -> String {
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let names: std::collections::HashMap<Ipv4Addr, String> = match &a.socket {
-        Some(s) => strait_lab::run::agent_status(s)?
+        Some(s) => strait_cni::client::status(s)
+            .map_err(|e| anyhow::anyhow!(e.msg))?
             .allocations
             .into_iter()
             .filter_map(|al| match al.ip {

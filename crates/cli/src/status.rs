@@ -99,7 +99,7 @@ pub fn render(s: &NodeStatus) -> String {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let s = strait_lab::run::agent_status(&a.socket)?;
+    let s = strait_cni::client::status(&a.socket).map_err(|e| anyhow::anyhow!(e.msg))?;
     if a.output == "json" {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

@@ -20,6 +20,17 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, CniError> {
     send(socket, req)?.wait()
 }
 
+/// The agent's status (the CLI's `status`, `lb list` and `monitor`).
+pub fn status(socket: &Path) -> Result<strait_model::api::NodeStatus, CniError> {
+    match call(socket, &Request::Status)? {
+        Response::Status(s) => Ok(*s),
+        other => Err(CniError::new(
+            ErrorCode::IoFailure,
+            format!("unexpected answer from the agent: {other:?}"),
+        )),
+    }
+}
+
 fn unreachable(socket: &Path, what: &str, e: std::io::Error) -> CniError {
     CniError::new(
         ErrorCode::TryAgainLater,

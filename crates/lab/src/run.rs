@@ -57,25 +57,13 @@ pub fn netns_path(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
 }
 
-/// Ask a node's agent over its socket.
+/// Ask a node's agent over its socket (the same client the plugin uses).
 pub fn agent_call(socket: &Path, req: &Request) -> anyhow::Result<Response> {
-    use std::io::{BufRead, BufReader};
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .with_context(|| format!("connect to agent at {}", socket.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = serde_json::to_vec(req)?;
-    line.push(b'\n');
-    s.write_all(&line)?;
-    let mut resp = String::new();
-    BufReader::new(s).read_line(&mut resp)?;
-    Ok(serde_json::from_str(&resp)?)
+    strait_cni::client::call(socket, req).map_err(|e| anyhow::anyhow!(e.msg))
 }
 
 pub fn agent_status(socket: &Path) -> anyhow::Result<NodeStatus> {
-    match agent_call(socket, &Request::Status)? {
-        Response::Status(s) => Ok(*s),
-        other => bail!("unexpected answer {other:?}"),
-    }
+    strait_cni::client::status(socket).map_err(|e| anyhow::anyhow!(e.msg))
 }
 
 /// Run `strait-cni` for a pod as a runtime would: inside the node's network
