@@ -42,6 +42,8 @@ pub struct Published {
     pub services: Vec<strait_model::services::ServiceEntry>,
     pub service_problems: Vec<String>,
     pub service_sync: Option<strait_model::api::ServiceSync>,
+    /// healthCheckNodePorts of the last service table, for the health reconciler.
+    pub health_checks: Vec<strait_model::services::HealthCheck>,
     /// Host veths carrying from-container, and pods in the endpoint map.
     pub attached: Vec<String>,
     pub endpoints: usize,

@@ -157,12 +157,6 @@ impl NodeIpam {
         self.mutate(|s| Ok(s.retain_attachments(valid, now)))
     }
 
-    /// Release the given attachments (the reconciler found them gone).
-    pub fn release_many(&self, atts: &[Attachment]) -> Result<Vec<Allocation>, ApiError> {
-        let now = crate::now_ms();
-        self.mutate(|s| Ok(atts.iter().filter_map(|a| s.release(a, now)).collect()))
-    }
-
     /// Release the given addresses (the reconciler found their pods gone).
     pub fn release_ips(&self, ips: &[std::net::IpAddr]) -> Result<Vec<Allocation>, ApiError> {
         let now = crate::now_ms();
@@ -212,19 +206,7 @@ impl NodeIpam {
     }
 
     pub fn cooling(&self) -> usize {
-        let now = crate::now_ms();
-        let cd = self.cooldown_ms();
-        self.state
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|s| {
-                s.cooling
-                    .values()
-                    .filter(|&&t| now.saturating_sub(t) < cd)
-                    .count()
-            })
-            .unwrap_or(0)
+        self.cooling_ips().len()
     }
 }
 

@@ -310,9 +310,7 @@ impl IpamState {
     /// attachment is not an error (CNI DEL is idempotent).
     pub fn release(&mut self, att: &Attachment, now_ms: u64) -> Option<Allocation> {
         let ip = self.find(att)?.ip;
-        let a = self.allocations.remove(&ip)?;
-        self.cooling.insert(ip, now_ms);
-        Some(a)
+        self.release_ip(ip, now_ms)
     }
 
     /// Release the allocation of `ip` (the reconciler found its pod gone).

@@ -33,8 +33,9 @@ impl Drop for Health {
 impl Reconciler for Health {
     const NAME: &'static str = "health";
 
-    async fn pass(&mut self, agent: &Agent, snap: &ClusterSnapshot) -> anyhow::Result<Report> {
-        let checks = super::services::table_for(agent, snap).health_checks;
+    async fn pass(&mut self, agent: &Agent, _snap: &ClusterSnapshot) -> anyhow::Result<Report> {
+        // Compiled once, by the services reconciler, which nudges on change.
+        let checks = agent.published.lock().unwrap().health_checks.clone();
         let mut rep = Report::default();
         self.servers.retain(|port, (task, _)| {
             let keep = checks.iter().any(|c| c.port == *port);

@@ -19,8 +19,8 @@ impl Services {
     }
 }
 
-/// This node's service table (shared with the health reconciler).
-pub fn table_for(agent: &Agent, snap: &ClusterSnapshot) -> ServiceTable {
+/// This node's service table.
+fn table_for(agent: &Agent, snap: &ClusterSnapshot) -> ServiceTable {
     let me = &agent.cfg.node_name;
     let this = snap
         .node(me)
@@ -60,6 +60,13 @@ impl Reconciler for Services {
         }
         pb.services = table.entries;
         pb.service_problems = table.problems.clone();
+        // The health reconciler serves from what is published here.
+        let health_changed = pb.health_checks != table.health_checks;
+        pb.health_checks = table.health_checks;
+        drop(pb);
+        if health_changed {
+            agent.nudge();
+        }
         // Rejected objects are the user's to fix, not a reason to retry:
         // they are published in status, logged once, and not problems of
         // this pass.
