@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
 /* from-container: tc ingress of each pod's host veth, i.e. every packet a
  * pod sends. Terway DataPath V2 / Cilium host-routing:
- *   - a source address that is not the pod's own is dropped;
+ *   - a source address that is not the pod's own is dropped, and so is
+ *     anything from a veth the agent has not programmed (fail closed);
  *   - to a pod on this node: bpf_redirect_peer into that pod's namespace,
  *     skipping its host veth and the host stack;
  *   - to anywhere the FIB forwards out of this node: bpf_fib_lookup, then
@@ -9,32 +10,94 @@
  *   - everything else (the node itself, ARP, IPv6, ...) goes to the stack. */
 #include "lib/lb.h"
 
+struct arp_ipv4 {
+	__u16 htype, ptype;
+	__u8 hlen, plen;
+	__u16 op;
+	__u8 sha[6];
+	__u8 spa[4];
+};
+
+/* Not IPv4: ARP is allowed when it claims the pod's own address (or none,
+ * as a probe does); IPv6 when it comes from the pod's own IPv6 address, or
+ * is link-local housekeeping (neighbour discovery, MLD); nothing else. */
+static __always_inline int not_ipv4(struct __sk_buff *skb, const struct lxc *me, struct flow *f)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return drop(skb, DROP_MALFORMED, PROG_FROM_CONTAINER, f);
+	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		struct arp_ipv4 *arp = (void *)(eth + 1);
+		if ((void *)(arp + 1) > end)
+			return drop(skb, DROP_MALFORMED, PROG_FROM_CONTAINER, f);
+		__u32 spa;
+		__builtin_memcpy(&spa, arp->spa, 4);
+		if (spa != 0 && spa != me->ip4) {
+			f->saddr = spa;
+			return drop(skb, DROP_ARP_SPOOF, PROG_FROM_CONTAINER, f);
+		}
+		return verdict(skb, REASON_LOCAL_LINK, PROG_FROM_CONTAINER, f, 0, TC_ACT_OK);
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		__u8 *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 40) > end)
+			return drop(skb, DROP_MALFORMED, PROG_FROM_CONTAINER, f);
+		__u8 *src = ip6 + 8, *dst = ip6 + 24;
+		int own = 1;
+		for (int i = 0; i < 16; i++)
+			if (src[i] != me->ip6[i])
+				own = 0;
+		__u8 unspec = 1;
+		for (int i = 0; i < 16; i++)
+			unspec &= src[i] == 0;
+		int link_src = (src[0] == 0xfe && (src[1] & 0xc0) == 0x80) || unspec;
+		int local_dst = dst[0] == 0xff || (dst[0] == 0xfe && (dst[1] & 0xc0) == 0x80);
+		if (link_src && local_dst)
+			return verdict(skb, REASON_LOCAL_LINK, PROG_FROM_CONTAINER, f, 0, TC_ACT_OK);
+		if (own && !unspec) /* IPv6 forwarding is not in eBPF yet: the stack routes it */
+			return verdict(skb, REASON_TO_STACK, PROG_FROM_CONTAINER, f, 0, TC_ACT_OK);
+		return drop(skb, DROP_SOURCE_SPOOF, PROG_FROM_CONTAINER, f);
+	}
+	return drop(skb, DROP_ETHERTYPE, PROG_FROM_CONTAINER, f);
+}
+
 SEC("classifier/from_container")
 int from_container(struct __sk_buff *skb)
 {
 	struct pkt p = {};
+	__u32 ifindex = skb->ingress_ifindex;
+	/* Fail closed: a host veth the agent has not programmed forwards
+	 * nothing (CNI ADD returns only once its pod is programmed). */
+	struct lxc *me = bpf_map_lookup_elem(&strait_lxc, &ifindex);
+	if (!me)
+		return drop(skb, DROP_UNKNOWN_ENDPOINT, PROG_FROM_CONTAINER, &p.flow);
 	int r = parse_ipv4(skb, &p);
 	if (r == 0)
-		return verdict(skb, REASON_TO_STACK, PROG_FROM_CONTAINER, &p.flow, 0, TC_ACT_OK);
+		return not_ipv4(skb, me, &p.flow);
 	if (r < 0)
 		return drop(skb, DROP_MALFORMED, PROG_FROM_CONTAINER, &p.flow);
-
-	__u32 ifindex = skb->ingress_ifindex;
-	struct lxc *me = bpf_map_lookup_elem(&strait_lxc, &ifindex);
-	if (!me) /* not a pod the agent knows (yet): the stack decides */
-		return verdict(skb, REASON_TO_STACK, PROG_FROM_CONTAINER, &p.flow, 0, TC_ACT_OK);
-	if (p.flow.saddr != me->ip)
+	if (p.flow.saddr != me->ip4)
 		return drop(skb, DROP_SOURCE_SPOOF, PROG_FROM_CONTAINER, &p.flow);
+
+	/* The reply of a hostPort connection: the host's netfilter DNATed the
+	 * request, so only the host stack can translate the reply back. */
+	struct hostport_key hk = { .addr = p.flow.saddr, .port = bpf_htons(p.flow.sport), .proto = p.flow.proto };
+	if (p.flow.sport && bpf_map_lookup_elem(&strait_hostport, &hk))
+		return verdict(skb, REASON_HOSTPORT_TO_STACK, PROG_FROM_CONTAINER, &p.flow, 0, TC_ACT_OK);
 
 	/* Services: a local backend's reply gets its VIP back; a packet to a
 	 * VIP gets a backend. Either way the rest is plain pod forwarding. */
-	int lb = lb_revnat(skb, &p);
+	int lb = lb_revnat(skb, &p, PROG_FROM_CONTAINER);
 	if (lb == LB_NONE)
 		lb = lb_dnat(skb, &p, PROG_FROM_CONTAINER);
 	if (lb == LB_NONE)
-		lb_forget_direct(skb, &p);
+		lb_forget_direct(&p);
 	if (lb == LB_NO_BACKEND) /* the node's unreachable route for the service CIDR answers */
 		return verdict(skb, REASON_SVC_NO_BACKEND, PROG_FROM_CONTAINER, &p.flow, 0, TC_ACT_OK);
+	if (lb == LB_INCONSISTENT)
+		return drop(skb, DROP_LB_INCONSISTENT, PROG_FROM_CONTAINER, &p.flow);
 	if (lb == LB_ERROR)
 		return drop(skb, DROP_NAT_FAILED, PROG_FROM_CONTAINER, &p.flow);
 	if (lb == LB_DONE && parse_ipv4(skb, &p) != 1)
@@ -45,11 +108,13 @@ int from_container(struct __sk_buff *skb)
 	if (ep)
 		return to_local_pod(skb, &p, ep, PROG_FROM_CONTAINER, REASON_PEER_LOCAL, REASON_HOSTVETH_LOCAL);
 
+	/* tot_len stays 0: the kernel then checks the skb itself against the
+	 * egress MTU, which lets GSO super-packets through (their IPv4
+	 * tot_len is far above the MTU, their segments are not). */
 	struct bpf_fib_lookup fib = {};
 	fib.family = AF_INET;
 	fib.tos = p.ip->tos;
 	fib.l4_protocol = p.ip->protocol;
-	fib.tot_len = bpf_ntohs(p.ip->tot_len);
 	fib.ipv4_src = p.flow.saddr;
 	fib.ipv4_dst = p.flow.daddr;
 	fib.ifindex = ifindex;

@@ -15,7 +15,7 @@ int from_netdev(struct __sk_buff *skb)
 	if (r <= 0) /* malformed packets from the wire are the stack's business */
 		return verdict(skb, REASON_TO_STACK, PROG_FROM_NETDEV, &p.flow, 0, TC_ACT_OK);
 	/* A remote backend's reply to a client here: back to the VIP. */
-	int lb = lb_revnat(skb, &p);
+	int lb = lb_revnat(skb, &p, PROG_FROM_NETDEV);
 	/* From outside the cluster: NodePort, ExternalIP, LoadBalancer. */
 	int dnat = 0;
 	if (lb == LB_NONE) {
@@ -26,6 +26,8 @@ int from_netdev(struct __sk_buff *skb)
 		return drop(skb, DROP_NAT_FAILED, PROG_FROM_NETDEV, &p.flow);
 	if (lb == LB_NO_BACKEND)
 		return verdict(skb, REASON_SVC_NO_BACKEND, PROG_FROM_NETDEV, &p.flow, 0, TC_ACT_OK);
+	if (lb == LB_INCONSISTENT)
+		return drop(skb, DROP_LB_INCONSISTENT, PROG_FROM_NETDEV, &p.flow);
 	if (lb == LB_DONE && parse_ipv4(skb, &p) != 1)
 		return drop(skb, DROP_MALFORMED, PROG_FROM_NETDEV, &p.flow);
 	__u32 daddr = p.flow.daddr;
@@ -52,7 +54,7 @@ int to_netdev(struct __sk_buff *skb)
 	struct pkt p = {};
 	if (parse_ipv4(skb, &p) != 1)
 		return TC_ACT_OK;
-	int lb = lb_revnat(skb, &p);
+	int lb = lb_revnat(skb, &p, PROG_TO_NETDEV);
 	if (lb == LB_ERROR)
 		return drop(skb, DROP_NAT_FAILED, PROG_TO_NETDEV, &p.flow);
 	return TC_ACT_OK;

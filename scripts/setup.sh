@@ -9,6 +9,7 @@ PKGS=(
   containernetworking-plugins   # reference plugins: bridge/host-local (bench), portmap/bandwidth/tuning (chain tests)
   iptables                      # used by the reference portmap plugin
   nftables
+  conntrack                     # the nftables service backend flushes UDP flows of removed backends
   clang llvm libbpf-dev bpftool # the eBPF datapath (built from C in build.rs)
   tcpdump                       # hop captures in the lab
   util-linux                    # nsenter, unshare

@@ -24,10 +24,17 @@ struct endpoint {
 	__u32 flags;
 };
 
-/* Host veth ifindex -> the only source address its pod may use. */
+/* Layout version of every pinned map. Bump it whenever a map's key or
+ * value changes meaning or size, and teach crates/bpf/src/upgrade.rs to
+ * migrate from the version before. The maps live in <pin dir>/v<N>/. */
+#define STRAIT_MAPS_VERSION 2
+
+/* Host veth ifindex -> the only source addresses its pod may use, one per
+ * family (all zeros: the pod has no address of that family). */
 struct lxc {
-	__u32 ip;
+	__u32 ip4;
 	__u32 flags;
+	__u8 ip6[16];
 };
 
 /* Per-reason counters (per CPU). */
@@ -63,6 +70,7 @@ struct event {
 
 #define EVENT_DROP 1
 #define EVENT_TRACE 2
+#define EVENT_WARN 3  /* not a drop, but always reported (a full map) */
 
 #define PROG_FROM_CONTAINER 1
 #define PROG_FROM_NETDEV 2
@@ -90,10 +98,14 @@ struct lb_val {
 	__u32 affinity_secs;  /* slot 0: 0 = no session affinity */
 };
 
-/* Connection tracking for translated flows. The forward entry is keyed by
- * the client's original tuple (to the VIP) and holds the chosen backend;
- * the reverse entry is keyed by the backend's reply tuple and holds the
- * VIP to put back. */
+/* Connection tracking for translated flows (IPv4; an IPv6 twin of these
+ * maps will have 16-byte addresses and the same logic). Every connection
+ * has two entries, each enough to rebuild the other:
+ *   forward  client tuple to the frontend  -> the chosen backend;
+ *   reverse  the backend's reply tuple     -> the frontend to put back.
+ * For a hairpin connection (a pod reaching itself through a service) the
+ * client is also SNATed to HAIRPIN_IP4, so the reverse key's daddr is
+ * HAIRPIN_IP4 and CT_F_HAIRPIN is set in both. */
 struct ct_key {
 	__u32 saddr;
 	__u32 daddr;
@@ -104,10 +116,50 @@ struct ct_key {
 };
 
 struct ct_val {
-	__u32 addr;
-	__u16 port;
-	__u16 _pad;
-	__u64 last_seen;
+	__u32 addr;         /* forward: backend; reverse: frontend */
+	__u16 port;         /* network order */
+	__u8 state;         /* CT_* below */
+	__u8 flags;         /* CT_F_* below */
+	__u64 last_seen;    /* bpf_ktime_get_ns */
+	__u32 svc_id;       /* the service, for flushing and `strait lb ct` */
+	__u32 _pad;
+};
+
+#define CT_SYN_SENT 1     /* TCP: SYN seen, handshake not finished */
+#define CT_ESTABLISHED 2  /* TCP: handshake finished */
+#define CT_CLOSING 3      /* TCP: FIN or RST seen */
+#define CT_UDP 4          /* UDP: no states */
+
+#define CT_F_REVERSE 1    /* this is the reverse entry */
+#define CT_F_HAIRPIN 2    /* client and backend are one pod: source NATed to HAIRPIN_IP4 */
+
+/* The source a hairpinned connection's packets carry into the pod (as
+ * Cilium's IPV4_LOOPBACK): link-local, never a real peer. Network order. */
+#define HAIRPIN_IP4 bpf_htonl(0xa9fe2a01) /* 169.254.42.1 */
+
+/* A pod port published as a hostPort (the portmap plugin DNATs to it in
+ * the host's netfilter): its replies must pass the host stack to be
+ * translated back, so from-container does not fast-path them. */
+struct hostport_key {
+	__u32 addr;   /* the pod, network order */
+	__u16 port;   /* the container port, network order */
+	__u8 proto;
+	__u8 _pad;
+};
+
+/* Non-first IPv4 fragments carry no ports: the first fragment records them
+ * under (saddr, daddr, IP id, protocol) so the rest translate the same. */
+struct frag_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 id;
+	__u8 proto;
+	__u8 _pad;
+};
+
+struct frag_val {
+	__u16 sport;  /* host order, as struct flow */
+	__u16 dport;
 };
 
 struct affinity_key {

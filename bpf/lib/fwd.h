@@ -8,14 +8,28 @@
  * older path that goes through the destination's host veth ("Aliyun2"). */
 volatile const __u32 USE_REDIRECT_PEER = 1;
 
+#define FRAG_NONE 0   /* a whole datagram */
+#define FRAG_FIRST 1  /* the first fragment: has the L4 header */
+#define FRAG_LATER 2  /* a later fragment: no L4 header */
+
 struct pkt {
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	struct flow flow;
+	__u8 tcp_flags;   /* TCP only */
+	__u8 frag;        /* FRAG_* */
+	__u8 frag_known;  /* FRAG_LATER: ports came from the first fragment */
+	__u32 l4off;      /* offset of the L4 header (of the first fragment's) */
 };
 
-/* Parse Ethernet + IPv4 (+ ports). Returns 1 for IPv4, 0 for anything
- * else, -1 for a malformed IPv4 packet. */
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+/* Parse Ethernet + IPv4 (+ ports, TCP flags). Returns 1 for IPv4, 0 for
+ * anything else, -1 for a malformed IPv4 packet. Fragments: the first
+ * records its ports in strait_frag; later ones take them from there. */
 static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 {
 	void *data = (void *)(long)skb->data;
@@ -38,11 +52,33 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	p->flow.proto = ip->protocol;
 	p->flow.sport = 0;
 	p->flow.dport = 0;
-	if ((ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) && !(ip->frag_off & bpf_htons(0x1fff))) {
-		__u16 *ports = (void *)ip + ip->ihl * 4;
-		if ((void *)(ports + 2) <= end) {
-			p->flow.sport = bpf_ntohs(ports[0]);
-			p->flow.dport = bpf_ntohs(ports[1]);
+	p->tcp_flags = 0;
+	p->frag_known = 0;
+	p->l4off = ETH_HLEN + ip->ihl * 4;
+	__u16 frag_off = bpf_ntohs(ip->frag_off);
+	p->frag = (frag_off & 0x1fff) ? FRAG_LATER : (frag_off & 0x2000) ? FRAG_FIRST : FRAG_NONE;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return 1;
+	struct frag_key fk = { .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .proto = ip->protocol };
+	if (p->frag == FRAG_LATER) {
+		struct frag_val *fv = bpf_map_lookup_elem(&strait_frag, &fk);
+		if (fv) {
+			p->flow.sport = fv->sport;
+			p->flow.dport = fv->dport;
+			p->frag_known = 1;
+		}
+		return 1;
+	}
+	__u8 *l4 = (void *)ip + ip->ihl * 4;
+	if ((void *)(l4 + 14) <= end && ip->protocol == IPPROTO_TCP)
+		p->tcp_flags = l4[13];
+	if ((void *)(l4 + 4) <= end) {
+		__u16 *ports = (void *)l4;
+		p->flow.sport = bpf_ntohs(ports[0]);
+		p->flow.dport = bpf_ntohs(ports[1]);
+		if (p->frag == FRAG_FIRST) {
+			struct frag_val fv = { .sport = p->flow.sport, .dport = p->flow.dport };
+			bpf_map_update_elem(&strait_frag, &fk, &fv, BPF_ANY);
 		}
 	}
 	return 1;

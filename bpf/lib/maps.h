@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
 /* The maps. All are pinned by name (strait_*) under the node's bpffs
- * directory, so they outlive the agent and forwarding continues while it
- * restarts. */
+ * directory, in v<STRAIT_MAPS_VERSION>/, so they outlive the agent and
+ * forwarding continues while it restarts or upgrades. Sizes here are part
+ * of the layout: the loader compares them with what is pinned. */
 #pragma once
 #include "common.h"
 #include "reasons.h"
@@ -83,3 +84,19 @@ struct {
 	__type(value, struct sock_rev_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } strait_sock_rev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct frag_key);
+	__type(value, struct frag_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_frag SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct hostport_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_hostport SEC(".maps");

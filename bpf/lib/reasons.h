@@ -18,6 +18,11 @@
 #define REASON_SVC_NO_BACKEND    12 /* service with no ready backend: host stack rejects */
 #define REASON_SVC_MASQUERADE    13 /* external connection to a backend on another node: stack forwards, masqueraded */
 #define REASON_SOCK_LB           14 /* a node process's socket connected straight to a backend */
+#define REASON_SVC_HAIRPIN       15 /* a pod reached itself through a service: source NATed to 169.254.42.1 */
+#define REASON_ICMP_REVNAT       16 /* an ICMP error about a translated connection, translated back */
+#define REASON_HOSTPORT_TO_STACK 17 /* reply of a hostPort connection: the host's NAT translates it */
+#define REASON_LOCAL_LINK        18 /* ARP or IPv6 link-local from a pod: the host stack answers */
+#define REASON_CT_INSERT_FAILED  19 /* conntrack map refused an entry (full): forwarded untracked, reported */
 
 #define REASON_MAX_FORWARD       127
 
@@ -25,5 +30,9 @@
 #define DROP_MALFORMED         129  /* truncated or invalid IPv4 header */
 #define DROP_REDIRECT_FAILED   130  /* the redirect helper refused */
 #define DROP_NAT_FAILED        131  /* service translation could not rewrite the packet */
+#define DROP_UNKNOWN_ENDPOINT  132  /* from a host veth the agent has not programmed */
+#define DROP_LB_INCONSISTENT   133  /* service has backends but a slot is missing: the map is being rewritten or corrupt */
+#define DROP_ETHERTYPE         134  /* a pod sent neither IPv4, IPv6 nor ARP */
+#define DROP_ARP_SPOOF         135  /* a pod's ARP claims an address that is not its own */
 
 #define REASON_COUNT           256

@@ -276,6 +276,7 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                     .collect(),
                 cross_node: agent.cross_node.into(),
                 service_backend: agent.service_backend.into(),
+                conntrack: pb.conntrack.clone(),
             }))
         }
     }

@@ -47,6 +47,7 @@ pub struct Published {
     /// Host veths carrying from-container, and pods in the endpoint map.
     pub attached: Vec<String>,
     pub endpoints: usize,
+    pub conntrack: Option<strait_model::api::ConntrackStatus>,
 }
 
 impl Agent {
@@ -167,7 +168,8 @@ pub fn nft_apply(script: &str) -> anyhow::Result<()> {
 
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     use crate::reconcile::{
-        self, endpoints::Endpoints, health::Health, node_routes::NodeRoutes, services::Services,
+        self, conntrack::Conntrack, endpoints::Endpoints, health::Health, node_routes::NodeRoutes,
+        services::Services,
     };
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("create state dir {}", cfg.state_dir.display()))?;
@@ -213,6 +215,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         cfg,
     });
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(b) = &bpf {
+        tasks.spawn(reconcile::run(
+            Conntrack::new(b.dp.pin_dir.clone()),
+            agent.clone(),
+        ));
+    }
     tasks.spawn(reconcile::run(Endpoints::new(bpf)?, agent.clone()));
     tasks.spawn(reconcile::run(NodeRoutes::new(cross_node)?, agent.clone()));
     tasks.spawn(reconcile::run(Services::new(services), agent.clone()));

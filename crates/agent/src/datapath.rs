@@ -13,6 +13,9 @@ pub struct BpfState {
     /// (an agent restart re-attaches all, atomically replacing the old).
     pub attached: std::collections::BTreeSet<String>,
     pub endpoints: usize,
+    /// An older map layout is still pinned until every host veth carries
+    /// this build's program.
+    pub retire_pending: bool,
 }
 
 /// Load the programs, attach them to the uplink and the node's cgroup.
@@ -35,7 +38,11 @@ pub fn load(cfg: &crate::AgentConfig) -> anyhow::Result<BpfState> {
             .with_context(|| format!("attach socket load balancing to cgroup {}", cg.display()))?;
         tracing::info!(cgroup = %cg.display(), "socket-level load balancing for node processes");
     }
+    for note in &dp.upgrade_notes {
+        tracing::warn!(%note, "eBPF maps from an earlier build");
+    }
     Ok(BpfState {
+        retire_pending: !dp.upgrade_notes.is_empty(),
         dp,
         attached: Default::default(),
         endpoints: 0,
@@ -76,8 +83,9 @@ impl BpfState {
             want_lxc.insert(
                 idx,
                 Lxc {
-                    ip: maps::ip_key(ip),
+                    ip4: maps::ip_key(ip),
                     flags: 0,
+                    ip6: [0; 16],
                 },
             );
         }
@@ -105,6 +113,17 @@ impl BpfState {
         }
         // Links that went away took their filters with them.
         bpf.attached.retain(|l| veth_index.contains_key(l.as_str()));
+        if bpf.retire_pending && problems.is_empty() {
+            match bpf.dp.retire_old_layouts() {
+                Ok(notes) => {
+                    for note in notes {
+                        tracing::info!(%note, "eBPF upgrade finished");
+                    }
+                    bpf.retire_pending = false;
+                }
+                Err(e) => problems.push(format!("retire the older map layout: {e}")),
+            }
+        }
         Ok((changed, problems))
     }
 }

@@ -138,6 +138,9 @@ impl Prog {
 pub struct Datapath {
     pub pin_dir: PathBuf,
     pub features: Features,
+    /// What loading did to maps an earlier build left: layouts replaced,
+    /// state migrated from an older version (see [`crate::upgrade`]).
+    pub upgrade_notes: Vec<String>,
     lxc: Ebpf,
     netdev: Ebpf,
     sock: Ebpf,
@@ -180,9 +183,19 @@ impl Datapath {
                 path: pin_dir.display().to_string(),
             });
         }
+        let maps_dir = crate::upgrade::maps_dir(pin_dir);
+        std::fs::create_dir_all(&maps_dir).map_err(|source| DatapathError::Io {
+            what: format!("create {}", maps_dir.display()),
+            source,
+        })?;
+        let mut upgrade_notes =
+            crate::upgrade::check_pins(pin_dir).map_err(|source| DatapathError::Io {
+                what: format!("check the maps pinned in {}", maps_dir.display()),
+                source,
+            })?;
         let peer = features.redirect_peer as u32;
-        let mut lxc = load_object(pin_dir, "bpf_lxc.o", crate::lxc_object(), peer)?;
-        let mut netdev = load_object(pin_dir, "bpf_netdev.o", crate::netdev_object(), peer)?;
+        let mut lxc = load_object(&maps_dir, "bpf_lxc.o", crate::lxc_object(), peer)?;
+        let mut netdev = load_object(&maps_dir, "bpf_netdev.o", crate::netdev_object(), peer)?;
         for (ebpf, prog) in [
             (&mut lxc, Prog::FromContainer),
             (&mut netdev, Prog::FromNetdev),
@@ -200,7 +213,7 @@ impl Datapath {
                 program: Prog::ToNetdev.name(),
                 source: Box::new(e),
             })?;
-        let mut sock = load_object(pin_dir, "bpf_sock.o", crate::sock_object(), peer)?;
+        let mut sock = load_object(&maps_dir, "bpf_sock.o", crate::sock_object(), peer)?;
         for name in SOCK_PROGRAMS {
             let p: &mut aya::programs::CgroupSockAddr = sock
                 .program_mut(name)
@@ -218,13 +231,28 @@ impl Datapath {
                 source: Box::new(e),
             })?;
         }
+        // The maps exist now; nothing new is attached yet: bring in what an
+        // older layout holds.
+        upgrade_notes.extend(
+            crate::upgrade::migrate(pin_dir).map_err(|e| DatapathError::Io {
+                what: format!("migrate maps from an older layout: {e}"),
+                source: std::io::Error::other(e),
+            })?,
+        );
         Ok(Datapath {
             pin_dir: pin_dir.to_path_buf(),
             features,
+            upgrade_notes,
             lxc,
             netdev,
             sock,
         })
+    }
+
+    /// Once every program is replaced by this build's: remove an older
+    /// layout's maps (see [`crate::upgrade::retire`]).
+    pub fn retire_old_layouts(&self) -> Result<Vec<String>, String> {
+        crate::upgrade::retire(&self.pin_dir)
     }
 
     pub fn program(&mut self, prog: Prog) -> Result<&mut SchedClassifier, DatapathError> {

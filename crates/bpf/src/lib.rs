@@ -11,10 +11,12 @@
 //! verdict code; [`testrun`] runs a program on a crafted packet with
 //! BPF_PROG_TEST_RUN.
 
+pub mod ct;
 pub mod datapath;
 pub mod maps;
 pub mod reason;
 pub mod testrun;
+pub mod upgrade;
 
 pub use datapath::{Datapath, DatapathError, Features};
 

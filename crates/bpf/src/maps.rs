@@ -15,12 +15,14 @@ pub struct Endpoint {
 }
 unsafe impl aya::Pod for Endpoint {}
 
-/// `struct lxc`: the address a host veth's pod may send from.
+/// `struct lxc`: the addresses a host veth's pod may send from, one per
+/// family (all zeros: none of that family).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Lxc {
-    pub ip: u32,
+    pub ip4: u32,
     pub flags: u32,
+    pub ip6: [u8; 16],
 }
 unsafe impl aya::Pod for Lxc {}
 
@@ -83,12 +85,104 @@ unsafe impl aya::Pod for CtKey {}
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtVal {
+    /// Forward: the backend; reverse: the frontend.
     pub addr: u32,
     pub port: u16,
-    pub _pad: u16,
+    /// `CT_*`.
+    pub state: u8,
+    /// `CT_F_*`.
+    pub flags: u8,
     pub last_seen: u64,
+    pub svc_id: u32,
+    pub _pad: u32,
 }
 unsafe impl aya::Pod for CtVal {}
+
+pub const CT_SYN_SENT: u8 = 1;
+pub const CT_ESTABLISHED: u8 = 2;
+pub const CT_CLOSING: u8 = 3;
+pub const CT_UDP: u8 = 4;
+pub const CT_F_REVERSE: u8 = 1;
+pub const CT_F_HAIRPIN: u8 = 2;
+pub use strait_model::services::HAIRPIN_IP4;
+
+impl CtVal {
+    /// How long the entry lives without traffic (bpf/lib/conntrack.h).
+    pub fn idle(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(match self.state {
+            CT_SYN_SENT => 60,
+            CT_ESTABLISHED => 6 * 3600,
+            CT_CLOSING => 10,
+            _ => 120,
+        })
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            CT_SYN_SENT => "syn-sent",
+            CT_ESTABLISHED => "established",
+            CT_CLOSING => "closing",
+            CT_UDP => "udp",
+            _ => "unknown",
+        }
+    }
+}
+
+/// A connection's other entry, rebuilt from one entry (as `ct_twin` in
+/// bpf/lib/conntrack.h does).
+pub fn ct_twin(k: &CtKey, v: &CtVal) -> (CtKey, CtVal) {
+    let hairpin = v.flags & CT_F_HAIRPIN != 0;
+    if v.flags & CT_F_REVERSE != 0 {
+        (
+            CtKey {
+                saddr: if hairpin { k.saddr } else { k.daddr },
+                daddr: v.addr,
+                sport: k.dport,
+                dport: v.port,
+                ..*k
+            },
+            CtVal {
+                addr: k.saddr,
+                port: k.sport,
+                flags: v.flags & !CT_F_REVERSE,
+                ..*v
+            },
+        )
+    } else {
+        (
+            CtKey {
+                saddr: v.addr,
+                daddr: if hairpin {
+                    ip_key(HAIRPIN_IP4)
+                } else {
+                    k.saddr
+                },
+                sport: v.port,
+                dport: k.sport,
+                ..*k
+            },
+            CtVal {
+                addr: k.daddr,
+                port: k.dport,
+                flags: v.flags | CT_F_REVERSE,
+                ..*v
+            },
+        )
+    }
+}
+
+/// `struct hostport_key`: a pod port published as a hostPort.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct HostportKey {
+    pub addr: u32,
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+unsafe impl aya::Pod for HostportKey {}
+pub type HostportMap = HashMap<MapData, HostportKey, u32>;
 
 pub type LbMap = HashMap<MapData, LbKey, LbVal>;
 pub type CtMap = aya::maps::HashMap<MapData, CtKey, CtVal>;
@@ -147,6 +241,56 @@ pub fn lb_entries(table: &[strait_model_services::ServiceEntry]) -> Vec<(LbKey, 
     out
 }
 
+/// One write to strait_lb.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbOp {
+    Put(LbKey, LbVal),
+    Delete(LbKey),
+}
+
+/// The writes that turn one frontend's entries `old` into `new` (either may
+/// be empty) in an order where a packet arriving between any two writes
+/// finds a consistent service: every slot it may pick (1..=count) holds an
+/// active backend, old or new. So new slots go in before the count that
+/// covers them, the count drops before the slots it no longer covers go,
+/// and a removed frontend loses its slot 0 first.
+pub fn lb_ops(old: &[(LbKey, LbVal)], new: &[(LbKey, LbVal)]) -> Vec<LbOp> {
+    let new_count = new
+        .iter()
+        .find(|(k, _)| k.slot == 0)
+        .map(|(_, v)| v.count)
+        .unwrap_or(0);
+    let changed = |k: &LbKey, v: &LbVal| !old.iter().any(|(ok, ov)| ok == k && ov == v);
+    let mut ops = vec![];
+    // 1. slots the new count will cover
+    for (k, v) in new {
+        if k.slot >= 1 && k.slot <= new_count && changed(k, v) {
+            ops.push(LbOp::Put(*k, *v));
+        }
+    }
+    // 2. the service entry (count, affinity)
+    for (k, v) in new {
+        if k.slot == 0 && changed(k, v) {
+            ops.push(LbOp::Put(*k, *v));
+        }
+    }
+    // 3. terminating slots past the count (never picked)
+    for (k, v) in new {
+        if k.slot > new_count && changed(k, v) {
+            ops.push(LbOp::Put(*k, *v));
+        }
+    }
+    // 4. what is gone: slot 0 first
+    let mut gone: Vec<LbKey> = old
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| !new.iter().any(|(nk, _)| nk == k))
+        .collect();
+    gone.sort_by_key(|k| k.slot);
+    ops.extend(gone.into_iter().map(LbOp::Delete));
+    ops
+}
+
 /// `struct event` on the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -168,6 +312,8 @@ pub struct Event {
 
 pub const EVENT_DROP: u8 = 1;
 pub const EVENT_TRACE: u8 = 2;
+/// Not a drop, but always reported (a map refused an entry).
+pub const EVENT_WARN: u8 = 3;
 
 impl Event {
     pub fn parse(b: &[u8]) -> Option<Event> {
@@ -199,12 +345,13 @@ pub type ConfigMap = aya::maps::Array<MapData, Config>;
 pub type EventRing = aya::maps::RingBuf<MapData>;
 
 /// Open a pinned map by name (strait_endpoints, strait_lxc, ...) from a
-/// node's pin directory: the CLI and tests read state this way.
+/// node's pin directory (its maps are in the current layout version's
+/// subdirectory): the CLI and tests read state this way.
 pub fn open<T>(pin_dir: &std::path::Path, name: &str) -> Result<T, aya::maps::MapError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let data = MapData::from_pin(pin_dir.join(name))?;
+    let data = MapData::from_pin(crate::upgrade::maps_dir(pin_dir).join(name))?;
     T::try_from(aya::maps::Map::from_map_data(data)?)
 }
 
@@ -221,16 +368,97 @@ pub type MetricsMap = PerCpuArray<MapData, Metric>;
 mod tests {
     use super::*;
 
+    fn svc(backends: &[u32], terminating: &[u32]) -> Vec<(LbKey, LbVal)> {
+        use strait_model::services::*;
+        let b = |ip: &u32, state| Backend {
+            ip: std::net::Ipv4Addr::from(*ip),
+            port: 8080,
+            state,
+            pod: None,
+            node: None,
+        };
+        lb_entries(&[ServiceEntry {
+            id: 7,
+            namespace: "default".into(),
+            name: "web".into(),
+            port_name: "http".into(),
+            frontend: Frontend {
+                ip: "198.18.64.10".parse().unwrap(),
+                port: 80,
+                proto: Proto::Tcp,
+            },
+            backends: backends
+                .iter()
+                .map(|ip| b(ip, BackendState::Active))
+                .chain(
+                    terminating
+                        .iter()
+                        .map(|ip| b(ip, BackendState::Terminating)),
+                )
+                .collect(),
+            affinity_secs: None,
+            external: false,
+            local_only: false,
+        }])
+    }
+
+    /// What the datapath would see: None when a pick could miss a slot.
+    fn consistent(map: &std::collections::HashMap<LbKey, LbVal>) -> bool {
+        let Some((k0, v0)) = map.iter().find(|(k, _)| k.slot == 0) else {
+            return true; // no service: not looked at
+        };
+        (1..=v0.count).all(|i| {
+            map.get(&LbKey { slot: i, ..*k0 })
+                .is_some_and(|b| b.count == 0)
+        })
+    }
+
+    #[test]
+    fn lb_writes_keep_every_pickable_slot_filled() {
+        // (old active, old terminating, new active, new terminating)
+        type Case = (Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>);
+        let cases: Vec<Case> = vec![
+            (vec![], vec![], vec![1, 2, 3], vec![]),      // new service
+            (vec![1], vec![], vec![1, 2, 3], vec![]),     // grow
+            (vec![1, 2, 3], vec![], vec![1], vec![]),     // shrink
+            (vec![1, 2, 3], vec![], vec![3], vec![1, 2]), // drain two
+            (vec![1, 2], vec![], vec![4, 5, 6], vec![]),  // replace all
+            (vec![1, 2, 3], vec![], vec![], vec![]),      // no backends left
+            (vec![1, 2, 3], vec![4], vec![5], vec![1]),
+        ];
+        for (oa, ot, na, nt) in cases {
+            let (old, new) = (svc(&oa, &ot), svc(&na, &nt));
+            for new in [new.clone(), vec![]] {
+                let mut map: std::collections::HashMap<LbKey, LbVal> =
+                    old.iter().copied().collect();
+                assert!(consistent(&map));
+                for op in lb_ops(&old, &new) {
+                    match op {
+                        LbOp::Put(k, v) => map.insert(k, v),
+                        LbOp::Delete(k) => map.remove(&k),
+                    };
+                    assert!(
+                        consistent(&map),
+                        "{oa:?}+{ot:?} -> {na:?}+{nt:?}: inconsistent after {op:?}"
+                    );
+                }
+                let want: std::collections::HashMap<LbKey, LbVal> = new.iter().copied().collect();
+                assert_eq!(map, want);
+            }
+        }
+    }
+
     #[test]
     fn layouts_match_the_c_structs() {
         assert_eq!(std::mem::size_of::<Endpoint>(), 20);
-        assert_eq!(std::mem::size_of::<Lxc>(), 8);
+        assert_eq!(std::mem::size_of::<Lxc>(), 24);
         assert_eq!(std::mem::size_of::<Metric>(), 16);
         assert_eq!(std::mem::size_of::<Event>(), 40);
         assert_eq!(std::mem::size_of::<LbKey>(), 12);
         assert_eq!(std::mem::size_of::<LbVal>(), 16);
         assert_eq!(std::mem::size_of::<CtKey>(), 16);
-        assert_eq!(std::mem::size_of::<CtVal>(), 16);
+        assert_eq!(std::mem::size_of::<CtVal>(), 24);
+        assert_eq!(std::mem::size_of::<HostportKey>(), 8);
         assert_eq!(
             key_ip(ip_key(Ipv4Addr::new(198, 19, 0, 1))),
             Ipv4Addr::new(198, 19, 0, 1)

@@ -14,10 +14,19 @@ pub const SVC_REVNAT: u8 = 11;
 pub const SVC_NO_BACKEND: u8 = 12;
 pub const SVC_MASQUERADE: u8 = 13;
 pub const SOCK_LB: u8 = 14;
+pub const SVC_HAIRPIN: u8 = 15;
+pub const ICMP_REVNAT: u8 = 16;
+pub const HOSTPORT_TO_STACK: u8 = 17;
+pub const LOCAL_LINK: u8 = 18;
+pub const CT_INSERT_FAILED: u8 = 19;
 pub const DROP_SOURCE_SPOOF: u8 = 128;
 pub const DROP_MALFORMED: u8 = 129;
 pub const DROP_REDIRECT_FAILED: u8 = 130;
 pub const DROP_NAT_FAILED: u8 = 131;
+pub const DROP_UNKNOWN_ENDPOINT: u8 = 132;
+pub const DROP_LB_INCONSISTENT: u8 = 133;
+pub const DROP_ETHERTYPE: u8 = 134;
+pub const DROP_ARP_SPOOF: u8 = 135;
 
 /// A short name and what it means, for tables and `monitor`.
 pub fn describe(code: u8) -> (&'static str, &'static str) {
@@ -68,6 +77,42 @@ pub fn describe(code: u8) -> (&'static str, &'static str) {
         SOCK_LB => (
             "sock-lb",
             "a node process's socket connected straight to a backend (no NAT)",
+        ),
+        SVC_HAIRPIN => (
+            "svc-hairpin",
+            "a pod reached itself through a service: source NATed to 169.254.42.1",
+        ),
+        ICMP_REVNAT => (
+            "icmp-revnat",
+            "an ICMP error about a service connection, translated back to the VIP",
+        ),
+        HOSTPORT_TO_STACK => (
+            "hostport-to-stack",
+            "reply of a hostPort connection: the host's NAT translates it back",
+        ),
+        LOCAL_LINK => (
+            "local-link",
+            "ARP or IPv6 link-local from a pod: the host stack answers",
+        ),
+        CT_INSERT_FAILED => (
+            "ct-insert-failed",
+            "conntrack map refused an entry (full): forwarded untracked",
+        ),
+        DROP_UNKNOWN_ENDPOINT => (
+            "drop-unknown-endpoint",
+            "from a host veth the agent has not programmed",
+        ),
+        DROP_LB_INCONSISTENT => (
+            "drop-lb-inconsistent",
+            "the service has backends but a backend slot is missing (map being rewritten or corrupt)",
+        ),
+        DROP_ETHERTYPE => (
+            "drop-ethertype",
+            "a pod sent neither IPv4, IPv6 nor ARP",
+        ),
+        DROP_ARP_SPOOF => (
+            "drop-arp-spoof",
+            "a pod's ARP claims an address that is not its own",
         ),
         DROP_NAT_FAILED => (
             "drop-nat-failed",

@@ -3,146 +3,13 @@
 //! test mounts at /sys/fs/bpf when missing); skips loudly otherwise, and
 //! under CI=true a skip is a failure.
 
+mod common;
+use common::*;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use strait_bpf::datapath::{ensure_bpffs, Prog};
-use strait_bpf::maps::{self, Endpoint, EndpointMap, EventRing, Lxc, LxcMap, MetricsMap};
+use strait_bpf::datapath::Prog;
+use strait_bpf::maps::{self, EndpointMap, EventRing};
 use strait_bpf::reason::*;
 use strait_bpf::{Datapath, Features};
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
-
-const POD_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const POD_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const IF_A: u32 = 7001;
-const IF_B: u32 = 7002;
-const B_POD_MAC: [u8; 6] = [0x0a, 0, 0, 0, 0, 0xb0];
-const B_HOST_MAC: [u8; 6] = [0xee, 0, 0, 0, 0, 0xb1];
-
-fn root() -> bool {
-    if nix_is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("BPF tests need root, and CI=true forbids skipping them");
-    }
-    eprintln!("\n!!! SKIPPED BPF_PROG_TEST_RUN tests: need root !!!\n");
-    false
-}
-
-fn nix_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// A datapath loaded with its maps pinned in a private directory, removed
-/// on drop.
-struct Loaded {
-    dp: Datapath,
-    dir: PathBuf,
-}
-
-impl Drop for Loaded {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn load(test: &str, peer: bool) -> Loaded {
-    ensure_bpffs(std::path::Path::new("/sys/fs/bpf")).unwrap();
-    let dir = PathBuf::from(format!(
-        "/sys/fs/bpf/strait-test-{}-{test}",
-        std::process::id()
-    ));
-    let features = Features {
-        redirect_peer: peer,
-        reason: "test".into(),
-    };
-    let dp = Datapath::load(&dir, features).unwrap();
-    let mut lxc: LxcMap = maps::open(&dir, "strait_lxc").unwrap();
-    lxc.insert(
-        IF_A,
-        Lxc {
-            ip: maps::ip_key(POD_A),
-            flags: 0,
-        },
-        0,
-    )
-    .unwrap();
-    let mut eps: EndpointMap = maps::open(&dir, "strait_endpoints").unwrap();
-    eps.insert(
-        maps::ip_key(POD_B),
-        Endpoint {
-            ifindex: IF_B,
-            pod_mac: B_POD_MAC,
-            host_mac: B_HOST_MAC,
-            flags: 0,
-        },
-        0,
-    )
-    .unwrap();
-    eps.insert(
-        maps::ip_key(POD_A),
-        Endpoint {
-            ifindex: IF_A,
-            pod_mac: [0x0a, 0, 0, 0, 0, 0xa0],
-            host_mac: [0xee, 0, 0, 0, 0, 0xa1],
-            flags: 0,
-        },
-        0,
-    )
-    .unwrap();
-    lxc.insert(
-        IF_B,
-        Lxc {
-            ip: maps::ip_key(POD_B),
-            flags: 0,
-        },
-        0,
-    )
-    .unwrap();
-    Loaded { dp, dir }
-}
-
-fn checksum(h: &[u8]) -> u16 {
-    let mut s: u32 = h
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
-
-/// Ethernet + IPv4 + UDP, with a valid header checksum.
-fn udp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
-    let mut p = vec![];
-    p.extend([0xee, 1, 1, 1, 1, 1]); // to the host end of the sender's veth
-    p.extend([0x0a, 2, 2, 2, 2, 2]);
-    p.extend([0x08, 0x00]);
-    let mut ip = vec![0x45, 0, 0, 32, 0, 1, 0x40, 0, ttl, 17, 0, 0];
-    ip.extend(src.octets());
-    ip.extend(dst.octets());
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    p.extend(ip);
-    p.extend([0x30, 0x39, 0x1f, 0x90, 0, 12, 0, 0]); // 12345 -> 8080
-    p.extend(b"ping");
-    p
-}
-
-fn run(l: &mut Loaded, prog: Prog, pkt: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-    let p = l.dp.program(prog).unwrap();
-    strait_bpf::testrun::run_skb(p.fd().unwrap(), pkt, ifindex).unwrap()
-}
-
-fn count(l: &Loaded, reason: u8) -> u64 {
-    let m: MetricsMap = maps::open(&l.dir, "strait_metrics").unwrap();
-    maps::metric(&m, reason).unwrap().0
-}
 
 #[test]
 fn same_node_pod_to_pod_is_redirect_peer_with_rewritten_headers() {
@@ -214,13 +81,12 @@ fn what_is_not_ours_goes_to_the_stack() {
         return;
     }
     let mut l = load("stack", true);
-    // Unknown host veth: the agent has not programmed it (yet).
-    let (rc, _) = run(&mut l, Prog::FromContainer, &udp(POD_A, POD_B, 64), 4242);
-    assert_eq!(rc, TC_ACT_OK);
-    // ARP.
-    let mut arp = udp(POD_A, POD_B, 64);
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_eq!(run(&mut l, Prog::FromContainer, &arp, IF_A).0, TC_ACT_OK);
+    // ARP claiming the pod's own address: the stack answers it.
+    assert_eq!(
+        run(&mut l, Prog::FromContainer, &arp(POD_A), IF_A).0,
+        TC_ACT_OK
+    );
+    assert_eq!(count(&l, LOCAL_LINK), 1);
     // TTL about to expire: the stack answers with ICMP.
     assert_eq!(
         run(&mut l, Prog::FromContainer, &udp(POD_A, POD_B, 1), IF_A).0,
@@ -238,7 +104,7 @@ fn what_is_not_ours_goes_to_the_stack() {
         .0,
         TC_ACT_OK
     );
-    assert_eq!(count(&l, TO_STACK), 3);
+    assert_eq!(count(&l, TO_STACK), 1);
     // No route in this (test) namespace for a remote pod: FIB says so.
     assert_eq!(
         run(
@@ -331,82 +197,6 @@ fn per_packet_cost_is_reported() {
     let local = cost(&udp(POD_A, POD_B, 255), TC_ACT_REDIRECT);
     let miss = cost(&udp(POD_A, Ipv4Addr::new(10, 200, 0, 1), 255), TC_ACT_OK);
     eprintln!("from_container per packet: same-node redirect_peer {local} ns, FIB miss to stack {miss} ns");
-}
-
-/// Ethernet + IPv4 + TCP SYN with valid IPv4 and TCP checksums.
-fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    tcp_flags(src, sport, dst, dport, 0x02)
-}
-
-fn tcp_flags(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
-    let mut p = vec![0xee, 1, 1, 1, 1, 1, 0x0a, 2, 2, 2, 2, 2, 0x08, 0x00];
-    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
-    ip.extend(src.octets());
-    ip.extend(dst.octets());
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut t = vec![];
-    t.extend(sport.to_be_bytes());
-    t.extend(dport.to_be_bytes());
-    t.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    let c = tcp_checksum(src, dst, &t);
-    t[16..18].copy_from_slice(&c.to_be_bytes());
-    p.extend(ip);
-    p.extend(t);
-    p
-}
-
-fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, seg: &[u8]) -> u16 {
-    let mut pseudo = vec![];
-    pseudo.extend(src.octets());
-    pseudo.extend(dst.octets());
-    pseudo.extend([0, 6]);
-    pseudo.extend((seg.len() as u16).to_be_bytes());
-    pseudo.extend(seg);
-    if pseudo.len() % 2 == 1 {
-        pseudo.push(0);
-    }
-    checksum(&pseudo)
-}
-
-fn tcp_ok(pkt: &[u8]) -> bool {
-    let src = Ipv4Addr::new(pkt[26], pkt[27], pkt[28], pkt[29]);
-    let dst = Ipv4Addr::new(pkt[30], pkt[31], pkt[32], pkt[33]);
-    tcp_checksum(src, dst, &pkt[34..]) == 0 && checksum(&pkt[14..34]) == 0
-}
-
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-
-fn add_service(l: &Loaded, backends: &[(Ipv4Addr, u16)]) {
-    use strait_model::services::*;
-    let mut lb: maps::LbMap = maps::open(&l.dir, "strait_lb").unwrap();
-    let entry = ServiceEntry {
-        id: 7,
-        namespace: "default".into(),
-        name: "web".into(),
-        port_name: "http".into(),
-        frontend: Frontend {
-            ip: VIP,
-            port: 80,
-            proto: Proto::Tcp,
-        },
-        backends: backends
-            .iter()
-            .map(|(ip, port)| Backend {
-                ip: *ip,
-                port: *port,
-                state: BackendState::Active,
-                pod: None,
-                node: None,
-            })
-            .collect(),
-        affinity_secs: None,
-        external: false,
-        local_only: false,
-    };
-    for (k, v) in maps::lb_entries(&[entry]) {
-        lb.insert(k, v, 0).unwrap();
-    }
 }
 
 #[test]
@@ -514,4 +304,114 @@ fn a_direct_connection_on_a_reused_port_is_not_reverse_translated() {
         "the direct reply keeps the backend's address"
     );
     assert_eq!(count(&l, SVC_REVNAT), 0);
+}
+
+/// A namespace with a real FIB: h0 plays a pod's host veth, h1 the uplink
+/// with a permanent neighbour 198.18.250.2 and a route to 198.18.251.0/24
+/// through it. Removed on drop.
+struct FibNs(String);
+
+impl FibNs {
+    fn new(test: &str) -> FibNs {
+        let name = format!("strait-bpft-{}-{test}", std::process::id());
+        let sh = |args: &str| {
+            let st = std::process::Command::new("sh")
+                .args(["-c", args])
+                .status()
+                .unwrap();
+            assert!(st.success(), "{args}");
+        };
+        sh(&format!("ip netns add {name}"));
+        let ns = FibNs(name.clone());
+        let x = format!("ip netns exec {name}");
+        sh(&format!("{x} ip link add h0 type veth peer name h1"));
+        sh(&format!(
+            "{x} ip link set h0 up && {x} ip link set h1 up && {x} ip link set lo up"
+        ));
+        sh(&format!("{x} ip addr add 198.18.250.1/24 dev h1"));
+        sh(&format!(
+            "{x} ip neigh replace 198.18.250.2 lladdr 02:00:00:00:00:02 dev h1 nud permanent"
+        ));
+        sh(&format!(
+            "{x} ip route add 198.18.251.0/24 via 198.18.250.2"
+        ));
+        sh(&format!("{x} sysctl -qw net.ipv4.ip_forward=1"));
+        ns
+    }
+
+    /// Run `f` on a thread inside the namespace.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let fd = std::fs::File::open(&path).unwrap();
+                // SAFETY: a valid netns fd; only this thread moves.
+                let r = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::CLONE_NEWNET)
+                };
+                assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+}
+
+impl Drop for FibNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// Remote traffic through a real FIB: bpf_fib_lookup finds the route and
+/// neighbour, bpf_redirect_neigh sends it out of the uplink. A GSO
+/// super-packet (IPv4 tot_len far above the MTU, its segments not) keeps
+/// the fast path: tot_len is not handed to the lookup, so the kernel checks
+/// the skb itself.
+#[test]
+fn remote_traffic_takes_redirect_neigh_through_a_real_fib_even_gso_sized() {
+    if !root() {
+        return;
+    }
+    let ns = FibNs::new("fib");
+    let mut l = load("fib", true);
+    let remote = Ipv4Addr::new(198, 18, 251, 7);
+    let (h0, h1, rc_plain, rc_gso) = ns.run(|| {
+        let idx = |n: &str| {
+            let c = std::ffi::CString::new(n).unwrap();
+            // SAFETY: a valid C string.
+            unsafe { libc::if_nametoindex(c.as_ptr()) }
+        };
+        let (h0, h1) = (idx("h0"), idx("h1"));
+        let mut lxc: maps::LxcMap = maps::open(&l.dir, "strait_lxc").unwrap();
+        lxc.insert(
+            h0,
+            maps::Lxc {
+                ip4: maps::ip_key(POD_A),
+                flags: 0,
+                ip6: [0; 16],
+            },
+            0,
+        )
+        .unwrap();
+        let plain = run(&mut l, Prog::FromContainer, &udp(POD_A, remote, 64), h0).0;
+        let mut gso = udp(POD_A, remote, 64);
+        gso[16..18].copy_from_slice(&60000u16.to_be_bytes());
+        gso[24..26].copy_from_slice(&[0, 0]);
+        let c = checksum(&gso[14..34]);
+        gso[24..26].copy_from_slice(&c.to_be_bytes());
+        let gso_rc = run(&mut l, Prog::FromContainer, &gso, h0).0;
+        (h0, h1, plain, gso_rc)
+    });
+    assert!(h0 > 0 && h1 > 0);
+    assert_eq!(rc_plain, TC_ACT_REDIRECT, "redirected out of the uplink");
+    assert_eq!(
+        rc_gso, TC_ACT_REDIRECT,
+        "a GSO-sized packet is not sent to the slow path"
+    );
+    assert_eq!(count(&l, NEIGH_REMOTE), 2);
+    assert_eq!(count(&l, FIB_TO_STACK), 0);
 }

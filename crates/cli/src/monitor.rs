@@ -163,7 +163,7 @@ fn print_event(e: &Event, output: &str, label: &dyn Fn(Ipv4Addr) -> String) {
         println!(
             "{}",
             serde_json::json!({
-                "kind": if e.kind == maps::EVENT_DROP { "drop" } else { "trace" },
+                "kind": match e.kind { maps::EVENT_DROP => "drop", maps::EVENT_WARN => "warn", _ => "trace" },
                 "reason": name, "code": e.reason, "program": prog,
                 "src": e.src().to_string(), "dst": e.dst().to_string(),
                 "sport": e.sport, "dport": e.dport, "proto": proto, "len": e.len,
@@ -173,10 +173,10 @@ fn print_event(e: &Event, output: &str, label: &dyn Fn(Ipv4Addr) -> String) {
         );
         return;
     }
-    let arrow = if e.kind == maps::EVENT_DROP {
-        "xx drop"
-    } else {
-        "-> "
+    let arrow = match e.kind {
+        maps::EVENT_DROP => "xx drop",
+        maps::EVENT_WARN => "!! warn",
+        _ => "-> ",
     };
     if e.saddr == 0 && e.daddr == 0 && e.proto == 0 {
         println!(

@@ -53,6 +53,18 @@ pub fn render(s: &NodeStatus) -> String {
             d.endpoints,
         ));
     }
+    if let Some(c) = &s.conntrack {
+        let states: Vec<String> = c.by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        out.push_str(&format!(
+            "  service conntrack: {} connections ({}), {:.1}% of {} entries; expired {}, halves rebuilt {}\n",
+            c.forward,
+            if states.is_empty() { "none".to_string() } else { states.join(", ") },
+            c.forward.max(c.reverse) as f64 * 100.0 / c.capacity.max(1) as f64,
+            c.capacity,
+            c.expired_total,
+            c.repaired_total,
+        ));
+    }
     out.push_str(&format!(
         "\n{:<20} {:<16} {}\n",
         "NODE ROUTE", "VIA", "NODE"

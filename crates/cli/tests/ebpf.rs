@@ -235,7 +235,9 @@ fn down_leaves_no_pinned_maps_or_filters() {
     let lab = Lab::up(&ebpf_lab("t-bpfclean", false));
     wait_programmed(&lab);
     let pins = std::path::PathBuf::from(strait_model::lab::lab_bpf_dir("t-bpfclean"));
-    assert!(pins.join("node-a/strait_endpoints").exists());
+    assert!(strait_bpf::upgrade::maps_dir(&pins.join("node-a"))
+        .join("strait_endpoints")
+        .exists());
     let filters = lab.exec(
         "node-a",
         &["tc", "filter", "show", "dev", "eth0", "ingress"],

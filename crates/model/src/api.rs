@@ -110,6 +110,22 @@ pub struct NodeStatus {
     pub cross_node: String,
     #[serde(default)]
     pub service_backend: String,
+    /// Service conntrack (eBPF datapath): entries by state, how full.
+    #[serde(default)]
+    pub conntrack: Option<ConntrackStatus>,
+}
+
+/// The eBPF service conntrack as the last GC pass found it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConntrackStatus {
+    /// Connections by state (syn-sent, established, closing, udp).
+    pub by_state: std::collections::BTreeMap<String, usize>,
+    pub forward: usize,
+    pub reverse: usize,
+    pub capacity: usize,
+    /// Since the agent started: pairs expired, halves rebuilt.
+    pub expired_total: u64,
+    pub repaired_total: u64,
 }
 
 /// The last service-table change: how many frontends the table had, how

@@ -5,7 +5,7 @@
 //! (or its session-affinity set) and DNATs. Conntrack translates replies.
 //! The whole table is replaced in one nft transaction.
 
-use crate::services::{Proto, ServiceEntry, ServiceTable};
+use crate::services::{Proto, ServiceEntry, ServiceTable, HAIRPIN_IP4};
 use std::fmt::Write;
 
 pub const TABLE: &str = "strait_svc";
@@ -81,6 +81,25 @@ pub fn render(table: &ServiceTable, service_cidr: Option<ipnet::Ipv4Net>) -> Str
             .unwrap();
         }
     }
+    // Hairpin: a pod picked as the backend of its own connection would
+    // drop a packet from its own address; it comes from 169.254.42.1
+    // instead (the address the eBPF backend uses), and conntrack restores
+    // both ends of the reply.
+    let mut hairpin: Vec<String> = entries
+        .iter()
+        .flat_map(|(_, e)| e.active().map(|b| format!("{} . {}", b.ip, b.ip)))
+        .collect();
+    hairpin.sort();
+    hairpin.dedup();
+    writeln!(s, "  set hairpin {{\n    type ipv4_addr . ipv4_addr").unwrap();
+    if !hairpin.is_empty() {
+        writeln!(s, "    elements = {{ {} }}", hairpin.join(", ")).unwrap();
+    }
+    writeln!(
+        s,
+        "  }}\n  chain hairpin_snat {{\n    type nat hook postrouting priority 100; policy accept;\n    ct status dnat ip saddr . ip daddr @hairpin snat ip to {HAIRPIN_IP4}\n  }}"
+    )
+    .unwrap();
     for (i, e) in &entries {
         let backends: Vec<_> = e.active().collect();
         let targets: Vec<String> = backends

@@ -48,6 +48,12 @@ impl std::fmt::Display for Proto {
     }
 }
 
+/// The source address of a hairpinned service connection (a pod reaching
+/// itself through a service), in both service backends: a pod would drop a
+/// packet from its own address. Link-local, never a real peer; matches
+/// HAIRPIN_IP4 in bpf/lib/common.h.
+pub const HAIRPIN_IP4: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Frontend {
     pub ip: Ipv4Addr,

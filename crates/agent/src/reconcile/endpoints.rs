@@ -202,6 +202,23 @@ impl Reconciler for Endpoints {
             .collect();
         apply_routes(&self.nl, &routes, pod_route, &desired, &mut rep).await;
 
+        // 4b. Source check, in every datapath (the kernel datapath has no
+        // other): strict reverse-path filtering on each pod's host veth drops
+        // any source address whose route does not lead back through it, and
+        // only the pod's own /32 does.
+        let mut unchecked = BTreeSet::new();
+        for name in veth_index.keys() {
+            match tokio::task::block_in_place(|| strict_rp_filter(name)) {
+                Ok(true) => rep.changed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    rep.problems
+                        .push(format!("host veth {name}: source check: {e}"));
+                    unchecked.insert(name.to_string());
+                }
+            }
+        }
+
         // 5. The eBPF datapath's view of the pods.
         if let Some(bpf) = self.bpf.as_mut() {
             let p = tokio::task::block_in_place(|| bpf.sync_endpoints(&allocs, &veth_index))?;
@@ -216,6 +233,7 @@ impl Reconciler for Endpoints {
         let done: BTreeSet<String> = allocs
             .iter()
             .filter(|a| veth_index.contains_key(a.host_veth.as_str()))
+            .filter(|a| !unchecked.contains(&a.host_veth))
             .filter(|a| {
                 self.bpf
                     .as_ref()
@@ -226,6 +244,18 @@ impl Reconciler for Endpoints {
         agent.programmed.send_replace(Some(Arc::new(done)));
         Ok(rep)
     }
+}
+
+/// Set `rp_filter` to strict (1) on a link; true when it was not already.
+pub fn strict_rp_filter(link: &str) -> std::io::Result<bool> {
+    let p = std::path::Path::new("/proc/sys/net/ipv4/conf")
+        .join(link)
+        .join("rp_filter");
+    if std::fs::read_to_string(&p)?.trim() == "1" {
+        return Ok(false);
+    }
+    std::fs::write(&p, "1")?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -10,13 +10,16 @@
 //!   service CIDR route;
 //! - [`services`]: the service table, applied by a
 //!   [`crate::svcbackend::ServiceBackend`] chosen by name;
-//! - [`health`]: healthCheckNodePort servers.
+//! - [`health`]: healthCheckNodePort servers;
+//! - [`conntrack`] (eBPF datapath): GC of service connections, map
+//!   pressure.
 //!
 //! A pass that fails as a whole is retried with exponential backoff; a pass
 //! that programs most objects but not all reports the others as problems,
 //! by object, and retries them the same way. One reconciler's failure never
 //! stops another.
 
+pub mod conntrack;
 pub mod endpoints;
 pub mod health;
 pub mod node_routes;

@@ -42,67 +42,137 @@ impl ServiceBackend for EbpfServices {
     }
 }
 
-/// Make strait_lb hold exactly the table's frontends and backends.
-/// Conntrack is left alone: connections to removed or terminating backends
-/// keep their backend until they end.
+/// A frontend's map identity: (address, port, protocol), network order.
+type FrontKey = (u32, u16, u8);
+
+fn front_key(k: &strait_bpf::maps::LbKey) -> FrontKey {
+    (k.addr, k.port, k.proto)
+}
+
+/// Make strait_lb hold exactly the table's frontends and backends, each
+/// frontend rewritten in an order the datapath can read at any moment
+/// ([`strait_bpf::maps::lb_ops`]). UDP flows to a backend that left a
+/// frontend entirely are flushed from conntrack; TCP connections, and
+/// those to a terminating backend, live on until they end.
 fn sync_services(
     pin_dir: &std::path::Path,
     programmed: &mut Option<LbProgrammed>,
     table: &strait_model::services::ServiceTable,
 ) -> anyhow::Result<usize> {
-    use strait_bpf::maps::{self, LbMap};
+    use strait_bpf::maps::{self, LbKey, LbMap, LbVal};
     let mut lb: LbMap = maps::open(pin_dir, "strait_lb")?;
-    let mut changed = 0;
-    let mut old = match programmed.take() {
-        Some(p) => p,
-        None => {
-            // First sync since start: whatever the map holds is unknown;
-            // clear what the table does not want.
-            let want: std::collections::HashSet<maps::LbKey> = maps::lb_entries(&table.entries)
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect();
-            let have: Vec<maps::LbKey> = lb.keys().collect::<Result<_, _>>()?;
-            for k in have.iter().filter(|k| !want.contains(k)) {
-                lb.remove(k)?;
-                changed += 1;
+    // What the map holds now, per frontend: remembered from the last sync,
+    // or read back at the first one after a start.
+    let mut have: HashMap<FrontKey, Vec<(LbKey, LbVal)>> = HashMap::new();
+    let mut unchanged: LbProgrammed = HashMap::new();
+    match programmed.take() {
+        Some(mut p) => {
+            for e in &table.entries {
+                if let Some((prev, kv)) = p.remove(&e.frontend) {
+                    if prev == *e {
+                        unchanged.insert(e.frontend, (prev, kv));
+                    } else {
+                        have.insert(front_key(&kv[0].0), kv);
+                    }
+                }
             }
-            Default::default()
+            for (_, (_, kv)) in p {
+                have.insert(front_key(&kv[0].0), kv);
+            }
         }
-    };
-    let mut now: LbProgrammed = HashMap::with_capacity(table.entries.len());
-    for e in &table.entries {
-        match old.remove(&e.frontend) {
-            // Unchanged service: nothing to do (the common case).
-            Some((prev, kv)) if prev == *e => {
-                now.insert(e.frontend, (prev, kv));
-            }
-            prev => {
-                let kv = maps::lb_entries(std::slice::from_ref(e));
-                let prev_kv = prev.map(|(_, kv)| kv).unwrap_or_default();
-                for (k, _) in &prev_kv {
-                    if !kv.iter().any(|(nk, _)| nk == k) {
-                        lb.remove(k)?;
-                        changed += 1;
-                    }
-                }
-                for (k, v) in &kv {
-                    if !prev_kv.iter().any(|(pk, pv)| pk == k && pv == v) {
-                        lb.insert(k, v, 0)?;
-                        changed += 1;
-                    }
-                }
-                now.insert(e.frontend, (e.clone(), kv));
+        None => {
+            for kv in lb.iter() {
+                let (k, v) = kv?;
+                have.entry(front_key(&k)).or_default().push((k, v));
             }
         }
     }
-    // Frontends that went away.
-    for (_, (_, kv)) in old {
-        for (k, _) in kv {
-            lb.remove(&k)?;
-            changed += 1;
+    let mut changed = 0;
+    let mut now: LbProgrammed = HashMap::with_capacity(table.entries.len());
+    for e in &table.entries {
+        if let Some(kv) = unchanged.remove(&e.frontend) {
+            now.insert(e.frontend, kv);
+            continue;
         }
+        let kv = maps::lb_entries(std::slice::from_ref(e));
+        let old = have.remove(&front_key(&kv[0].0)).unwrap_or_default();
+        changed += apply_ops(&mut lb, &maps::lb_ops(&old, &kv))?;
+        flush_removed(pin_dir, &old, &kv)?;
+        now.insert(e.frontend, (e.clone(), kv));
+    }
+    // Frontends that went away.
+    for (_, old) in have {
+        changed += apply_ops(&mut lb, &maps::lb_ops(&old, &[]))?;
+        flush_removed(pin_dir, &old, &[])?;
     }
     *programmed = Some(now);
     Ok(changed)
+}
+
+fn apply_ops(
+    lb: &mut strait_bpf::maps::LbMap,
+    ops: &[strait_bpf::maps::LbOp],
+) -> anyhow::Result<usize> {
+    use strait_bpf::maps::LbOp;
+    for op in ops {
+        match op {
+            LbOp::Put(k, v) => lb.insert(k, v, 0)?,
+            LbOp::Delete(k) => match lb.remove(k) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+    Ok(ops.len())
+}
+
+/// Flush UDP conntrack for backends in `old` that are in no slot of `new`,
+/// as kube-proxy does: a UDP flow never ends by itself, and would follow a
+/// removed backend's address to whichever pod gets it next. TCP
+/// connections are left to finish (a removed pod's connections end with
+/// it; a pod still draining keeps serving them); the GC removes them.
+fn flush_removed(
+    pin_dir: &std::path::Path,
+    old: &[(strait_bpf::maps::LbKey, strait_bpf::maps::LbVal)],
+    new: &[(strait_bpf::maps::LbKey, strait_bpf::maps::LbVal)],
+) -> anyhow::Result<()> {
+    use strait_bpf::ct::Addr;
+    let Some((k0, _)) = old.iter().find(|(k, _)| k.slot == 0) else {
+        return Ok(());
+    };
+    if k0.proto != 17 {
+        return Ok(());
+    }
+    let backends = |kv: &[(strait_bpf::maps::LbKey, strait_bpf::maps::LbVal)]| -> Vec<Addr> {
+        kv.iter()
+            .filter(|(k, _)| k.slot > 0)
+            .map(|(_, v)| Addr {
+                ip: v.backend_ip,
+                port: v.backend_port,
+            })
+            .collect()
+    };
+    let keep = backends(new);
+    let removed: Vec<Addr> = backends(old)
+        .into_iter()
+        .filter(|b| !keep.contains(b))
+        .collect();
+    let n = strait_bpf::ct::flush_backends(
+        pin_dir,
+        k0.proto,
+        Addr {
+            ip: k0.addr,
+            port: k0.port,
+        },
+        &removed,
+    )?;
+    if n > 0 {
+        tracing::info!(
+            frontend = %format!("{}:{}", strait_bpf::maps::key_ip(k0.addr), u16::from_be(k0.port)),
+            connections = n,
+            "flushed connections to removed backends"
+        );
+    }
+    Ok(())
 }

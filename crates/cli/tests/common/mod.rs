@@ -11,6 +11,8 @@ use std::time::Duration;
 use strait_lab::run::{self as labrun, Binaries};
 use strait_lab::LabState;
 
+pub mod svc;
+
 /// Root tests need root. Outside CI they skip loudly; under CI=true a skip is
 /// a failure.
 pub fn require_root(test: &str) -> bool {
@@ -121,6 +123,14 @@ impl Lab {
         strait_lab::cmd::ip(&["netns", "add", &name]).unwrap();
         name
     }
+}
+
+/// Run `f` on a thread inside a pod's network namespace.
+pub fn in_pod<T: Send>(lab: &Lab, pod: &str, f: impl FnOnce() -> T + Send) -> T {
+    let ns =
+        strait_netlink::NetnsFile::open(&labrun::netns_path(&lab.st.plan.pod(pod).unwrap().netns))
+            .unwrap();
+    strait_netlink::in_netns(&ns, f).unwrap()
 }
 
 impl Drop for Lab {
