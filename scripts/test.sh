@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo build --workspace --bins
+# The upgrade test starts from an older build (cached after the first run).
+./scripts/build-prev.sh
 cargo test --workspace
 # Nothing may be left behind.
 left=$(ip netns list 2>/dev/null | awk '{print $1}' | grep '^strait-' || true)

@@ -49,7 +49,11 @@ pub struct Lab {
 impl Lab {
     /// Bring up a lab from `yaml` (whose metadata.name must be unique to the test).
     pub fn up(yaml: &str) -> Lab {
-        let bins = bins();
+        Lab::up_with(yaml, bins())
+    }
+
+    /// Bring up a lab with other binaries (an older build, say).
+    pub fn up_with(yaml: &str, bins: Binaries) -> Lab {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(yaml.as_bytes()).unwrap();
         let st = labrun::up(f.path(), &bins).expect("lab up");
