@@ -57,7 +57,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	p->l4off = ETH_HLEN + ip->ihl * 4;
 	__u16 frag_off = bpf_ntohs(ip->frag_off);
 	p->frag = (frag_off & 0x1fff) ? FRAG_LATER : (frag_off & 0x2000) ? FRAG_FIRST : FRAG_NONE;
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_SCTP)
 		return 1;
 	struct frag_key fk = { .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id, .proto = ip->protocol };
 	if (p->frag == FRAG_LATER) {

@@ -187,6 +187,7 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
             host_veth,
             netns_ino,
             requested,
+            host_ports,
         } => {
             if let Some(reason) = agent.not_ready_reason() {
                 return Response::Error(ApiError {
@@ -201,6 +202,7 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 host_veth,
                 netns_ino,
                 requested,
+                host_ports,
             };
             match agent.ipam.allocate(req) {
                 Ok(allocation) => {

@@ -66,6 +66,7 @@ impl BpfState {
         use strait_model::naming::{host_veth_mac, pod_veth_mac};
         let mut want_ep: HashMap<u32, Endpoint> = HashMap::new();
         let mut want_lxc: HashMap<u32, Lxc> = HashMap::new();
+        let mut want_hp: HashMap<maps::HostportKey, u32> = HashMap::new();
         for a in allocs {
             let (IpAddr::V4(ip), Some(&idx)) = (a.ip, veth_index.get(a.host_veth.as_str())) else {
                 continue;
@@ -80,6 +81,19 @@ impl BpfState {
                     flags: 0,
                 },
             );
+            for hp in &a.host_ports {
+                if let Some(proto) = hp.proto_number() {
+                    want_hp.insert(
+                        maps::HostportKey {
+                            addr: maps::ip_key(ip),
+                            port: hp.container_port.to_be(),
+                            proto,
+                            _pad: 0,
+                        },
+                        hp.host_port as u32,
+                    );
+                }
+            }
             want_lxc.insert(
                 idx,
                 Lxc {
@@ -92,7 +106,10 @@ impl BpfState {
         let dir = bpf.dp.pin_dir.clone();
         let mut eps: EndpointMap = maps::open(&dir, "strait_endpoints")?;
         let mut lxc: LxcMap = maps::open(&dir, "strait_lxc")?;
-        let mut changed = sync_map(&mut eps, &want_ep)? + sync_map(&mut lxc, &want_lxc)?;
+        let mut hps: maps::HostportMap = maps::open(&dir, "strait_hostport")?;
+        let mut changed = sync_map(&mut eps, &want_ep)?
+            + sync_map(&mut lxc, &want_lxc)?
+            + sync_map(&mut hps, &want_hp)?;
         bpf.endpoints = want_ep.len();
         let mut problems = vec![];
         for a in allocs {

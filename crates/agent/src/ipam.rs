@@ -233,6 +233,7 @@ mod tests {
             host_veth: String::new(),
             netns_ino: None,
             requested: None,
+            host_ports: vec![],
         }
     }
 

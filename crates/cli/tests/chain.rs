@@ -25,7 +25,7 @@ fn chain_at_cni_0_4_0() {
     if !require_root("chain_at_cni_0_4_0") {
         return;
     }
-    chain("0.4.0", "t-chain04", 18081);
+    chain("0.4.0", "t-chain04", 18081, "routed");
 }
 
 #[test]
@@ -33,7 +33,18 @@ fn chain_at_cni_1_0_0() {
     if !require_root("chain_at_cni_1_0_0") {
         return;
     }
-    chain("1.0.0", "t-chain10", 18080);
+    chain("1.0.0", "t-chain10", 18080, "routed");
+}
+
+/// In the eBPF datapath a pod's reply to a hostPort connection would be
+/// fast-pathed out, skipping the host NAT that must translate it back:
+/// strait declares portMappings too, and hands those replies to the stack.
+#[test]
+fn chain_with_host_ports_in_the_ebpf_datapath() {
+    if !require_root("chain_with_host_ports_in_the_ebpf_datapath") {
+        return;
+    }
+    chain("1.0.0", "t-chainbpf", 18082, "ebpf");
 }
 
 /// At 1.1.0 no reference plugin can follow strait (they stop at 1.0.0), so
@@ -83,24 +94,39 @@ fn strait_alone_at_cni_1_1_0() {
     assert!(lab.status("n1").allocations.is_empty());
 }
 
-fn chain(version: &str, lab_name: &str, host_port: u16) {
+fn chain(version: &str, lab_name: &str, host_port: u16, mode: &str) {
     assert!(
         Path::new(REF).join("portmap").exists(),
         "install containernetworking-plugins (the README's setup does)"
     );
-    let lab = Lab::up(&lab_yaml(lab_name, &["n1", "n2"], 24, &[]));
+    let lab = Lab::up(
+        &lab_yaml(lab_name, &["n1", "n2"], 24, &[])
+            .replace("mode: routed", &format!("mode: {mode}")),
+    );
     let ns = lab.pod_netns("web");
-    let list = json!({
+    let mappings = json!({"portMappings": [{"hostPort": host_port, "containerPort": 8080, "protocol": "tcp"}]});
+    let mut list = json!({
         "cniVersion": version,
         "name": "strait-chain",
         "plugins": [
-            {"type": "strait-cni", "agentSocket": lab.st.socket(lab.node("n1")), "mtu": 1500},
+            {"type": "strait-cni", "agentSocket": lab.st.socket(lab.node("n1")), "mtu": 1500,
+             "capabilities": {"portMappings": true}, "runtimeConfig": mappings},
             {"type": "tuning", "sysctl": {"net.ipv4.tcp_keepalive_time": "123"}},
             {"type": "bandwidth", "ingressRate": 100000000, "ingressBurst": 1000000, "egressRate": 100000000, "egressBurst": 1000000},
-            {"type": "portmap", "capabilities": {"portMappings": true},
-             "runtimeConfig": {"portMappings": [{"hostPort": host_port, "containerPort": 8080, "protocol": "tcp"}]}}
+            {"type": "portmap", "capabilities": {"portMappings": true}, "runtimeConfig": mappings}
         ]
     });
+    // The bandwidth plugin adds an `ingress` qdisc to the host veth, where
+    // the eBPF datapath's clsact already is: the two cannot share a veth
+    // (as with Cilium), so the eBPF chain leaves it out.
+    let shaped = mode != "ebpf";
+    if !shaped {
+        list["plugins"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|p| p["type"] != "bandwidth");
+    }
+    let n = list["plugins"].as_array().unwrap().len();
     let bin = |i: usize| -> std::path::PathBuf {
         match list["plugins"][i]["type"].as_str().unwrap() {
             "strait-cni" => lab.bins.cni.clone(),
@@ -109,7 +135,7 @@ fn chain(version: &str, lab_name: &str, host_port: u16) {
     };
     let env = cni_env("ADD", "chain1", &ns, "web");
     let mut prev: Option<Value> = None;
-    for i in 0..4 {
+    for i in 0..n {
         let out = cni_raw(
             &bin(i),
             &lab.node("n1").netns,
@@ -146,9 +172,10 @@ fn chain(version: &str, lab_name: &str, host_port: u16) {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "123");
     let host = strait_model::naming::host_veth_name("chain1", "eth0");
     let qd = lab.exec("n1", &["tc", "qdisc", "show", "dev", &host]);
-    assert!(qd.contains("tbf"), "{qd}");
+    assert_eq!(qd.contains("tbf"), shaped, "{qd}");
 
-    // portmap: n2 reaches the pod through n1's host port.
+    // portmap: the pod is reached through n1's host port from n1 itself,
+    // from another node and from outside the cluster.
     let echo = std::process::Command::new("ip")
         .args(["netns", "exec", &ns])
         .arg(&lab.bins.strait)
@@ -156,31 +183,35 @@ fn chain(version: &str, lab_name: &str, host_port: u16) {
         .spawn()
         .unwrap();
     let _kill = scopeguard(echo);
-    let n2 = strait_lab::run::netns_path(&lab.node("n2").netns);
-    let mut answer = None;
-    for _ in 0..50 {
-        if let Ok(r) = strait_lab::probe::probe(
-            &n2,
-            std::net::SocketAddr::from(([198, 18, 0, 1], host_port)),
-            false,
-            std::time::Duration::from_millis(500),
-        ) {
-            answer = Some(r.answered_by);
-            break;
+    let ext = strait_model::lab::external_netns(lab.name());
+    for from in [&lab.node("n1").netns, &lab.node("n2").netns, &ext] {
+        let from = strait_lab::run::netns_path(from);
+        let mut answer = None;
+        for _ in 0..50 {
+            if let Ok(r) = strait_lab::probe::probe(
+                &from,
+                std::net::SocketAddr::from(([198, 18, 0, 1], host_port)),
+                false,
+                std::time::Duration::from_millis(500),
+            ) {
+                answer = Some(r.answered_by);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(
+            answer.as_deref(),
+            Some("web"),
+            "{mode}: hostPort {host_port} on n1 reaches the pod from {}",
+            from.display()
+        );
     }
-    assert_eq!(
-        answer.as_deref(),
-        Some("web"),
-        "hostPort {host_port} on n1 reaches the pod"
-    );
 
     // DEL runs the chain in reverse, each plugin with the cached result;
     // runtimes then send DEL again, without prevResult.
     let env = cni_env("DEL", "chain1", &ns, "web");
     for prev in [Some(&result), None] {
-        for i in (0..4).rev() {
+        for i in (0..n).rev() {
             let out = cni_raw(
                 &bin(i),
                 &lab.node("n1").netns,

@@ -157,6 +157,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<serde_json::Value, CniError> {
     // changes nothing.
     let prev = conf.prev()?;
     let requested = requested_ip(env, conf)?;
+    let host_ports = conf.host_ports()?;
     let (ns, netns_ino) = pod_netns(env)?;
     let host_veth = host_veth_name(&env.container_id, &env.ifname);
     let host_mac = host_veth_mac(&env.container_id, &env.ifname);
@@ -175,6 +176,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<serde_json::Value, CniError> {
             host_veth: host_veth.clone(),
             netns_ino: Some(netns_ino),
             requested,
+            host_ports,
         },
     )?;
     t.mark("agent request sent");

@@ -93,10 +93,26 @@ pub struct NetConf {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RuntimeConfig {
     /// Requested addresses, with or without a prefix length.
     #[serde(default)]
     pub ips: Vec<String>,
+    /// hostPorts, when the config declares `"capabilities":
+    /// {"portMappings": true}` (the portmap plugin later in the chain NATs
+    /// them; strait must know them to hand their replies to that NAT).
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// One `runtimeConfig.portMappings` entry, as runtimes send it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    #[serde(default)]
+    pub protocol: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -200,6 +216,35 @@ impl NetConf {
                 })
             })
             .transpose()
+    }
+
+    /// The pod's hostPorts from `runtimeConfig.portMappings`, checked.
+    pub fn host_ports(&self) -> Result<Vec<strait_model::ipam::HostPort>, CniError> {
+        let mut out = vec![];
+        for m in &self.runtime_config.port_mappings {
+            let hp = strait_model::ipam::HostPort {
+                host_port: m.host_port,
+                container_port: m.container_port,
+                protocol: if m.protocol.is_empty() {
+                    "tcp".into()
+                } else {
+                    m.protocol.to_ascii_lowercase()
+                },
+            };
+            if hp.host_port == 0 || hp.container_port == 0 || hp.proto_number().is_none() {
+                return Err(CniError::new(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "runtimeConfig.portMappings entry {}:{}/{}: ports must be 1-65535 and the protocol tcp, udp or sctp",
+                        m.host_port, m.container_port, m.protocol
+                    ),
+                ));
+            }
+            if !out.contains(&hp) {
+                out.push(hp);
+            }
+        }
+        Ok(out)
     }
 
     /// Addresses the runtime asked for, from `runtimeConfig.ips` or

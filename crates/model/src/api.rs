@@ -21,6 +21,9 @@ pub enum Request {
         /// The address the runtime asked for (CNI_ARGS IP=, runtimeConfig.ips).
         #[serde(default)]
         requested: Option<IpAddr>,
+        /// The pod's hostPorts (runtimeConfig.portMappings).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        host_ports: Vec<crate::ipam::HostPort>,
     },
     /// Release the attachment's address (CNI DEL). Unknown attachments are fine.
     Release { attachment: Attachment },

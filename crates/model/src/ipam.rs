@@ -53,6 +53,33 @@ pub struct Allocation {
     /// names it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recovered: bool,
+    /// The pod's hostPorts (CNI `portMappings`), when the runtime passed
+    /// them: their replies must go through the host's NAT.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ports: Vec<HostPort>,
+}
+
+/// A container port published on the node (`hostPort`) by the portmap
+/// plugin, as the runtime's `portMappings` capability names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostPort {
+    pub host_port: u16,
+    pub container_port: u16,
+    /// "tcp", "udp" or "sctp".
+    pub protocol: String,
+}
+
+impl HostPort {
+    /// The IP protocol number of `protocol`.
+    pub fn proto_number(&self) -> Option<u8> {
+        match self.protocol.to_ascii_lowercase().as_str() {
+            "tcp" | "" => Some(6),
+            "udp" => Some(17),
+            "sctp" => Some(132),
+            _ => None,
+        }
+    }
 }
 
 impl Allocation {
@@ -125,6 +152,7 @@ pub struct AllocationRequest {
     pub netns_ino: Option<u64>,
     /// A specific address the runtime asked for.
     pub requested: Option<IpAddr>,
+    pub host_ports: Vec<HostPort>,
 }
 
 impl IpamState {
@@ -185,6 +213,7 @@ impl IpamState {
             allocated_at_ms: now_ms,
             netns_ino: None,
             recovered: true,
+            host_ports: vec![],
         };
         self.cooling.remove(&ip);
         self.allocations.insert(ip, a.clone());
@@ -301,6 +330,7 @@ impl IpamState {
             allocated_at_ms: now_ms,
             netns_ino: req.netns_ino,
             recovered: false,
+            host_ports: req.host_ports,
         };
         self.allocations.insert(ip, alloc.clone());
         alloc
@@ -370,6 +400,7 @@ mod tests {
             host_veth: crate::naming::host_veth_name(id, "eth0"),
             netns_ino: None,
             requested: None,
+            host_ports: vec![],
         }
     }
 

@@ -273,6 +273,7 @@ mod tests {
             allocated_at_ms: 0,
             netns_ino: ino,
             recovered: false,
+            host_ports: vec![],
         }
     }
 
