@@ -1,15 +1,17 @@
-//! The nftables service backend: the whole `ip strait_svc` table rendered
-//! from the service table, applied as one atomic transaction when it changes.
+//! The nftables service backend: `ip strait_svc`, changed incrementally
+//! ([`strait_model::nft::plan`]): each change rewrites only the frontends
+//! that changed, in one atomic `nft -f` transaction, so affinity sets of
+//! unrelated services are never touched. At start the table an earlier
+//! agent left is adopted (listed, rewritten in place, affinity kept).
 
 use super::ServiceBackend;
 use strait_model::services::ServiceTable;
 
 pub struct NftServices {
     service_cidr: Option<ipnet::Ipv4Net>,
-    /// The script last applied (nothing is done while it is unchanged).
-    applied: String,
-    /// The table it was rendered from.
-    prev: Vec<strait_model::services::ServiceEntry>,
+    /// What the table holds; None until read from the kernel (at start,
+    /// and after a failed apply).
+    programmed: Option<strait_model::nft::Programmed>,
 }
 
 impl NftServices {
@@ -19,8 +21,7 @@ impl NftServices {
                 Some(ipnet::IpNet::V4(c)) => Some(c),
                 _ => None,
             },
-            applied: String::new(),
-            prev: vec![],
+            programmed: None,
         }
     }
 }
@@ -31,18 +32,41 @@ impl ServiceBackend for NftServices {
     }
 
     fn apply(&mut self, table: &ServiceTable) -> anyhow::Result<usize> {
-        let script = strait_model::nft::render(table, self.service_cidr);
-        if script == self.applied {
+        let prev = match self.programmed.take() {
+            Some(p) => p,
+            None => in_kernel()?,
+        };
+        let (script, next) = strait_model::nft::plan(&prev, table, self.service_cidr);
+        if script.is_empty() {
+            self.programmed = Some(prev);
             return Ok(0);
         }
+        // On failure `programmed` stays None: the next pass starts from
+        // what the kernel holds.
         crate::daemon::nft_apply(&script)?;
-        self.applied = script;
-        for (frontend, backend) in removed_udp_backends(&self.prev, &table.entries) {
+        let was: Vec<_> = prev.services.values().cloned().collect();
+        for (frontend, backend) in removed_udp_backends(&was, &table.entries) {
             flush_udp(frontend, backend);
         }
-        self.prev = table.entries.clone();
-        Ok(table.entries.len().max(1))
+        self.programmed = Some(next);
+        Ok(script.lines().count())
     }
+}
+
+/// The table as an earlier agent left it (chains and sets by name), or
+/// nothing.
+fn in_kernel() -> anyhow::Result<strait_model::nft::Programmed> {
+    let out = std::process::Command::new("nft")
+        .args(["-j", "list", "table", "ip", strait_model::nft::TABLE])
+        .output()
+        .map_err(|e| anyhow::anyhow!("run nft: {e} (install nftables)"))?;
+    if !out.status.success() {
+        // No such table yet.
+        return Ok(Default::default());
+    }
+    Ok(strait_model::nft::parse_listing(&String::from_utf8_lossy(
+        &out.stdout,
+    ))?)
 }
 
 /// (frontend, backend) pairs of UDP services whose backend is in no state
