@@ -12,7 +12,9 @@ PKGS=(
   conntrack                     # the nftables service backend flushes UDP flows of removed backends
   clang llvm libbpf-dev bpftool # the eBPF datapath (built from C in build.rs)
   tcpdump                       # hop captures in the lab
-  util-linux                    # nsenter, unshare
+  util-linux                    # nsenter, unshare, setpriv
+  etcd-server                   # the kube-apiserver labs' datastore (and the etcd source)
+  openssl xz-utils              # the lab's apiserver keys; the prebuilt kube-apiserver
 )
 
 missing=()

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 cargo build --workspace --bins
 # The upgrade test starts from an older build (cached after the first run).
 ./scripts/build-prev.sh
+# The control-plane tests need a real kube-apiserver (fetched or built once).
+./scripts/kube-bins.sh >/dev/null
 cargo test --workspace
 # Nothing may be left behind.
 left=$(ip netns list 2>/dev/null | awk '{print $1}' | grep '^strait-' || true)

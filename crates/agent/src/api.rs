@@ -279,6 +279,7 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 cross_node: agent.cross_node.into(),
                 service_backend: agent.service_backend.into(),
                 conntrack: pb.conntrack.clone(),
+                source: Some(agent.source.health()),
             }))
         }
     }

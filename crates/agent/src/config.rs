@@ -10,8 +10,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// The local API socket (mode 0600).
     pub socket: PathBuf,
-    /// Directory of manifests watched by the files source.
-    pub manifests_dir: PathBuf,
+    /// Where the cluster comes from.
+    pub source: SourceConfig,
     /// How long a released address rests before reuse.
     pub ip_cooldown: Duration,
     /// Full resync period, on top of reacting to source changes.
@@ -33,4 +33,13 @@ pub struct AgentConfig {
     pub cgroup: Option<PathBuf>,
     /// How pod traffic crosses between nodes (see `crossnode::MODES`).
     pub cross_node: String,
+}
+
+/// The cluster source.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    /// A directory of manifests.
+    Files { dir: PathBuf },
+    /// A kube-apiserver: this kubeconfig, or in-cluster / $KUBECONFIG.
+    Kube { kubeconfig: Option<PathBuf> },
 }

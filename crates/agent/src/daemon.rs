@@ -15,6 +15,8 @@ pub struct Agent {
     pub cfg: AgentConfig,
     pub ipam: NodeIpam,
     pub snapshot: watch::Receiver<Arc<ClusterSnapshot>>,
+    /// The cluster source (its health is in `strait status`).
+    pub source: Box<dyn ClusterSource>,
     /// Wakes every reconciler for a pass now (after a GC, say).
     nudge: watch::Sender<u64>,
     /// Host veths of pods released by GC, for the endpoints reconciler to
@@ -197,10 +199,21 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         bpf.as_ref().map(|b| b.dp.pin_dir.as_path()),
         cfg.service_cidr,
     )?;
-    let source = DirectorySource::start(cfg.manifests_dir.clone(), Duration::from_millis(500));
+    let source: Box<dyn ClusterSource> = match &cfg.source {
+        crate::SourceConfig::Files { dir } => Box::new(DirectorySource::start(
+            dir.clone(),
+            Duration::from_millis(500),
+        )),
+        crate::SourceConfig::Kube { kubeconfig } => {
+            let (client, url) = crate::source::kube::client(kubeconfig.as_deref()).await?;
+            tracing::info!(apiserver = %url, "cluster source: kube-apiserver; waiting for the first lists");
+            Box::new(crate::source::kube::KubeSource::start(client, &cfg.node_name, url).await?)
+        }
+    };
     let agent = Arc::new(Agent {
         ipam,
         snapshot: source.subscribe(),
+        source,
         nudge: watch::channel(0).0,
         doomed_links: Mutex::new(vec![]),
         published: Mutex::new(Published::default()),

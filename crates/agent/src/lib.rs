@@ -23,7 +23,7 @@ pub mod source;
 pub mod store;
 pub mod svcbackend;
 
-pub use config::AgentConfig;
+pub use config::{AgentConfig, SourceConfig};
 pub use daemon::run;
 
 pub fn now_ms() -> u64 {

@@ -12,9 +12,16 @@ pub struct Args {
     /// Local API socket (created with mode 0600).
     #[arg(long, default_value = "/run/strait/agent.sock")]
     socket: PathBuf,
-    /// Directory of Kubernetes manifests to use as the cluster source.
+    /// The cluster source: `files` (a directory of manifests, --manifests)
+    /// or `kube` (a kube-apiserver, --kubeconfig or in-cluster).
+    #[arg(long, default_value = "files", value_parser = ["files", "kube"])]
+    source: String,
+    /// files: the directory of Kubernetes manifests.
+    #[arg(long, required_if_eq("source", "files"))]
+    manifests: Option<PathBuf>,
+    /// kube: the kubeconfig to use (default: in-cluster service account, or $KUBECONFIG).
     #[arg(long)]
-    manifests: PathBuf,
+    kubeconfig: Option<PathBuf>,
     /// Seconds a released pod IP rests before it is handed out again.
     #[arg(long, default_value_t = 30)]
     ip_cooldown_secs: u64,
@@ -58,7 +65,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         node_name: a.node,
         state_dir: a.state_dir,
         socket: a.socket,
-        manifests_dir: a.manifests,
+        source: match a.source.as_str() {
+            "kube" => strait_agent::SourceConfig::Kube {
+                kubeconfig: a.kubeconfig,
+            },
+            _ => strait_agent::SourceConfig::Files {
+                dir: a
+                    .manifests
+                    .ok_or_else(|| anyhow::anyhow!("--source files needs --manifests DIR"))?,
+            },
+        },
         ip_cooldown: Duration::from_secs(a.ip_cooldown_secs),
         resync: Duration::from_secs(a.resync_secs.max(1)),
         mode: if a.datapath == "ebpf" {

@@ -25,6 +25,31 @@ pub fn render(s: &NodeStatus) -> String {
         s.allocations.len(),
         s.cooling,
     );
+    if let Some(src) = &s.source {
+        let ago = src.last_event_ms.map(|t| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(t);
+            format!(
+                ", last event {:.1}s ago",
+                now.saturating_sub(t) as f64 / 1e3
+            )
+        });
+        out.push_str(&format!(
+            "cluster source {} ({}): {}{}, relists {}, errors {}{}\n",
+            src.kind,
+            src.from,
+            if src.ready { "synced" } else { "listing" },
+            ago.unwrap_or_default(),
+            src.relists,
+            src.errors,
+            src.last_error
+                .as_ref()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default(),
+        ));
+    }
     out.push_str(&format!(
         "\n{:<16} {:<28} {:<16} {}\n",
         "POD IP", "POD", "HOST VETH", "CONTAINER"

@@ -8,10 +8,12 @@
 
 pub mod cgroup;
 pub mod cmd;
+pub mod control_plane;
 
 pub mod echo;
 pub mod hops;
 pub mod probe;
+pub mod publish;
 pub mod run;
 pub mod state;
 

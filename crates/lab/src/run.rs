@@ -115,24 +115,26 @@ pub fn run_cni(
 }
 
 fn write_node_manifests(st: &LabState) -> anyhow::Result<()> {
-    let mut text = String::new();
-    for n in &st.plan.nodes {
-        let node = strait_model::cluster::test_node(
-            &n.name,
-            Some(&n.pod_cidr.to_string()),
-            Some(&n.ip.to_string()),
-        );
-        text.push_str("---\n");
-        text.push_str(&serde_yaml::to_string(&serde_json::json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": node.metadata, "spec": node.spec, "status": node.status,
-        }))?);
-    }
-    std::fs::write(st.manifests_dir().join("nodes.yaml"), text)?;
-    Ok(())
+    let nodes: Vec<serde_json::Value> = st
+        .plan
+        .nodes
+        .iter()
+        .map(|n| {
+            let node = strait_model::cluster::test_node(
+                &n.name,
+                Some(&n.pod_cidr.to_string()),
+                Some(&n.ip.to_string()),
+            );
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": node.metadata, "spec": node.spec, "status": node.status,
+            })
+        })
+        .collect();
+    crate::publish::put(st, "nodes", &nodes)
 }
 
-fn spawn_daemon(
+pub(crate) fn spawn_daemon(
     netns: &str,
     prog: &Path,
     args: &[&str],
@@ -188,14 +190,24 @@ pub fn start_agent(
         state.to_str().unwrap(),
         "--socket",
         sock.to_str().unwrap(),
-        "--manifests",
-        manifests.to_str().unwrap(),
         // A lab is small: a quick full resync heals drift fast.
         "--resync-secs",
         "2",
         "--service-cidr",
         &service_cidr,
     ];
+    let agent_kc = crate::control_plane::agent_kubeconfig(st);
+    match st.plan.control_plane {
+        strait_model::lab::ControlPlane::Files => {
+            args.extend(["--manifests", manifests.to_str().unwrap()])
+        }
+        strait_model::lab::ControlPlane::KubeApiserver => args.extend([
+            "--source",
+            "kube",
+            "--kubeconfig",
+            agent_kc.to_str().unwrap(),
+        ]),
+    }
     let cgroup = crate::cgroup::node_cgroup(&st.plan.name, &n.name)
         .filter(|c| c.exists())
         .map(|c| c.display().to_string());
@@ -430,6 +442,9 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
         "eth0",
     ])?;
     ip(&["-n", &ext, "link", "set", "eth0", "up"])?;
+    if st.plan.control_plane == strait_model::lab::ControlPlane::KubeApiserver {
+        crate::control_plane::up(st, step)?;
+    }
     // The cluster source: Node objects for the plan, then the user's manifests.
     write_node_manifests(st)?;
     let (mut pods, services) = write_object_manifests(st, objects)?;
@@ -474,9 +489,9 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
             pod.status.get_or_insert_with(Default::default).pod_ip = Some(ip.to_string());
         }
     }
-    write_yaml(&st.manifests_dir().join("pods.yaml"), &pods)?;
+    crate::publish::put(st, "pods", &pods)?;
     let slices = strait_model::services::endpoint_slices_for(&services, &pods);
-    write_yaml(&st.manifests_dir().join("endpointslices.yaml"), &slices)?;
+    crate::publish::put(st, "endpointslices", &slices)?;
     if !services.is_empty() {
         wait_services_programmed(st, Duration::from_secs(10))?;
         step(&format!(
@@ -583,26 +598,14 @@ pub fn health_ok(netns: &Path, addr: std::net::SocketAddr) -> bool {
     .unwrap_or(false)
 }
 
-fn write_yaml<T: serde::Serialize>(path: &Path, objs: &[T]) -> anyhow::Result<()> {
-    let mut text = String::new();
-    for o in objs {
-        text.push_str("---\n");
-        text.push_str(&serde_yaml::to_string(o)?);
-    }
-    // Write then rename, so an agent never reads half a file.
-    let tmp = path.with_extension("yaml.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
 /// The lab file's objects as the cluster source holds them: Services with
 /// their cluster IPs, Pods (addresses come later), everything else as is.
 fn write_object_manifests(
     st: &LabState,
     objects: &[ClusterObject],
 ) -> anyhow::Result<(Vec<Pod>, Vec<Service>)> {
-    let (mut pods, mut services, mut slices, mut policies) = (vec![], vec![], vec![], vec![]);
+    let (mut pods, mut services, mut slices, mut policies, mut namespaces) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for o in objects {
         match o {
             ClusterObject::Pod(p) => pods.push((**p).clone()),
@@ -623,15 +626,14 @@ fn write_object_manifests(
             }
             ClusterObject::EndpointSlice(e) => slices.push((**e).clone()),
             ClusterObject::NetworkPolicy(n) => policies.push((**n).clone()),
+            ClusterObject::Namespace(n) => namespaces.push((**n).clone()),
             ClusterObject::Node(_) | ClusterObject::Other { .. } => {}
         }
     }
-    write_yaml(&st.manifests_dir().join("services.yaml"), &services)?;
-    write_yaml(
-        &st.manifests_dir().join("user-endpointslices.yaml"),
-        &slices,
-    )?;
-    write_yaml(&st.manifests_dir().join("networkpolicies.yaml"), &policies)?;
+    crate::publish::put(st, "namespaces", &namespaces)?;
+    crate::publish::put(st, "services", &services)?;
+    crate::publish::put(st, "user-endpointslices", &slices)?;
+    crate::publish::put(st, "networkpolicies", &policies)?;
     Ok((pods, services))
 }
 
@@ -680,7 +682,7 @@ fn assign_external(s: &mut Service, index: usize) {
 pub fn wait_services_programmed(st: &LabState, timeout: Duration) -> anyhow::Result<()> {
     let snap_services = strait_model::services::compile(&{
         let mut s = strait_model::cluster::ClusterSnapshot::default();
-        for e in std::fs::read_dir(st.manifests_dir())?.flatten() {
+        for e in std::fs::read_dir(crate::publish::objects_dir(st))?.flatten() {
             if e.path().extension().is_some_and(|x| x == "yaml") {
                 for o in
                     strait_model::cluster::parse_manifests(&std::fs::read_to_string(e.path())?)?
@@ -695,12 +697,14 @@ pub fn wait_services_programmed(st: &LabState, timeout: Duration) -> anyhow::Res
     let deadline = Instant::now() + timeout;
     for n in &st.plan.nodes {
         loop {
-            // Cluster IPs only: external frontends differ per node.
+            // Cluster IPs only: external frontends differ per node. The
+            // apiserver's own `kubernetes` service is not the lab's.
             let got: Vec<_> = agent_status(&st.socket(n))
                 .map(|s| s.services)
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|e| !e.external)
+                .filter(|e| !(e.namespace == "default" && e.name == "kubernetes"))
                 .collect();
             if got == want {
                 break;

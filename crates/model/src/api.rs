@@ -116,6 +116,30 @@ pub struct NodeStatus {
     /// Service conntrack (eBPF datapath): entries by state, how full.
     #[serde(default)]
     pub conntrack: Option<ConntrackStatus>,
+    /// The cluster source: which, and how it is doing.
+    #[serde(default)]
+    pub source: Option<SourceStatus>,
+}
+
+/// A cluster source's health.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SourceStatus {
+    /// "files" or "kube-apiserver".
+    pub kind: String,
+    /// Where from: the manifests directory, or the apiserver's URL.
+    pub from: String,
+    /// Every watched kind has been listed once.
+    pub ready: bool,
+    /// Kinds watched, with the API version read (EndpointSlice: v1 or v1beta1).
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Lists after the first (a watch that expired, "410 Gone", or a reconnect).
+    pub relists: u64,
+    /// Watch errors (each retried with backoff).
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// Unix time (ms) of the last event from the source.
+    pub last_event_ms: Option<u64>,
 }
 
 /// The eBPF service conntrack as the last GC pass found it.

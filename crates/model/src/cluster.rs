@@ -3,7 +3,7 @@
 //! and kube-apiserver sources all produce the same thing.
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
@@ -17,6 +17,7 @@ pub struct ClusterSnapshot {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub network_policies: Vec<NetworkPolicy>,
+    pub namespaces: Vec<Namespace>,
 }
 
 impl ClusterSnapshot {
@@ -35,6 +36,7 @@ impl ClusterSnapshot {
             ClusterObject::Service(s) => self.services.push(*s),
             ClusterObject::EndpointSlice(e) => self.endpoint_slices.push(*e),
             ClusterObject::NetworkPolicy(p) => self.network_policies.push(*p),
+            ClusterObject::Namespace(n) => self.namespaces.push(*n),
             ClusterObject::Other { .. } => {}
         }
     }
@@ -53,6 +55,18 @@ impl ClusterSnapshot {
         self.services.sort_by_key(|o| key(&o.metadata));
         self.endpoint_slices.sort_by_key(|o| key(&o.metadata));
         self.network_policies.sort_by_key(|o| key(&o.metadata));
+        self.namespaces.sort_by_key(|o| key(&o.metadata));
+        // Kubernetes before 1.21 does not set this label; policies select
+        // namespaces by it.
+        for n in &mut self.namespaces {
+            if let Some(name) = n.metadata.name.clone() {
+                n.metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .entry("kubernetes.io/metadata.name".into())
+                    .or_insert(name);
+            }
+        }
     }
 }
 
@@ -63,6 +77,7 @@ pub enum ClusterObject {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     NetworkPolicy(Box<NetworkPolicy>),
+    Namespace(Box<Namespace>),
     Other { api_version: String, kind: String },
 }
 
@@ -138,6 +153,7 @@ fn decode_value(
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             ClusterObject::NetworkPolicy(de(index, &kind, &name, v)?)
         }
+        ("v1", "Namespace") => ClusterObject::Namespace(de(index, &kind, &name, v)?),
         _ => ClusterObject::Other { api_version, kind },
     };
     out.push(obj);

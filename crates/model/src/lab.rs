@@ -29,11 +29,36 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// Where the lab's cluster state lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ControlPlane {
+    /// A directory of manifests the agents watch (fast; the default).
+    #[default]
+    #[serde(rename = "files")]
+    Files,
+    /// A real etcd and kube-apiserver in a control-plane namespace on the
+    /// fabric; the lab creates every object through the API and the agents
+    /// watch it.
+    #[serde(rename = "kube-apiserver")]
+    KubeApiserver,
+}
+
+impl std::fmt::Display for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlPlane::Files => f.write_str("files"),
+            ControlPlane::KubeApiserver => f.write_str("kube-apiserver"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabSpec {
     #[serde(default)]
     pub mode: Mode,
+    #[serde(default)]
+    pub control_plane: ControlPlane,
     #[serde(default = "default_mtu")]
     pub mtu: u32,
     #[serde(default)]
@@ -88,6 +113,8 @@ pub struct LabNodeSpec {
 pub struct LabPlan {
     pub name: String,
     pub mode: Mode,
+    #[serde(default)]
+    pub control_plane: ControlPlane,
     #[serde(default = "default_service_cidr")]
     pub service_cidr: Ipv4Net,
     #[serde(default)]
@@ -148,6 +175,11 @@ fn valid_name(s: &str, max: usize) -> bool {
 }
 
 /// A client outside the cluster, on the fabric.
+/// The control-plane namespace (etcd and kube-apiserver) of a lab.
+pub fn control_plane_netns(lab: &str) -> String {
+    format!("strait-{lab}-cp")
+}
+
 pub fn external_netns(lab: &str) -> String {
     format!("strait-{lab}-external")
 }
@@ -370,6 +402,7 @@ impl LabFile {
         Ok(LabPlan {
             name: name.clone(),
             mode: spec.mode,
+            control_plane: spec.control_plane,
             service_cidr: ap.service_cidr,
             services,
             no_redirect_peer: spec.no_redirect_peer,

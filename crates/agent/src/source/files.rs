@@ -1,8 +1,5 @@
-//! Cluster sources. A source delivers the latest [`ClusterSnapshot`] through
-//! a watch channel; reconcilers read the newest value whenever it changes, so
-//! a burst of edits costs one pass. The files source watches a directory of
-//! YAML/JSON manifests; kube-apiserver and etcd sources will sit behind the
-//! same trait.
+//! The files source: a directory of YAML/JSON manifests (the lab's default,
+//! and tests').
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,15 +8,13 @@ use std::time::{Duration, SystemTime};
 use strait_model::cluster::{parse_manifests, ClusterSnapshot};
 use tokio::sync::watch;
 
-pub trait ClusterSource: Send + Sync {
-    /// Start watching; the receiver always holds the newest snapshot.
-    fn subscribe(&self) -> watch::Receiver<Arc<ClusterSnapshot>>;
-}
+use super::ClusterSource;
 
 /// Watches a directory of manifests (polling, so it works on any
 /// filesystem and notices edits made while the agent was down).
 pub struct DirectorySource {
     rx: watch::Receiver<Arc<ClusterSnapshot>>,
+    dir: PathBuf,
 }
 
 type Fingerprint = BTreeMap<PathBuf, (SystemTime, u64)>;
@@ -68,6 +63,7 @@ impl DirectorySource {
     pub fn start(dir: PathBuf, poll: Duration) -> Self {
         // Fingerprint before reading, so an edit that lands in between is
         // seen as a change on the first poll rather than lost.
+        let dir_for_status = dir.clone();
         let mut last = fingerprint(&dir);
         let initial = read_dir_snapshot(&dir);
         let (tx, rx) = watch::channel(Arc::new(initial));
@@ -93,13 +89,25 @@ impl DirectorySource {
                 });
             }
         });
-        DirectorySource { rx }
+        DirectorySource {
+            rx,
+            dir: dir_for_status,
+        }
     }
 }
 
 impl ClusterSource for DirectorySource {
     fn subscribe(&self) -> watch::Receiver<Arc<ClusterSnapshot>> {
         self.rx.clone()
+    }
+
+    fn health(&self) -> strait_model::api::SourceStatus {
+        strait_model::api::SourceStatus {
+            kind: "files".into(),
+            from: self.dir.display().to_string(),
+            ready: true,
+            ..Default::default()
+        }
     }
 }
 

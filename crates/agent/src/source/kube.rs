@@ -1,0 +1,366 @@
+//! The kube-apiserver source: one reflector per kind (Nodes, this node's
+//! Pods, Services, EndpointSlices, Namespaces, NetworkPolicies), each a
+//! watch that relists by itself after "410 Gone" or a broken connection and
+//! retries errors with backoff. A snapshot is published only once every kind
+//! has been listed, and then after each burst of events (coalesced).
+//!
+//! EndpointSlices are read as `discovery.k8s.io/v1` where the apiserver
+//! serves it and as `v1beta1` where it does not (Kubernetes 1.20), converted
+//! to v1 (`topology` hostname/zone become `nodeName`/`zone`).
+
+use super::{ClusterSource, SharedHealth};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use strait_model::api::SourceStatus;
+use strait_model::cluster::ClusterSnapshot;
+use tokio::sync::{watch, Notify};
+
+/// Events closer together than this are published as one snapshot.
+const COALESCE: Duration = Duration::from_millis(20);
+
+pub struct KubeSource {
+    rx: watch::Receiver<Arc<ClusterSnapshot>>,
+    health: SharedHealth,
+}
+
+/// Where EndpointSlices come from.
+enum Slices {
+    V1(Store<EndpointSlice>),
+    V1beta1(Store<DynamicObject>),
+}
+
+struct Stores {
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    slices: Slices,
+    namespaces: Store<Namespace>,
+    policies: Store<NetworkPolicy>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Drive one kind's reflector stream, counting lists, events and errors,
+/// and marking the snapshot dirty on every change.
+fn spawn_watch<K, S>(
+    name: &'static str,
+    stream: S,
+    health: SharedHealth,
+    listed: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    dirty: Arc<Notify>,
+) where
+    K: Send + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(ev) => {
+                    let mut h = health.lock().unwrap();
+                    h.last_event_ms = Some(now_ms());
+                    if let watcher::Event::InitDone = ev {
+                        let mut l = listed.lock().unwrap();
+                        let n = l.entry(name).or_default();
+                        *n += 1;
+                        if *n > 1 {
+                            h.relists += 1;
+                            tracing::info!(kind = name, "relisted");
+                        }
+                    }
+                    drop(h);
+                    if !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                        dirty.notify_one();
+                    }
+                }
+                Err(e) => {
+                    let mut h = health.lock().unwrap();
+                    h.errors += 1;
+                    h.last_error = Some(format!("{name}: {e}"));
+                    tracing::warn!(kind = name, error = %e, "watch error; retrying with backoff");
+                }
+            }
+        }
+    });
+}
+
+/// A v1beta1 EndpointSlice as v1: `topology` becomes `nodeName`/`zone`.
+pub fn slice_from_v1beta1(o: &DynamicObject) -> Result<EndpointSlice, serde_json::Error> {
+    let mut v = serde_json::to_value(o)?;
+    v["apiVersion"] = "discovery.k8s.io/v1".into();
+    if let Some(eps) = v.get_mut("endpoints").and_then(|e| e.as_array_mut()) {
+        for ep in eps {
+            if let Some(topo) = ep.get("topology").cloned() {
+                if let Some(h) = topo.get("kubernetes.io/hostname") {
+                    ep["nodeName"] = h.clone();
+                }
+                if let Some(z) = topo.get("topology.kubernetes.io/zone") {
+                    ep["zone"] = z.clone();
+                }
+            }
+            if let Some(m) = ep.as_object_mut() {
+                m.remove("topology");
+            }
+        }
+    }
+    serde_json::from_value(v)
+}
+
+fn owned<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
+    v.into_iter().map(|a| (*a).clone()).collect()
+}
+
+impl Stores {
+    fn snapshot(&self) -> ClusterSnapshot {
+        let endpoint_slices = match &self.slices {
+            Slices::V1(s) => owned(s.state()),
+            Slices::V1beta1(s) => s
+                .state()
+                .iter()
+                .filter_map(|o| match slice_from_v1beta1(o) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        tracing::warn!(slice = ?o.metadata.name, error = %e, "EndpointSlice v1beta1 not understood; skipped");
+                        None
+                    }
+                })
+                .collect(),
+        };
+        let mut s = ClusterSnapshot {
+            nodes: owned(self.nodes.state()),
+            pods: owned(self.pods.state()),
+            services: owned(self.services.state()),
+            endpoint_slices,
+            network_policies: owned(self.policies.state()),
+            namespaces: owned(self.namespaces.state()),
+        };
+        s.normalize();
+        s
+    }
+}
+
+/// Which EndpointSlice version the apiserver serves.
+async fn slice_version(client: &kube::Client) -> anyhow::Result<&'static str> {
+    match client.list_api_group_resources("discovery.k8s.io/v1").await {
+        Ok(r) if r.resources.iter().any(|r| r.name == "endpointslices") => Ok("v1"),
+        _ => match client
+            .list_api_group_resources("discovery.k8s.io/v1beta1")
+            .await
+        {
+            Ok(_) => Ok("v1beta1"),
+            Err(e) => anyhow::bail!(
+                "the apiserver serves EndpointSlices neither as discovery.k8s.io/v1 nor v1beta1: {e}"
+            ),
+        },
+    }
+}
+
+const KINDS: [&str; 6] = [
+    "nodes",
+    "pods",
+    "services",
+    "endpointslices",
+    "namespaces",
+    "networkpolicies",
+];
+
+impl KubeSource {
+    /// Connect, start every watch and return once each kind has been listed
+    /// (logging which are still missing while it waits).
+    pub async fn start(client: kube::Client, node: &str, from: String) -> anyhow::Result<Self> {
+        let version = loop {
+            match slice_version(&client).await {
+                Ok(v) => break v,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), apiserver = %from, "cannot reach the apiserver yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let health: SharedHealth = Arc::new(Mutex::new(SourceStatus {
+            kind: "kube-apiserver".into(),
+            from,
+            kinds: KINDS
+                .iter()
+                .map(|k| {
+                    if *k == "endpointslices" {
+                        format!("endpointslices (discovery.k8s.io/{version})")
+                    } else {
+                        k.to_string()
+                    }
+                })
+                .collect(),
+            ..Default::default()
+        }));
+        let listed = Arc::new(Mutex::new(BTreeMap::new()));
+        let dirty = Arc::new(Notify::new());
+        let c = &client;
+        macro_rules! watch_kind {
+            ($name:expr, $api:expr, $cfg:expr) => {{
+                let (r, w) = reflector::store();
+                let stream = watcher($api, $cfg).default_backoff().reflect(w);
+                spawn_watch($name, stream, health.clone(), listed.clone(), dirty.clone());
+                r
+            }};
+        }
+        let all = watcher::Config::default;
+        let nodes = watch_kind!("nodes", Api::<Node>::all(c.clone()), all());
+        let pods = watch_kind!(
+            "pods",
+            Api::<Pod>::all(c.clone()),
+            all().fields(&format!("spec.nodeName={node}"))
+        );
+        let services = watch_kind!("services", Api::<Service>::all(c.clone()), all());
+        let namespaces = watch_kind!("namespaces", Api::<Namespace>::all(c.clone()), all());
+        let policies = watch_kind!(
+            "networkpolicies",
+            Api::<NetworkPolicy>::all(c.clone()),
+            all()
+        );
+        let slices = if version == "v1" {
+            Slices::V1(watch_kind!(
+                "endpointslices",
+                Api::<EndpointSlice>::all(c.clone()),
+                all()
+            ))
+        } else {
+            let ar = ApiResource {
+                group: "discovery.k8s.io".into(),
+                version: "v1beta1".into(),
+                api_version: "discovery.k8s.io/v1beta1".into(),
+                kind: "EndpointSlice".into(),
+                plural: "endpointslices".into(),
+            };
+            let w = reflector::store::Writer::new(ar.clone());
+            let r = w.as_reader();
+            let stream = watcher(Api::<DynamicObject>::all_with(c.clone(), &ar), all())
+                .default_backoff()
+                .reflect(w);
+            spawn_watch(
+                "endpointslices",
+                stream,
+                health.clone(),
+                listed.clone(),
+                dirty.clone(),
+            );
+            Slices::V1beta1(r)
+        };
+        let stores = Stores {
+            nodes,
+            pods,
+            services,
+            slices,
+            namespaces,
+            policies,
+        };
+        // Every kind listed once, or no snapshot: a partial view would make
+        // the agent release pods or drop services that exist.
+        let mut waited = 0u64;
+        loop {
+            let missing: Vec<&str> = {
+                let l = listed.lock().unwrap();
+                KINDS
+                    .iter()
+                    .copied()
+                    .filter(|k| !l.contains_key(k))
+                    .collect()
+            };
+            if missing.is_empty() {
+                break;
+            }
+            if waited > 0 && waited.is_multiple_of(50) {
+                tracing::info!(?missing, "waiting for the first list of every kind");
+            }
+            waited += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        health.lock().unwrap().ready = true;
+        let (tx, rx) = watch::channel(Arc::new(stores.snapshot()));
+        tokio::spawn(async move {
+            loop {
+                dirty.notified().await;
+                if tx.is_closed() {
+                    break;
+                }
+                tokio::time::sleep(COALESCE).await;
+                let snap = stores.snapshot();
+                tx.send_if_modified(|cur| {
+                    if **cur == snap {
+                        false
+                    } else {
+                        *cur = Arc::new(snap);
+                        true
+                    }
+                });
+            }
+        });
+        Ok(KubeSource { rx, health })
+    }
+}
+
+impl ClusterSource for KubeSource {
+    fn subscribe(&self) -> watch::Receiver<Arc<ClusterSnapshot>> {
+        self.rx.clone()
+    }
+
+    fn health(&self) -> SourceStatus {
+        self.health.lock().unwrap().clone()
+    }
+}
+
+/// A client from a kubeconfig file, or from the in-cluster service account
+/// (or $KUBECONFIG) when none is given.
+pub async fn client(
+    kubeconfig: Option<&std::path::Path>,
+) -> anyhow::Result<(kube::Client, String)> {
+    let cfg = match kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p)
+                .map_err(|e| anyhow::anyhow!("read kubeconfig {}: {e}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", p.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            anyhow::anyhow!("no kubeconfig given and none found (in-cluster or $KUBECONFIG): {e}")
+        })?,
+    };
+    let url = cfg.cluster_url.to_string();
+    Ok((kube::Client::try_from(cfg)?, url))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn v1beta1_slices_become_v1() {
+        let o: kube::api::DynamicObject = serde_json::from_str(
+            r#"{"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+                "metadata": {"name": "web-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": [{"addresses": ["198.19.0.2"], "conditions": {"ready": true},
+                               "topology": {"kubernetes.io/hostname": "node-a", "topology.kubernetes.io/zone": "z1"}}]}"#,
+        )
+        .unwrap();
+        let s = super::slice_from_v1beta1(&o).unwrap();
+        assert_eq!(s.address_type, "IPv4");
+        let ep = &s.endpoints[0];
+        assert_eq!(ep.addresses, vec!["198.19.0.2".to_string()]);
+        assert_eq!(ep.node_name.as_deref(), Some("node-a"));
+        assert_eq!(ep.zone.as_deref(), Some("z1"));
+        assert_eq!(ep.conditions.as_ref().unwrap().ready, Some(true));
+        assert_eq!(s.ports.as_ref().unwrap()[0].port, Some(8080));
+    }
+}

@@ -1,0 +1,209 @@
+//! The lab with its cluster state in a real etcd and kube-apiserver
+//! (1.20.2: EndpointSlices only as discovery.k8s.io/v1beta1), created
+//! through the API; the agents watch it. Needs scripts/kube-bins.sh (run by
+//! scripts/test.sh); under CI=true a missing apiserver is a failure.
+
+mod common;
+use common::svc::*;
+use common::*;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use strait_lab::publish;
+
+fn have_apiserver(test: &str) -> bool {
+    if !require_root(test) {
+        return false;
+    }
+    match strait_lab::control_plane::apiserver_binary() {
+        Ok(_) => true,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("{e:#}"),
+        Err(e) => {
+            eprintln!("\n!!! SKIPPED {test}: {e:#} !!!\n");
+            false
+        }
+    }
+}
+
+/// The services example with its cluster in a kube-apiserver.
+fn kube_lab(name: &str, mode: &str) -> Lab {
+    let y = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/services-ebpf.yaml"
+    ))
+    .unwrap()
+    .replace("name: svc", &format!("name: {name}"))
+    .replace(
+        "  mode: ebpf",
+        &format!("  mode: {mode}\n  controlPlane: kube-apiserver"),
+    );
+    Lab::up(&y)
+}
+
+fn wait_for(
+    lab: &Lab,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&strait_model::api::NodeStatus) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ok = ["node-a", "node-b"].iter().all(|n| f(&lab.status(n)));
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn extra_service(ip: &str, backend: &str) -> Vec<serde_json::Value> {
+    vec![
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "extra", "namespace": "default"},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}}),
+        serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "extra-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "extra"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": [backend], "conditions": {"ready": true}}]}),
+    ]
+}
+
+fn has(s: &strait_model::api::NodeStatus, svc: &str) -> bool {
+    s.services.iter().any(|e| e.name == svc)
+}
+
+#[test]
+fn pods_and_services_through_the_apiserver() {
+    if !have_apiserver("pods_and_services_through_the_apiserver") {
+        return;
+    }
+    let lab = kube_lab("t-kube", "ebpf");
+    let st = lab.status("node-a");
+    let src = st.source.clone().expect("the source reports itself");
+    assert_eq!(
+        (src.kind.as_str(), src.ready),
+        ("kube-apiserver", true),
+        "{src:?}"
+    );
+    assert!(
+        src.kinds.iter().any(|k| k.contains("v1beta1")),
+        "1.20 serves EndpointSlice v1beta1: {src:?}"
+    );
+    // Pods answer across nodes; the service spreads over both backends.
+    assert_eq!(lab.probe("client", "web-b").unwrap(), "web-b");
+    let addr = SocketAddr::new(vip(&lab, "web").into(), 80);
+    let answers = in_client(&lab, move || {
+        (0..40)
+            .map(|_| ask(addr).unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+    });
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    // A service made through the API while the lab runs, then removed.
+    let b = pod_ip(&lab, "web-b");
+    publish::put(&lab.st, "extra", &extra_service("198.18.64.90", &b)).unwrap();
+    wait_for(
+        &lab,
+        "the new service programmed",
+        Duration::from_secs(5),
+        |s| has(s, "extra"),
+    );
+    let extra: SocketAddr = "198.18.64.90:80".parse().unwrap();
+    assert_eq!(in_client(&lab, move || ask(extra).unwrap()), "web-b");
+    publish::put::<serde_json::Value>(&lab.st, "extra", &[]).unwrap();
+    wait_for(
+        &lab,
+        "the deleted service gone",
+        Duration::from_secs(5),
+        |s| !has(s, "extra"),
+    );
+    // The agents' credentials read what they need and change nothing else.
+    let kc = strait_lab::control_plane::agent_kubeconfig(&lab.st);
+    let (pods, forbidden) = publish::client_as(&lab.st, &kc, |c| async move {
+        use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+        let pods = kube::Api::<Pod>::all(c.clone())
+            .list(&Default::default())
+            .await?
+            .items
+            .len();
+        let cm =
+            serde_json::from_value::<ConfigMap>(serde_json::json!({"metadata": {"name": "x"}}))?;
+        let created = kube::Api::<ConfigMap>::namespaced(c.clone(), "default")
+            .create(&Default::default(), &cm)
+            .await;
+        let deleted = kube::Api::<Pod>::namespaced(c, "default")
+            .delete("client", &Default::default())
+            .await;
+        let forbidden =
+            |r: &Result<_, kube::Error>| matches!(r, Err(kube::Error::Api(e)) if e.code == 403);
+        Ok((
+            pods,
+            forbidden(&created.map(|_| ())) && forbidden(&deleted.map(|_| ())),
+        ))
+    })
+    .unwrap();
+    assert!(pods >= 4, "the agent lists pods ({pods})");
+    assert!(
+        forbidden,
+        "the agent may not create ConfigMaps or delete Pods"
+    );
+}
+
+#[test]
+fn agents_forward_through_apiserver_and_etcd_restarts_and_resync() {
+    if !have_apiserver("agents_forward_through_apiserver_and_etcd_restarts_and_resync") {
+        return;
+    }
+    let lab = kube_lab("t-kuberst", "routed");
+    let addr = SocketAddr::new(vip(&lab, "web").into(), 80);
+    let b = pod_ip(&lab, "web-b");
+    // The apiserver goes away: forwarding and services carry on.
+    strait_lab::control_plane::stop_apiserver(&lab.st);
+    for _ in 0..5 {
+        assert!(
+            in_client(&lab, move || ask(addr)).is_ok(),
+            "the service answers without an apiserver"
+        );
+        assert_eq!(lab.probe("client", "web-b").unwrap(), "web-b");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_for(
+        &lab,
+        "the agents notice the broken watches",
+        Duration::from_secs(10),
+        |s| s.source.as_ref().is_some_and(|x| x.errors > 0),
+    );
+    strait_lab::control_plane::start_apiserver(&lab.st).unwrap();
+    strait_lab::control_plane::wait_ready(&lab.st, Duration::from_secs(60)).unwrap();
+    // A change after the restart reaches every agent.
+    publish::put(&lab.st, "extra", &extra_service("198.18.64.91", &b)).unwrap();
+    wait_for(
+        &lab,
+        "a change after the apiserver restart",
+        Duration::from_secs(30),
+        |s| has(s, "extra"),
+    );
+    // etcd under the apiserver restarts too.
+    strait_lab::control_plane::stop_etcd(&lab.st);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        in_client(&lab, move || ask(addr)).is_ok(),
+        "forwarding needs no etcd"
+    );
+    strait_lab::control_plane::start_etcd(&lab.st).unwrap();
+    strait_lab::control_plane::wait_ready(&lab.st, Duration::from_secs(60)).unwrap();
+    publish::put::<serde_json::Value>(&lab.st, "extra", &[]).unwrap();
+    wait_for(
+        &lab,
+        "a change after the etcd restart",
+        Duration::from_secs(30),
+        |s| !has(s, "extra"),
+    );
+    for n in ["node-a", "node-b"] {
+        let s = lab.status(n).source.unwrap();
+        eprintln!(
+            "{n}: source after the restarts: relists {}, errors {}",
+            s.relists, s.errors
+        );
+        assert!(s.ready);
+    }
+}

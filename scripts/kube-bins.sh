@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# A real control plane for the kube-apiserver labs and tests: Debian's etcd
+# (installed by setup.sh) and kube-apiserver 1.20.2 in target/kube/.
+# kube-apiserver comes from ../shared/bin when that prebuilt copy exists;
+# otherwise it is built offline from Debian bookworm's `kubernetes` source
+# package with Debian's Go (about 4 minutes on 2 cores), once: the result is
+# cached in target/kube/. Prints the binary's path.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="$PWD/target/kube"
+bin="$out/kube-apiserver"
+mkdir -p "$out"
+if [ -x "$bin" ]; then
+  echo "$bin"
+  exit 0
+fi
+shared="$PWD/../shared/bin/kube-apiserver-1.20.2.xz"
+if [ -f "$shared" ]; then
+  echo "kube-bins: using the prebuilt $shared" >&2
+  xz -dc "$shared" > "$bin.tmp"
+else
+  echo "kube-bins: building kube-apiserver 1.20.2 from Debian's source package (once; cached in $out)" >&2
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "kube-bins: need root to fetch the source package and Go" >&2
+    exit 1
+  fi
+  src=/etc/apt/sources.list.d/strait-kube-src.sources
+  if [ ! -f "$src" ]; then
+    printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' > "$src"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends golang-go rsync dpkg-dev >/dev/null
+  work="$out/src"
+  mkdir -p "$work"
+  (cd "$work" && { ls -d kubernetes-*/ >/dev/null 2>&1 || apt-get source -qq kubernetes >/dev/null; })
+  tree="$(ls -d "$work"/kubernetes-*/ | head -1)"
+  (cd "$tree" && KUBE_BUILD_PLATFORMS=linux/amd64 CGO_ENABLED=0 make WHAT=cmd/kube-apiserver >&2)
+  cp "$tree/_output/bin/kube-apiserver" "$bin.tmp"
+fi
+chmod +x "$bin.tmp"
+mv "$bin.tmp" "$bin"
+"$bin" --version >&2
+echo "$bin"
