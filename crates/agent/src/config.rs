@@ -33,6 +33,13 @@ pub struct AgentConfig {
     pub cgroup: Option<PathBuf>,
     /// How pod traffic crosses between nodes (see `crossnode::MODES`).
     pub cross_node: String,
+    /// Where to install the CNI conflist once the agent is ready (the
+    /// runtime's config directory, /etc/cni/net.d); None: not at all.
+    pub cni_conf_dir: Option<PathBuf>,
+    /// cniVersion of that conflist.
+    pub cni_version: String,
+    /// MTU of pod interfaces, in that conflist.
+    pub mtu: u32,
 }
 
 /// The cluster source.

@@ -199,6 +199,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         bpf.as_ref().map(|b| b.dp.pin_dir.as_path()),
         cfg.service_cidr,
     )?;
+    let mut kube_client = None;
     let source: Box<dyn ClusterSource> = match &cfg.source {
         crate::SourceConfig::Files { dir } => Box::new(DirectorySource::start(
             dir.clone(),
@@ -207,6 +208,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         crate::SourceConfig::Kube { kubeconfig } => {
             let (client, url) = crate::source::kube::client(kubeconfig.as_deref()).await?;
             tracing::info!(apiserver = %url, "cluster source: kube-apiserver; waiting for the first lists");
+            kube_client = Some(client.clone());
             Box::new(crate::source::kube::KubeSource::start(client, &cfg.node_name, url).await?)
         }
     };
@@ -238,6 +240,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tasks.spawn(reconcile::run(NodeRoutes::new(cross_node)?, agent.clone()));
     tasks.spawn(reconcile::run(Services::new(services), agent.clone()));
     tasks.spawn(reconcile::run(Health::default(), agent.clone()));
+    tokio::spawn(crate::readiness::announce(agent.clone(), kube_client));
     let listener = crate::api::bind(&agent.cfg.socket)?;
     tracing::info!(node = %agent.cfg.node_name, socket = %agent.cfg.socket.display(), cross_node = agent.cross_node, services = agent.service_backend, "strait agent started");
     let api = tokio::spawn(crate::api::serve(agent.clone(), listener));

@@ -52,6 +52,17 @@ pub struct Args {
     /// CIDR via its node IP).
     #[arg(long, default_value = "routed")]
     cross_node: String,
+    /// Install the CNI conflist (10-strait.conflist) into this directory once
+    /// the agent is ready, e.g. /etc/cni/net.d.
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// cniVersion of the installed conflist: 1.0.0 suits containerd 1.6 and
+    /// podman 4 (they reject 1.1.0 results).
+    #[arg(long, default_value = "1.0.0", value_parser = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"])]
+    cni_version: String,
+    /// MTU of pod interfaces in the installed conflist.
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -94,6 +105,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             .transpose()?,
         cgroup: a.cgroup,
         cross_node: a.cross_node,
+        cni_conf_dir: a.cni_conf_dir,
+        cni_version: a.cni_version,
+        mtu: a.mtu,
     };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node agent (IPAM, cluster source, routed datapath, local API).
-    Agent(agent::Args),
+    Agent(Box<agent::Args>),
     /// Show this node's agent: readiness, pod CIDR, pods, node routes.
     Status(status::Args),
     /// Build and use a multi-node cluster made of network namespaces.
@@ -40,7 +40,7 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Agent(a) => agent::run(a),
+        Cmd::Agent(a) => agent::run(*a),
         Cmd::Status(a) => status::run(a),
         Cmd::Lab(a) => lab::run(a),
         Cmd::Monitor(a) => monitor::run(a),

@@ -9,6 +9,10 @@ pub struct Args {
     /// Output format: table or json.
     #[arg(short = 'o', long, default_value = "table")]
     output: String,
+    /// Print nothing; exit 0 when the agent is ready, 1 when not (for
+    /// readiness probes).
+    #[arg(long)]
+    ready: bool,
 }
 
 pub fn render(s: &NodeStatus) -> String {
@@ -137,6 +141,15 @@ pub fn render(s: &NodeStatus) -> String {
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let s = strait_cni::client::status(&a.socket).map_err(|e| anyhow::anyhow!(e.msg))?;
+    if a.ready {
+        if !s.ready {
+            eprintln!(
+                "not ready: {}",
+                s.reason.as_deref().unwrap_or("no pod CIDR yet")
+            );
+        }
+        return Ok(if s.ready { 0 } else { 1 });
+    }
     if a.output == "json" {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

@@ -68,8 +68,12 @@ fn extra_service(ip: &str, backend: &str) -> Vec<serde_json::Value> {
     ]
 }
 
+/// The service is programmed with its backends (the Service and its slice
+/// arrive as separate events).
 fn has(s: &strait_model::api::NodeStatus, svc: &str) -> bool {
-    s.services.iter().any(|e| e.name == svc)
+    s.services
+        .iter()
+        .any(|e| e.name == svc && !e.backends.is_empty())
 }
 
 #[test]
@@ -206,4 +210,38 @@ fn agents_forward_through_apiserver_and_etcd_restarts_and_resync() {
         );
         assert!(s.ready);
     }
+}
+
+/// deploy/strait.yaml, every object, passes the apiserver's validation and
+/// admission (a server-side dry run), and the RBAC the lab's agents run
+/// with is the ClusterRole it ships.
+#[test]
+fn deploy_manifests_validate_against_the_apiserver() {
+    if !have_apiserver("deploy_manifests_validate_against_the_apiserver") {
+        return;
+    }
+    let lab = Lab::up(&lab_yaml("t-kubedeploy", &["n1"], 24, &[]).replace(
+        "  mode: routed",
+        "  mode: routed\n  controlPlane: kube-apiserver",
+    ));
+    let objects = publish::deploy_objects();
+    let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet"
+        ]
+    );
+    let refused = publish::dry_run(&lab.st, objects.clone()).unwrap();
+    assert!(refused.is_empty(), "{refused:#?}");
+    // A broken one is refused: the dry run does validate.
+    let mut bad = objects[4].clone();
+    bad["spec"]["template"]["spec"]["containers"][0]["image"] = serde_json::Value::Null;
+    assert_eq!(publish::dry_run(&lab.st, vec![bad]).unwrap().len(), 1);
+    let shipped = objects.iter().find(|o| o["kind"] == "ClusterRole").unwrap();
+    assert_eq!(publish::agent_rbac()[0]["rules"], shipped["rules"]);
 }

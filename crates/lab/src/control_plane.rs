@@ -179,6 +179,8 @@ pub fn start_apiserver(st: &LabState) -> anyhow::Result<i32> {
         // ServiceAccount this admission plugin insists on.
         "--disable-admission-plugins=ServiceAccount".into(),
         "--enable-priority-and-fairness=false".into(),
+        // As kubeadm sets it: CNI agents run privileged.
+        "--allow-privileged=true".into(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     spawn_daemon(

@@ -11,6 +11,7 @@
 use crate::LabState;
 use anyhow::{bail, Context};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use serde::Deserialize;
 use serde_json::Value;
 use std::future::Future;
 use std::path::Path;
@@ -62,6 +63,9 @@ fn resource(api_version: &str, kind: &str) -> anyhow::Result<(ApiResource, bool)
         "Service" => ("services", true),
         "EndpointSlice" => ("endpointslices", true),
         "NetworkPolicy" => ("networkpolicies", true),
+        "ServiceAccount" => ("serviceaccounts", true),
+        "ConfigMap" => ("configmaps", true),
+        "DaemonSet" => ("daemonsets", true),
         "ClusterRole" => ("clusterroles", false),
         "ClusterRoleBinding" => ("clusterrolebindings", false),
         other => bail!("the lab cannot publish {api_version} {other} through the API"),
@@ -281,27 +285,57 @@ pub fn write_yaml<T: serde::Serialize>(path: &Path, objs: &[T]) -> anyhow::Resul
     Ok(())
 }
 
-/// The agent's least privilege: read what it programs from, and mark its
-/// Node's network available.
+/// The manifests an operator applies (deploy/strait.yaml).
+pub const DEPLOY: &str = include_str!("../../../deploy/strait.yaml");
+
+/// Every object of deploy/strait.yaml, in order.
+pub fn deploy_objects() -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(DEPLOY)
+        .filter_map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).ok()?).ok())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The agent's ClusterRole exactly as deploy/ ships it, bound to the lab
+/// agents' token user (a real cluster binds the ServiceAccount).
 pub fn agent_rbac() -> Vec<Value> {
+    let role = deploy_objects()
+        .into_iter()
+        .find(|v| v["kind"] == "ClusterRole")
+        .expect("deploy/strait.yaml has the agent's ClusterRole");
     vec![
-        serde_json::json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": "strait-agent"},
-            "rules": [
-                {"apiGroups": [""], "resources": ["nodes", "pods", "services", "namespaces"], "verbs": ["get", "list", "watch"]},
-                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
-                {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch"]},
-                {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]}
-            ]
-        }),
+        role,
         serde_json::json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": "strait-agent"},
+            "metadata": {"name": "strait-agent-lab"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "strait-agent"},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "strait-agent"}]
         }),
     ]
+}
+
+/// Server-side dry run of every object (validation and admission, nothing
+/// stored). Returns one line per object that the apiserver refused.
+pub fn dry_run(st: &LabState, objects: Vec<Value>) -> anyhow::Result<Vec<String>> {
+    admin(st, |c| async move {
+        let mut pp = PatchParams::apply("strait-lab").force();
+        pp.dry_run = true;
+        let mut refused = vec![];
+        for v in objects {
+            let (ar, namespaced) = resource(
+                v["apiVersion"].as_str().unwrap_or_default(),
+                v["kind"].as_str().unwrap_or_default(),
+            )?;
+            let key = key_of(&v, namespaced);
+            if let Err(e) = api_for(&c, &ar, namespaced, &key.2)
+                .patch(&key.3, &pp, &Patch::Apply(&v))
+                .await
+            {
+                refused.push(format!("{} {}/{}: {e}", key.1, key.2, key.3));
+            }
+        }
+        Ok(refused)
+    })
 }
 
 pub fn bootstrap_rbac(st: &LabState) -> anyhow::Result<()> {

@@ -169,6 +169,24 @@ pub(crate) fn spawn_daemon(
     Ok(pid)
 }
 
+/// Whether `strait agent` of this binary knows `flag` (builds differ: the
+/// upgrade test runs an older one). Asked once per binary.
+fn agent_supports(strait: &Path, flag: &str) -> bool {
+    static HELP: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut cache = HELP.lock().unwrap();
+    if let Some((_, h)) = cache.iter().find(|(p, _)| p == strait) {
+        return h.contains(flag);
+    }
+    let help = Command::new(strait)
+        .args(["agent", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let yes = help.contains(flag);
+    cache.push((strait.to_path_buf(), help));
+    yes
+}
+
 /// Start (or restart) a node's agent. Extra environment is for tests.
 pub fn start_agent(
     st: &LabState,
@@ -197,6 +215,13 @@ pub fn start_agent(
         &service_cidr,
     ];
     let agent_kc = crate::control_plane::agent_kubeconfig(st);
+    // As on a real node: the agent installs the CNI config when it is ready
+    // (an older build, started by the upgrade test, has no such flag).
+    let net_d = nd.join("net.d");
+    let mtu = st.plan.mtu.to_string();
+    if agent_supports(&bins.strait, "--cni-conf-dir") {
+        args.extend(["--cni-conf-dir", net_d.to_str().unwrap(), "--mtu", &mtu]);
+    }
     match st.plan.control_plane {
         strait_model::lab::ControlPlane::Files => {
             args.extend(["--manifests", manifests.to_str().unwrap()])

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod cniconf;
 pub mod ipam;
 pub mod lab;
 pub mod naming;
