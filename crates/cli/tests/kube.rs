@@ -57,12 +57,16 @@ fn wait_for(
 }
 
 fn extra_service(ip: &str, backend: &str) -> Vec<serde_json::Value> {
+    named_service("extra", ip, backend)
+}
+
+fn named_service(name: &str, ip: &str, backend: &str) -> Vec<serde_json::Value> {
     vec![
         serde_json::json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "extra", "namespace": "default"},
+            "metadata": {"name": name, "namespace": "default"},
             "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}}),
         serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "extra-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "extra"}},
+            "metadata": {"name": format!("{name}-1"), "namespace": "default", "labels": {"kubernetes.io/service-name": name}},
             "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
             "endpoints": [{"addresses": [backend], "conditions": {"ready": true}}]}),
     ]
@@ -195,6 +199,46 @@ fn agents_forward_through_apiserver_and_etcd_restarts_and_resync() {
     );
     strait_lab::control_plane::start_etcd(&lab.st).unwrap();
     strait_lab::control_plane::wait_ready(&lab.st, Duration::from_secs(60)).unwrap();
+    // History compacted under the agents, then the apiserver restarted (its
+    // watch cache too): the agents' watches resume from a compacted
+    // revision, get "410 Gone", and relist.
+    let relists = |lab: &Lab| -> u64 {
+        ["node-a", "node-b"]
+            .iter()
+            .map(|n| lab.status(n).source.unwrap().relists)
+            .sum()
+    };
+    let before = relists(&lab);
+    publish::put(
+        &lab.st,
+        "churn",
+        &named_service("churn", "198.18.64.92", &b),
+    )
+    .unwrap();
+    wait_for(&lab, "churn programmed", Duration::from_secs(10), |s| {
+        has(s, "churn")
+    });
+    let rev = strait_lab::control_plane::etcd_compact(&lab.st).unwrap();
+    assert!(rev > 1);
+    strait_lab::control_plane::stop_apiserver(&lab.st);
+    // Changed while nobody watches.
+    strait_lab::control_plane::start_apiserver(&lab.st).unwrap();
+    strait_lab::control_plane::wait_ready(&lab.st, Duration::from_secs(60)).unwrap();
+    publish::put::<serde_json::Value>(&lab.st, "churn", &[]).unwrap();
+    wait_for(
+        &lab,
+        "a change after the compaction",
+        Duration::from_secs(30),
+        |s| !has(s, "churn"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relists(&lab) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the agents relist after a compaction"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     publish::put::<serde_json::Value>(&lab.st, "extra", &[]).unwrap();
     wait_for(
         &lab,

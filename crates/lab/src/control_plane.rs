@@ -234,3 +234,47 @@ pub fn wait_ready(st: &LabState, timeout: Duration) -> anyhow::Result<()> {
 pub fn netns(st: &LabState) -> PathBuf {
     netns_path(&control_plane_netns(&st.plan.name))
 }
+
+/// One JSON POST to etcd's gRPC gateway, from inside the control plane.
+fn etcd_post(
+    st: &LabState,
+    path: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let ns = strait_netlink::NetnsFile::open(&netns(st))?;
+    let body = body.to_string();
+    let url = path.to_string();
+    let raw = strait_netlink::in_netns(&ns, move || -> std::io::Result<String> {
+        let path = url;
+        let mut s = std::net::TcpStream::connect("127.0.0.1:2379")?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: etcd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    let json = raw.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(json).with_context(|| format!("etcd {path}: {raw}"))
+}
+
+/// Compact etcd's history up to its current revision (as etcd's periodic
+/// compaction does): watches resuming from before it get "410 Gone" and
+/// must relist. Returns the revision.
+pub fn etcd_compact(st: &LabState) -> anyhow::Result<u64> {
+    let r = etcd_post(st, "/v3/kv/range", &serde_json::json!({"key": "AA=="}))?;
+    let rev: u64 = r["header"]["revision"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .context("etcd revision")?;
+    etcd_post(
+        st,
+        "/v3/kv/compaction",
+        &serde_json::json!({"revision": rev, "physical": true}),
+    )?;
+    Ok(rev)
+}
