@@ -22,6 +22,13 @@ enum Verb {
     Up { file: PathBuf },
     /// Remove every namespace, link, process and file the lab made.
     Down,
+    /// Add or change objects (Pods, Services, EndpointSlices,
+    /// NetworkPolicies, Namespaces) in the running lab: new pods are wired
+    /// as kubelet would, everything goes to the lab's cluster source (its
+    /// files or its kube-apiserver).
+    Apply { file: PathBuf },
+    /// Remove the objects in FILE from the running lab (pods are unwired).
+    Delete { file: PathBuf },
     /// Nodes, agents and pods of the lab.
     Status,
     /// Run a command in a node's or pod's network namespace.
@@ -89,6 +96,19 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             };
             labrun::down(&name, &bins)?;
             eprintln!("lab {name} is down");
+            Ok(0)
+        }
+        Verb::Apply { ref file } | Verb::Delete { ref file } => {
+            let bins = Binaries::locate()?;
+            let mut st = LabState::find(a.lab.as_deref())?;
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("read {}: {e}", file.display()))?;
+            let msg = if matches!(a.verb, Verb::Apply { .. }) {
+                strait_lab::objects::apply(&mut st, &bins, &text)?
+            } else {
+                strait_lab::objects::delete(&mut st, &bins, &text)?
+            };
+            println!("lab {}: {msg}", st.plan.name);
             Ok(0)
         }
         Verb::Status => {

@@ -289,3 +289,113 @@ fn deploy_manifests_validate_against_the_apiserver() {
     let shipped = objects.iter().find(|o| o["kind"] == "ClusterRole").unwrap();
     assert_eq!(publish::agent_rbac()[0]["rules"], shipped["rules"]);
 }
+
+/// `strait lab apply` / `strait lab delete` change a running lab through
+/// the API while a client keeps using a service: a new backend pod is wired
+/// and joins it, a new service appears, the pod is drained and unwired. No
+/// request fails.
+#[test]
+fn pods_and_services_come_and_go_while_traffic_flows() {
+    if !have_apiserver("pods_and_services_come_and_go_while_traffic_flows") {
+        return;
+    }
+    let lab = kube_lab("t-kubeapply", "ebpf");
+    let addr = SocketAddr::new(vip(&lab, "web").into(), 80);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ns = strait_netlink::NetnsFile::open(&strait_lab::run::netns_path(
+        &lab.st.plan.pod("client").unwrap().netns,
+    ))
+    .unwrap();
+    let flag = stop.clone();
+    let client = std::thread::spawn(move || {
+        strait_netlink::in_netns(&ns, move || {
+            let (mut ok, mut failed) = (0u32, vec![]);
+            let mut seen = std::collections::BTreeSet::new();
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                match ask(addr) {
+                    Ok(who) => {
+                        ok += 1;
+                        seen.insert(who);
+                    }
+                    Err(e) => failed.push(e.to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (ok, failed, seen)
+        })
+        .unwrap()
+    });
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-c, labels: {app: web}}\nspec: {nodeName: node-b, containers: [{name: echo, ports: [{name: http, containerPort: 8080}]}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: more}\nspec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: http}]}\n",
+    )
+    .unwrap();
+    let lab_cmd = |verb: &str| {
+        let out = std::process::Command::new(&lab.bins.strait)
+            .args(["lab", "--lab", "t-kubeapply", verb])
+            .arg(file.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = lab_cmd("apply");
+    assert!(
+        said.contains("1 new pods (default/web-c)") && said.contains("1 new services"),
+        "{said}"
+    );
+    let backends = |s: &strait_model::api::NodeStatus, svc: &str| {
+        s.services
+            .iter()
+            .find(|e| e.name == svc && e.frontend.port == 80)
+            .map(|e| e.backends.len())
+            .unwrap_or(0)
+    };
+    wait_for(
+        &lab,
+        "web-c joins web, and `more` appears",
+        Duration::from_secs(10),
+        |s| backends(s, "web") == 3 && backends(s, "more") == 3,
+    );
+    // The plan on disk now has web-c (the test's copy is from `up`).
+    let now = strait_lab::LabState::load("t-kubeapply").unwrap();
+    let c_ip = now.pod_ip(now.plan.pod("web-c").unwrap()).unwrap();
+    let r = strait_lab::probe::probe(
+        &strait_lab::run::netns_path(&now.plan.pod("client").unwrap().netns),
+        SocketAddr::new(c_ip, 8080),
+        false,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert_eq!(r.answered_by, "web-c");
+    std::thread::sleep(Duration::from_millis(500));
+    let said = lab_cmd("delete");
+    assert!(said.contains("pod default/web-c"), "{said}");
+    wait_for(&lab, "web-c drained", Duration::from_secs(10), |s| {
+        backends(s, "web") == 2 && backends(s, "more") == 0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed, seen) = client.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(
+        seen.contains("web-c"),
+        "the new pod served requests: {seen:?}"
+    );
+    assert!(
+        !strait_lab::cmd::netns_with_prefix("strait-t-kubeapply-pod-default-web-c")
+            .iter()
+            .any(|_| true),
+        "web-c's namespace is gone"
+    );
+}

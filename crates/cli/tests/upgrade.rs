@@ -134,7 +134,8 @@ fn upgrade_from_map_layout_1_under_live_streams() {
             std::thread::sleep(Duration::from_millis(20));
         }
         strait_lab::run::start_agent(&lab.st, &new, &n, &[]).unwrap();
-        strait_lab::run::wait_agent_ready(&lab.st, &n, Duration::from_secs(10)).unwrap();
+        // Generous: the whole suite loads the machine while BPF verifies.
+        strait_lab::run::wait_agent_ready(&lab.st, &n, Duration::from_secs(30)).unwrap();
     }
     lab.bins = new;
     // The new agents finish: every host veth carries the new program, and

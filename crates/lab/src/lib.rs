@@ -12,6 +12,7 @@ pub mod control_plane;
 
 pub mod echo;
 pub mod hops;
+pub mod objects;
 pub mod probe;
 pub mod publish;
 pub mod run;

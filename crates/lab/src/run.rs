@@ -3,7 +3,7 @@
 use crate::cmd::{alive, ip, netns_pids, netns_with_prefix, stop};
 use crate::state::LabState;
 use anyhow::{bail, Context};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -472,7 +472,8 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
     }
     // The cluster source: Node objects for the plan, then the user's manifests.
     write_node_manifests(st)?;
-    let (mut pods, services) = write_object_manifests(st, objects)?;
+    crate::objects::store(st, objects)?;
+    crate::objects::publish_all(st)?;
     for n in &plan.nodes {
         let pid = start_agent(st, bins, n, &[])?;
         step(&format!(
@@ -500,23 +501,7 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
     }
     // Now that pods have addresses: their status, and (as
     // kube-controller-manager would) the EndpointSlices of selector Services.
-    for pod in &mut pods {
-        let (ns, name) = (
-            pod.metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            pod.metadata.name.clone().unwrap_or_default(),
-        );
-        if let Some(ip) = plan.pod(&format!("{ns}/{name}")).and_then(|p| st.pod_ip(p)) {
-            let node = plan.pod(&format!("{ns}/{name}")).map(|p| p.node.clone());
-            pod.spec.get_or_insert_with(Default::default).node_name = node;
-            pod.status.get_or_insert_with(Default::default).pod_ip = Some(ip.to_string());
-        }
-    }
-    crate::publish::put(st, "pods", &pods)?;
-    let slices = strait_model::services::endpoint_slices_for(&services, &pods);
-    crate::publish::put(st, "endpointslices", &slices)?;
+    let services = crate::objects::publish_all(st)?;
     if !services.is_empty() {
         wait_services_programmed(st, Duration::from_secs(10))?;
         step(&format!(
@@ -623,49 +608,10 @@ pub fn health_ok(netns: &Path, addr: std::net::SocketAddr) -> bool {
     .unwrap_or(false)
 }
 
-/// The lab file's objects as the cluster source holds them: Services with
-/// their cluster IPs, Pods (addresses come later), everything else as is.
-fn write_object_manifests(
-    st: &LabState,
-    objects: &[ClusterObject],
-) -> anyhow::Result<(Vec<Pod>, Vec<Service>)> {
-    let (mut pods, mut services, mut slices, mut policies, mut namespaces) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    for o in objects {
-        match o {
-            ClusterObject::Pod(p) => pods.push((**p).clone()),
-            ClusterObject::Service(s) => {
-                let mut s = (**s).clone();
-                let ns = s
-                    .metadata
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into());
-                let name = s.metadata.name.clone().unwrap_or_default();
-                if let Some(sp) = st.plan.service(&format!("{ns}/{name}")) {
-                    s.spec.get_or_insert_with(Default::default).cluster_ip =
-                        Some(sp.cluster_ip.to_string());
-                }
-                assign_external(&mut s, services.len());
-                services.push(s);
-            }
-            ClusterObject::EndpointSlice(e) => slices.push((**e).clone()),
-            ClusterObject::NetworkPolicy(n) => policies.push((**n).clone()),
-            ClusterObject::Namespace(n) => namespaces.push((**n).clone()),
-            ClusterObject::Node(_) | ClusterObject::Other { .. } => {}
-        }
-    }
-    crate::publish::put(st, "namespaces", &namespaces)?;
-    crate::publish::put(st, "services", &services)?;
-    crate::publish::put(st, "user-endpointslices", &slices)?;
-    crate::publish::put(st, "networkpolicies", &policies)?;
-    Ok((pods, services))
-}
-
 /// What the cloud and the API server would fill in for an external service:
 /// NodePorts, a LoadBalancer ingress IP from 198.18.96.0/24, and a
 /// healthCheckNodePort for externalTrafficPolicy Local. Given values stay.
-fn assign_external(s: &mut Service, index: usize) {
+pub(crate) fn assign_external(s: &mut Service, index: usize) {
     use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
     let Some(spec) = s.spec.as_mut() else { return };
     let ty = spec.type_.clone().unwrap_or_default();
@@ -748,7 +694,7 @@ pub fn wait_services_programmed(st: &LabState, timeout: Duration) -> anyhow::Res
     Ok(())
 }
 
-fn wait_listening(netns: &str, timeout: Duration) {
+pub(crate) fn wait_listening(netns: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Ok(ns) = strait_netlink::NetnsFile::open(&netns_path(netns)) {

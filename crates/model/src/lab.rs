@@ -349,56 +349,10 @@ impl LabFile {
         let mut next = 0usize;
         for obj in &self.objects {
             let ClusterObject::Pod(p) = obj else { continue };
-            let pname = p.metadata.name.clone().unwrap_or_default();
-            let ns = p
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            if !valid_name(&pname, 30) || !valid_name(&ns, 20) {
-                return Err(LabError::Invalid(format!(
-                    "pod {ns}/{pname}: names must be lowercase a-z, 0-9 and '-' (pod up to 30, namespace up to 20 characters)"
-                )));
-            }
-            if pods.iter().any(|x| x.name == pname && x.namespace == ns) {
-                return Err(LabError::Invalid(format!(
-                    "pod {ns}/{pname} is defined twice"
-                )));
-            }
-            let node = match p.spec.as_ref().and_then(|s| s.node_name.clone()) {
-                Some(n) => {
-                    if !nodes.iter().any(|x| x.name == n) {
-                        return Err(LabError::Invalid(format!(
-                            "pod {ns}/{pname} has nodeName {n:?}, which is not a lab node ({})",
-                            nodes
-                                .iter()
-                                .map(|x| x.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )));
-                    }
-                    n
-                }
-                None => {
-                    let n = nodes[next % nodes.len()].name.clone();
-                    next += 1;
-                    n
-                }
-            };
-            let uid = p
-                .metadata
-                .uid
-                .clone()
-                .unwrap_or_else(|| format!("lab-{name}-{ns}-{pname}"));
-            pods.push(PodPlan {
-                netns: pod_netns(name, &ns, &pname),
-                namespace: ns,
-                name: pname,
-                uid,
-                node,
-            });
+            let pod = plan_pod(name, &nodes, &pods, &mut next, p)?;
+            pods.push(pod);
         }
-        let services = self.plan_services(ap)?;
+        let services = plan_services(ap.service_cidr, &[], &self.objects)?;
         Ok(LabPlan {
             name: name.clone(),
             mode: spec.mode,
@@ -414,84 +368,183 @@ impl LabFile {
     }
 }
 
-impl LabFile {
-    /// Cluster IPs: as written (inside the service CIDR), or the next free one.
-    fn plan_services(&self, ap: &AddressPlan) -> Result<Vec<ServicePlan>, LabError> {
-        let mut out: Vec<ServicePlan> = vec![];
-        let mut taken: Vec<Ipv4Addr> = vec![];
-        let svcs: Vec<_> = self
-            .objects
-            .iter()
-            .filter_map(|o| match o {
-                ClusterObject::Service(s) => Some(s),
-                _ => None,
-            })
-            .collect();
-        for s in &svcs {
-            if let Some(ip) = s
-                .spec
-                .as_ref()
-                .and_then(|sp| sp.cluster_ip.as_deref())
-                .filter(|c| *c != "None" && !c.is_empty())
-            {
-                let name = s.metadata.name.clone().unwrap_or_default();
-                let ip: Ipv4Addr = ip.parse().map_err(|_| {
-                    LabError::Invalid(format!(
-                        "service {name}: clusterIP {ip:?} is not an IPv4 address"
-                    ))
-                })?;
-                if !ap.service_cidr.contains(&ip) {
-                    return Err(LabError::Invalid(format!(
-                        "service {name}: clusterIP {ip} is outside the service CIDR {}",
-                        ap.service_cidr
-                    )));
-                }
-                if taken.contains(&ip) {
-                    return Err(LabError::Invalid(format!(
-                        "service {name}: clusterIP {ip} is used twice"
-                    )));
-                }
-                taken.push(ip);
-            }
-        }
-        let mut free = ap
-            .service_cidr
-            .hosts()
-            .skip(9)
-            .filter(|ip| !taken.contains(ip));
-        for s in svcs {
+/// Cluster IPs for the Services among `objects`: as written (inside the
+/// service CIDR), or the next free one; `existing` are taken already.
+fn plan_services(
+    service_cidr: Ipv4Net,
+    existing: &[ServicePlan],
+    objects: &[ClusterObject],
+) -> Result<Vec<ServicePlan>, LabError> {
+    let mut out: Vec<ServicePlan> = vec![];
+    let mut taken: Vec<Ipv4Addr> = existing.iter().map(|s| s.cluster_ip).collect();
+    let svcs: Vec<_> = objects
+        .iter()
+        .filter_map(|o| match o {
+            ClusterObject::Service(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    for s in &svcs {
+        if let Some(ip) = s
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.cluster_ip.as_deref())
+            .filter(|c| *c != "None" && !c.is_empty())
+        {
             let name = s.metadata.name.clone().unwrap_or_default();
-            let namespace = s
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
-            if !valid_name(&name, 40) {
+            let ip: Ipv4Addr = ip.parse().map_err(|_| {
+                LabError::Invalid(format!(
+                    "service {name}: clusterIP {ip:?} is not an IPv4 address"
+                ))
+            })?;
+            if !service_cidr.contains(&ip) {
                 return Err(LabError::Invalid(format!(
-                    "service {name:?}: names must be lowercase a-z, 0-9 and '-'"
+                    "service {name}: clusterIP {ip} is outside the service CIDR {}",
+                    service_cidr
                 )));
             }
-            let given = s.spec.as_ref().and_then(|sp| sp.cluster_ip.clone());
-            if given.as_deref() == Some("None") {
-                continue;
+            if taken.contains(&ip) {
+                return Err(LabError::Invalid(format!(
+                    "service {name}: clusterIP {ip} is used twice"
+                )));
             }
-            let cluster_ip = match given.and_then(|c| c.parse().ok()) {
-                Some(ip) => ip,
-                None => free.next().ok_or_else(|| {
-                    LabError::Invalid(format!("service CIDR {} is full", ap.service_cidr))
-                })?,
-            };
-            out.push(ServicePlan {
-                namespace,
-                name,
-                cluster_ip,
-            });
+            taken.push(ip);
         }
-        Ok(out)
     }
+    let mut free = service_cidr
+        .hosts()
+        .skip(9)
+        .filter(|ip| !taken.contains(ip));
+    for s in svcs {
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let namespace = s
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        if !valid_name(&name, 40) {
+            return Err(LabError::Invalid(format!(
+                "service {name:?}: names must be lowercase a-z, 0-9 and '-'"
+            )));
+        }
+        let given = s.spec.as_ref().and_then(|sp| sp.cluster_ip.clone());
+        if given.as_deref() == Some("None") {
+            continue;
+        }
+        let cluster_ip = match given.and_then(|c| c.parse().ok()) {
+            Some(ip) => ip,
+            None => free.next().ok_or_else(|| {
+                LabError::Invalid(format!("service CIDR {} is full", service_cidr))
+            })?,
+        };
+        out.push(ServicePlan {
+            namespace,
+            name,
+            cluster_ip,
+        });
+    }
+    Ok(out)
+}
+
+/// Plan one pod: its node (nodeName, or the next node round robin), its
+/// namespace, its uid.
+fn plan_pod(
+    lab: &str,
+    nodes: &[NodePlan],
+    pods: &[PodPlan],
+    next: &mut usize,
+    p: &k8s_openapi::api::core::v1::Pod,
+) -> Result<PodPlan, LabError> {
+    let pname = p.metadata.name.clone().unwrap_or_default();
+    let ns = p
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    if !valid_name(&pname, 30) || !valid_name(&ns, 20) {
+        return Err(LabError::Invalid(format!(
+            "pod {ns}/{pname}: names must be lowercase a-z, 0-9 and '-' (pod up to 30, namespace up to 20 characters)"
+        )));
+    }
+    if pods.iter().any(|x| x.name == pname && x.namespace == ns) {
+        return Err(LabError::Invalid(format!(
+            "pod {ns}/{pname} is defined twice"
+        )));
+    }
+    let node = match p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+        Some(n) => {
+            if !nodes.iter().any(|x| x.name == n) {
+                return Err(LabError::Invalid(format!(
+                    "pod {ns}/{pname} has nodeName {n:?}, which is not a lab node ({})",
+                    nodes
+                        .iter()
+                        .map(|x| x.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            n
+        }
+        None => {
+            let n = nodes[*next % nodes.len()].name.clone();
+            *next += 1;
+            n
+        }
+    };
+    let uid = p
+        .metadata
+        .uid
+        .clone()
+        .unwrap_or_else(|| format!("lab-{lab}-{ns}-{pname}"));
+    Ok(PodPlan {
+        netns: pod_netns(lab, &ns, &pname),
+        namespace: ns,
+        name: pname,
+        uid,
+        node,
+    })
 }
 
 impl LabPlan {
+    /// Plan objects added to a running lab (`strait lab apply`): new pods
+    /// get a node and a namespace, new services a cluster IP. Pods and
+    /// services the plan has already are left as they are. Returns what
+    /// was added; the plan includes it.
+    pub fn add(
+        &mut self,
+        objects: &[ClusterObject],
+    ) -> Result<(Vec<PodPlan>, Vec<ServicePlan>), LabError> {
+        let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            format!(
+                "{}/{}",
+                m.namespace.as_deref().unwrap_or("default"),
+                m.name.as_deref().unwrap_or_default()
+            )
+        };
+        let fresh: Vec<ClusterObject> = objects
+            .iter()
+            .filter(|o| match o {
+                ClusterObject::Pod(p) => self.pod(&key(&p.metadata)).is_none(),
+                ClusterObject::Service(s) => self.service(&key(&s.metadata)).is_none(),
+                _ => false,
+            })
+            .cloned()
+            .collect();
+        let mut next = self.pods.len();
+        let mut pods = vec![];
+        for o in &fresh {
+            if let ClusterObject::Pod(p) = o {
+                let mut all = self.pods.clone();
+                all.extend(pods.iter().cloned());
+                pods.push(plan_pod(&self.name, &self.nodes, &all, &mut next, p)?);
+            }
+        }
+        let services = plan_services(self.service_cidr, &self.services, &fresh)?;
+        self.pods.extend(pods.iter().cloned());
+        self.services.extend(services.iter().cloned());
+        Ok((pods, services))
+    }
+
     pub fn service(&self, key: &str) -> Option<&ServicePlan> {
         match key.split_once('/') {
             Some((ns, n)) => self
@@ -567,6 +620,32 @@ spec: {containers: [{name: echo}]}
         assert_eq!(plan.pod("a1").unwrap().node, "node-a");
         assert_eq!(plan.pod("web/x").unwrap().netns, "strait-demo-pod-web-x");
         assert!(plan.pod("nope").is_none());
+    }
+
+    #[test]
+    fn objects_added_to_a_running_lab_are_planned_like_the_first() {
+        let mut plan = parse_lab_file(&format!("{LAB}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{ports: [{{port: 80}}]}}\n")).unwrap().plan().unwrap();
+        let more = parse_manifests("apiVersion: v1\nkind: Pod\nmetadata: {name: a2}\nspec: {nodeName: node-b, containers: [{name: echo}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a1}\nspec: {nodeName: node-a, containers: [{name: echo}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec: {ports: [{port: 5432}]}\n").unwrap();
+        let (pods, svcs) = plan.add(&more).unwrap();
+        assert_eq!(pods.len(), 1, "a1 is already planned");
+        assert_eq!(
+            (pods[0].name.as_str(), pods[0].node.as_str()),
+            ("a2", "node-b")
+        );
+        assert_eq!(pods[0].netns, "strait-demo-pod-default-a2");
+        assert_eq!(svcs.len(), 1);
+        assert_ne!(
+            svcs[0].cluster_ip,
+            plan.service("web").unwrap().cluster_ip,
+            "a free address"
+        );
+        assert!(plan.pod("a2").is_some() && plan.service("db").is_some());
+        let bad = parse_manifests("apiVersion: v1\nkind: Pod\nmetadata: {name: z}\nspec: {nodeName: node-q, containers: [{name: echo}]}\n").unwrap();
+        assert!(plan
+            .add(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("not a lab node"));
     }
 
     fn plan_err(text: &str) -> String {
