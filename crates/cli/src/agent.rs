@@ -109,6 +109,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         cni_version: a.cni_version,
         mtu: a.mtu,
     };
+    // glibc gives every thread that allocates its own heap arena, and a
+    // large service table then leaves most of them fragmented: two arenas
+    // keep the agent's memory close to what it holds.
+    // SAFETY: mallopt only tunes the allocator; called before any thread.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

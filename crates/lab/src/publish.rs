@@ -191,7 +191,8 @@ async fn apply_set(
             .await
             .with_context(|| format!("create namespace {n}"))?;
     }
-    let mut keys = vec![];
+    // Checked and keyed first (cheap), then sent 16 at a time.
+    let mut prepared = vec![];
     for mut v in objects {
         if v["kind"] == "EndpointSlice" && !v1_slices {
             v = slice_to_v1beta1(v);
@@ -205,33 +206,56 @@ async fn apply_set(
             v["metadata"]["namespace"] = "default".into();
         }
         let key = key_of(&v, namespaced);
-        let api = api_for(&c, &ar, namespaced, &key.2);
         let status = v.as_object_mut().and_then(|m| m.remove("status"));
-        api.patch(&key.3, &pp, &Patch::Apply(&v))
-            .await
-            .with_context(|| format!("apply {} {}/{}", key.1, key.2, key.3))?;
-        if let Some(status) = status.filter(|s| !s.is_null()) {
-            api.patch_status(
-                &key.3,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"status": status})),
-            )
-            .await
-            .with_context(|| format!("status of {} {}/{}", key.1, key.2, key.3))?;
-        }
-        keys.push(key);
+        prepared.push((key, ar, namespaced, v, status));
     }
-    for k in before.into_iter().filter(|k| !keys.contains(k)) {
-        let (ar, namespaced) = resource(&k.0, &k.1)?;
-        match api_for(&c, &ar, namespaced, &k.2)
-            .delete(&k.3, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e).with_context(|| format!("delete {} {}/{}", k.1, k.2, k.3)),
+    let keys: Vec<Key> = prepared.iter().map(|p| p.0.clone()).collect();
+    use futures::StreamExt;
+    let applied: Vec<anyhow::Result<()>> = futures::stream::iter(prepared.into_iter().map(
+        |(key, ar, namespaced, v, status)| {
+            let (c, pp) = (c.clone(), pp.clone());
+            async move {
+                let api = api_for(&c, &ar, namespaced, &key.2);
+                api.patch(&key.3, &pp, &Patch::Apply(&v))
+                    .await
+                    .with_context(|| format!("apply {} {}/{}", key.1, key.2, key.3))?;
+                if let Some(status) = status.filter(|s| !s.is_null()) {
+                    api.patch_status(
+                        &key.3,
+                        &PatchParams::default(),
+                        &Patch::Merge(serde_json::json!({"status": status})),
+                    )
+                    .await
+                    .with_context(|| format!("status of {} {}/{}", key.1, key.2, key.3))?;
+                }
+                Ok(())
+            }
+        },
+    ))
+    .buffer_unordered(16)
+    .collect()
+    .await;
+    applied.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    let keep: std::collections::HashSet<&Key> = keys.iter().collect();
+    let gone: Vec<Key> = before.into_iter().filter(|k| !keep.contains(k)).collect();
+    let deleted: Vec<anyhow::Result<()>> = futures::stream::iter(gone.into_iter().map(|k| {
+        let c = c.clone();
+        async move {
+            let (ar, namespaced) = resource(&k.0, &k.1)?;
+            match api_for(&c, &ar, namespaced, &k.2)
+                .delete(&k.3, &DeleteParams::default())
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("delete {} {}/{}", k.1, k.2, k.3)),
+            }
         }
-    }
+    }))
+    .buffer_unordered(16)
+    .collect()
+    .await;
+    deleted.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     Ok(keys)
 }
 

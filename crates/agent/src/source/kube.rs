@@ -97,6 +97,15 @@ fn spawn_watch<K, S>(
     });
 }
 
+/// Keep in memory only what the agent reads: server-side apply's managed
+/// fields and kubectl's last-applied copy can be most of an object.
+fn slim<K: kube::Resource>(o: &mut K) {
+    use kube::ResourceExt;
+    o.managed_fields_mut().clear();
+    o.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
 /// A v1beta1 EndpointSlice as v1: `topology` becomes `nodeName`/`zone`.
 pub fn slice_from_v1beta1(o: &DynamicObject) -> Result<EndpointSlice, serde_json::Error> {
     let mut v = serde_json::to_value(o)?;
@@ -211,7 +220,10 @@ impl KubeSource {
         macro_rules! watch_kind {
             ($name:expr, $api:expr, $cfg:expr) => {{
                 let (r, w) = reflector::store();
-                let stream = watcher($api, $cfg).default_backoff().reflect(w);
+                let stream = watcher($api, $cfg)
+                    .default_backoff()
+                    .modify(slim)
+                    .reflect(w);
                 spawn_watch($name, stream, health.clone(), listed.clone(), dirty.clone());
                 r
             }};
@@ -248,6 +260,7 @@ impl KubeSource {
             let r = w.as_reader();
             let stream = watcher(Api::<DynamicObject>::all_with(c.clone(), &ar), all())
                 .default_backoff()
+                .modify(slim)
                 .reflect(w);
             spawn_watch(
                 "endpointslices",

@@ -1,0 +1,219 @@
+//! The control plane at scale: N services of 10 endpoints each (10 000 by
+//! default) given to the agents through the files source and through a real
+//! kube-apiserver (1.20.2 with etcd, the lab's `controlPlane:
+//! kube-apiserver`), in one run. For each source:
+//!
+//! - create -> programmed: from the first object written to the last
+//!   service in node-a's eBPF service map;
+//! - one endpoint change -> programmed: one EndpointSlice's first address
+//!   changed, until the new backend is in the map (median of 5);
+//! - the agent's RSS with everything programmed.
+//!
+//! "Programmed" is read straight from the pinned strait_lb map, so the
+//! figures include the source's delivery, the reconcile pass and the map
+//! writes, not the CLI.
+//!
+//! Usage: ctl-scale [--services 10000] [--out FILE]   (root; scripts/kube-bins.sh first)
+
+use anyhow::{bail, Context};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use strait_bpf::maps::{self, LbKey, LbMap};
+use strait_lab::run::{self as labrun, Binaries};
+
+const ENDPOINTS: usize = 10;
+
+fn vip(i: usize) -> Ipv4Addr {
+    let n = 129 * 256 + i; // 198.18.129.0 onwards, inside 198.18.128.0/17
+    Ipv4Addr::new(198, 18, (n / 256) as u8, (n % 256) as u8)
+}
+
+/// Backend j of service i; generation g changes service i's first address.
+fn backend(i: usize, j: usize, g: usize) -> Ipv4Addr {
+    let base = if j == 0 { 10 + g } else { j + 100 };
+    Ipv4Addr::new(198, 19, 250 + (i % 4) as u8, base as u8)
+}
+
+fn service(i: usize) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": format!("s{i}"), "namespace": "scale"},
+        "spec": {"clusterIP": vip(i).to_string(), "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})
+}
+
+fn slice(i: usize, g: usize) -> serde_json::Value {
+    let eps: Vec<serde_json::Value> = (0..ENDPOINTS)
+        .map(|j| serde_json::json!({"addresses": [backend(i, j, g).to_string()], "conditions": {"ready": true}}))
+        .collect();
+    serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("s{i}-1"), "namespace": "scale", "labels": {"kubernetes.io/service-name": format!("s{i}")}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "endpoints": eps})
+}
+
+fn lab_yaml(name: &str, control_plane: &str) -> String {
+    format!(
+        "apiVersion: strait.dev/v1alpha1\nkind: Lab\nmetadata: {{name: {name}}}\nspec:\n  mode: ebpf\n  controlPlane: {control_plane}\n  addressPlan: {{fabric: 198.18.0.0/24, podCIDR: 198.19.0.0/16, nodeMaskSize: 24, serviceCIDR: 198.18.128.0/17}}\n  nodes: [{{name: node-a}}, {{name: node-b}}]\n"
+    )
+}
+
+/// Whether node-a's map sends service i to `want`.
+fn programmed(pins: &std::path::Path, i: usize, want: Ipv4Addr) -> bool {
+    let Ok(lb) = maps::open::<LbMap>(pins, "strait_lb") else {
+        return false;
+    };
+    (1..=ENDPOINTS as u16).any(|slot| {
+        let k = LbKey {
+            addr: maps::ip_key(vip(i)),
+            port: 80u16.to_be(),
+            slot,
+            proto: 6,
+            _pad: [0; 3],
+        };
+        lb.get(&k, 0)
+            .is_ok_and(|v| v.backend_ip == maps::ip_key(want))
+    })
+}
+
+fn wait(what: &str, timeout: Duration, f: impl Fn() -> bool) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    while !f() {
+        if t0.elapsed() > timeout {
+            bail!("{what}: not within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(t0.elapsed())
+}
+
+fn rss_mb(pid: i32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+struct Row {
+    source: &'static str,
+    create: Duration,
+    write: Duration,
+    changes: Vec<Duration>,
+    /// From the source accepting the change (file renamed, apiserver
+    /// answered) to programmed: the agent's part.
+    after_write: Vec<Duration>,
+    rss: f64,
+}
+
+fn run(source: &'static str, cp: &str, n: usize, bins: &Binaries) -> anyhow::Result<Row> {
+    let name = format!("ctlscale{}", &cp[..1]);
+    let f = PathBuf::from(format!("/run/strait-bench-ctl/{name}.yaml"));
+    std::fs::write(&f, lab_yaml(&name, cp))?;
+    let _ = labrun::down(&name, bins);
+    let st = labrun::up(&f, bins)?;
+    let pins = PathBuf::from(strait_model::lab::bpf_dir(&name, "node-a"));
+    let result = (|| -> anyhow::Result<Row> {
+        let mut objs: Vec<serde_json::Value> = Vec::with_capacity(2 * n);
+        for i in 0..n {
+            objs.push(service(i));
+            objs.push(slice(i, 0));
+        }
+        eprintln!("{source}: creating {n} services and {n} EndpointSlices");
+        let t0 = Instant::now();
+        strait_lab::publish::put(&st, "scale", &objs)?;
+        let write = t0.elapsed();
+        wait("all services programmed", Duration::from_secs(600), || {
+            programmed(&pins, n - 1, backend(n - 1, 0, 0)) && programmed(&pins, 0, backend(0, 0, 0))
+        })?;
+        let create = t0.elapsed();
+        eprintln!("{source}: programmed after {create:?} (writing took {write:?})");
+        std::thread::sleep(Duration::from_secs(2));
+        let (mut changes, mut after_write) = (vec![], vec![]);
+        for g in 1..=5 {
+            let i = g * 7 % n;
+            let t0 = Instant::now();
+            if cp == "files" {
+                // The files source reads whole files: the one slice changes
+                // inside the file that holds them all.
+                objs[2 * i + 1] = slice(i, g);
+                strait_lab::publish::put(&st, "scale", &objs)?;
+            } else {
+                strait_lab::publish::put(&st, &format!("change{g}"), &[slice(i, g)])?;
+            }
+            after_write.push(wait(
+                "the change programmed",
+                Duration::from_secs(60),
+                || programmed(&pins, i, backend(i, 0, g)),
+            )?);
+            changes.push(t0.elapsed());
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let pid = strait_lab::LabState::read_pid(&st.agent_pid(st.plan.node("node-a").unwrap()))
+            .context("agent pid")?;
+        Ok(Row {
+            source,
+            create,
+            write,
+            changes,
+            after_write,
+            rss: rss_mb(pid),
+        })
+    })();
+    let _ = labrun::down(&name, bins);
+    result
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = strait_bench::flag("--services")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let out_file = strait_bench::flag("--out").map(PathBuf::from);
+    if !nix::unistd::geteuid().is_root() {
+        bail!("ctl-scale needs root (it creates network namespaces)");
+    }
+    strait_lab::control_plane::apiserver_binary()?;
+    let bins = Binaries::locate()?;
+    std::fs::create_dir_all("/run/strait-bench-ctl")?;
+    let mut rows = vec![];
+    for (source, cp) in [
+        ("files", "files"),
+        ("kube-apiserver 1.20.2", "kube-apiserver"),
+    ] {
+        rows.push(run(source, cp, n, &bins)?);
+    }
+    let mut out = format!(
+        "# The control plane at scale\n\nmachine: {}. {n} services × {ENDPOINTS} endpoints, 2 nodes, eBPF datapath. \"Programmed\" = the backend is in node-a's pinned strait_lb map.\nThe files source polls its directory every 0.5 s and rereads whole files; the kube source gets watch events (coalesced for 20 ms).\n\n| source | services | create → programmed | of which writing the objects | one endpoint change → programmed, median (min–max of 5) | of which after the source accepted it | agent RSS |\n|---|---|---|---|---|---|---|\n",
+        strait_bench::machine()
+    );
+    let ms = |v: &[Duration]| {
+        let mut c = v.to_vec();
+        c.sort();
+        format!(
+            "{:.0} ms ({:.0}–{:.0})",
+            c[c.len() / 2].as_secs_f64() * 1e3,
+            c[0].as_secs_f64() * 1e3,
+            c[c.len() - 1].as_secs_f64() * 1e3
+        )
+    };
+    for r in &rows {
+        out.push_str(&format!(
+            "| {} | {n} | {:.1} s | {:.1} s | {} | {} | {:.0} MB |\n",
+            r.source,
+            r.create.as_secs_f64(),
+            r.write.as_secs_f64(),
+            ms(&r.changes),
+            ms(&r.after_write),
+            r.rss,
+        ));
+    }
+    out.push_str("\nTargets (issue 8): one endpoint change programmed in < 50 ms end to end; agent RSS ≤ 100 MiB at 10 000 services.\n");
+    print!("{out}");
+    if let Some(f) = out_file {
+        std::fs::write(&f, &out)?;
+        eprintln!("saved to {}", f.display());
+    }
+    Ok(())
+}
