@@ -8,16 +8,19 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use std::net::IpAddr;
+use std::sync::Arc;
 
-/// One consistent view of the cluster objects strait cares about.
+/// One consistent view of the cluster objects strait cares about. Objects
+/// are shared (`Arc`) with the source's stores: a new snapshot after one
+/// change copies pointers, not 20 000 objects.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterSnapshot {
-    pub nodes: Vec<Node>,
-    pub pods: Vec<Pod>,
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
-    pub network_policies: Vec<NetworkPolicy>,
-    pub namespaces: Vec<Namespace>,
+    pub nodes: Vec<Arc<Node>>,
+    pub pods: Vec<Arc<Pod>>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    pub network_policies: Vec<Arc<NetworkPolicy>>,
+    pub namespaces: Vec<Arc<Namespace>>,
 }
 
 impl ClusterSnapshot {
@@ -25,18 +28,19 @@ impl ClusterSnapshot {
         self.nodes
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(name))
+            .map(|n| &**n)
     }
 
     /// Add one decoded object. Objects of kinds strait does not use are
     /// ignored; a `List` is unpacked.
     pub fn add(&mut self, obj: ClusterObject) {
         match obj {
-            ClusterObject::Node(n) => self.nodes.push(*n),
-            ClusterObject::Pod(p) => self.pods.push(*p),
-            ClusterObject::Service(s) => self.services.push(*s),
-            ClusterObject::EndpointSlice(e) => self.endpoint_slices.push(*e),
-            ClusterObject::NetworkPolicy(p) => self.network_policies.push(*p),
-            ClusterObject::Namespace(n) => self.namespaces.push(*n),
+            ClusterObject::Node(n) => self.nodes.push(Arc::from(n)),
+            ClusterObject::Pod(p) => self.pods.push(Arc::from(p)),
+            ClusterObject::Service(s) => self.services.push(Arc::from(s)),
+            ClusterObject::EndpointSlice(e) => self.endpoint_slices.push(Arc::from(e)),
+            ClusterObject::NetworkPolicy(p) => self.network_policies.push(Arc::from(p)),
+            ClusterObject::Namespace(n) => self.namespaces.push(Arc::from(n)),
             ClusterObject::Other { .. } => {}
         }
     }
@@ -44,23 +48,40 @@ impl ClusterSnapshot {
     /// Sort every list by namespace/name so equal clusters compare equal
     /// whatever order the source read them in.
     pub fn normalize(&mut self) {
-        fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+        // Borrowed keys: sorting 20 000 objects allocates nothing.
+        fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
             (
-                m.namespace.clone().unwrap_or_default(),
-                m.name.clone().unwrap_or_default(),
+                m.namespace.as_deref().unwrap_or_default(),
+                m.name.as_deref().unwrap_or_default(),
             )
         }
-        self.nodes.sort_by_key(|o| key(&o.metadata));
-        self.pods.sort_by_key(|o| key(&o.metadata));
-        self.services.sort_by_key(|o| key(&o.metadata));
-        self.endpoint_slices.sort_by_key(|o| key(&o.metadata));
-        self.network_policies.sort_by_key(|o| key(&o.metadata));
-        self.namespaces.sort_by_key(|o| key(&o.metadata));
+        fn sort<
+            K: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+        >(
+            v: &mut [Arc<K>],
+        ) {
+            v.sort_unstable_by(|a, b| key(a.metadata()).cmp(&key(b.metadata())));
+        }
+        sort(&mut self.nodes);
+        sort(&mut self.pods);
+        sort(&mut self.services);
+        sort(&mut self.endpoint_slices);
+        sort(&mut self.network_policies);
+        sort(&mut self.namespaces);
         // Kubernetes before 1.21 does not set this label; policies select
         // namespaces by it.
         for n in &mut self.namespaces {
+            let labelled = n
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key("kubernetes.io/metadata.name"));
+            if labelled {
+                continue;
+            }
             if let Some(name) = n.metadata.name.clone() {
-                n.metadata
+                Arc::make_mut(n)
+                    .metadata
                     .labels
                     .get_or_insert_with(Default::default)
                     .entry("kubernetes.io/metadata.name".into())

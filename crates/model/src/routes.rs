@@ -97,10 +97,10 @@ mod tests {
     fn routes_to_every_other_complete_node() {
         let snap = ClusterSnapshot {
             nodes: vec![
-                test_node("a", Some("10.1.0.0/24"), Some("192.0.2.1")),
-                test_node("b", Some("10.1.1.0/24"), Some("192.0.2.2")),
-                test_node("c", None, Some("192.0.2.3")),
-                test_node("d", Some("10.1.3.0/24"), None),
+                test_node("a", Some("10.1.0.0/24"), Some("192.0.2.1")).into(),
+                test_node("b", Some("10.1.1.0/24"), Some("192.0.2.2")).into(),
+                test_node("c", None, Some("192.0.2.3")).into(),
+                test_node("d", Some("10.1.3.0/24"), None).into(),
             ],
             ..Default::default()
         };
@@ -121,10 +121,10 @@ mod tests {
     fn default_and_node_covering_pod_cidrs_are_rejected() {
         let snap = ClusterSnapshot {
             nodes: vec![
-                test_node("a", Some("10.1.0.0/24"), Some("192.0.2.1")),
-                test_node("b", Some("0.0.0.0/0"), Some("192.0.2.2")),
-                test_node("c", Some("192.0.2.0/24"), Some("192.0.2.3")),
-                test_node("d", Some("10.1.3.0/24"), Some("192.0.2.4")),
+                test_node("a", Some("10.1.0.0/24"), Some("192.0.2.1")).into(),
+                test_node("b", Some("0.0.0.0/0"), Some("192.0.2.2")).into(),
+                test_node("c", Some("192.0.2.0/24"), Some("192.0.2.3")).into(),
+                test_node("d", Some("10.1.3.0/24"), Some("192.0.2.4")).into(),
             ],
             ..Default::default()
         };

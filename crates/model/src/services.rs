@@ -163,7 +163,7 @@ fn key(m: &ObjectMeta) -> (String, String) {
 /// Backends per (namespace, service name, slice port name), from the
 /// EndpointSlices. Malformed slices are left out whole.
 fn slice_backends(
-    slices: &[EndpointSlice],
+    slices: &[std::sync::Arc<EndpointSlice>],
     problems: &mut Vec<String>,
 ) -> BTreeMap<(String, String, String), Vec<Backend>> {
     let mut out: BTreeMap<(String, String, String), Vec<Backend>> = BTreeMap::new();
@@ -238,7 +238,7 @@ fn slice_backends(
 
 /// The node a table is compiled for: its external frontends (NodePorts on
 /// its IP) and externalTrafficPolicy Local depend on it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThisNode {
     pub name: String,
     pub ip: Ipv4Addr,
@@ -388,6 +388,80 @@ pub fn compile_for_node(snap: &ClusterSnapshot, node: Option<&ThisNode>) -> Serv
     t
 }
 
+/// [`compile_for_node`] that recompiles only the Services whose object or
+/// EndpointSlices changed since the last call. Objects are shared `Arc`s
+/// from the source's stores, so "changed" is "another pointer": one
+/// endpoint change in 10 000 services compiles one service.
+#[derive(Default)]
+pub struct IncrementalCompiler {
+    node: Option<ThisNode>,
+    /// Per service (namespace, name): the pointers it was compiled from,
+    /// and what it compiled to.
+    cache: std::collections::HashMap<(String, String), (usize, Vec<usize>, ServiceTable)>,
+    /// Services compiled (cache misses) since creation.
+    pub compiled: u64,
+}
+
+impl IncrementalCompiler {
+    pub fn compile(&mut self, snap: &ClusterSnapshot, node: Option<&ThisNode>) -> ServiceTable {
+        use std::sync::Arc;
+        if self.node.as_ref() != node {
+            self.cache.clear();
+            self.node = node.cloned();
+        }
+        let mut slices: std::collections::HashMap<(String, String), Vec<&Arc<EndpointSlice>>> =
+            Default::default();
+        for s in &snap.endpoint_slices {
+            let ns = s
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let svc = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+                .cloned()
+                .unwrap_or_default();
+            slices.entry((ns, svc)).or_default().push(s);
+        }
+        let mut t = ServiceTable::default();
+        let mut seen = std::collections::HashSet::new();
+        for svc in &snap.services {
+            let k = key(&svc.metadata);
+            let mine = slices.remove(&k).unwrap_or_default();
+            let ptrs: Vec<usize> = mine.iter().map(|s| Arc::as_ptr(s) as usize).collect();
+            let me = Arc::as_ptr(svc) as usize;
+            let part = match self.cache.get(&k) {
+                Some((p, sp, part)) if *p == me && *sp == ptrs => part.clone(),
+                _ => {
+                    let mini = ClusterSnapshot {
+                        services: vec![svc.clone()],
+                        endpoint_slices: mine.into_iter().cloned().collect(),
+                        ..Default::default()
+                    };
+                    let part = compile_for_node(&mini, node);
+                    self.compiled += 1;
+                    self.cache.insert(k.clone(), (me, ptrs, part.clone()));
+                    part
+                }
+            };
+            t.entries.extend(part.entries);
+            t.problems.extend(part.problems);
+            for h in part.health_checks {
+                if !t.health_checks.iter().any(|x| x.port == h.port) {
+                    t.health_checks.push(h);
+                }
+            }
+            seen.insert(k);
+        }
+        self.cache.retain(|k, _| seen.contains(k));
+        t.entries.sort_by_key(|e| e.frontend);
+        t
+    }
+}
+
 /// The endpoints controller: an EndpointSlice per selector Service, from the
 /// pods that match it and have an address. A pod with a deletionTimestamp is
 /// terminating (serving, not ready).
@@ -509,12 +583,46 @@ spec:
     }
 
     #[test]
+    fn incremental_compilation_matches_a_full_one_and_recompiles_only_changes() {
+        let mut text = String::new();
+        for i in 0..30 {
+            text.push_str(&format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\nspec: {{clusterIP: 10.96.0.{}, ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}-1, namespace: default, labels: {{kubernetes.io/service-name: s{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [10.0.0.{}], conditions: {{ready: true}}}}]\n", i + 10, i + 1));
+        }
+        let s1 = snap(&text);
+        let mut inc = IncrementalCompiler::default();
+        let full = compile(&s1);
+        assert_eq!(inc.compile(&s1, None).entries, full.entries);
+        // One slice changes (a new object, as a watch event makes it): the
+        // result is the full compilation's, and only that service was redone.
+        let mut s2 = s1.clone();
+        let mut changed = (*s2.endpoint_slices[3]).clone();
+        changed.endpoints[0].addresses = vec!["10.0.0.99".into()];
+        s2.endpoint_slices[3] = std::sync::Arc::new(changed);
+        assert_eq!(inc.compiled, 30);
+        let got = inc.compile(&s2, None);
+        assert_eq!(got.entries, compile(&s2).entries);
+        assert_ne!(got.entries, full.entries);
+        assert_eq!(
+            inc.compiled, 31,
+            "only the changed service was compiled again"
+        );
+        // A service removed leaves the cache.
+        let mut s3 = s2.clone();
+        s3.services.remove(0);
+        assert_eq!(inc.compile(&s3, None).entries, compile(&s3).entries);
+        assert_eq!(inc.cache.len(), 29);
+    }
+
+    #[test]
     fn endpoints_controller_resolves_named_ports_and_terminating_pods() {
         let s = snap(&format!("{SVC}{}{}{}", pod("a", "10.0.0.1", false), pod("b", "10.0.0.2", true), "---\napiVersion: v1\nkind: Pod\nmetadata: {name: other, namespace: default, labels: {app: db}}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 10.0.0.9}\n"));
-        let slices = endpoint_slices_for(&s.services, &s.pods);
+        fn owned<T: Clone>(v: &[std::sync::Arc<T>]) -> Vec<T> {
+            v.iter().map(|x| (**x).clone()).collect()
+        }
+        let slices = endpoint_slices_for(&owned(&s.services), &owned(&s.pods));
         assert_eq!(slices.len(), 2);
         let mut s2 = s.clone();
-        s2.endpoint_slices = slices;
+        s2.endpoint_slices = slices.into_iter().map(std::sync::Arc::new).collect();
         let t = compile(&s2);
         assert!(t.problems.is_empty(), "{:?}", t.problems);
         assert_eq!(t.entries.len(), 2);

@@ -7,20 +7,28 @@ use crate::daemon::Agent;
 use crate::svcbackend::ServiceBackend;
 use std::net::IpAddr;
 use strait_model::cluster::{node_internal_ip, ClusterSnapshot};
-use strait_model::services::{compile_for_node, ServiceTable, ThisNode};
+use strait_model::services::{ServiceTable, ThisNode};
 
 pub struct Services {
     backend: Box<dyn ServiceBackend>,
+    compiler: strait_model::services::IncrementalCompiler,
 }
 
 impl Services {
     pub fn new(backend: Box<dyn ServiceBackend>) -> Self {
-        Services { backend }
+        Services {
+            backend,
+            compiler: Default::default(),
+        }
     }
 }
 
-/// This node's service table.
-fn table_for(agent: &Agent, snap: &ClusterSnapshot) -> ServiceTable {
+/// This node's service table (only changed services are compiled again).
+fn table_for(
+    compiler: &mut strait_model::services::IncrementalCompiler,
+    agent: &Agent,
+    snap: &ClusterSnapshot,
+) -> ServiceTable {
     let me = &agent.cfg.node_name;
     let this = snap
         .node(me)
@@ -32,14 +40,14 @@ fn table_for(agent: &Agent, snap: &ClusterSnapshot) -> ServiceTable {
             }),
             IpAddr::V6(_) => None,
         });
-    compile_for_node(snap, this.as_ref())
+    compiler.compile(snap, this.as_ref())
 }
 
 impl Reconciler for Services {
     const NAME: &'static str = "services";
 
     async fn pass(&mut self, agent: &Agent, snap: &ClusterSnapshot) -> anyhow::Result<Report> {
-        let table = table_for(agent, snap);
+        let table = table_for(&mut self.compiler, agent, snap);
         let t0 = std::time::Instant::now();
         let changed = tokio::task::block_in_place(|| self.backend.apply(&table))?;
         let mut pb = agent.published.lock().unwrap();

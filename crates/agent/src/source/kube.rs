@@ -9,7 +9,7 @@
 //! to v1 (`topology` hostname/zone become `nodeName`/`zone`).
 
 use super::{ClusterSource, SharedHealth};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -31,17 +31,12 @@ pub struct KubeSource {
     health: SharedHealth,
 }
 
-/// Where EndpointSlices come from.
-enum Slices {
-    V1(Store<EndpointSlice>),
-    V1beta1(Store<DynamicObject>),
-}
-
 struct Stores {
     nodes: Store<Node>,
     pods: Store<Pod>,
     services: Store<Service>,
-    slices: Slices,
+    /// v1, or v1beta1 converted on arrival.
+    slices: Store<EndpointSlice>,
     namespaces: Store<Namespace>,
     policies: Store<NetworkPolicy>,
 }
@@ -128,33 +123,41 @@ pub fn slice_from_v1beta1(o: &DynamicObject) -> Result<EndpointSlice, serde_json
     serde_json::from_value(v)
 }
 
-fn owned<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
-    v.into_iter().map(|a| (*a).clone()).collect()
+/// A v1beta1 watch event as a v1 one. A slice that does not convert keeps
+/// its name with no endpoints (and is logged): its service then has none,
+/// rather than stale ones.
+fn v1_event(ev: watcher::Event<DynamicObject>) -> watcher::Event<EndpointSlice> {
+    let conv = |o: DynamicObject| match slice_from_v1beta1(&o) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(slice = ?o.metadata.name, error = %e, "EndpointSlice v1beta1 not understood; taken as empty");
+            EndpointSlice {
+                metadata: o.metadata,
+                address_type: "IPv4".into(),
+                endpoints: vec![],
+                ports: None,
+            }
+        }
+    };
+    match ev {
+        watcher::Event::Apply(o) => watcher::Event::Apply(conv(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(conv(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(conv(o)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
 }
 
 impl Stores {
+    /// The stores' objects, shared (no object is copied).
     fn snapshot(&self) -> ClusterSnapshot {
-        let endpoint_slices = match &self.slices {
-            Slices::V1(s) => owned(s.state()),
-            Slices::V1beta1(s) => s
-                .state()
-                .iter()
-                .filter_map(|o| match slice_from_v1beta1(o) {
-                    Ok(e) => Some(e),
-                    Err(e) => {
-                        tracing::warn!(slice = ?o.metadata.name, error = %e, "EndpointSlice v1beta1 not understood; skipped");
-                        None
-                    }
-                })
-                .collect(),
-        };
         let mut s = ClusterSnapshot {
-            nodes: owned(self.nodes.state()),
-            pods: owned(self.pods.state()),
-            services: owned(self.services.state()),
-            endpoint_slices,
-            network_policies: owned(self.policies.state()),
-            namespaces: owned(self.namespaces.state()),
+            nodes: self.nodes.state(),
+            pods: self.pods.state(),
+            services: self.services.state(),
+            endpoint_slices: self.slices.state(),
+            network_policies: self.policies.state(),
+            namespaces: self.namespaces.state(),
         };
         s.normalize();
         s
@@ -243,11 +246,11 @@ impl KubeSource {
             all()
         );
         let slices = if version == "v1" {
-            Slices::V1(watch_kind!(
+            watch_kind!(
                 "endpointslices",
                 Api::<EndpointSlice>::all(c.clone()),
                 all()
-            ))
+            )
         } else {
             let ar = ApiResource {
                 group: "discovery.k8s.io".into(),
@@ -256,11 +259,11 @@ impl KubeSource {
                 kind: "EndpointSlice".into(),
                 plural: "endpointslices".into(),
             };
-            let w = reflector::store::Writer::new(ar.clone());
-            let r = w.as_reader();
+            let (r, w) = reflector::store::<EndpointSlice>();
             let stream = watcher(Api::<DynamicObject>::all_with(c.clone(), &ar), all())
                 .default_backoff()
                 .modify(slim)
+                .map_ok(v1_event)
                 .reflect(w);
             spawn_watch(
                 "endpointslices",
@@ -269,7 +272,7 @@ impl KubeSource {
                 listed.clone(),
                 dirty.clone(),
             );
-            Slices::V1beta1(r)
+            r
         };
         let stores = Stores {
             nodes,
@@ -309,15 +312,9 @@ impl KubeSource {
                     break;
                 }
                 tokio::time::sleep(COALESCE).await;
-                let snap = stores.snapshot();
-                tx.send_if_modified(|cur| {
-                    if **cur == snap {
-                        false
-                    } else {
-                        *cur = Arc::new(snap);
-                        true
-                    }
-                });
+                // Something changed (only events mark the snapshot dirty):
+                // no deep comparison of 20 000 objects to find out.
+                tx.send_replace(Arc::new(stores.snapshot()));
             }
         });
         Ok(KubeSource { rx, health })
