@@ -14,8 +14,17 @@ if [ -x "$bin" ]; then
   echo "$bin"
   exit 0
 fi
-shared="$PWD/../shared/bin/kube-apiserver-1.20.2.xz"
-if [ -f "$shared" ]; then
+# A prebuilt copy, if this machine has one (STRAIT_NO_PREBUILT=1 ignores it).
+shared=""
+if [ -z "${STRAIT_NO_PREBUILT:-}" ]; then
+  for d in "${STRAIT_SHARED_BIN:-}" "$PWD/../shared/bin" /work/shared/bin; do
+    if [ -n "$d" ] && [ -f "$d/kube-apiserver-1.20.2.xz" ]; then
+      shared="$d/kube-apiserver-1.20.2.xz"
+      break
+    fi
+  done
+fi
+if [ -n "$shared" ]; then
   echo "kube-bins: using the prebuilt $shared" >&2
   xz -dc "$shared" > "$bin.tmp"
 else
