@@ -84,7 +84,7 @@ int from_container(struct __sk_buff *skb)
 	/* The reply of a hostPort connection: the host's netfilter DNATed the
 	 * request, so only the host stack can translate the reply back. */
 	struct hostport_key hk = { .addr = p.flow.saddr, .port = bpf_htons(p.flow.sport), .proto = p.flow.proto };
-	if (p.flow.sport && bpf_map_lookup_elem(&strait_hostport, &hk))
+	if ((me->flags & LXC_F_HOSTPORTS) && p.flow.sport && bpf_map_lookup_elem(&strait_hostport, &hk))
 		return verdict(skb, REASON_HOSTPORT_TO_STACK, PROG_FROM_CONTAINER, &p.flow, 0, TC_ACT_OK);
 
 	/* Services: a local backend's reply gets its VIP back; a packet to a

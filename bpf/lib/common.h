@@ -33,9 +33,11 @@ struct endpoint {
  * family (all zeros: the pod has no address of that family). */
 struct lxc {
 	__u32 ip4;
-	__u32 flags;
+	__u32 flags;        /* LXC_F_* */
 	__u8 ip6[16];
 };
+
+#define LXC_F_HOSTPORTS 1  /* the pod publishes hostPorts (strait_hostport has them) */
 
 /* Per-reason counters (per CPU). */
 struct metric {

@@ -98,7 +98,11 @@ impl BpfState {
                 idx,
                 Lxc {
                     ip4: maps::ip_key(ip),
-                    flags: 0,
+                    flags: if a.host_ports.is_empty() {
+                        0
+                    } else {
+                        maps::LXC_F_HOSTPORTS
+                    },
                     ip6: [0; 16],
                 },
             );

@@ -67,26 +67,34 @@ pub fn gc(pin_dir: &Path, now: u64) -> Result<CtStats, aya::maps::MapError> {
             .max_entries() as usize,
         ..Default::default()
     };
+    // One walk of each map; everything after works on what it read.
     let f = entries(&fwd);
     let r = entries(&rev);
-    let rev_keys: std::collections::HashSet<CtKey> = r.iter().map(|(k, _)| *k).collect();
+    let rev_by_key: std::collections::HashMap<CtKey, CtVal> = r.iter().copied().collect();
     let fwd_keys: std::collections::HashSet<CtKey> = f.iter().map(|(k, _)| *k).collect();
+    let (mut nf, mut nr) = (f.len(), r.len());
     for (k, v) in &f {
         let (tk, tv) = ct_twin(k, v);
-        let twin = rev.get(&tk, 0).ok();
-        let live = !expired(v, now) || twin.is_some_and(|t| !expired(&t, now));
+        let twin = rev_by_key.get(&tk);
+        let live = !expired(v, now) || twin.is_some_and(|t| !expired(t, now));
         if !live {
             let _ = fwd.remove(k);
-            let _ = rev.remove(&tk);
+            nf -= 1;
+            if twin.is_some() {
+                let _ = rev.remove(&tk);
+                nr -= 1;
+            }
             st.expired += 1;
             continue;
         }
-        if !rev_keys.contains(&tk) {
+        if twin.is_none() {
             rev.insert(tk, tv, 0)?;
+            nr += 1;
             st.repaired += 1;
         }
         *st.by_state.entry(v.state_name()).or_default() += 1;
     }
+    // Reverse entries whose forward twin was missing from the start.
     for (k, v) in &r {
         let (tk, tv) = ct_twin(k, v);
         if fwd_keys.contains(&tk) {
@@ -94,15 +102,17 @@ pub fn gc(pin_dir: &Path, now: u64) -> Result<CtStats, aya::maps::MapError> {
         }
         if expired(v, now) {
             let _ = rev.remove(k);
+            nr -= 1;
             st.expired += 1;
         } else {
             fwd.insert(tk, tv, 0)?;
+            nf += 1;
             st.repaired += 1;
             *st.by_state.entry(v.state_name()).or_default() += 1;
         }
     }
-    st.forward = fwd.keys().count();
-    st.reverse = rev.keys().count();
+    st.forward = nf;
+    st.reverse = nr;
     Ok(st)
 }
 

@@ -26,6 +26,10 @@ pub struct Lxc {
 }
 unsafe impl aya::Pod for Lxc {}
 
+/// `Lxc::flags`: the pod publishes hostPorts (only then does from-container
+/// look in strait_hostport).
+pub const LXC_F_HOSTPORTS: u32 = 1;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Metric {

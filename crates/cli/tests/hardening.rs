@@ -36,6 +36,11 @@ fn spoof_to(lab: &Lab, dst: &str) -> Vec<String> {
             s.send_to(msg.as_bytes(), (ip, 9999)).unwrap();
         }
     });
+    received(&rx)
+}
+
+/// What a listener got until it went quiet: "payload from address".
+fn received(rx: &UdpSocket) -> Vec<String> {
     let mut got = vec![];
     let mut buf = [0u8; 64];
     while let Ok((n, from)) = rx.recv_from(&mut buf) {
@@ -152,14 +157,9 @@ fn a_pod_is_programmed_when_add_returns() {
         conf.to_string().as_bytes(),
     );
     assert!(add.ok, "{} {}", add.json, add.stderr);
-    let own: std::net::Ipv4Addr = add.json["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let std::net::IpAddr::V4(own) = add.ip() else {
+        panic!("an IPv4 pod address")
+    };
     let nsf =
         strait_netlink::NetnsFile::open(std::path::Path::new(&format!("/run/netns/{ns}"))).unwrap();
     strait_netlink::in_netns(&nsf, || {
@@ -167,15 +167,7 @@ fn a_pod_is_programmed_when_add_returns() {
         send_raw_udp(own, a2, 9999, b"own");
     })
     .unwrap();
-    let mut got = vec![];
-    let mut buf = [0u8; 64];
-    while let Ok((n, from)) = rx.recv_from(&mut buf) {
-        got.push(format!(
-            "{} from {}",
-            String::from_utf8_lossy(&buf[..n]),
-            from.ip()
-        ));
-    }
+    let got = received(&rx);
     assert_eq!(got, vec![format!("own from {own}")]);
     let del = cni_raw(
         &lab.bins.cni,

@@ -448,14 +448,7 @@ fn lost_ipam_state_is_recovered_from_the_kernel() {
             &strait_lab::run::cni_conf(&lab.st, &a),
         );
         assert!(out.ok, "{} {}", out.json, out.stderr);
-        let ip: std::net::IpAddr = out.json["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let ip: std::net::IpAddr = out.ip();
         assert!(!before.contains(&ip), "{state}: {ip} is a live pod's");
         let del = cni_raw(
             &lab.bins.cni,

@@ -182,6 +182,11 @@ impl CniOut {
         assert!(!self.ok, "expected an error, got success: {}", self.json);
         self.json["code"].as_u64().expect("error JSON has a code")
     }
+    /// The pod address in an ADD result.
+    pub fn ip(&self) -> std::net::IpAddr {
+        let a = self.json["ips"][0]["address"].as_str().expect("an address");
+        a.split('/').next().unwrap().parse().unwrap()
+    }
     pub fn msg(&self) -> String {
         self.json["msg"].as_str().unwrap_or_default().to_string()
     }
