@@ -13,7 +13,7 @@
 //! figures include the source's delivery, the reconcile pass and the map
 //! writes, not the CLI.
 //!
-//! Usage: ctl-scale [--services 10000] [--out FILE]   (root; scripts/kube-bins.sh first)
+//! Usage: ctl-scale [--services 10000] [--only files|kube-apiserver] [--out FILE]   (root; scripts/kube-bins.sh first)
 
 use anyhow::{bail, Context};
 use std::net::Ipv4Addr;
@@ -151,6 +151,16 @@ fn run(source: &'static str, cp: &str, n: usize, bins: &Binaries) -> anyhow::Res
             changes.push(t0.elapsed());
             std::thread::sleep(Duration::from_millis(300));
         }
+        if let Ok(status) =
+            strait_lab::run::agent_status(&st.socket(st.plan.node("node-a").unwrap()))
+        {
+            for r in &status.reconcilers {
+                eprintln!(
+                    "{source}: reconciler {} last pass {} µs ({} passes)",
+                    r.name, r.last_pass_micros, r.passes
+                );
+            }
+        }
         let pid = strait_lab::LabState::read_pid(&st.agent_pid(st.plan.node("node-a").unwrap()))
             .context("agent pid")?;
         Ok(Row {
@@ -178,14 +188,18 @@ fn main() -> anyhow::Result<()> {
     let bins = Binaries::locate()?;
     std::fs::create_dir_all("/run/strait-bench-ctl")?;
     let mut rows = vec![];
+    let only = strait_bench::flag("--only");
     for (source, cp) in [
         ("files", "files"),
         ("kube-apiserver 1.20.2", "kube-apiserver"),
     ] {
+        if only.as_deref().is_some_and(|o| o != cp) {
+            continue;
+        }
         rows.push(run(source, cp, n, &bins)?);
     }
     let mut out = format!(
-        "# The control plane at scale\n\nmachine: {}. {n} services × {ENDPOINTS} endpoints, 2 nodes, eBPF datapath. \"Programmed\" = the backend is in node-a's pinned strait_lb map.\nThe files source polls its directory every 0.5 s and rereads whole files; the kube source gets watch events (coalesced for 20 ms).\n\n| source | services | create → programmed | of which writing the objects | one endpoint change → programmed, median (min–max of 5) | of which after the source accepted it | agent RSS |\n|---|---|---|---|---|---|---|\n",
+        "# The control plane at scale\n\nmachine: {}. {n} services × {ENDPOINTS} endpoints, 2 nodes, eBPF datapath. \"Programmed\" = the backend is in node-a's pinned strait_lb map.\nThe files source polls its directory every 0.5 s and rereads whole files; the kube source gets watch events (coalesced for 3 ms).\n\n| source | services | create → programmed | of which writing the objects | one endpoint change → programmed, median (min–max of 5) | of which after the source accepted it | agent RSS |\n|---|---|---|---|---|---|---|\n",
         strait_bench::machine()
     );
     let ms = |v: &[Duration]| {

@@ -266,7 +266,7 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 cooling: agent.ipam.cooling(),
                 datapath,
                 node_routes: pb.node_routes.clone(),
-                services: pb.services.clone(),
+                services: pb.services.iter().map(|e| (**e).clone()).collect(),
                 service_problems: pb.service_problems.clone(),
                 service_sync: pb.service_sync.clone(),
                 reconcilers: agent

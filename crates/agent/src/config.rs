@@ -49,4 +49,6 @@ pub enum SourceConfig {
     Files { dir: PathBuf },
     /// A kube-apiserver: this kubeconfig, or in-cluster / $KUBECONFIG.
     Kube { kubeconfig: Option<PathBuf> },
+    /// strait's etcd datastore: this client URL, keys under this prefix.
+    Etcd { endpoint: String, prefix: String },
 }

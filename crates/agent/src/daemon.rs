@@ -41,7 +41,7 @@ pub struct Agent {
 #[derive(Default)]
 pub struct Published {
     pub node_routes: Vec<NodeRoute>,
-    pub services: Vec<strait_model::services::ServiceEntry>,
+    pub services: Vec<std::sync::Arc<strait_model::services::ServiceEntry>>,
     pub service_problems: Vec<String>,
     pub service_sync: Option<strait_model::api::ServiceSync>,
     /// healthCheckNodePorts of the last service table, for the health reconciler.
@@ -210,6 +210,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             tracing::info!(apiserver = %url, "cluster source: kube-apiserver; waiting for the first lists");
             kube_client = Some(client.clone());
             Box::new(crate::source::kube::KubeSource::start(client, &cfg.node_name, url).await?)
+        }
+        crate::SourceConfig::Etcd { endpoint, prefix } => {
+            tracing::info!(%endpoint, %prefix, "cluster source: etcd; waiting for the first list");
+            Box::new(
+                crate::source::etcd::EtcdSource::start(endpoint, prefix, &cfg.node_name).await?,
+            )
         }
     };
     let agent = Arc::new(Agent {

@@ -12,10 +12,17 @@ pub struct Args {
     /// Local API socket (created with mode 0600).
     #[arg(long, default_value = "/run/strait/agent.sock")]
     socket: PathBuf,
-    /// The cluster source: `files` (a directory of manifests, --manifests)
-    /// or `kube` (a kube-apiserver, --kubeconfig or in-cluster).
-    #[arg(long, default_value = "files", value_parser = ["files", "kube"])]
+    /// The cluster source: `files` (a directory of manifests, --manifests),
+    /// `kube` (a kube-apiserver, --kubeconfig or in-cluster) or `etcd`
+    /// (strait's etcd datastore, --etcd-endpoint).
+    #[arg(long, default_value = "files", value_parser = ["files", "kube", "etcd"])]
     source: String,
+    /// etcd: the client URL (http://HOST:PORT).
+    #[arg(long, required_if_eq("source", "etcd"))]
+    etcd_endpoint: Option<String>,
+    /// etcd: the key prefix strait's objects live under.
+    #[arg(long, default_value = strait_model::datastore::DEFAULT_PREFIX)]
+    etcd_prefix: String,
     /// files: the directory of Kubernetes manifests.
     #[arg(long, required_if_eq("source", "files"))]
     manifests: Option<PathBuf>,
@@ -79,6 +86,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         source: match a.source.as_str() {
             "kube" => strait_agent::SourceConfig::Kube {
                 kubeconfig: a.kubeconfig,
+            },
+            "etcd" => strait_agent::SourceConfig::Etcd {
+                endpoint: a
+                    .etcd_endpoint
+                    .ok_or_else(|| anyhow::anyhow!("--source etcd needs --etcd-endpoint URL"))?,
+                prefix: a.etcd_prefix,
             },
             _ => strait_agent::SourceConfig::Files {
                 dir: a

@@ -1,7 +1,9 @@
 //! The lab's control plane for `controlPlane: kube-apiserver`: a real etcd
 //! and kube-apiserver (1.20.2, from scripts/kube-bins.sh) in a namespace of
 //! their own on the fabric, so every node's agent reaches the apiserver over
-//! the lab's network and nothing listens in the host's namespace.
+//! the lab's network and nothing listens in the host's namespace. With
+//! `controlPlane: etcd` the namespace runs etcd alone, serving the agents
+//! on the fabric (strait's etcd datastore).
 //!
 //! Token auth: `admin` (system:masters) for the lab itself, `strait-agent`
 //! for the agents, bound to a least-privilege ClusterRole. The apiserver
@@ -14,7 +16,7 @@ use anyhow::{bail, Context};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use strait_model::lab::{control_plane_netns, fabric_netns, LabPlan};
+use strait_model::lab::{control_plane_netns, fabric_netns, ControlPlane, LabPlan};
 
 pub const PORT: u16 = 6443;
 
@@ -79,37 +81,39 @@ fn kubeconfig(url: &str, ca: &std::path::Path, token: &str) -> String {
     )
 }
 
-/// Bring up etcd and kube-apiserver and wait until the apiserver serves.
+/// etcd's client URL on the fabric (`controlPlane: etcd`).
+pub fn etcd_url(plan: &LabPlan) -> String {
+    format!("http://{}:{ETCD_PORT}", address(plan))
+}
+
+pub const ETCD_PORT: u16 = 2379;
+
+/// Bring up the control plane: etcd alone (`etcd`), or etcd and
+/// kube-apiserver (`kube-apiserver`), and wait until it serves.
 pub fn up(st: &LabState, step: impl Fn(&str)) -> anyhow::Result<()> {
     let plan = &st.plan;
-    let apiserver = apiserver_binary()?;
     let ns = control_plane_netns(&plan.name);
-    let fabric = fabric_netns(&plan.name);
     let addr = address(plan);
-    let d = dir(st);
-    std::fs::create_dir_all(&d)?;
+    std::fs::create_dir_all(dir(st))?;
+    if plan.control_plane == ControlPlane::Etcd {
+        step(&format!(
+            "control plane: namespace {ns}, eth0 {addr}/{}, etcd at {} (strait's datastore, keys under {})",
+            plan.fabric.prefix_len(),
+            etcd_url(plan),
+            strait_model::datastore::DEFAULT_PREFIX
+        ));
+        plumb(st)?;
+        start_etcd(st)?;
+        return wait_etcd(st, Duration::from_secs(30));
+    }
+    let apiserver = apiserver_binary()?;
     step(&format!(
         "control plane: namespace {ns}, eth0 {addr}/{}, etcd and {}",
         plan.fabric.prefix_len(),
         apiserver.display()
     ));
-    ip(&["netns", "add", &ns])?;
-    ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-    ip(&[
-        "-n", &fabric, "link", "add", "cp", "type", "veth", "peer", "name", "eth0", "netns", &ns,
-    ])?;
-    ip(&["-n", &fabric, "link", "set", "cp", "master", "br0", "up"])?;
-    ip(&[
-        "-n",
-        &ns,
-        "addr",
-        "add",
-        &format!("{addr}/{}", plan.fabric.prefix_len()),
-        "dev",
-        "eth0",
-    ])?;
-    ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-    // Service-account keys and tokens.
+    plumb(st)?;
+    let d = dir(st);
     let key = d.join("sa.key");
     let out = std::process::Command::new("openssl")
         .args(["genrsa", "-out"])
@@ -135,10 +139,83 @@ pub fn up(st: &LabState, step: impl Fn(&str)) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Until etcd answers.
+pub fn wait_etcd(st: &LabState, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match with_etcd(st, |c| async move { Ok(c.revision().await?) }) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!(
+        "etcd did not answer in {timeout:?} (last: {last}); see {}",
+        st.log_dir().join("etcd.log").display()
+    )
+}
+
+/// Run `f` with an etcd client, on a thread inside the control-plane
+/// namespace.
+pub fn with_etcd<F, Fut, T>(st: &LabState, f: F) -> anyhow::Result<T>
+where
+    F: FnOnce(strait_etcd::Client) -> Fut + Send,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+    T: Send,
+{
+    let ns = strait_netlink::NetnsFile::open(&netns(st))?;
+    strait_netlink::in_netns(&ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let c = strait_etcd::Client::new(&format!("http://127.0.0.1:{ETCD_PORT}"))?;
+            f(c).await
+        })
+    })?
+}
+
+/// The control plane's namespace, on the fabric.
+fn plumb(st: &LabState) -> anyhow::Result<()> {
+    let plan = &st.plan;
+    let ns = control_plane_netns(&plan.name);
+    let fabric = fabric_netns(&plan.name);
+    let addr = address(plan);
+    ip(&["netns", "add", &ns])?;
+    ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+    ip(&[
+        "-n", &fabric, "link", "add", "cp", "type", "veth", "peer", "name", "eth0", "netns", &ns,
+    ])?;
+    ip(&["-n", &fabric, "link", "set", "cp", "master", "br0", "up"])?;
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{addr}/{}", plan.fabric.prefix_len()),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+    Ok(())
+}
+
 pub fn start_etcd(st: &LabState) -> anyhow::Result<i32> {
     let d = dir(st);
     let data = d.join("etcd");
     let ns = control_plane_netns(&st.plan.name);
+    let local = format!("http://127.0.0.1:{ETCD_PORT}");
+    // The agents read etcd over the fabric only when it is their datastore;
+    // under an apiserver it stays on loopback.
+    let (listen, advertise) = if st.plan.control_plane == ControlPlane::Etcd {
+        (
+            format!("{local},{}", etcd_url(&st.plan)),
+            etcd_url(&st.plan),
+        )
+    } else {
+        (local.clone(), local)
+    };
     spawn_daemon(
         &ns,
         std::path::Path::new("etcd"),
@@ -146,9 +223,9 @@ pub fn start_etcd(st: &LabState) -> anyhow::Result<i32> {
             "--data-dir",
             data.to_str().unwrap(),
             "--listen-client-urls",
-            "http://127.0.0.1:2379",
+            &listen,
             "--advertise-client-urls",
-            "http://127.0.0.1:2379",
+            &advertise,
             "--listen-peer-urls",
             "http://127.0.0.1:2380",
         ],

@@ -1,5 +1,7 @@
 //! How the lab puts cluster objects where the agents read them: files in the
-//! manifests directory, or the lab's kube-apiserver. Objects are published
+//! manifests directory, the lab's kube-apiserver, or strait's etcd
+//! datastore (one JSON value per object, `strait_model::datastore`'s key
+//! layout; status written with the object). Objects are published
 //! in named sets ("nodes", "pods", …); publishing a set again makes the
 //! source hold exactly that set (objects that left it are deleted).
 //!
@@ -264,8 +266,55 @@ async fn apply_set(
 pub fn objects_dir(st: &LabState) -> std::path::PathBuf {
     match st.plan.control_plane {
         ControlPlane::Files => st.manifests_dir(),
-        ControlPlane::KubeApiserver => st.dir.join("published"),
+        ControlPlane::KubeApiserver | ControlPlane::Etcd => st.dir.join("published"),
     }
+}
+
+/// Write `objects` to the etcd datastore, delete the keys the set held
+/// before and no longer does. Returns the set's keys.
+async fn etcd_set(
+    c: strait_etcd::Client,
+    objects: Vec<Value>,
+    before: Vec<String>,
+) -> anyhow::Result<Vec<String>> {
+    use futures::StreamExt;
+    let prefix = strait_model::datastore::DEFAULT_PREFIX;
+    let mut prepared = vec![];
+    for mut v in objects {
+        let kind = v["kind"].as_str().unwrap_or_default().to_string();
+        let name = v["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let ns = v["metadata"]["namespace"].as_str().map(String::from);
+        let key = strait_model::datastore::key_of(prefix, &kind, ns.as_deref(), &name)
+            .with_context(|| format!("the etcd datastore holds no {kind} ({name})"))?;
+        if strait_model::datastore::namespaced(&kind) == Some(true) && ns.is_none() {
+            v["metadata"]["namespace"] = "default".into();
+        }
+        prepared.push((key, serde_json::to_vec(&v)?));
+    }
+    let keys: Vec<String> = prepared.iter().map(|p| p.0.clone()).collect();
+    let put: Vec<anyhow::Result<i64>> =
+        futures::stream::iter(prepared.into_iter().map(|(k, v)| {
+            let c = c.clone();
+            async move {
+                c.put(k.as_bytes(), &v)
+                    .await
+                    .with_context(|| format!("put {k}"))
+            }
+        }))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    put.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let keep: std::collections::HashSet<&String> = keys.iter().collect();
+    for k in before.iter().filter(|k| !keep.contains(k)) {
+        c.delete(k.as_bytes())
+            .await
+            .with_context(|| format!("delete {k}"))?;
+    }
+    Ok(keys)
 }
 
 fn record(st: &LabState, set: &str) -> std::path::PathBuf {
@@ -291,6 +340,18 @@ pub fn put<T: serde::Serialize>(st: &LabState, set: &str, objects: &[T]) -> anyh
             std::fs::create_dir_all(rec.parent().unwrap())?;
             std::fs::write(&rec, serde_json::to_vec(&keys)?)?;
             // A copy of what was published, as the files source would hold it.
+            write_yaml(&objects_dir(st).join(format!("{set}.yaml")), &mirror)
+        }
+        ControlPlane::Etcd => {
+            let rec = record(st, set);
+            let before: Vec<String> = std::fs::read(&rec)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            let mirror = values.clone();
+            let keys = crate::control_plane::with_etcd(st, move |c| etcd_set(c, values, before))?;
+            std::fs::create_dir_all(rec.parent().unwrap())?;
+            std::fs::write(&rec, serde_json::to_vec(&keys)?)?;
             write_yaml(&objects_dir(st).join(format!("{set}.yaml")), &mirror)
         }
     }

@@ -215,6 +215,7 @@ pub fn start_agent(
         &service_cidr,
     ];
     let agent_kc = crate::control_plane::agent_kubeconfig(st);
+    let etcd_url = crate::control_plane::etcd_url(&st.plan);
     // As on a real node: the agent installs the CNI config when it is ready
     // (an older build, started by the upgrade test, has no such flag).
     let net_d = nd.join("net.d");
@@ -232,6 +233,9 @@ pub fn start_agent(
             "--kubeconfig",
             agent_kc.to_str().unwrap(),
         ]),
+        strait_model::lab::ControlPlane::Etcd => {
+            args.extend(["--source", "etcd", "--etcd-endpoint", &etcd_url])
+        }
     }
     let cgroup = crate::cgroup::node_cgroup(&st.plan.name, &n.name)
         .filter(|c| c.exists())
@@ -467,7 +471,7 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
         "eth0",
     ])?;
     ip(&["-n", &ext, "link", "set", "eth0", "up"])?;
-    if st.plan.control_plane == strait_model::lab::ControlPlane::KubeApiserver {
+    if st.plan.control_plane != strait_model::lab::ControlPlane::Files {
         crate::control_plane::up(st, step)?;
     }
     // The cluster source: Node objects for the plan, then the user's manifests.
@@ -664,7 +668,11 @@ pub fn wait_services_programmed(st: &LabState, timeout: Duration) -> anyhow::Res
         }
         s
     });
-    let want = snap_services.entries;
+    let want: Vec<_> = snap_services
+        .entries
+        .iter()
+        .map(|e| (**e).clone())
+        .collect();
     let deadline = Instant::now() + timeout;
     for n in &st.plan.nodes {
         loop {

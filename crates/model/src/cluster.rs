@@ -91,6 +91,37 @@ impl ClusterSnapshot {
     }
 }
 
+/// The kinds a snapshot holds, for consumers that care about some only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Nodes,
+    Pods,
+    Services,
+    EndpointSlices,
+    NetworkPolicies,
+    Namespaces,
+}
+
+impl ClusterSnapshot {
+    /// Whether `kind` differs between the two snapshots, by object identity:
+    /// sources share unchanged objects between snapshots, so this is a
+    /// pointer walk, not a deep comparison. (A source that rebuilds every
+    /// object reports every kind as changed, which is only slower.)
+    pub fn kind_changed(&self, other: &ClusterSnapshot, kind: Kind) -> bool {
+        fn differ<K>(a: &[Arc<K>], b: &[Arc<K>]) -> bool {
+            a.len() != b.len() || a.iter().zip(b).any(|(x, y)| !Arc::ptr_eq(x, y))
+        }
+        match kind {
+            Kind::Nodes => differ(&self.nodes, &other.nodes),
+            Kind::Pods => differ(&self.pods, &other.pods),
+            Kind::Services => differ(&self.services, &other.services),
+            Kind::EndpointSlices => differ(&self.endpoint_slices, &other.endpoint_slices),
+            Kind::NetworkPolicies => differ(&self.network_policies, &other.network_policies),
+            Kind::Namespaces => differ(&self.namespaces, &other.namespaces),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum ClusterObject {
     Node(Box<Node>),

@@ -41,6 +41,11 @@ pub enum ControlPlane {
     /// watch it.
     #[serde(rename = "kube-apiserver")]
     KubeApiserver,
+    /// strait's etcd datastore with no apiserver (Calico's etcd mode): an
+    /// etcd in the control-plane namespace, objects as JSON under
+    /// `/strait/v1/`.
+    #[serde(rename = "etcd")]
+    Etcd,
 }
 
 impl std::fmt::Display for ControlPlane {
@@ -48,6 +53,7 @@ impl std::fmt::Display for ControlPlane {
         match self {
             ControlPlane::Files => f.write_str("files"),
             ControlPlane::KubeApiserver => f.write_str("kube-apiserver"),
+            ControlPlane::Etcd => f.write_str("etcd"),
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cluster;
 pub mod cniconf;
+pub mod datastore;
 pub mod ipam;
 pub mod lab;
 pub mod naming;

@@ -189,7 +189,7 @@ pub fn plan(
         .entries
         .iter()
         .filter(|e| e.active().count() > 0)
-        .map(|e| (chain(e), e))
+        .map(|e| (chain(e), &**e))
         .collect();
     let cold = !prev.skeleton;
     let known = |name: &str| !cold && prev.services.contains_key(name);
@@ -394,7 +394,7 @@ mod tests {
 
     fn table(entries: Vec<ServiceEntry>) -> ServiceTable {
         ServiceTable {
-            entries,
+            entries: entries.into_iter().map(std::sync::Arc::new).collect(),
             ..Default::default()
         }
     }

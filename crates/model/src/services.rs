@@ -127,7 +127,9 @@ pub struct HealthCheck {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceTable {
-    pub entries: Vec<ServiceEntry>,
+    /// Shared: an unchanged service's entries are the same allocations from
+    /// one compilation to the next, so consumers can skip them by pointer.
+    pub entries: Vec<std::sync::Arc<ServiceEntry>>,
     pub health_checks: Vec<HealthCheck>,
     /// Objects left out, and why (for the log).
     pub problems: Vec<String>,
@@ -382,7 +384,8 @@ pub fn compile_for_node(snap: &ClusterSnapshot, node: Option<&ThisNode>) -> Serv
             }
             entries.push(base);
         }
-        t.entries.extend(entries);
+        t.entries
+            .extend(entries.into_iter().map(std::sync::Arc::new));
     }
     t.entries.sort_by_key(|e| e.frontend);
     t
@@ -391,15 +394,25 @@ pub fn compile_for_node(snap: &ClusterSnapshot, node: Option<&ThisNode>) -> Serv
 /// [`compile_for_node`] that recompiles only the Services whose object or
 /// EndpointSlices changed since the last call. Objects are shared `Arc`s
 /// from the source's stores, so "changed" is "another pointer": one
-/// endpoint change in 10 000 services compiles one service.
+/// endpoint change in 10 000 services compiles one service, and the other
+/// services' entries come out as the same `Arc`s as before. A pass
+/// allocates nothing per unchanged service.
 #[derive(Default)]
 pub struct IncrementalCompiler {
     node: Option<ThisNode>,
-    /// Per service (namespace, name): the pointers it was compiled from,
-    /// and what it compiled to.
-    cache: std::collections::HashMap<(String, String), (usize, Vec<usize>, ServiceTable)>,
+    /// Per Service object (by address; the `Arc` it holds keeps the address
+    /// from being reused): the slices it was compiled with, and the result.
+    cache: std::collections::HashMap<usize, Compiled>,
+    generation: u64,
     /// Services compiled (cache misses) since creation.
     pub compiled: u64,
+}
+
+struct Compiled {
+    _service: std::sync::Arc<Service>,
+    slices: Vec<std::sync::Arc<EndpointSlice>>,
+    part: ServiceTable,
+    generation: u64,
 }
 
 impl IncrementalCompiler {
@@ -409,55 +422,64 @@ impl IncrementalCompiler {
             self.cache.clear();
             self.node = node.cloned();
         }
-        let mut slices: std::collections::HashMap<(String, String), Vec<&Arc<EndpointSlice>>> =
-            Default::default();
+        self.generation += 1;
+        let generation = self.generation;
+        // Slices by (namespace, service name), borrowed from the snapshot.
+        let mut slices: std::collections::HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> =
+            std::collections::HashMap::with_capacity(snap.endpoint_slices.len());
         for s in &snap.endpoint_slices {
-            let ns = s
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into());
+            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
             let svc = s
                 .metadata
                 .labels
                 .as_ref()
                 .and_then(|l| l.get("kubernetes.io/service-name"))
-                .cloned()
+                .map(String::as_str)
                 .unwrap_or_default();
             slices.entry((ns, svc)).or_default().push(s);
         }
         let mut t = ServiceTable::default();
-        let mut seen = std::collections::HashSet::new();
+        t.entries.reserve(snap.services.len());
         for svc in &snap.services {
-            let k = key(&svc.metadata);
-            let mine = slices.remove(&k).unwrap_or_default();
-            let ptrs: Vec<usize> = mine.iter().map(|s| Arc::as_ptr(s) as usize).collect();
-            let me = Arc::as_ptr(svc) as usize;
-            let part = match self.cache.get(&k) {
-                Some((p, sp, part)) if *p == me && *sp == ptrs => part.clone(),
+            let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+            let name = svc.metadata.name.as_deref().unwrap_or_default();
+            let mine = slices.remove(&(ns, name)).unwrap_or_default();
+            let same = |c: &Compiled| {
+                c.slices.len() == mine.len()
+                    && c.slices.iter().zip(&mine).all(|(a, b)| Arc::ptr_eq(a, b))
+            };
+            let ptr = Arc::as_ptr(svc) as usize;
+            let c = match self.cache.get_mut(&ptr) {
+                Some(c) if same(c) => c,
                 _ => {
                     let mini = ClusterSnapshot {
                         services: vec![svc.clone()],
-                        endpoint_slices: mine.into_iter().cloned().collect(),
+                        endpoint_slices: mine.iter().map(|s| (*s).clone()).collect(),
                         ..Default::default()
                     };
-                    let part = compile_for_node(&mini, node);
                     self.compiled += 1;
-                    self.cache.insert(k.clone(), (me, ptrs, part.clone()));
-                    part
+                    let c = Compiled {
+                        _service: svc.clone(),
+                        slices: mine.into_iter().cloned().collect(),
+                        part: compile_for_node(&mini, node),
+                        generation,
+                    };
+                    self.cache.insert(ptr, c);
+                    self.cache.get_mut(&ptr).expect("just inserted")
                 }
             };
-            t.entries.extend(part.entries);
-            t.problems.extend(part.problems);
-            for h in part.health_checks {
+            c.generation = generation;
+            let part = &c.part;
+            t.entries.extend(part.entries.iter().cloned());
+            t.problems.extend(part.problems.iter().cloned());
+            for h in &part.health_checks {
                 if !t.health_checks.iter().any(|x| x.port == h.port) {
-                    t.health_checks.push(h);
+                    t.health_checks.push(h.clone());
                 }
             }
-            seen.insert(k);
         }
-        self.cache.retain(|k, _| seen.contains(k));
-        t.entries.sort_by_key(|e| e.frontend);
+        self.cache.retain(|_, c| c.generation == generation);
+        t.entries.sort_unstable_by_key(|e| e.frontend);
         t
     }
 }
@@ -611,6 +633,14 @@ spec:
         s3.services.remove(0);
         assert_eq!(inc.compile(&s3, None).entries, compile(&s3).entries);
         assert_eq!(inc.cache.len(), 29);
+        // Unchanged services come out as the same allocations.
+        let again = inc.compile(&s3, None);
+        let before = inc.compile(&s3, None);
+        assert!(again
+            .entries
+            .iter()
+            .zip(&before.entries)
+            .all(|(a, b)| std::sync::Arc::ptr_eq(a, b)));
     }
 
     #[test]

@@ -104,7 +104,7 @@ fn e(port: u16, proto: Proto, backends: &[&str], aff: Option<u32>, external: boo
 
 fn t(entries: Vec<ServiceEntry>) -> ServiceTable {
     ServiceTable {
-        entries,
+        entries: entries.into_iter().map(std::sync::Arc::new).collect(),
         ..Default::default()
     }
 }

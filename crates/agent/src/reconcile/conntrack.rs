@@ -30,6 +30,7 @@ impl Conntrack {
 
 impl Reconciler for Conntrack {
     const NAME: &'static str = "conntrack";
+    const READS: &'static [strait_model::cluster::Kind] = &[];
 
     async fn pass(&mut self, agent: &Agent, _snap: &ClusterSnapshot) -> anyhow::Result<Report> {
         let st = tokio::task::block_in_place(|| {

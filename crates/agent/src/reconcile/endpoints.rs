@@ -17,6 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strait_model::cluster::Kind;
 use strait_model::cluster::{node_pod_cidrs, ClusterSnapshot};
 use strait_model::ipam::Allocation;
 use strait_model::naming::{is_host_veth, ROUTE_PROTOCOL};
@@ -75,6 +76,7 @@ pub fn netns_state(a: &Allocation) -> NetnsState {
 
 impl Reconciler for Endpoints {
     const NAME: &'static str = "endpoints";
+    const READS: &'static [Kind] = &[Kind::Nodes];
 
     async fn pass(&mut self, agent: &Agent, snap: &ClusterSnapshot) -> anyhow::Result<Report> {
         let mut rep = Report::default();

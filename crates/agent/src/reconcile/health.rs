@@ -32,6 +32,7 @@ impl Drop for Health {
 
 impl Reconciler for Health {
     const NAME: &'static str = "health";
+    const READS: &'static [strait_model::cluster::Kind] = &[];
 
     async fn pass(&mut self, agent: &Agent, _snap: &ClusterSnapshot) -> anyhow::Result<Report> {
         // Compiled once, by the services reconciler, which nudges on change.

@@ -30,7 +30,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strait_model::api::ReconcilerStatus;
-use strait_model::cluster::ClusterSnapshot;
+use strait_model::cluster::{ClusterSnapshot, Kind};
 use strait_netlink::{Netlink, Route};
 
 /// What one pass did.
@@ -44,6 +44,11 @@ pub struct Report {
 
 pub trait Reconciler: Send + 'static {
     const NAME: &'static str;
+    /// The snapshot kinds a pass reads. A new snapshot that changes none of
+    /// them does not wake the reconciler (nudges and the resync period
+    /// still do): 10 000 services changing must not cost the pod wiring a
+    /// pass each time.
+    const READS: &'static [Kind];
     /// One level-triggered pass against the newest snapshot.
     fn pass(
         &mut self,
@@ -80,10 +85,22 @@ pub async fn run<R: Reconciler>(mut r: R, agent: Arc<Agent>) {
             failures.0 += 1;
             failures.delay()
         };
-        tokio::select! {
-            c = snap_rx.changed() => { if c.is_err() { return; } }
-            _ = nudge_rx.changed() => {}
-            _ = tokio::time::sleep(wait) => {}
+        let resync = tokio::time::sleep(wait);
+        tokio::pin!(resync);
+        loop {
+            tokio::select! {
+                c = snap_rx.changed() => {
+                    if c.is_err() {
+                        return;
+                    }
+                    let new = snap_rx.borrow().clone();
+                    if !ok || R::READS.iter().any(|k| new.kind_changed(&snap, *k)) {
+                        break;
+                    }
+                }
+                _ = nudge_rx.changed() => break,
+                _ = &mut resync => break,
+            }
         }
         if !ok {
             // A change may fix it, but a flapping source must not turn a

@@ -10,6 +10,7 @@ use super::{apply_routes, Reconciler, Report};
 use crate::crossnode::CrossNode;
 use crate::daemon::Agent;
 use strait_model::cluster::ClusterSnapshot;
+use strait_model::cluster::Kind;
 use strait_model::naming::{is_host_veth, ROUTE_PROTOCOL};
 use strait_model::routes::plan_node_routes_checked;
 use strait_netlink::{Netlink, Route, RouteKind};
@@ -30,6 +31,7 @@ impl NodeRoutes {
 
 impl Reconciler for NodeRoutes {
     const NAME: &'static str = "node-routes";
+    const READS: &'static [Kind] = &[Kind::Nodes];
 
     async fn pass(&mut self, agent: &Agent, snap: &ClusterSnapshot) -> anyhow::Result<Report> {
         let mut rep = Report::default();

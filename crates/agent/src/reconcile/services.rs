@@ -6,6 +6,7 @@ use super::{Reconciler, Report};
 use crate::daemon::Agent;
 use crate::svcbackend::ServiceBackend;
 use std::net::IpAddr;
+use strait_model::cluster::Kind;
 use strait_model::cluster::{node_internal_ip, ClusterSnapshot};
 use strait_model::services::{ServiceTable, ThisNode};
 
@@ -45,6 +46,7 @@ fn table_for(
 
 impl Reconciler for Services {
     const NAME: &'static str = "services";
+    const READS: &'static [Kind] = &[Kind::Services, Kind::EndpointSlices, Kind::Nodes];
 
     async fn pass(&mut self, agent: &Agent, snap: &ClusterSnapshot) -> anyhow::Result<Report> {
         let table = table_for(&mut self.compiler, agent, snap);

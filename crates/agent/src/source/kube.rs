@@ -23,8 +23,11 @@ use strait_model::api::SourceStatus;
 use strait_model::cluster::ClusterSnapshot;
 use tokio::sync::{watch, Notify};
 
-/// Events closer together than this are published as one snapshot.
-const COALESCE: Duration = Duration::from_millis(20);
+/// Events closer together than this are published as one snapshot. Short:
+/// the reconcilers coalesce too (each reads the newest snapshot when its
+/// pass ends), so this only gathers the events of one write (a Service and
+/// its EndpointSlice arrive a few milliseconds apart).
+const COALESCE: Duration = Duration::from_millis(3);
 
 pub struct KubeSource {
     rx: watch::Receiver<Arc<ClusterSnapshot>>,

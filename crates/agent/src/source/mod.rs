@@ -4,8 +4,10 @@
 //!
 //! - [`files`]: a directory of manifests (the lab's default, and tests');
 //! - [`kube`]: a kube-apiserver, through reflectors (the primary control
-//!   plane).
+//!   plane);
+//! - [`etcd`]: strait's own etcd datastore, without an apiserver.
 
+pub mod etcd;
 pub mod files;
 pub mod kube;
 

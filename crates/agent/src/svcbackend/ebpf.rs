@@ -6,12 +6,14 @@ use super::ServiceBackend;
 use std::collections::HashMap;
 use strait_model::services::ServiceTable;
 
-/// What strait_lb holds, per frontend: the service as programmed and its
-/// map entries. A change touches only the frontends that differ.
+/// What strait_lb holds, per frontend: the service as programmed (the
+/// compiler's shared entry) and its map entries. A change touches only the
+/// frontends that differ; an entry that is the same allocation as last time
+/// is skipped without comparing it.
 pub type LbProgrammed = HashMap<
     strait_model::services::Frontend,
     (
-        strait_model::services::ServiceEntry,
+        std::sync::Arc<strait_model::services::ServiceEntry>,
         Vec<(strait_bpf::maps::LbKey, strait_bpf::maps::LbVal)>,
     ),
 >;
@@ -61,51 +63,59 @@ fn sync_services(
 ) -> anyhow::Result<usize> {
     use strait_bpf::maps::{self, LbKey, LbMap, LbVal};
     let mut lb: LbMap = maps::open(pin_dir, "strait_lb")?;
-    // What the map holds now, per frontend: remembered from the last sync,
-    // or read back at the first one after a start.
-    let mut have: HashMap<FrontKey, Vec<(LbKey, LbVal)>> = HashMap::new();
-    let mut unchanged: LbProgrammed = HashMap::new();
-    match programmed.take() {
-        Some(mut p) => {
-            for e in &table.entries {
-                if let Some((prev, kv)) = p.remove(&e.frontend) {
-                    if prev == *e {
-                        unchanged.insert(e.frontend, (prev, kv));
-                    } else {
-                        have.insert(front_key(&kv[0].0), kv);
-                    }
-                }
-            }
-            for (_, (_, kv)) in p {
-                have.insert(front_key(&kv[0].0), kv);
-            }
-        }
-        None => {
-            for kv in lb.iter() {
-                let (k, v) = kv?;
-                have.entry(front_key(&k)).or_default().push((k, v));
-            }
-        }
-    }
     let mut changed = 0;
-    let mut now: LbProgrammed = HashMap::with_capacity(table.entries.len());
-    for e in &table.entries {
-        if let Some(kv) = unchanged.remove(&e.frontend) {
-            now.insert(e.frontend, kv);
-            continue;
+    let Some(prog) = programmed else {
+        // The first sync after a start: what the map holds is the truth.
+        let mut have: HashMap<FrontKey, Vec<(LbKey, LbVal)>> = HashMap::new();
+        for kv in lb.iter() {
+            let (k, v) = kv?;
+            have.entry(front_key(&k)).or_default().push((k, v));
         }
-        let kv = maps::lb_entries(std::slice::from_ref(e));
-        let old = have.remove(&front_key(&kv[0].0)).unwrap_or_default();
+        let mut now: LbProgrammed = HashMap::with_capacity(table.entries.len());
+        for e in &table.entries {
+            let kv = maps::lb_entries(std::slice::from_ref(&**e));
+            let old = have.remove(&front_key(&kv[0].0)).unwrap_or_default();
+            changed += apply_ops(&mut lb, &maps::lb_ops(&old, &kv))?;
+            flush_removed(pin_dir, &old, &kv)?;
+            now.insert(e.frontend, (e.clone(), kv));
+        }
+        for (_, old) in have {
+            changed += apply_ops(&mut lb, &maps::lb_ops(&old, &[]))?;
+            flush_removed(pin_dir, &old, &[])?;
+        }
+        *programmed = Some(now);
+        return Ok(changed);
+    };
+    // Later syncs: only frontends whose entry is another allocation that
+    // compares different are rewritten.
+    for e in &table.entries {
+        let old = match prog.get(&e.frontend) {
+            Some((prev, _)) if std::sync::Arc::ptr_eq(prev, e) => continue,
+            Some((prev, kv)) if **prev == **e => {
+                let kv = kv.clone();
+                prog.insert(e.frontend, (e.clone(), kv));
+                continue;
+            }
+            Some((_, kv)) => kv.clone(),
+            None => vec![],
+        };
+        let kv = maps::lb_entries(std::slice::from_ref(&**e));
         changed += apply_ops(&mut lb, &maps::lb_ops(&old, &kv))?;
         flush_removed(pin_dir, &old, &kv)?;
-        now.insert(e.frontend, (e.clone(), kv));
+        prog.insert(e.frontend, (e.clone(), kv));
     }
-    // Frontends that went away.
-    for (_, old) in have {
-        changed += apply_ops(&mut lb, &maps::lb_ops(&old, &[]))?;
-        flush_removed(pin_dir, &old, &[])?;
+    // Frontends that went away: every entry of the table is in `prog` now,
+    // so it holds more only when some did.
+    if prog.len() != table.entries.len() {
+        let want: std::collections::HashSet<_> = table.entries.iter().map(|e| e.frontend).collect();
+        let gone: Vec<_> = prog.keys().filter(|f| !want.contains(f)).copied().collect();
+        for f in gone {
+            if let Some((_, old)) = prog.remove(&f) {
+                changed += apply_ops(&mut lb, &maps::lb_ops(&old, &[]))?;
+                flush_removed(pin_dir, &old, &[])?;
+            }
+        }
     }
-    *programmed = Some(now);
     Ok(changed)
 }
 

@@ -72,14 +72,22 @@ fn in_kernel() -> anyhow::Result<strait_model::nft::Programmed> {
 /// (frontend, backend) pairs of UDP services whose backend is in no state
 /// in the new table: their conntrack entries would keep a steady flow on
 /// the removed backend's address forever.
-pub fn removed_udp_backends(
-    prev: &[strait_model::services::ServiceEntry],
-    now: &[strait_model::services::ServiceEntry],
-) -> Vec<(strait_model::services::Frontend, std::net::Ipv4Addr)> {
+pub fn removed_udp_backends<P, N>(
+    prev: &[P],
+    now: &[N],
+) -> Vec<(strait_model::services::Frontend, std::net::Ipv4Addr)>
+where
+    P: std::borrow::Borrow<strait_model::services::ServiceEntry>,
+    N: std::borrow::Borrow<strait_model::services::ServiceEntry>,
+{
     use strait_model::services::Proto;
     let mut out = vec![];
-    for p in prev.iter().filter(|e| e.frontend.proto == Proto::Udp) {
-        let kept = now.iter().find(|e| e.frontend == p.frontend);
+    for p in prev
+        .iter()
+        .map(P::borrow)
+        .filter(|e| e.frontend.proto == Proto::Udp)
+    {
+        let kept = now.iter().map(N::borrow).find(|e| e.frontend == p.frontend);
         for b in &p.backends {
             if !kept.is_some_and(|k| k.backends.iter().any(|nb| nb.ip == b.ip)) {
                 out.push((p.frontend, b.ip));
