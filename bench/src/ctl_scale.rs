@@ -1,7 +1,8 @@
 //! The control plane at scale: N services of 10 endpoints each (10 000 by
-//! default) given to the agents through the files source and through a real
+//! default) given to the agents through the files source, through a real
 //! kube-apiserver (1.20.2 with etcd, the lab's `controlPlane:
-//! kube-apiserver`), in one run. For each source:
+//! kube-apiserver`) and through strait's etcd datastore (`controlPlane:
+//! etcd`), in one run. For each source:
 //!
 //! - create -> programmed: from the first object written to the last
 //!   service in node-a's eBPF service map;
@@ -13,7 +14,7 @@
 //! figures include the source's delivery, the reconcile pass and the map
 //! writes, not the CLI.
 //!
-//! Usage: ctl-scale [--services 10000] [--only files|kube-apiserver] [--out FILE]   (root; scripts/kube-bins.sh first)
+//! Usage: ctl-scale [--services 10000] [--only files|kube-apiserver|etcd] [--out FILE]   (root; scripts/kube-bins.sh first)
 
 use anyhow::{bail, Context};
 use std::net::Ipv4Addr;
@@ -181,17 +182,20 @@ fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
     let out_file = strait_bench::flag("--out").map(PathBuf::from);
+    let only = strait_bench::flag("--only");
     if !nix::unistd::geteuid().is_root() {
         bail!("ctl-scale needs root (it creates network namespaces)");
     }
-    strait_lab::control_plane::apiserver_binary()?;
+    if only.as_deref().is_none_or(|o| o == "kube-apiserver") {
+        strait_lab::control_plane::apiserver_binary()?;
+    }
     let bins = Binaries::locate()?;
     std::fs::create_dir_all("/run/strait-bench-ctl")?;
     let mut rows = vec![];
-    let only = strait_bench::flag("--only");
     for (source, cp) in [
         ("files", "files"),
         ("kube-apiserver 1.20.2", "kube-apiserver"),
+        ("etcd 3.4 datastore", "etcd"),
     ] {
         if only.as_deref().is_some_and(|o| o != cp) {
             continue;
@@ -199,7 +203,7 @@ fn main() -> anyhow::Result<()> {
         rows.push(run(source, cp, n, &bins)?);
     }
     let mut out = format!(
-        "# The control plane at scale\n\nmachine: {}. {n} services × {ENDPOINTS} endpoints, 2 nodes, eBPF datapath. \"Programmed\" = the backend is in node-a's pinned strait_lb map.\nThe files source polls its directory every 0.5 s and rereads whole files; the kube source gets watch events (coalesced for 3 ms).\n\n| source | services | create → programmed | of which writing the objects | one endpoint change → programmed, median (min–max of 5) | of which after the source accepted it | agent RSS |\n|---|---|---|---|---|---|---|\n",
+        "# The control plane at scale\n\nmachine: {}. {n} services × {ENDPOINTS} endpoints, 2 nodes, eBPF datapath. \"Programmed\" = the backend is in node-a's pinned strait_lb map.\nThe files source polls its directory every 0.5 s and rereads whole files; the kube and etcd sources get watch events (coalesced for 3 ms).\n\n| source | services | create → programmed | of which writing the objects | one endpoint change → programmed, median (min–max of 5) | of which after the source accepted it | agent RSS |\n|---|---|---|---|---|---|---|\n",
         strait_bench::machine()
     );
     let ms = |v: &[Duration]| {

@@ -39,45 +39,8 @@ fn kube_lab(name: &str, mode: &str) -> Lab {
     Lab::up(&y)
 }
 
-fn wait_for(
-    lab: &Lab,
-    what: &str,
-    timeout: Duration,
-    f: impl Fn(&strait_model::api::NodeStatus) -> bool,
-) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let ok = ["node-a", "node-b"].iter().all(|n| f(&lab.status(n)));
-        if ok {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn extra_service(ip: &str, backend: &str) -> Vec<serde_json::Value> {
     named_service("extra", ip, backend)
-}
-
-fn named_service(name: &str, ip: &str, backend: &str) -> Vec<serde_json::Value> {
-    vec![
-        serde_json::json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}}),
-        serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": format!("{name}-1"), "namespace": "default", "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
-            "endpoints": [{"addresses": [backend], "conditions": {"ready": true}}]}),
-    ]
-}
-
-/// The service is programmed with its backends (the Service and its slice
-/// arrive as separate events).
-fn has(s: &strait_model::api::NodeStatus, svc: &str) -> bool {
-    s.services
-        .iter()
-        .any(|e| e.name == svc && !e.backends.is_empty())
 }
 
 #[test]
@@ -97,33 +60,7 @@ fn pods_and_services_through_the_apiserver() {
         src.kinds.iter().any(|k| k.contains("v1beta1")),
         "1.20 serves EndpointSlice v1beta1: {src:?}"
     );
-    // Pods answer across nodes; the service spreads over both backends.
-    assert_eq!(lab.probe("client", "web-b").unwrap(), "web-b");
-    let addr = SocketAddr::new(vip(&lab, "web").into(), 80);
-    let answers = in_client(&lab, move || {
-        (0..40)
-            .map(|_| ask(addr).unwrap())
-            .collect::<std::collections::BTreeSet<_>>()
-    });
-    assert_eq!(answers.len(), 2, "{answers:?}");
-    // A service made through the API while the lab runs, then removed.
-    let b = pod_ip(&lab, "web-b");
-    publish::put(&lab.st, "extra", &extra_service("198.18.64.90", &b)).unwrap();
-    wait_for(
-        &lab,
-        "the new service programmed",
-        Duration::from_secs(5),
-        |s| has(s, "extra"),
-    );
-    let extra: SocketAddr = "198.18.64.90:80".parse().unwrap();
-    assert_eq!(in_client(&lab, move || ask(extra).unwrap()), "web-b");
-    publish::put::<serde_json::Value>(&lab.st, "extra", &[]).unwrap();
-    wait_for(
-        &lab,
-        "the deleted service gone",
-        Duration::from_secs(5),
-        |s| !has(s, "extra"),
-    );
+    assert_example_serves_and_changes(&lab);
     // The agents' credentials read what they need and change nothing else.
     let kc = strait_lab::control_plane::agent_kubeconfig(&lab.st);
     let (pods, forbidden) = publish::client_as(&lab.st, &kc, |c| async move {

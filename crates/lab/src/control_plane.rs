@@ -202,13 +202,19 @@ fn plumb(st: &LabState) -> anyhow::Result<()> {
 }
 
 pub fn start_etcd(st: &LabState) -> anyhow::Result<i32> {
+    start_etcd_serving(st, st.plan.control_plane == ControlPlane::Etcd)
+}
+
+/// Start etcd, serving the agents on the fabric or only loopback (tests
+/// change the store behind the agents' backs that way).
+pub fn start_etcd_serving(st: &LabState, agents: bool) -> anyhow::Result<i32> {
     let d = dir(st);
     let data = d.join("etcd");
     let ns = control_plane_netns(&st.plan.name);
     let local = format!("http://127.0.0.1:{ETCD_PORT}");
     // The agents read etcd over the fabric only when it is their datastore;
     // under an apiserver it stays on loopback.
-    let (listen, advertise) = if st.plan.control_plane == ControlPlane::Etcd {
+    let (listen, advertise) = if agents {
         (
             format!("{local},{}", etcd_url(&st.plan)),
             etcd_url(&st.plan),

@@ -116,3 +116,77 @@ pub fn slice(name: &str, svc: &str, eps: &[(&str, &str)]) -> String {
 
 pub const READY: &str = "{ready: true}";
 pub const TERMINATING: &str = "{ready: false, serving: true, terminating: true}";
+
+/// Until `f` holds on both nodes of a two-node lab.
+pub fn wait_for(
+    lab: &Lab,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&strait_model::api::NodeStatus) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ok = ["node-a", "node-b"].iter().all(|n| f(&lab.status(n)));
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn named_service(name: &str, ip: &str, backend: &str) -> Vec<serde_json::Value> {
+    vec![
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}}),
+        serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-1"), "namespace": "default", "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": [backend], "conditions": {"ready": true}}]}),
+    ]
+}
+
+/// The service is programmed with its backends (the Service and its slice
+/// arrive as separate events).
+pub fn has(s: &strait_model::api::NodeStatus, svc: &str) -> bool {
+    s.services
+        .iter()
+        .any(|e| e.name == svc && !e.backends.is_empty())
+}
+
+/// The services example serves: pods answer across nodes, and `web`
+/// spreads over both backends. Then a service published while the lab runs
+/// is programmed and answers, and goes when it is unpublished.
+pub fn assert_example_serves_and_changes(lab: &Lab) {
+    assert_eq!(lab.probe("client", "web-b").unwrap(), "web-b");
+    let addr = SocketAddr::new(vip(lab, "web").into(), 80);
+    let answers = in_client(lab, move || {
+        (0..40)
+            .map(|_| ask(addr).unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+    });
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    let b = pod_ip(lab, "web-b");
+    strait_lab::publish::put(
+        &lab.st,
+        "extra",
+        &named_service("extra", "198.18.64.90", &b),
+    )
+    .unwrap();
+    wait_for(
+        lab,
+        "the new service programmed",
+        Duration::from_secs(5),
+        |s| has(s, "extra"),
+    );
+    let extra: SocketAddr = "198.18.64.90:80".parse().unwrap();
+    assert_eq!(in_client(lab, move || ask(extra).unwrap()), "web-b");
+    strait_lab::publish::put::<serde_json::Value>(&lab.st, "extra", &[]).unwrap();
+    wait_for(
+        lab,
+        "the deleted service gone",
+        Duration::from_secs(5),
+        |s| !has(s, "extra"),
+    );
+}
