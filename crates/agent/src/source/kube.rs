@@ -51,8 +51,7 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Drive one kind's reflector stream, counting lists, events and errors,
-/// and marking the snapshot dirty on every change.
+/// Drive one kind's reflector stream on its own task.
 fn spawn_watch<K, S>(
     name: &'static str,
     stream: S,
@@ -63,36 +62,58 @@ fn spawn_watch<K, S>(
     K: Send + 'static,
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(ev) => {
-                    let mut h = health.lock().unwrap();
-                    h.last_event_ms = Some(now_ms());
-                    if let watcher::Event::InitDone = ev {
-                        let mut l = listed.lock().unwrap();
-                        let n = l.entry(name).or_default();
-                        *n += 1;
-                        if *n > 1 {
-                            h.relists += 1;
-                            tracing::info!(kind = name, "relisted");
-                        }
-                    }
-                    drop(h);
-                    if !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_)) {
-                        dirty.notify_one();
+    tokio::spawn(drive_watch(name, stream, health, listed, dirty));
+}
+
+/// Count one kind's lists, events and errors, and mark the snapshot dirty
+/// on every change. Events of a list in progress do not: the store is
+/// swapped at its end (`InitDone`), and that is the change.
+async fn drive_watch<K, S>(
+    name: &'static str,
+    stream: S,
+    health: SharedHealth,
+    listed: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    dirty: Arc<Notify>,
+) where
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(ev) => {
+                let mut h = health.lock().unwrap();
+                h.last_event_ms = Some(now_ms());
+                if let watcher::Event::InitDone = ev {
+                    let mut l = listed.lock().unwrap();
+                    let n = l.entry(name).or_default();
+                    *n += 1;
+                    if *n > 1 {
+                        h.relists += 1;
+                        tracing::info!(kind = name, "relisted");
                     }
                 }
-                Err(e) => {
-                    let mut h = health.lock().unwrap();
-                    h.errors += 1;
-                    h.last_error = Some(format!("{name}: {e}"));
-                    tracing::warn!(kind = name, error = %e, "watch error; retrying with backoff");
+                drop(h);
+                if !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                    dirty.notify_one();
                 }
             }
+            Err(e) => {
+                let mut h = health.lock().unwrap();
+                h.errors += 1;
+                h.last_error = Some(format!("{name}: {e}"));
+                tracing::warn!(kind = name, error = %e, "watch error; retrying with backoff");
+            }
         }
-    });
+    }
+}
+
+/// The kinds not listed yet: no snapshot until this is empty.
+fn unlisted(listed: &BTreeMap<&'static str, u64>) -> Vec<&'static str> {
+    KINDS
+        .iter()
+        .copied()
+        .filter(|k| !listed.contains_key(k))
+        .collect()
 }
 
 /// Keep in memory only what the agent reads: server-side apply's managed
@@ -289,14 +310,7 @@ impl KubeSource {
         // the agent release pods or drop services that exist.
         let mut waited = 0u64;
         loop {
-            let missing: Vec<&str> = {
-                let l = listed.lock().unwrap();
-                KINDS
-                    .iter()
-                    .copied()
-                    .filter(|k| !l.contains_key(k))
-                    .collect()
-            };
+            let missing = unlisted(&listed.lock().unwrap());
             if missing.is_empty() {
                 break;
             }
@@ -357,6 +371,81 @@ pub async fn client(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use kube::runtime::watcher::Event;
+
+    fn node(name: &str) -> Node {
+        strait_model::cluster::test_node(name, Some("10.0.0.0/24"), Some("192.0.2.1"))
+    }
+
+    /// A watcher's events in the orders the apiserver produces them: a
+    /// list, changes, an error, a relist (after "410 Gone") that drops an
+    /// object deleted meanwhile. The store ends as the last list says; the
+    /// list in progress never publishes half a view; the relist and the
+    /// error are counted.
+    #[tokio::test]
+    async fn lists_changes_errors_and_relists_in_order() {
+        let health: SharedHealth = Arc::new(Mutex::new(SourceStatus::default()));
+        let listed = Arc::new(Mutex::new(BTreeMap::new()));
+        let dirty = Arc::new(Notify::new());
+        let notified = |d: &Notify| d.notified().now_or_never().is_some();
+        // A list in progress: nothing is marked dirty until it is done.
+        let list = || {
+            vec![
+                Ok(Event::Init),
+                Ok(Event::InitApply(node("a"))),
+                Ok(Event::InitApply(node("b"))),
+            ]
+        };
+        let (_, writer) = reflector::store::<Node>();
+        drive_watch(
+            "nodes",
+            futures::stream::iter(list()).reflect(writer),
+            health.clone(),
+            listed.clone(),
+            dirty.clone(),
+        )
+        .await;
+        assert!(!notified(&dirty), "no snapshot of a list in progress");
+        assert_eq!(unlisted(&listed.lock().unwrap()).len(), KINDS.len());
+        let gone = watcher::Error::WatchError(Box::new(
+            kube::core::Status::failure("too old resource version", "Expired").with_code(410),
+        ));
+        let (reader, writer) = reflector::store::<Node>();
+        let mut all = list();
+        all.extend([
+            Ok(Event::InitDone),
+            Ok(Event::Apply(node("c"))),
+            Ok(Event::Delete(node("a"))),
+            Err(gone),
+            Ok(Event::Init),
+            Ok(Event::InitApply(node("c"))),
+            Ok(Event::InitDone),
+        ]);
+        drive_watch(
+            "nodes",
+            futures::stream::iter(all).reflect(writer),
+            health.clone(),
+            listed.clone(),
+            dirty.clone(),
+        )
+        .await;
+        assert!(notified(&dirty));
+        let mut names: Vec<String> = reader
+            .state()
+            .iter()
+            .map(|n| n.metadata.name.clone().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["c"], "b was deleted while the watch was down");
+        let h = health.lock().unwrap().clone();
+        assert_eq!((h.relists, h.errors), (1, 1), "{h:?}");
+        assert!(h.last_error.unwrap().contains("nodes"));
+        let missing = unlisted(&listed.lock().unwrap());
+        assert!(!missing.contains(&"nodes") && missing.contains(&"pods"));
+    }
+
     #[test]
     fn v1beta1_slices_become_v1() {
         let o: kube::api::DynamicObject = serde_json::from_str(
