@@ -7,7 +7,10 @@
 //! - create -> programmed: from the first object written to the last
 //!   service in node-a's eBPF service map;
 //! - one endpoint change -> programmed: one EndpointSlice's first address
-//!   changed, until the new backend is in the map (median of 5);
+//!   changed, until the new backend is in the map (median of 5). Through
+//!   the apiserver and etcd the change is written by a client that stays
+//!   connected, as an endpoints controller's does; the files source gets
+//!   its whole file rewritten;
 //! - the agent's RSS with everything programmed.
 //!
 //! "Programmed" is read straight from the pinned strait_lb map, so the
@@ -98,13 +101,97 @@ fn rss_mb(pid: i32) -> f64 {
         / 1024.0
 }
 
+/// Until `f` holds, without blocking the client's runtime.
+async fn wait_async(timeout: Duration, f: impl Fn() -> bool) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    while !f() {
+        if t0.elapsed() > timeout {
+            bail!("the change programmed: not within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(t0.elapsed())
+}
+
+/// Five endpoint changes written by a client that stays connected, as an
+/// endpoints controller's does: (write -> programmed, write returned ->
+/// programmed).
+fn changes_connected(
+    st: &strait_lab::LabState,
+    cp: &str,
+    n: usize,
+    pins: &std::path::Path,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let pins = pins.to_path_buf();
+    let each = |i: usize, g: usize| (i, g, format!("s{i}-1"), slice(i, g));
+    let todo: Vec<_> = (1..=5).map(|g| each(g * 7 % n, g)).collect();
+    let mut out = (vec![], vec![]);
+    if cp == "etcd" {
+        return strait_lab::control_plane::with_etcd(st, move |c| async move {
+            for (i, g, name, v) in todo {
+                let key = strait_model::datastore::key_of(
+                    strait_model::datastore::DEFAULT_PREFIX,
+                    "EndpointSlice",
+                    Some("scale"),
+                    &name,
+                )
+                .context("slice key")?;
+                let t0 = Instant::now();
+                c.put(key.as_bytes(), &serde_json::to_vec(&v)?).await?;
+                let after = wait_async(Duration::from_secs(60), || {
+                    programmed(&pins, i, backend(i, 0, g))
+                })
+                .await?;
+                out.0.push(t0.elapsed());
+                out.1.push(after);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Ok(out)
+        });
+    }
+    strait_lab::publish::admin(st, move |c| async move {
+        use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+        let v1 = c
+            .list_api_group_resources("discovery.k8s.io/v1")
+            .await
+            .is_ok_and(|r| r.resources.iter().any(|r| r.name == "endpointslices"));
+        let version = if v1 { "v1" } else { "v1beta1" };
+        let ar = ApiResource {
+            group: "discovery.k8s.io".into(),
+            version: version.into(),
+            api_version: format!("discovery.k8s.io/{version}"),
+            kind: "EndpointSlice".into(),
+            plural: "endpointslices".into(),
+        };
+        let api = Api::<DynamicObject>::namespaced_with(c, "scale", &ar);
+        let pp = PatchParams::apply("strait-lab").force();
+        for (i, g, name, v) in todo {
+            let v = if v1 {
+                v
+            } else {
+                strait_lab::publish::slice_to_v1beta1(v)
+            };
+            let t0 = Instant::now();
+            api.patch(&name, &pp, &Patch::Apply(&v)).await?;
+            let after = wait_async(Duration::from_secs(60), || {
+                programmed(&pins, i, backend(i, 0, g))
+            })
+            .await?;
+            out.0.push(t0.elapsed());
+            out.1.push(after);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Ok(out)
+    })
+}
+
 struct Row {
     source: &'static str,
     create: Duration,
     write: Duration,
     changes: Vec<Duration>,
-    /// From the source accepting the change (file renamed, apiserver
-    /// answered) to programmed: the agent's part.
+    /// From the source accepting the change (file renamed, apiserver or
+    /// etcd answered) to programmed: the agent's part.
     after_write: Vec<Duration>,
     rss: f64,
 }
@@ -132,26 +219,27 @@ fn run(source: &'static str, cp: &str, n: usize, bins: &Binaries) -> anyhow::Res
         let create = t0.elapsed();
         eprintln!("{source}: programmed after {create:?} (writing took {write:?})");
         std::thread::sleep(Duration::from_secs(2));
-        let (mut changes, mut after_write) = (vec![], vec![]);
-        for g in 1..=5 {
-            let i = g * 7 % n;
-            let t0 = Instant::now();
-            if cp == "files" {
+        let (changes, after_write) = if cp == "files" {
+            let (mut changes, mut after_write) = (vec![], vec![]);
+            for g in 1..=5 {
+                let i = g * 7 % n;
+                let t0 = Instant::now();
                 // The files source reads whole files: the one slice changes
                 // inside the file that holds them all.
                 objs[2 * i + 1] = slice(i, g);
                 strait_lab::publish::put(&st, "scale", &objs)?;
-            } else {
-                strait_lab::publish::put(&st, &format!("change{g}"), &[slice(i, g)])?;
+                after_write.push(wait(
+                    "the change programmed",
+                    Duration::from_secs(60),
+                    || programmed(&pins, i, backend(i, 0, g)),
+                )?);
+                changes.push(t0.elapsed());
+                std::thread::sleep(Duration::from_millis(300));
             }
-            after_write.push(wait(
-                "the change programmed",
-                Duration::from_secs(60),
-                || programmed(&pins, i, backend(i, 0, g)),
-            )?);
-            changes.push(t0.elapsed());
-            std::thread::sleep(Duration::from_millis(300));
-        }
+            (changes, after_write)
+        } else {
+            changes_connected(&st, cp, n, &pins)?
+        };
         if let Ok(status) =
             strait_lab::run::agent_status(&st.socket(st.plan.node("node-a").unwrap()))
         {
