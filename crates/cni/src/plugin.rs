@@ -300,6 +300,7 @@ async fn wire(
         oif: Some(eth),
         kind: RouteKind::Unicast,
         protocol: ROUTE_PROTOCOL,
+        table: strait_netlink::MAIN_TABLE,
     };
     let (to_gw, default) = (
         pod_route(IpNet::from(gw), None),
@@ -390,6 +391,7 @@ pub fn host_route(ip: IpAddr, host_index: u32) -> Route {
         oif: Some(host_index),
         kind: RouteKind::Unicast,
         protocol: ROUTE_PROTOCOL,
+        table: strait_netlink::MAIN_TABLE,
     }
 }
 

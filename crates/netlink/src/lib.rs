@@ -7,11 +7,13 @@
 //! it, and that closure opens its own [`Netlink`].
 
 mod netns;
+mod overlay;
 mod rt;
 mod sysctl;
 
 pub use netns::{in_netns, NetnsFile, NetnsId};
-pub use rt::{block_on, Link, Netlink, Route, RouteKind};
+pub use overlay::{FdbEntry, Rule, Vxlan};
+pub use rt::{block_on, Link, Netlink, Route, RouteKind, MAIN_TABLE};
 pub use sysctl::write_sysctl;
 
 #[derive(Debug, thiserror::Error)]

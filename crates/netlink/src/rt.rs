@@ -23,7 +23,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// A route-netlink connection in the namespace it was opened in.
 pub struct Netlink {
-    handle: Handle,
+    pub(crate) handle: Handle,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,7 +45,10 @@ pub enum RouteKind {
     Unreachable,
 }
 
-/// A route in the main table, in the terms strait uses.
+/// The main routing table's id.
+pub const MAIN_TABLE: u32 = 254;
+
+/// A route, in the terms strait uses.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
     pub dst: IpNet,
@@ -53,9 +56,11 @@ pub struct Route {
     pub oif: Option<u32>,
     pub kind: RouteKind,
     pub protocol: u8,
+    /// The routing table ([`MAIN_TABLE`] unless policy routing says else).
+    pub table: u32,
 }
 
-fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
+pub(crate) fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
     let op = op.into();
     move |source| KernelError::Netlink { op, source }
 }
@@ -91,8 +96,10 @@ fn route_from(msg: RouteMessage) -> Option<Route> {
     let mut dst: Option<IpAddr> = None;
     let mut via = None;
     let mut oif = None;
+    let mut table = msg.header.table as u32;
     for a in msg.attributes {
         match a {
+            RouteAttribute::Table(t) => table = t,
             RouteAttribute::Destination(RouteAddress::Inet(v4)) => dst = Some(v4.into()),
             RouteAttribute::Destination(RouteAddress::Inet6(v6)) => dst = Some(v6.into()),
             RouteAttribute::Gateway(RouteAddress::Inet(v4)) => via = Some(v4.into()),
@@ -113,6 +120,7 @@ fn route_from(msg: RouteMessage) -> Option<Route> {
         oif,
         kind,
         protocol: u8::from(msg.header.protocol),
+        table,
     })
 }
 
@@ -278,6 +286,7 @@ impl Netlink {
             .destination_prefix(route.dst.addr(), route.dst.prefix_len())
             .expect("address family is consistent")
             .protocol(RouteProtocol::from(route.protocol))
+            .table_id(route.table)
             .kind(match route.kind {
                 RouteKind::Unicast => RouteType::Unicast,
                 RouteKind::Blackhole => RouteType::BlackHole,
@@ -296,7 +305,7 @@ impl Netlink {
         b.scope(scope).build()
     }
 
-    /// Add or replace a route in the main table (idempotent).
+    /// Add or replace a route in its table (idempotent).
     pub async fn replace_route(&self, route: &Route) -> Result<()> {
         self.handle
             .route()
@@ -330,6 +339,11 @@ impl Netlink {
 
     /// Routes of the main table for one address family.
     pub async fn routes(&self, v4: bool) -> Result<Vec<Route>> {
+        self.routes_in(MAIN_TABLE, v4).await
+    }
+
+    /// Routes of one table for one address family.
+    pub async fn routes_in(&self, table: u32, v4: bool) -> Result<Vec<Route>> {
         let req = if v4 {
             RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
         } else {
@@ -345,10 +359,8 @@ impl Netlink {
             .map_err(nl("dump routes"))?;
         Ok(msgs
             .into_iter()
-            .filter(|m| {
-                m.header.table == RouteMessage::default().header.table || m.header.table == 254
-            })
             .filter_map(route_from)
+            .filter(|r| r.table == table)
             .collect())
     }
 

@@ -23,6 +23,7 @@ impl CrossNode for Routed {
                 oif: None,
                 kind: RouteKind::Unicast,
                 protocol: ROUTE_PROTOCOL,
+                table: strait_netlink::MAIN_TABLE,
             })
             .collect()
     }

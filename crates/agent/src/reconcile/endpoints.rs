@@ -199,6 +199,7 @@ impl Reconciler for Endpoints {
                     oif: Some(idx),
                     kind: RouteKind::Unicast,
                     protocol: ROUTE_PROTOCOL,
+                    table: strait_netlink::MAIN_TABLE,
                 })
             })
             .collect();

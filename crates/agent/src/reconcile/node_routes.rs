@@ -50,6 +50,7 @@ impl Reconciler for NodeRoutes {
                     oif: None,
                     kind: RouteKind::Unreachable,
                     protocol: ROUTE_PROTOCOL,
+                    table: strait_netlink::MAIN_TABLE,
                 });
             } else if let Some(up) = links.iter().find(|l| l.name == agent.cfg.uplink) {
                 // nftables translates in the nat hooks, after the route lookup
@@ -61,6 +62,7 @@ impl Reconciler for NodeRoutes {
                     oif: Some(up.index),
                     kind: RouteKind::Unicast,
                     protocol: ROUTE_PROTOCOL,
+                    table: strait_netlink::MAIN_TABLE,
                 });
             }
         }
@@ -71,6 +73,7 @@ impl Reconciler for NodeRoutes {
                 oif: None,
                 kind: RouteKind::Blackhole,
                 protocol: ROUTE_PROTOCOL,
+                table: strait_netlink::MAIN_TABLE,
             });
         }
         let veth_index: std::collections::BTreeSet<u32> = links

@@ -1,0 +1,146 @@
+//! The overlay primitives against the real kernel, in a namespace the test
+//! creates (and removes, even on panic): a VXLAN device read back, FDB
+//! entries appended beside each other and deleted, rules and routes in a
+//! table of their own. Needs root; under CI=true a skip is a failure.
+
+use std::net::IpAddr;
+use std::process::Command;
+use strait_netlink::{
+    block_on, in_netns, FdbEntry, Netlink, NetnsFile, Route, RouteKind, Rule, Vxlan,
+};
+
+struct Ns(String);
+
+impl Ns {
+    fn new(name: &str) -> Ns {
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        Ns(name.into())
+    }
+
+    fn ip(&self, args: &str) {
+        let mut a = vec!["-n", &self.0];
+        a.extend(args.split_whitespace());
+        let out = Command::new("ip").args(&a).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root under CI"
+    );
+    eprintln!("\n!!! SKIPPED {test}: needs root !!!\n");
+    false
+}
+
+#[test]
+fn vxlan_fdb_rules_and_tables() {
+    if !root("vxlan_fdb_rules_and_tables") {
+        return;
+    }
+    let ns = Ns::new("strait-t-nl-overlay");
+    ns.ip("link add up0 type veth peer name up1");
+    ns.ip("addr add 198.18.5.1/24 dev up0");
+    ns.ip("link set up0 up");
+    let f = NetnsFile::open(std::path::Path::new("/run/netns/strait-t-nl-overlay")).unwrap();
+    in_netns(&f, || {
+        block_on(async {
+            let nl = Netlink::connect().unwrap();
+            let up0 = nl.link("up0").await.unwrap().unwrap();
+            let want = Vxlan {
+                vni: 4,
+                port: 8472,
+                local: Some("198.18.5.1".parse().unwrap()),
+                dev: Some(up0.index),
+                learning: false,
+            };
+            nl.create_vxlan("eth0.vxlan4", &want, 1450).await.unwrap();
+            let (index, got) = nl.vxlan("eth0.vxlan4").await.unwrap().unwrap();
+            assert_eq!(got, want);
+            assert_eq!(nl.link("eth0.vxlan4").await.unwrap().unwrap().mtu, 1450);
+            assert!(
+                nl.vxlan("up0").await.unwrap().is_none(),
+                "a veth is no VXLAN device"
+            );
+            assert!(nl.vxlan("nothing").await.unwrap().is_none());
+            // A second device on the same VNI and port is refused by the kernel.
+            assert!(nl.create_vxlan("eth0.vxlan4b", &want, 1450).await.is_err());
+
+            // One all-zeros entry per remote VTEP (BUM), and a unicast one.
+            let vtep = |s: &str| -> IpAddr { s.parse().unwrap() };
+            let zero = |d: &str| FdbEntry {
+                mac: [0; 6],
+                dst: vtep(d),
+            };
+            let peer = FdbEntry {
+                mac: [0x0a, 0x58, 198, 18, 5, 2],
+                dst: vtep("198.18.5.2"),
+            };
+            for e in [zero("198.18.5.2"), zero("198.18.5.3"), peer.clone()] {
+                nl.append_fdb(index, &e).await.unwrap();
+            }
+            let fdb = nl.fdb(index).await.unwrap();
+            assert_eq!(
+                fdb,
+                vec![zero("198.18.5.2"), zero("198.18.5.3"), peer.clone()]
+            );
+            nl.delete_fdb(index, &zero("198.18.5.3")).await.unwrap();
+            nl.delete_fdb(index, &zero("198.18.5.3")).await.unwrap();
+            assert_eq!(nl.fdb(index).await.unwrap(), vec![zero("198.18.5.2"), peer]);
+
+            // A rule to a table of its own, and a route in it (not in main).
+            nl.set_up(index).await.unwrap();
+            let rule = Rule {
+                priority: 1000,
+                src: None,
+                dst: Some("198.19.0.0/16".parse().unwrap()),
+                iif: None,
+                table: 40000,
+                protocol: 200,
+            };
+            nl.add_rule(&rule).await.unwrap();
+            assert!(nl.rules(true).await.unwrap().contains(&rule));
+            let route = Route {
+                dst: "198.19.1.0/24".parse().unwrap(),
+                via: None,
+                oif: Some(index),
+                kind: RouteKind::Unicast,
+                protocol: 200,
+                table: 40000,
+            };
+            nl.replace_route(&route).await.unwrap();
+            assert_eq!(
+                nl.routes_in(40000, true).await.unwrap(),
+                vec![route.clone()]
+            );
+            assert!(
+                !nl.routes(true).await.unwrap().contains(&route),
+                "not in main"
+            );
+            assert!(nl.delete_route(&route).await.unwrap());
+            assert!(nl.delete_rule(&rule).await.unwrap());
+            assert!(!nl.delete_rule(&rule).await.unwrap());
+            assert!(!nl.rules(true).await.unwrap().contains(&rule));
+        })
+    })
+    .unwrap();
+}
