@@ -33,6 +33,9 @@ pub struct AgentConfig {
     pub cgroup: Option<PathBuf>,
     /// How pod traffic crosses between nodes (see `crossnode::MODES`).
     pub cross_node: String,
+    /// vxlan: the VNI and UDP port of the overlay.
+    pub vxlan_vni: u32,
+    pub vxlan_port: u16,
     /// Where to install the CNI conflist once the agent is ready (the
     /// runtime's config directory, /etc/cni/net.d); None: not at all.
     pub cni_conf_dir: Option<PathBuf>,

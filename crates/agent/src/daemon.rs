@@ -184,7 +184,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let ipam = NodeIpam::load(cfg.state_dir.join("ipam.json"), cfg.ip_cooldown)
         .context("load IPAM state")?;
     // Backends by name: every choice is checked before anything is loaded.
-    let cross_node = crate::crossnode::by_name(&cfg.cross_node)?;
+    let cross_node = crate::crossnode::by_name(&cfg)?;
     let svc_name = match cfg.mode {
         strait_model::lab::Mode::Routed => "nftables",
         strait_model::lab::Mode::Ebpf => "ebpf",

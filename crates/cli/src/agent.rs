@@ -56,9 +56,16 @@ pub struct Args {
     #[arg(long)]
     cgroup: Option<PathBuf>,
     /// How pod traffic crosses between nodes: routed (a route per node's pod
-    /// CIDR via its node IP).
-    #[arg(long, default_value = "routed")]
+    /// CIDR via its node IP) or vxlan (an overlay on --uplink: device
+    /// <uplink>.vxlan<VNI>, table 40000).
+    #[arg(long, default_value = "routed", value_parser = ["routed", "vxlan"])]
     cross_node: String,
+    /// vxlan: the VNI (the device is named <uplink>.vxlan<VNI>).
+    #[arg(long, default_value_t = strait_model::overlay::VXLAN_VNI)]
+    vxlan_vni: u32,
+    /// vxlan: the UDP port (8472, as Hybridnet and flannel use).
+    #[arg(long, default_value_t = strait_model::overlay::VXLAN_PORT)]
+    vxlan_port: u16,
     /// Install the CNI conflist (10-strait.conflist) into this directory once
     /// the agent is ready, e.g. /etc/cni/net.d.
     #[arg(long)]
@@ -118,6 +125,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             .transpose()?,
         cgroup: a.cgroup,
         cross_node: a.cross_node,
+        vxlan_vni: a.vxlan_vni,
+        vxlan_port: a.vxlan_port,
         cni_conf_dir: a.cni_conf_dir,
         cni_version: a.cni_version,
         mtu: a.mtu,

@@ -301,6 +301,7 @@ async fn wire(
         kind: RouteKind::Unicast,
         protocol: ROUTE_PROTOCOL,
         table: strait_netlink::MAIN_TABLE,
+        onlink: false,
     };
     let (to_gw, default) = (
         pod_route(IpNet::from(gw), None),
@@ -392,6 +393,7 @@ pub fn host_route(ip: IpAddr, host_index: u32) -> Route {
         kind: RouteKind::Unicast,
         protocol: ROUTE_PROTOCOL,
         table: strait_netlink::MAIN_TABLE,
+        onlink: false,
     }
 }
 

@@ -3,7 +3,8 @@
 //! node uplinks) while one TCP request/response crosses it; the table says,
 //! for the request and the reply separately, where each was seen. This is
 //! how the seeds' observations ("the destination's host veth sees only the
-//! reply") are reproduced.
+//! reply") are reproduced. VXLAN frames (UDP 8472) are opened: the inner
+//! addresses count, and the outer ones are shown beside them.
 
 use crate::run::netns_path;
 use crate::state::LabState;
@@ -28,6 +29,9 @@ pub struct Hop {
 pub struct Seen {
     pub request: usize,
     pub reply: usize,
+    /// The request inside a VXLAN frame: its outer (source, destination).
+    pub request_outer: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub reply_outer: Option<(Ipv4Addr, Ipv4Addr)>,
 }
 
 #[derive(Debug)]
@@ -53,24 +57,29 @@ impl HopReport {
             "{} -> {} (answered by {})\n\n",
             self.src, self.dst, self.answered_by
         );
+        let mark = |n: usize, outer: Option<(Ipv4Addr, Ipv4Addr)>| match (n, outer) {
+            (0, _) => "-".to_string(),
+            (n, None) => format!("seen ({n})"),
+            (n, Some((s, d))) => format!("vxlan ({n}) {s}>{d}"),
+        };
+        let w = self
+            .hops
+            .iter()
+            .map(|(_, s)| mark(s.request, s.request_outer).len())
+            .max()
+            .unwrap_or(0)
+            .max(10);
         out.push_str(&format!(
-            "{:<22} {:<18} {:<10} {}\n",
+            "{:<22} {:<18} {:<w$} {}\n",
             "HOP", "INTERFACE", "REQUEST", "REPLY"
         ));
-        let mark = |n: usize| {
-            if n > 0 {
-                format!("seen ({n})")
-            } else {
-                "-".into()
-            }
-        };
         for (h, s) in &self.hops {
             out.push_str(&format!(
-                "{:<22} {:<18} {:<10} {}\n",
+                "{:<22} {:<18} {:<w$} {}\n",
                 h.label,
                 h.iface,
-                mark(s.request),
-                mark(s.reply)
+                mark(s.request, s.request_outer),
+                mark(s.reply, s.reply_outer)
             ));
         }
         let path = |f: &dyn Fn(&Seen) -> bool| {
@@ -132,6 +141,20 @@ pub fn path(
     } else {
         anyhow::bail!("{src} is neither a pod nor a node of lab {}", plan.name);
     };
+    // The overlay's device, where the packet is encapsulated / opened.
+    let vxlan = (plan.cross_node == strait_model::lab::CrossNodeMode::Vxlan
+        && dnode.name != snode.name)
+        .then(|| {
+            strait_model::overlay::vxlan_device("eth0", strait_model::overlay::VXLAN_VNI)
+                .expect("eth0.vxlan<VNI> fits")
+        });
+    if let Some(dev) = &vxlan {
+        hops.push(Hop {
+            label: format!("{} {dev}", snode.name),
+            netns: snode.netns.clone(),
+            iface: dev.clone(),
+        });
+    }
     hops.push(Hop {
         label: format!("{} eth0", snode.name),
         netns: snode.netns.clone(),
@@ -142,6 +165,13 @@ pub fn path(
             label: format!("{} eth0", dnode.name),
             netns: dnode.netns.clone(),
             iface: "eth0".into(),
+        });
+    }
+    if let Some(dev) = &vxlan {
+        hops.push(Hop {
+            label: format!("{} {dev}", dnode.name),
+            netns: dnode.netns.clone(),
+            iface: dev.clone(),
         });
     }
     hops.push(Hop {
@@ -164,7 +194,43 @@ fn v4(ip: IpAddr) -> anyhow::Result<Ipv4Addr> {
     }
 }
 
-type Pairs = std::collections::HashMap<(Ipv4Addr, Ipv4Addr), usize>;
+/// (source, destination).
+type Pair = (Ipv4Addr, Ipv4Addr);
+type Pairs = std::collections::HashMap<Pair, usize>;
+
+/// One interface's capture: packets by inner (source, destination), and
+/// for those that came inside VXLAN, their outer pair.
+#[derive(Default)]
+struct Captured {
+    pairs: Pairs,
+    outer: std::collections::HashMap<Pair, Pair>,
+}
+
+/// The IPv4 (source, destination) of an Ethernet frame, and, when it is
+/// a VXLAN frame (UDP to 8472), those of the packet inside it.
+fn addresses(f: &[u8]) -> Option<(Pair, Option<Pair>)> {
+    let ip = |b: &[u8]| -> Option<Pair> {
+        if b.len() < 34 || b[12..14] != [0x08, 0x00] {
+            return None;
+        }
+        Some((
+            Ipv4Addr::new(b[26], b[27], b[28], b[29]),
+            Ipv4Addr::new(b[30], b[31], b[32], b[33]),
+        ))
+    };
+    let outer = ip(f)?;
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let udp = 14 + ihl;
+    let is_vxlan = f[23] == 17
+        && f.len() >= udp + 16
+        && u16::from_be_bytes([f[udp + 2], f[udp + 3]]) == strait_model::overlay::VXLAN_PORT;
+    if is_vxlan {
+        if let Some(inner) = ip(&f[udp + 16..]) {
+            return Some((inner, Some(outer)));
+        }
+    }
+    Some((outer, None))
+}
 
 /// Count IPv4 packets by (source, destination) seen on one interface
 /// until `stop`.
@@ -173,9 +239,9 @@ fn capture(
     iface: &str,
     ready: &AtomicBool,
     stop: &AtomicBool,
-) -> anyhow::Result<Pairs> {
+) -> anyhow::Result<Captured> {
     let iface = iface.to_string();
-    in_netns(ns, move || -> anyhow::Result<Pairs> {
+    in_netns(ns, move || -> anyhow::Result<Captured> {
         let cname = std::ffi::CString::new(iface.clone())?;
         // SAFETY: plain libc calls with valid arguments; the fd is closed below.
         unsafe {
@@ -214,16 +280,20 @@ fn capture(
                 std::mem::size_of::<libc::timeval>() as u32,
             );
             ready.store(true, Ordering::SeqCst);
-            let mut seen = Pairs::new();
+            let mut seen = Captured::default();
             let mut buf = [0u8; 2048];
             while !stop.load(Ordering::SeqCst) {
                 let n = libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
-                if n < 34 || buf[12..14] != [0x08, 0x00] {
+                if n < 34 {
                     continue;
                 }
-                let s = Ipv4Addr::new(buf[26], buf[27], buf[28], buf[29]);
-                let d = Ipv4Addr::new(buf[30], buf[31], buf[32], buf[33]);
-                *seen.entry((s, d)).or_default() += 1;
+                let Some((pair, outer)) = addresses(&buf[..n as usize]) else {
+                    continue;
+                };
+                *seen.pairs.entry(pair).or_default() += 1;
+                if let Some(o) = outer {
+                    seen.outer.insert(pair, o);
+                }
             }
             libc::close(fd);
             Ok(seen)
@@ -232,7 +302,10 @@ fn capture(
 }
 
 /// Capture on `hops` while `traffic` runs.
-fn capture_during<T>(hops: &[Hop], traffic: impl FnOnce() -> T) -> anyhow::Result<(Vec<Pairs>, T)> {
+fn capture_during<T>(
+    hops: &[Hop],
+    traffic: impl FnOnce() -> T,
+) -> anyhow::Result<(Vec<Captured>, T)> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = vec![];
     let mut readies = vec![];
@@ -279,10 +352,12 @@ pub fn trace(st: &LabState, src: &str, dst: &str) -> anyhow::Result<HopReport> {
     let hops = hops
         .into_iter()
         .zip(pairs)
-        .map(|(h, p)| {
+        .map(|(h, c)| {
             let seen = Seen {
-                request: p.get(&(sip, dip)).copied().unwrap_or(0),
-                reply: p.get(&(dip, sip)).copied().unwrap_or(0),
+                request: c.pairs.get(&(sip, dip)).copied().unwrap_or(0),
+                reply: c.pairs.get(&(dip, sip)).copied().unwrap_or(0),
+                request_outer: c.outer.get(&(sip, dip)).copied(),
+                reply_outer: c.outer.get(&(dip, sip)).copied(),
             };
             (h, seen)
         })
@@ -425,7 +500,13 @@ pub fn trace_service(
         )
     })?;
     let probe = probe?;
-    let hops = tally(hops, pairs, vip, client, &backend_ips);
+    let hops = tally(
+        hops,
+        pairs.into_iter().map(|c| c.pairs).collect(),
+        vip,
+        client,
+        &backend_ips,
+    );
     Ok(ServiceHopReport {
         client,
         vip,
@@ -484,7 +565,13 @@ pub fn trace_external(
         crate::probe::probe(&netns_path(&ext), frontend, false, Duration::from_secs(2))
     })?;
     let probe = probe?;
-    let hops = tally(hops, pairs, fip, client, &backend_ips);
+    let hops = tally(
+        hops,
+        pairs.into_iter().map(|c| c.pairs).collect(),
+        fip,
+        client,
+        &backend_ips,
+    );
     Ok(ServiceHopReport {
         client,
         vip: fip,
@@ -519,4 +606,49 @@ fn tally(
             (h, v, pods)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend([0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0]);
+        f.extend(src);
+        f.extend(dst);
+        f.extend(payload);
+        f
+    }
+
+    #[test]
+    fn vxlan_frames_are_opened() {
+        let inner = ipv4([198, 19, 0, 1], [198, 19, 1, 1], 6, &[0; 20]);
+        let mut udp = vec![0x12, 0x34];
+        udp.extend(strait_model::overlay::VXLAN_PORT.to_be_bytes());
+        udp.extend([0, 0, 0, 0]);
+        udp.extend([0x08, 0, 0, 0, 0, 0, 20, 0]);
+        udp.extend(&inner);
+        let outer = ipv4([198, 18, 0, 1], [198, 18, 0, 2], 17, &udp);
+        let a = |x: [u8; 4]| Ipv4Addr::from(x);
+        assert_eq!(
+            addresses(&outer),
+            Some((
+                (a([198, 19, 0, 1]), a([198, 19, 1, 1])),
+                Some((a([198, 18, 0, 1]), a([198, 18, 0, 2])))
+            ))
+        );
+        assert_eq!(
+            addresses(&inner),
+            Some(((a([198, 19, 0, 1]), a([198, 19, 1, 1])), None))
+        );
+        // UDP to another port is not opened; ARP is not IPv4.
+        let mut dns = udp.clone();
+        dns[2..4].copy_from_slice(&53u16.to_be_bytes());
+        let plain = ipv4([198, 18, 0, 1], [198, 18, 0, 2], 17, &dns);
+        assert_eq!(addresses(&plain).unwrap().1, None);
+        let mut arp = inner.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(addresses(&arp), None);
+    }
 }

@@ -115,8 +115,12 @@ pub fn run_cni(
 }
 
 fn write_node_manifests(st: &LabState) -> anyhow::Result<()> {
-    let nodes: Vec<serde_json::Value> = st
-        .plan
+    crate::publish::put(st, "nodes", &node_objects(st))
+}
+
+/// The lab's Node objects, as it publishes them (set "nodes").
+pub fn node_objects(st: &LabState) -> Vec<serde_json::Value> {
+    st.plan
         .nodes
         .iter()
         .map(|n| {
@@ -130,8 +134,7 @@ fn write_node_manifests(st: &LabState) -> anyhow::Result<()> {
                 "metadata": node.metadata, "spec": node.spec, "status": node.status,
             })
         })
-        .collect();
-    crate::publish::put(st, "nodes", &nodes)
+        .collect()
 }
 
 pub(crate) fn spawn_daemon(
@@ -219,7 +222,7 @@ pub fn start_agent(
     // As on a real node: the agent installs the CNI config when it is ready
     // (an older build, started by the upgrade test, has no such flag).
     let net_d = nd.join("net.d");
-    let mtu = st.plan.mtu.to_string();
+    let mtu = st.plan.pod_mtu().to_string();
     if agent_supports(&bins.strait, "--cni-conf-dir") {
         args.extend(["--cni-conf-dir", net_d.to_str().unwrap(), "--mtu", &mtu]);
     }
@@ -255,6 +258,15 @@ pub fn start_agent(
         if st.plan.no_redirect_peer {
             args.push("--no-redirect-peer");
         }
+    }
+    // Only when not routed: an older build (the upgrade test's) predates it.
+    if st.plan.cross_node != strait_model::lab::CrossNodeMode::Routed {
+        args.extend([
+            "--cross-node",
+            st.plan.cross_node.as_str(),
+            "--uplink",
+            "eth0",
+        ]);
     }
     spawn_daemon(
         &n.netns,
@@ -303,7 +315,7 @@ pub fn cni_conf(st: &LabState, n: &NodePlan) -> Vec<u8> {
         "name": format!("strait-lab-{}", st.plan.name),
         "type": "strait-cni",
         "agentSocket": st.socket(n),
-        "mtu": st.plan.mtu,
+        "mtu": st.plan.pod_mtu(),
     }))
     .unwrap()
 }
@@ -341,11 +353,12 @@ pub fn up(file: &Path, bins: &Binaries) -> anyhow::Result<LabState> {
     let plan = lab.plan()?;
     let t0 = Instant::now();
     eprintln!(
-        "lab {}: {} nodes, {} pods, mode {}",
+        "lab {}: {} nodes, {} pods, mode {}, cross-node {}",
         plan.name,
         plan.nodes.len(),
         plan.pods.len(),
-        plan.mode
+        plan.mode,
+        plan.cross_node
     );
     if !netns_with_prefix(&netns_prefix(&plan.name)).is_empty()
         || LabState::dir_for(&plan.name).exists()
@@ -840,8 +853,13 @@ pub fn status(st: &LabState) -> String {
     let mut out = String::new();
     let plan = &st.plan;
     out.push_str(&format!(
-        "lab {}  mode {}  fabric {}  mtu {}\n\n",
-        plan.name, plan.mode, plan.fabric, plan.mtu
+        "lab {}  mode {}  cross-node {}  fabric {}  mtu {} (pods {})\n\n",
+        plan.name,
+        plan.mode,
+        plan.cross_node,
+        plan.fabric,
+        plan.mtu,
+        plan.pod_mtu()
     ));
     out.push_str(&format!(
         "{:<12} {:<14} {:<16} {:<8} {:<6} {}\n",

@@ -58,11 +58,48 @@ impl std::fmt::Display for ControlPlane {
     }
 }
 
+/// How pod traffic crosses between the lab's nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CrossNodeMode {
+    /// A route per node's pod CIDR via its node IP.
+    #[default]
+    Routed,
+    /// Hybridnet's VXLAN overlay (`eth0.vxlan20`, tables 40000).
+    Vxlan,
+}
+
+impl CrossNodeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrossNodeMode::Routed => "routed",
+            CrossNodeMode::Vxlan => "vxlan",
+        }
+    }
+
+    /// Bytes of encapsulation a pod's packets carry across nodes.
+    pub fn overhead(self) -> u32 {
+        match self {
+            CrossNodeMode::Routed => 0,
+            CrossNodeMode::Vxlan => crate::overlay::VXLAN_OVERHEAD_V4,
+        }
+    }
+}
+
+impl std::fmt::Display for CrossNodeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabSpec {
     #[serde(default)]
     pub mode: Mode,
+    /// Cross-node transport (the node-local datapath is `mode`).
+    #[serde(default)]
+    pub cross_node: CrossNodeMode,
     #[serde(default)]
     pub control_plane: ControlPlane,
     #[serde(default = "default_mtu")]
@@ -120,6 +157,8 @@ pub struct LabPlan {
     pub name: String,
     pub mode: Mode,
     #[serde(default)]
+    pub cross_node: CrossNodeMode,
+    #[serde(default)]
     pub control_plane: ControlPlane,
     #[serde(default = "default_service_cidr")]
     pub service_cidr: Ipv4Net,
@@ -131,6 +170,13 @@ pub struct LabPlan {
     pub fabric: Ipv4Net,
     pub nodes: Vec<NodePlan>,
     pub pods: Vec<PodPlan>,
+}
+
+impl LabPlan {
+    /// The pods' MTU: the fabric's, less the cross-node encapsulation.
+    pub fn pod_mtu(&self) -> u32 {
+        self.mtu - self.cross_node.overhead()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -284,6 +330,11 @@ impl LabFile {
                 spec.mtu
             )));
         }
+        if spec.cross_node == CrossNodeMode::Vxlan && spec.mode == Mode::Ebpf {
+            return Err(LabError::Invalid(
+                "crossNode: vxlan runs with mode: routed (the kernel datapath) for now; the eBPF datapath over VXLAN is not built yet".into(),
+            ));
+        }
         let ap = &spec.address_plan;
         let fabric_hosts = ap.fabric.hosts().count();
         if spec.nodes.len() > fabric_hosts.saturating_sub(8) {
@@ -362,6 +413,7 @@ impl LabFile {
         Ok(LabPlan {
             name: name.clone(),
             mode: spec.mode,
+            cross_node: spec.cross_node,
             control_plane: spec.control_plane,
             service_cidr: ap.service_cidr,
             services,

@@ -13,6 +13,7 @@ pub mod ipam;
 pub mod lab;
 pub mod naming;
 pub mod nft;
+pub mod overlay;
 
 pub mod routes;
 pub mod services;

@@ -57,11 +57,20 @@ pub struct Rule {
 impl Netlink {
     /// Create a VXLAN device (down; the caller sets its MTU and brings it
     /// up). Learning as given, no multicast group.
-    pub async fn create_vxlan(&self, name: &str, v: &Vxlan, mtu: u32) -> Result<()> {
+    pub async fn create_vxlan(
+        &self,
+        name: &str,
+        v: &Vxlan,
+        mac: Option<[u8; 6]>,
+        mtu: u32,
+    ) -> Result<()> {
         let mut b = LinkVxlan::new(name, v.vni)
             .port(v.port)
             .learning(v.learning)
             .mtu(mtu);
+        if let Some(mac) = mac {
+            b = b.address(mac.to_vec());
+        }
         if let Some(dev) = v.dev {
             b = b.dev(dev);
         }
@@ -225,6 +234,32 @@ impl Netlink {
                     Ok(())
                 } else {
                     Err(err)
+                }
+            }
+        }
+    }
+
+    /// Delete a neighbour entry; idempotent.
+    pub async fn delete_neighbour(&self, index: u32, ip: IpAddr) -> Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = if ip.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        m.header.ifindex = index;
+        m.attributes.push(NeighbourAttribute::Destination(match ip {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        }));
+        match self.handle.neighbours().del(m).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl(format!("delete neighbour {ip} on link #{index}"))(e);
+                if e.is_not_found() {
+                    Ok(())
+                } else {
+                    Err(e)
                 }
             }
         }

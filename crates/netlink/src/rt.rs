@@ -5,7 +5,10 @@ use rtnetlink::packet_route::{
     address::AddressAttribute,
     link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    route::{
+        RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope,
+        RouteType,
+    },
     AddressFamily,
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -58,6 +61,9 @@ pub struct Route {
     pub protocol: u8,
     /// The routing table ([`MAIN_TABLE`] unless policy routing says else).
     pub table: u32,
+    /// The gateway is on the link even though no address of the link's
+    /// covers it (an overlay's next hop: `via GW dev vxlan onlink`).
+    pub onlink: bool,
 }
 
 pub(crate) fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
@@ -121,6 +127,7 @@ fn route_from(msg: RouteMessage) -> Option<Route> {
         kind,
         protocol: u8::from(msg.header.protocol),
         table,
+        onlink: msg.header.flags.contains(RouteFlags::Onlink),
     })
 }
 
@@ -297,6 +304,9 @@ impl Netlink {
         }
         if let Some(via) = route.via {
             b = b.gateway(via).expect("address family is consistent");
+        }
+        if route.onlink {
+            b = b.onlink();
         }
         let scope = match (route.kind, route.via) {
             (RouteKind::Unicast, None) => RouteScope::Link,

@@ -73,17 +73,31 @@ fn vxlan_fdb_rules_and_tables() {
                 dev: Some(up0.index),
                 learning: false,
             };
-            nl.create_vxlan("eth0.vxlan4", &want, 1450).await.unwrap();
+            nl.create_vxlan(
+                "eth0.vxlan4",
+                &want,
+                Some([0x0a, 0x58, 198, 18, 5, 1]),
+                1450,
+            )
+            .await
+            .unwrap();
             let (index, got) = nl.vxlan("eth0.vxlan4").await.unwrap().unwrap();
             assert_eq!(got, want);
-            assert_eq!(nl.link("eth0.vxlan4").await.unwrap().unwrap().mtu, 1450);
+            let dev = nl.link("eth0.vxlan4").await.unwrap().unwrap();
+            assert_eq!(
+                (dev.mtu, dev.mac.as_slice()),
+                (1450, &[0x0a, 0x58, 198, 18, 5, 1][..])
+            );
             assert!(
                 nl.vxlan("up0").await.unwrap().is_none(),
                 "a veth is no VXLAN device"
             );
             assert!(nl.vxlan("nothing").await.unwrap().is_none());
             // A second device on the same VNI and port is refused by the kernel.
-            assert!(nl.create_vxlan("eth0.vxlan4b", &want, 1450).await.is_err());
+            assert!(nl
+                .create_vxlan("eth0.vxlan4b", &want, None, 1450)
+                .await
+                .is_err());
 
             // One all-zeros entry per remote VTEP (BUM), and a unicast one.
             let vtep = |s: &str| -> IpAddr { s.parse().unwrap() };
@@ -126,6 +140,7 @@ fn vxlan_fdb_rules_and_tables() {
                 kind: RouteKind::Unicast,
                 protocol: 200,
                 table: 40000,
+                onlink: false,
             };
             nl.replace_route(&route).await.unwrap();
             assert_eq!(

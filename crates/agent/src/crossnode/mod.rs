@@ -1,9 +1,10 @@
 //! Cross-node modes: how pod traffic reaches other nodes. One backend per
 //! mode behind [`CrossNode`], chosen by name; the node-routes reconciler
-//! drives whichever is configured. Routed is here; VXLAN, IPIP, BGP and
-//! VLAN slot in beside it.
+//! drives whichever is configured. Routed and VXLAN are here; IPIP, BGP
+//! and VLAN slot in beside them.
 
 pub mod routed;
+pub mod vxlan;
 
 use futures::future::BoxFuture;
 use strait_model::routes::NodeRoute;
@@ -29,11 +30,23 @@ pub trait CrossNode: Send + Sync {
 }
 
 /// The cross-node modes strait has, by name.
-pub const MODES: &[&str] = &["routed"];
+pub const MODES: &[&str] = &["routed", "vxlan"];
 
-pub fn by_name(name: &str) -> anyhow::Result<Box<dyn CrossNode>> {
-    match name {
+pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
+    match cfg.cross_node.as_str() {
         "routed" => Ok(Box::new(routed::Routed)),
+        "vxlan" => {
+            if cfg.mode == strait_model::lab::Mode::Ebpf {
+                anyhow::bail!("--cross-node vxlan runs with --datapath routed for now; the eBPF datapath over VXLAN is not built yet");
+            }
+            strait_model::overlay::vxlan_device(&cfg.uplink, cfg.vxlan_vni)
+                .map_err(anyhow::Error::msg)?;
+            Ok(Box::new(vxlan::Vxlan {
+                uplink: cfg.uplink.clone(),
+                vni: cfg.vxlan_vni,
+                port: cfg.vxlan_port,
+            }))
+        }
         other => anyhow::bail!(
             "cross-node mode {other:?} is not one strait has; choose one of {}",
             MODES.join(", ")

@@ -24,6 +24,7 @@ impl CrossNode for Routed {
                 kind: RouteKind::Unicast,
                 protocol: ROUTE_PROTOCOL,
                 table: strait_netlink::MAIN_TABLE,
+                onlink: false,
             })
             .collect()
     }

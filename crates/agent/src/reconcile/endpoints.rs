@@ -200,6 +200,7 @@ impl Reconciler for Endpoints {
                     kind: RouteKind::Unicast,
                     protocol: ROUTE_PROTOCOL,
                     table: strait_netlink::MAIN_TABLE,
+                    onlink: false,
                 })
             })
             .collect();

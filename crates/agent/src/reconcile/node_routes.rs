@@ -51,6 +51,7 @@ impl Reconciler for NodeRoutes {
                     kind: RouteKind::Unreachable,
                     protocol: ROUTE_PROTOCOL,
                     table: strait_netlink::MAIN_TABLE,
+                    onlink: false,
                 });
             } else if let Some(up) = links.iter().find(|l| l.name == agent.cfg.uplink) {
                 // nftables translates in the nat hooks, after the route lookup
@@ -63,6 +64,7 @@ impl Reconciler for NodeRoutes {
                     kind: RouteKind::Unicast,
                     protocol: ROUTE_PROTOCOL,
                     table: strait_netlink::MAIN_TABLE,
+                    onlink: false,
                 });
             }
         }
@@ -74,6 +76,7 @@ impl Reconciler for NodeRoutes {
                 kind: RouteKind::Blackhole,
                 protocol: ROUTE_PROTOCOL,
                 table: strait_netlink::MAIN_TABLE,
+                onlink: false,
             });
         }
         let veth_index: std::collections::BTreeSet<u32> = links

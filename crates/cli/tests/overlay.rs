@@ -1,0 +1,203 @@
+//! Cross-node overlays in the lab, as seed 001 walks them. VXLAN
+//! (Hybridnet): pods talk over eth0.vxlan20; on the wire between nodes only
+//! node addresses and UDP 8472 show, the pod addresses inside; nothing is
+//! encapsulated between pods of one node; FDB, neighbour and table-40000
+//! entries follow the Node objects and heal when disturbed.
+
+mod common;
+use common::svc::*;
+use common::*;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use strait_lab::hops;
+
+fn vxlan_lab(name: &str) -> Lab {
+    let y = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/services-ebpf.yaml"
+    ))
+    .unwrap()
+    .replace("name: svc", &format!("name: {name}"))
+    .replace("  mode: ebpf", "  mode: routed\n  crossNode: vxlan");
+    Lab::up(&y)
+}
+
+/// Until `f` holds for `node`'s `cmd` output (level-triggered state).
+fn until(lab: &Lab, node: &str, cmd: &[&str], what: &str, f: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = lab.exec(node, cmd);
+        if f(&out) {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "{what}: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn vxlan_carries_pods_and_services_between_nodes() {
+    if !require_root("vxlan_carries_pods_and_services_between_nodes") {
+        return;
+    }
+    let lab = vxlan_lab("t-vxlan");
+    let (a, b) = (lab.node("node-a").ip, lab.node("node-b").ip);
+
+    // The kernel objects the seed names.
+    let link = lab.exec("node-a", &["ip", "-d", "link", "show", "eth0.vxlan20"]);
+    assert!(
+        link.contains("vxlan id 20")
+            && link.contains("dstport 8472")
+            && link.contains("nolearning"),
+        "{link}"
+    );
+    assert!(link.contains("mtu 1450"), "{link}");
+    let rules = lab.exec("node-a", &["ip", "rule"]);
+    assert!(rules.contains("lookup 40000"), "{rules}");
+    let t = lab.exec("node-a", &["ip", "route", "show", "table", "40000"]);
+    assert!(
+        t.contains("198.19.1.0/24 via 198.19.1.0 dev eth0.vxlan20") && t.contains("onlink"),
+        "{t}"
+    );
+    let fdb = lab.exec("node-a", &["bridge", "fdb", "show", "dev", "eth0.vxlan20"]);
+    assert!(fdb.contains(&format!("00:00:00:00:00:00 dst {b}")), "{fdb}");
+    assert!(fdb.contains(&format!("0a:58:c6:12:00:02 dst {b}")), "{fdb}");
+    let main = lab.exec("node-a", &["ip", "route"]);
+    assert!(
+        !main.contains(&format!("via {b}")),
+        "no routed-mode route: {main}"
+    );
+    let mtu = lab.exec("client", &["ip", "link", "show", "eth0"]);
+    assert!(
+        mtu.contains("mtu 1450"),
+        "pods get the overlay's MTU: {mtu}"
+    );
+
+    // The matrix: TCP and UDP, same node and across.
+    for dst in ["web-a", "web-b"] {
+        assert_eq!(lab.probe("client", dst).unwrap(), dst);
+        let ip: std::net::IpAddr = pod_ip(&lab, dst).parse().unwrap();
+        let udp = strait_lab::probe::probe(
+            &strait_lab::run::netns_path(&lab.st.plan.pod("client").unwrap().netns),
+            SocketAddr::new(ip, 8080),
+            true,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        assert_eq!(udp.answered_by, dst, "UDP to {dst}");
+    }
+
+    // The seed's walk: encapsulated between the nodes, plain elsewhere.
+    let r = hops::trace(&lab.st, "client", "web-b").unwrap();
+    eprintln!("{}", r.table());
+    for n in ["node-a eth0", "node-b eth0"] {
+        let s = r.seen(n);
+        assert!(s.request > 0 && s.reply > 0, "{n}: {s:?}");
+        assert_eq!(s.request_outer, Some((a, b)), "{n}");
+        assert_eq!(s.reply_outer, Some((b, a)), "{n}");
+    }
+    for n in [
+        "node-a eth0.vxlan20",
+        "node-b eth0.vxlan20",
+        "web-b host veth",
+    ] {
+        let s = r.seen(n);
+        assert!(s.request > 0 && s.reply > 0, "{n}: {s:?}");
+        assert_eq!((s.request_outer, s.reply_outer), (None, None), "{n}");
+    }
+    let same = hops::trace(&lab.st, "client", "web-a").unwrap();
+    let up = same.seen("node-a eth0");
+    assert_eq!((up.request, up.reply), (0, 0), "nothing leaves the node");
+
+    // Services across the overlay (nftables backend on the kernel datapath).
+    assert_example_serves_and_changes(&lab);
+
+    // Drift heals: a deleted FDB entry and table route come back.
+    lab.exec(
+        "node-a",
+        &[
+            "bridge",
+            "fdb",
+            "del",
+            "0a:58:c6:12:00:02",
+            "dev",
+            "eth0.vxlan20",
+            "dst",
+            &b.to_string(),
+        ],
+    );
+    lab.exec(
+        "node-a",
+        &["ip", "route", "del", "198.19.1.0/24", "table", "40000"],
+    );
+    until(
+        &lab,
+        "node-a",
+        &["bridge", "fdb", "show", "dev", "eth0.vxlan20"],
+        "fdb healed",
+        |o| o.contains("0a:58:c6:12:00:02"),
+    );
+    until(
+        &lab,
+        "node-a",
+        &["ip", "route", "show", "table", "40000"],
+        "route healed",
+        |o| o.contains("198.19.1.0/24"),
+    );
+    assert_eq!(lab.probe("client", "web-b").unwrap(), "web-b");
+
+    // A node that leaves takes its entries with it, and they return with it.
+    let all = strait_lab::run::node_objects(&lab.st);
+    let without_b: Vec<_> = all
+        .iter()
+        .filter(|n| n["metadata"]["name"] != "node-b")
+        .cloned()
+        .collect();
+    strait_lab::publish::put(&lab.st, "nodes", &without_b).unwrap();
+    until(
+        &lab,
+        "node-a",
+        &["bridge", "fdb", "show", "dev", "eth0.vxlan20"],
+        "fdb of node-b gone",
+        |o| !o.contains(&b.to_string()),
+    );
+    until(
+        &lab,
+        "node-a",
+        &["ip", "route", "show", "table", "40000"],
+        "route gone",
+        |o| o.trim().is_empty(),
+    );
+    let neigh = lab.exec("node-a", &["ip", "neigh", "show", "dev", "eth0.vxlan20"]);
+    assert!(!neigh.contains("198.19.1.0"), "neighbour gone: {neigh}");
+    strait_lab::publish::put(&lab.st, "nodes", &all).unwrap();
+    until(
+        &lab,
+        "node-a",
+        &["ip", "route", "show", "table", "40000"],
+        "route back",
+        |o| o.contains("198.19.1.0/24"),
+    );
+    assert_eq!(lab.probe("client", "web-b").unwrap(), "web-b");
+}
+
+/// The lab refuses what is not built yet, saying so before it creates
+/// anything.
+#[test]
+fn vxlan_on_the_ebpf_datapath_is_refused_clearly() {
+    let y = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/services-ebpf.yaml"
+    ))
+    .unwrap()
+    .replace("  mode: ebpf", "  mode: ebpf\n  crossNode: vxlan");
+    let err = strait_model::lab::parse_lab_file(&y)
+        .unwrap()
+        .plan()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("crossNode: vxlan runs with mode: routed"),
+        "{err}"
+    );
+}
