@@ -190,3 +190,60 @@ pub fn assert_example_serves_and_changes(lab: &Lab) {
         |s| !has(s, "extra"),
     );
 }
+
+/// Send `len` bytes of a pseudo-random pattern over one TCP connection from
+/// pod `from` to pod `to` (a listener the test runs there) and return
+/// (bytes received, whether their FNV-1a hash matches what was sent). Large
+/// segments that a wrong MTU would drop make this hang and fail.
+pub fn bulk_transfer(lab: &Lab, from: &str, to: &str, len: usize) -> (usize, bool) {
+    fn fnv(h: &mut u64, b: &[u8]) {
+        for x in b {
+            *h ^= u64::from(*x);
+            *h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let mut want = 0xcbf29ce484222325u64;
+    fnv(&mut want, &data);
+    let dst: std::net::IpAddr = pod_ip(lab, to).parse().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let to_ns = strait_netlink::NetnsFile::open(&strait_lab::run::netns_path(
+        &lab.st.plan.pod(to).unwrap().netns,
+    ))
+    .unwrap();
+    let server = std::thread::spawn(move || {
+        strait_netlink::in_netns(&to_ns, move || {
+            use std::io::Read;
+            let l = std::net::TcpListener::bind("0.0.0.0:9100").unwrap();
+            tx.send(()).unwrap();
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let (mut got, mut h, mut buf) = (0usize, 0xcbf29ce484222325u64, vec![0u8; 65536]);
+            loop {
+                let n = s
+                    .read(&mut buf)
+                    .expect("bulk read (a stall means lost segments)");
+                if n == 0 {
+                    break;
+                }
+                got += n;
+                fnv(&mut h, &buf[..n]);
+            }
+            (got, h)
+        })
+        .unwrap()
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    in_pod(lab, from, move || {
+        use std::io::Write;
+        let mut s = TcpStream::connect_timeout(&SocketAddr::new(dst, 9100), Duration::from_secs(3))
+            .unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(&data).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let (got, h) = server.join().unwrap();
+    (got, h == want)
+}
