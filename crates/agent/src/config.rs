@@ -55,3 +55,14 @@ pub enum SourceConfig {
     /// strait's etcd datastore: this client URL, keys under this prefix.
     Etcd { endpoint: String, prefix: String },
 }
+
+impl AgentConfig {
+    /// The cross-node mode's tunnel device, where decapsulated traffic
+    /// enters (the eBPF datapath attaches from-netdev there too).
+    pub fn tunnel_device(&self) -> Option<String> {
+        match self.cross_node.as_str() {
+            "vxlan" => strait_model::overlay::vxlan_device(&self.uplink, self.vxlan_vni).ok(),
+            _ => None,
+        }
+    }
+}

@@ -16,6 +16,9 @@ pub struct BpfState {
     /// An older map layout is still pinned until every host veth carries
     /// this build's program.
     pub retire_pending: bool,
+    /// The tunnel device's index when from-netdev/to-netdev were attached
+    /// to it (a recreated device has a new index and is attached again).
+    pub tunnel: Option<u32>,
 }
 
 /// Load the programs, attach them to the uplink and the node's cgroup.
@@ -46,6 +49,7 @@ pub fn load(cfg: &crate::AgentConfig) -> anyhow::Result<BpfState> {
         dp,
         attached: Default::default(),
         endpoints: 0,
+        tunnel: None,
     })
 }
 
@@ -53,6 +57,26 @@ pub fn load(cfg: &crate::AgentConfig) -> anyhow::Result<BpfState> {
 /// every pod's host veth carries from-container. Maps first, so a freshly
 /// attached program finds its pod.
 impl BpfState {
+    /// from-netdev and to-netdev on the overlay's device, as on the uplink:
+    /// decapsulated traffic for a local pod goes in with bpf_redirect_peer,
+    /// and replies of services with a backend on another node are restored
+    /// to the service address there.
+    pub fn attach_tunnel(&mut self, dev: &str, index: u32) -> anyhow::Result<bool> {
+        use strait_bpf::datapath::Prog;
+        if self.tunnel == Some(index) {
+            return Ok(false);
+        }
+        self.dp
+            .attach(Prog::FromNetdev, dev)
+            .with_context(|| format!("attach from-netdev to the tunnel {dev}"))?;
+        self.dp
+            .attach(Prog::ToNetdev, dev)
+            .with_context(|| format!("attach to-netdev to the tunnel {dev}"))?;
+        tracing::info!(device = dev, "from-netdev/to-netdev attached to the tunnel");
+        self.tunnel = Some(index);
+        Ok(true)
+    }
+
     /// Returns entries changed and per-pod problems (a program that would not
     /// attach to one pod's veth does not stop the others).
     pub fn sync_endpoints(

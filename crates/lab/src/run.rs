@@ -261,12 +261,10 @@ pub fn start_agent(
     }
     // Only when not routed: an older build (the upgrade test's) predates it.
     if st.plan.cross_node != strait_model::lab::CrossNodeMode::Routed {
-        args.extend([
-            "--cross-node",
-            st.plan.cross_node.as_str(),
-            "--uplink",
-            "eth0",
-        ]);
+        args.extend(["--cross-node", st.plan.cross_node.as_str()]);
+        if st.plan.mode != strait_model::lab::Mode::Ebpf {
+            args.extend(["--uplink", "eth0"]);
+        }
     }
     spawn_daemon(
         &n.netns,

@@ -330,11 +330,6 @@ impl LabFile {
                 spec.mtu
             )));
         }
-        if spec.cross_node == CrossNodeMode::Vxlan && spec.mode == Mode::Ebpf {
-            return Err(LabError::Invalid(
-                "crossNode: vxlan runs with mode: routed (the kernel datapath) for now; the eBPF datapath over VXLAN is not built yet".into(),
-            ));
-        }
         let ap = &spec.address_plan;
         let fabric_hosts = ap.fabric.hosts().count();
         if spec.nodes.len() > fabric_hosts.saturating_sub(8) {

@@ -36,9 +36,6 @@ pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
     match cfg.cross_node.as_str() {
         "routed" => Ok(Box::new(routed::Routed)),
         "vxlan" => {
-            if cfg.mode == strait_model::lab::Mode::Ebpf {
-                anyhow::bail!("--cross-node vxlan runs with --datapath routed for now; the eBPF datapath over VXLAN is not built yet");
-            }
             strait_model::overlay::vxlan_device(&cfg.uplink, cfg.vxlan_vni)
                 .map_err(anyhow::Error::msg)?;
             Ok(Box::new(vxlan::Vxlan {

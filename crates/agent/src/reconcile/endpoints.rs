@@ -228,6 +228,16 @@ impl Reconciler for Endpoints {
             let p = tokio::task::block_in_place(|| bpf.sync_endpoints(&allocs, &veth_index))?;
             rep.changed += p.0;
             rep.problems.extend(p.1);
+            // The overlay's device, once the node-routes reconciler made it.
+            if let Some(dev) = agent.cfg.tunnel_device() {
+                if let Some(l) = links.iter().find(|l| l.name == dev) {
+                    match tokio::task::block_in_place(|| bpf.attach_tunnel(&dev, l.index)) {
+                        Ok(true) => rep.changed += 1,
+                        Ok(false) => {}
+                        Err(e) => rep.problems.push(format!("{e:#}")),
+                    }
+                }
+            }
             let mut pb = agent.published.lock().unwrap();
             pb.attached = bpf.attached.iter().cloned().collect();
             pb.endpoints = bpf.endpoints;
