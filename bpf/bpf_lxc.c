@@ -122,6 +122,15 @@ int from_container(struct __sk_buff *skb)
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return verdict(skb, REASON_FIB_TO_STACK, PROG_FROM_CONTAINER, &p.flow, 0, TC_ACT_OK);
 
+	/* A GSO super-packet passes the lookup's check whole; its segments
+	 * must fit the egress too. An overlay device is smaller than the pod's
+	 * link would allow, and the kernel would otherwise fragment the outer
+	 * packet instead of telling the pod. Too big: the host stack forwards
+	 * it and answers "fragmentation needed" (path-MTU discovery). */
+	__u32 mtu_len = 0;
+	if (bpf_check_mtu(skb, fib.ifindex, &mtu_len, 0, BPF_MTU_CHK_SEGS) != 0)
+		return verdict(skb, REASON_MTU_TO_STACK, PROG_FROM_CONTAINER, &p.flow, 0, TC_ACT_OK);
+
 	struct flow f = p.flow;
 	if (ttl_decrement(skb, &p) < 0)
 		return verdict(skb, REASON_TTL_TO_STACK, PROG_FROM_CONTAINER, &f, 0, TC_ACT_OK);

@@ -23,6 +23,7 @@
 #define REASON_HOSTPORT_TO_STACK 17 /* reply of a hostPort connection: the host's NAT translates it */
 #define REASON_LOCAL_LINK        18 /* ARP or IPv6 link-local from a pod: the host stack answers */
 #define REASON_CT_INSERT_FAILED  19 /* conntrack map refused an entry (full): forwarded untracked, reported */
+#define REASON_MTU_TO_STACK      20 /* too big for the egress (a GSO packet's segments, say): host stack sends ICMP */
 
 #define REASON_MAX_FORWARD       127
 

@@ -19,6 +19,7 @@ pub const ICMP_REVNAT: u8 = 16;
 pub const HOSTPORT_TO_STACK: u8 = 17;
 pub const LOCAL_LINK: u8 = 18;
 pub const CT_INSERT_FAILED: u8 = 19;
+pub const MTU_TO_STACK: u8 = 20;
 pub const DROP_SOURCE_SPOOF: u8 = 128;
 pub const DROP_MALFORMED: u8 = 129;
 pub const DROP_REDIRECT_FAILED: u8 = 130;
@@ -97,6 +98,10 @@ pub fn describe(code: u8) -> (&'static str, &'static str) {
         CT_INSERT_FAILED => (
             "ct-insert-failed",
             "conntrack map refused an entry (full): forwarded untracked",
+        ),
+        MTU_TO_STACK => (
+            "mtu-to-stack",
+            "too big for the egress (GSO segments included): host stack sends ICMP",
         ),
         DROP_UNKNOWN_ENDPOINT => (
             "drop-unknown-endpoint",
