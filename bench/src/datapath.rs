@@ -1,8 +1,11 @@
 //! Pod-to-pod datapath benchmark: TCP request/response latency (p50, p99,
 //! transactions/s) and single-stream throughput, same node and across
-//! nodes, for strait ebpf, strait routed, Debian's bridge plugin (with
-//! host-gw routes across nodes), and the limits: two namespaces joined by a
-//! bare veth (same node) and node-to-node over the fabric (across nodes).
+//! nodes, for strait ebpf and routed (kernel) datapaths, each over the
+//! routed underlay and over VXLAN; Debian's bridge plugin with host-gw
+//! routes, and with a VXLAN overlay wired the way flannel's vxlan backend
+//! does it (the reference overlay); and the limits: two namespaces joined
+//! by a bare veth (same node) and node-to-node over the fabric (across
+//! nodes).
 //! Everything runs in one run, in namespaces this program makes and removes.
 //!
 //! Usage: datapath [--seconds S] [--rounds N] [--out FILE]   (root)
@@ -140,8 +143,8 @@ struct Row {
     gbps: f64,
 }
 
-fn lab_yaml(name: &str, mode: &str, pods: &[(&str, &str)]) -> String {
-    let mut s = format!("apiVersion: strait.dev/v1alpha1\nkind: Lab\nmetadata: {{name: {name}}}\nspec:\n  mode: {mode}\n  nodes: [{{name: node-a}}, {{name: node-b}}]\n");
+fn lab_yaml(name: &str, mode: &str, cross: &str, pods: &[(&str, &str)]) -> String {
+    let mut s = format!("apiVersion: strait.dev/v1alpha1\nkind: Lab\nmetadata: {{name: {name}}}\nspec:\n  mode: {mode}\n  crossNode: {cross}\n  nodes: [{{name: node-a}}, {{name: node-b}}]\n");
     for (p, n) in pods {
         s.push_str(&format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {p}}}\nspec: {{nodeName: {n}, containers: [{{name: c}}]}}\n"));
     }
@@ -169,6 +172,7 @@ impl Drop for Cleanup {
 fn up(
     name: &str,
     mode: &str,
+    cross: &str,
     pods: &[(&str, &str)],
     bins: &Binaries,
     c: &mut Cleanup,
@@ -176,7 +180,7 @@ fn up(
     let _ = labrun::down(name, bins);
     std::fs::create_dir_all("/run/strait-bench-dp")?;
     let f = PathBuf::from(format!("/run/strait-bench-dp/{name}.yaml"));
-    std::fs::write(&f, lab_yaml(name, mode, pods))?;
+    std::fs::write(&f, lab_yaml(name, mode, cross, pods))?;
     c.labs.push(name.to_string());
     let st = labrun::up(&f, bins)?;
     // Let the agents program the datapath (ebpf) before measuring.
@@ -194,6 +198,7 @@ fn pod_addr(st: &strait_lab::LabState, pod: &str) -> SocketAddr {
 fn bridge_pods(
     st: &strait_lab::LabState,
     c: &mut Cleanup,
+    flannel: bool,
 ) -> anyhow::Result<Vec<(String, SocketAddr)>> {
     let mut out = vec![];
     let plugin = Path::new("/usr/lib/cni/bridge");
@@ -216,8 +221,9 @@ fn bridge_pods(
         };
         let conf = serde_json::json!({
             "cniVersion": "1.0.0", "name": "benchbr", "type": "bridge", "bridge": "cni0",
-            "isGateway": true, "ipMasq": false,
-            "ipam": {"type": "host-local", "subnet": subnet, "dataDir": format!("/run/strait-bench-dp/hl-{node}"),
+            "isGateway": true, "ipMasq": false, "mtu": if flannel { 1450 } else { 1500 },
+            "ipam": {"type": "host-local", "subnet": subnet,
+                     "dataDir": format!("/run/strait-bench-dp/hl-{}-{node}", st.plan.name),
                      "routes": [{"dst": "0.0.0.0/0"}]}
         });
         let mut child = Command::new("nsenter")
@@ -251,6 +257,10 @@ fn bridge_pods(
             .parse()?;
         out.push((nsname, SocketAddr::new(addr, PORT)));
     }
+    if flannel {
+        flannel_vxlan(st)?;
+        return Ok(out);
+    }
     ip(&[
         "-n",
         &st.plan.node("node-a").unwrap().netns,
@@ -270,6 +280,100 @@ fn bridge_pods(
         "198.18.0.1",
     ])?;
     Ok(out)
+}
+
+/// The reference overlay, wired as flannel's vxlan backend does (no strait
+/// involved): flannel.1 (VNI 1, UDP 8472, learning off, MTU 1450) holding
+/// the node's subnet .0/32; per peer a route `via <peer .0> dev flannel.1
+/// onlink`, a permanent neighbour for that address, and an FDB entry to the
+/// peer's node IP.
+fn flannel_vxlan(st: &strait_lab::LabState) -> anyhow::Result<()> {
+    let nodes = [
+        ("node-a", "198.19.100", "0e:00:00:00:00:0a"),
+        ("node-b", "198.19.101", "0e:00:00:00:00:0b"),
+    ];
+    for (i, (node, net, mac)) in nodes.iter().enumerate() {
+        let (peer, pnet, pmac) = nodes[1 - i];
+        let n = st.plan.node(node).unwrap();
+        let pip = st.plan.node(peer).unwrap().ip.to_string();
+        let ns = n.netns.as_str();
+        let local = n.ip.to_string();
+        ip(&[
+            "-n",
+            ns,
+            "link",
+            "add",
+            "flannel.1",
+            "address",
+            mac,
+            "mtu",
+            "1450",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &local,
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{net}.0/32"),
+            "dev",
+            "flannel.1",
+        ])?;
+        ip(&["-n", ns, "link", "set", "flannel.1", "up"])?;
+        let gw = format!("{pnet}.0");
+        ip(&[
+            "-n",
+            ns,
+            "neigh",
+            "replace",
+            &gw,
+            "lladdr",
+            pmac,
+            "dev",
+            "flannel.1",
+            "nud",
+            "permanent",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            &format!("{pnet}.0/24"),
+            "via",
+            &gw,
+            "dev",
+            "flannel.1",
+            "onlink",
+        ])?;
+        let out = Command::new("bridge")
+            .args([
+                "-n",
+                ns,
+                "fdb",
+                "append",
+                pmac,
+                "dev",
+                "flannel.1",
+                "dst",
+                &pip,
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!("bridge fdb: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(())
 }
 
 use strait_bench::machine;
@@ -316,9 +420,32 @@ fn main() -> anyhow::Result<()> {
         l2.clone(),
         "198.18.200.2:0".parse()?,
     )];
-    for mode in ["ebpf", "routed"] {
-        let st = up(&format!("benchdp{mode}"), mode, &pods, &bins, &mut c)?;
+    for (mode, cross) in [
+        ("ebpf", "routed"),
+        ("routed", "routed"),
+        ("ebpf", "vxlan"),
+        ("routed", "vxlan"),
+    ] {
+        let short = if cross == "vxlan" { "v" } else { "" };
+        let st = up(
+            &format!("benchdp{mode}{short}"),
+            mode,
+            cross,
+            &pods,
+            &bins,
+            &mut c,
+        )?;
         let netns = |p: &str| st.plan.pod(p).unwrap().netns.clone();
+        if cross == "vxlan" {
+            pairs.push((
+                "across nodes",
+                format!("strait {mode} + vxlan"),
+                netns("a1"),
+                netns("b1"),
+                pod_addr(&st, "b1"),
+            ));
+            continue;
+        }
         pairs.push((
             "same node",
             format!("strait {mode}"),
@@ -347,8 +474,8 @@ fn main() -> anyhow::Result<()> {
             ));
         }
     }
-    let st = up("benchdpbridge", "routed", &[], &bins, &mut c)?;
-    let br = bridge_pods(&st, &mut c)?;
+    let st = up("benchdpbridge", "routed", "routed", &[], &bins, &mut c)?;
+    let br = bridge_pods(&st, &mut c, false)?;
     pairs.push((
         "same node",
         "reference: bridge + host-local".into(),
@@ -362,6 +489,16 @@ fn main() -> anyhow::Result<()> {
         br[0].0.clone(),
         br[2].0.clone(),
         br[2].1,
+    ));
+
+    let st = up("benchdpflannel", "routed", "routed", &[], &bins, &mut c)?;
+    let fl = bridge_pods(&st, &mut c, true)?;
+    pairs.push((
+        "across nodes",
+        "reference: bridge + host-local, flannel-style vxlan".into(),
+        fl[0].0.clone(),
+        fl[2].0.clone(),
+        fl[2].1,
     ));
 
     let mut results: Vec<Vec<(Rr, f64)>> = pairs.iter().map(|_| vec![]).collect();
@@ -397,9 +534,14 @@ fn main() -> anyhow::Result<()> {
             r.scope, r.setup, r.rr.p50_us, r.rr.p99_us, r.rr.tps, r.gbps
         ));
     }
+    // An exact name first ("strait ebpf" is not "strait ebpf + vxlan").
     let find = |setup: &str, scope: &str| {
         rows.iter()
-            .find(|r| r.setup.starts_with(setup) && r.scope == scope)
+            .find(|r| r.setup == setup && r.scope == scope)
+            .or_else(|| {
+                rows.iter()
+                    .find(|r| r.setup.starts_with(setup) && r.scope == scope)
+            })
             .unwrap()
     };
     let (e, v) = (
@@ -418,6 +560,21 @@ fn main() -> anyhow::Result<()> {
         (ex.rr.p50_us / n.rr.p50_us - 1.0) * 100.0,
         (find("strait routed", "across nodes").rr.p50_us / n.rr.p50_us - 1.0) * 100.0,
         (find("reference", "across nodes").rr.p50_us / n.rr.p50_us - 1.0) * 100.0,
+    ));
+    let (ve, vk, fl, re, rk) = (
+        find("strait ebpf + vxlan", "across nodes"),
+        find("strait routed + vxlan", "across nodes"),
+        find("reference: bridge + host-local, flannel", "across nodes"),
+        find("strait ebpf", "across nodes"),
+        find("strait routed", "across nodes"),
+    );
+    report.push_str(&format!(
+        "\nOverlay targets (issue 9): vxlan stream vs node to node: ebpf {:.0}%, kernel {:.0}% (target >= 90%); vxlan RR p50 vs routed on the same datapath: ebpf {:.2}x, kernel {:.2}x (target <= 1.10x); strait ebpf + vxlan p50 vs the flannel-style reference: {:.2}x (target <= 1.00x).\n",
+        ve.gbps / n.gbps * 100.0,
+        vk.gbps / n.gbps * 100.0,
+        ve.rr.p50_us / re.rr.p50_us,
+        vk.rr.p50_us / rk.rr.p50_us,
+        ve.rr.p50_us / fl.rr.p50_us,
     ));
     print!("{report}");
     if let Some(f) = out_file {
