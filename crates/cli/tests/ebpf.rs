@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
 fn ebpf_lab(name: &str, legacy: bool) -> String {
@@ -144,84 +143,7 @@ fn tcp_stream_survives_agent_restarts_without_loss() {
     }
     let lab = Lab::up(&ebpf_lab("t-restartbpf", false));
     wait_programmed(&lab);
-    let b1 = lab.st.pod_ip(lab.st.plan.pod("b1").unwrap()).unwrap();
-    let a2 = lab.st.pod_ip(lab.st.plan.pod("a2").unwrap()).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Two streams from a1: one across nodes, one on the same node.
-    let streams: Vec<_> = [(b1, "b1"), (a2, "a2")]
-        .into_iter()
-        .map(|(ip, name)| {
-            let ns = strait_netlink::NetnsFile::open(&strait_lab::run::netns_path(
-                &lab.st.plan.pod("a1").unwrap().netns,
-            ))
-            .unwrap();
-            let stop = stop.clone();
-            let down = down.clone();
-            std::thread::spawn(move || {
-                strait_netlink::in_netns(&ns, move || -> std::io::Result<(u64, u64)> {
-                    let mut s = std::net::TcpStream::connect_timeout(
-                        &std::net::SocketAddr::new(ip, 8080),
-                        Duration::from_secs(2),
-                    )?;
-                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    let mut r = BufReader::new(s.try_clone()?);
-                    // Round trips in all, and those completed while an
-                    // agent was down (forwarding must not need it).
-                    let (mut got, mut while_down) = (0u64, 0u64);
-                    let mut line = String::new();
-                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        s.write_all(b"x\n")?;
-                        line.clear();
-                        r.read_line(&mut line)?;
-                        assert_eq!(
-                            line.split_whitespace().next(),
-                            Some(name),
-                            "every reply intact"
-                        );
-                        got += 1;
-                        if down.load(std::sync::atomic::Ordering::SeqCst) {
-                            while_down += 1;
-                        }
-                    }
-                    Ok((got, while_down))
-                })
-                .unwrap()
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    for node in ["node-a", "node-b"] {
-        let n = lab.node(node).clone();
-        let pid = strait_lab::LabState::read_pid(&lab.st.agent_pid(&n)).unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
-        down.store(true, std::sync::atomic::Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(300)); // forwarding without an agent
-        down.store(false, std::sync::atomic::Ordering::SeqCst);
-        strait_lab::run::start_agent(&lab.st, &lab.bins, &n, &[]).unwrap();
-        strait_lab::run::wait_agent_ready(&lab.st, &n, Duration::from_secs(10)).unwrap();
-    }
-    wait_programmed(&lab); // the restarted agents re-attached (replaced) every program
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    for s in streams {
-        let (got, while_down) = s
-            .join()
-            .unwrap()
-            .expect("no reset, no timeout: the stream kept flowing");
-        assert!(
-            while_down > 0,
-            "round trips completed while the agents were down ({got} in all)"
-        );
-        assert!(
-            got > 100,
-            "the stream carried traffic throughout ({got} round trips)"
-        );
-    }
+    streams_survive_agent_restarts(&lab, "a1", &["b1", "a2"], || wait_programmed(&lab));
     // Still on the fast path after the restarts.
     let r = strait_lab::hops::trace(&lab.st, "a1", "a2").unwrap();
     assert_eq!(seen(&r, "a2 host veth"), (false, true), "{}", r.table());

@@ -158,6 +158,20 @@ fn vxlan_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
     let up = same.seen("node-a eth0");
     assert_eq!((up.request, up.reply), (0, 0), "nothing leaves the node");
 
+    // Established cross-node streams ride out agent restarts (the overlay's
+    // kernel objects stay; the restarted agent finds them as they are).
+    streams_survive_agent_restarts(lab, "client", &["web-b", "web-a"], || {
+        for n in ["node-a", "node-b"] {
+            until(
+                lab,
+                n,
+                &["ip", "route", "show", "table", "40000"],
+                "table kept",
+                |o| o.contains("via"),
+            );
+        }
+    });
+
     // Services across the overlay (nftables backend on the kernel datapath).
     assert_example_serves_and_changes(lab);
 
