@@ -172,8 +172,10 @@ fn vxlan_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
         }
     });
 
-    // Services across the overlay (nftables backend on the kernel datapath).
+    // Services across the overlay (nftables backend on the kernel datapath),
+    // and a NodePort whose remote backend is reached through it.
     assert_example_serves_and_changes(lab);
+    nodeport_cluster(lab);
 
     // Drift heals: a deleted FDB entry and table route come back.
     lab.exec(

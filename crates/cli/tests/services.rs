@@ -290,11 +290,6 @@ fn bad_objects(lab: &Lab) {
     );
 }
 
-fn external_probe(lab: &Lab, addr: SocketAddr) -> strait_lab::probe::ProbeResult {
-    let ns = strait_lab::run::netns_path(&strait_model::lab::external_netns(lab.name()));
-    strait_lab::probe::probe(&ns, addr, false, Duration::from_secs(2)).unwrap()
-}
-
 fn lb_ip(lab: &Lab, svc: &str) -> Ipv4Addr {
     let st = lab.status("node-b");
     st.services
@@ -367,31 +362,6 @@ both_backends!(
     nodeport_cluster_ebpf,
     nodeport_cluster_nftables
 );
-
-fn nodeport_cluster(lab: &Lab) {
-    let np = SocketAddr::new(lab.node("node-a").ip.into(), 30080);
-    let ext_ip = strait_lab::run::external_ip(&lab.st.plan).to_string();
-    let node_a = lab.node("node-a").ip.to_string();
-    let mut seen = std::collections::BTreeMap::new();
-    for _ in 0..60 {
-        let r = external_probe(lab, np);
-        let from = r.seen_from.unwrap();
-        seen.insert(
-            r.answered_by.clone(),
-            from.split(':').next().unwrap().to_string(),
-        );
-    }
-    assert_eq!(
-        seen.get("web-a"),
-        Some(&ext_ip),
-        "the local backend sees the client ({seen:?})"
-    );
-    assert_eq!(
-        seen.get("web-b"),
-        Some(&node_a),
-        "the remote backend sees node-a: masqueraded so replies come back ({seen:?})"
-    );
-}
 
 both_backends!(lb_local, lb_local_ebpf, lb_local_nftables);
 
