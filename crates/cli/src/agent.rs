@@ -35,8 +35,9 @@ pub struct Args {
     /// Seconds between full reconcile passes.
     #[arg(long, default_value_t = 10)]
     resync_secs: u64,
-    /// Datapath: routed (kernel routes) or ebpf (routed plus the eBPF fast path).
-    #[arg(long, default_value = "routed", value_parser = ["routed", "ebpf"])]
+    /// Node-local datapath: kernel (host routes; also called routed) or ebpf
+    /// (the eBPF fast path on top of them).
+    #[arg(long, default_value = "routed", value_parser = ["routed", "kernel", "ebpf"])]
     datapath: String,
     /// ebpf: the bpffs directory for this node's pinned maps.
     #[arg(long, default_value = "/sys/fs/bpf/strait")]

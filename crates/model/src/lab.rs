@@ -13,8 +13,10 @@ pub const LAB_API_VERSION: &str = "strait.dev/v1alpha1";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Kernel routing: host routes per pod, a route per node.
+    /// Kernel routing: host routes per pod, a route per node. Lab files
+    /// may call it `kernel` (the node-local datapath's name).
     #[default]
+    #[serde(alias = "kernel")]
     Routed,
     /// Routed, plus the eBPF fast path (Terway DataPath V2).
     Ebpf,
@@ -95,9 +97,13 @@ impl std::fmt::Display for CrossNodeMode {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabSpec {
+    /// The node-local datapath under its older name (`routed` = kernel).
     #[serde(default)]
-    pub mode: Mode,
-    /// Cross-node transport (the node-local datapath is `mode`).
+    pub mode: Option<Mode>,
+    /// The node-local datapath: `kernel` or `ebpf`.
+    #[serde(default)]
+    pub datapath: Option<Mode>,
+    /// Cross-node transport (the node-local datapath is `datapath`).
     #[serde(default)]
     pub cross_node: CrossNodeMode,
     #[serde(default)]
@@ -330,6 +336,14 @@ impl LabFile {
                 spec.mtu
             )));
         }
+        let mode = match (spec.mode, spec.datapath) {
+            (Some(m), Some(d)) if m != d => {
+                return Err(LabError::Invalid(format!(
+                    "spec.mode ({m}) and spec.datapath ({d}) disagree; keep spec.datapath (kernel or ebpf) and drop spec.mode"
+                )))
+            }
+            (m, d) => d.or(m).unwrap_or_default(),
+        };
         let ap = &spec.address_plan;
         let fabric_hosts = ap.fabric.hosts().count();
         if spec.nodes.len() > fabric_hosts.saturating_sub(8) {
@@ -407,7 +421,7 @@ impl LabFile {
         let services = plan_services(ap.service_cidr, &[], &self.objects)?;
         Ok(LabPlan {
             name: name.clone(),
-            mode: spec.mode,
+            mode,
             cross_node: spec.cross_node,
             control_plane: spec.control_plane,
             service_cidr: ap.service_cidr,
@@ -740,5 +754,30 @@ spec: {containers: [{name: echo}]}
             plan_err(&LAB.replace("mode: routed", "mode: routed\n  colour: blue"))
                 .contains("unknown field")
         );
+        let both = LAB.replace("mode: routed", "mode: routed\n  datapath: ebpf");
+        assert!(plan_err(&both).contains("disagree"), "{}", plan_err(&both));
+        assert!(
+            plan_err(&LAB.replace("mode: routed", "crossNode: ipip")).contains("unknown variant")
+        );
+    }
+
+    #[test]
+    fn datapath_and_cross_node_are_two_choices_and_old_files_still_work() {
+        let plan = |text: &str| parse_lab_file(text).unwrap().plan().unwrap();
+        let old = plan(LAB);
+        assert_eq!(
+            (old.mode, old.cross_node),
+            (Mode::Routed, CrossNodeMode::Routed)
+        );
+        let new = plan(&LAB.replace("mode: routed", "datapath: kernel\n  crossNode: vxlan"));
+        assert_eq!(
+            (new.mode, new.cross_node),
+            (Mode::Routed, CrossNodeMode::Vxlan)
+        );
+        assert_eq!((new.mtu, new.pod_mtu()), (1500, 1450));
+        let ebpf = plan(&LAB.replace("mode: routed", "datapath: ebpf\n  crossNode: vxlan"));
+        assert_eq!(ebpf.mode, Mode::Ebpf);
+        let same = plan(&LAB.replace("mode: routed", "mode: ebpf\n  datapath: ebpf"));
+        assert_eq!(same.mode, Mode::Ebpf);
     }
 }
