@@ -57,6 +57,15 @@ pub enum SourceConfig {
 }
 
 impl AgentConfig {
+    /// The table the pods' host routes live in: Hybridnet's 39999 in overlay
+    /// modes (as the seed shows), main otherwise.
+    pub fn pod_table(&self) -> u32 {
+        match self.cross_node.as_str() {
+            "vxlan" => strait_model::overlay::LOCAL_POD_TABLE,
+            _ => strait_netlink::MAIN_TABLE,
+        }
+    }
+
     /// The cross-node mode's tunnel device, where decapsulated traffic
     /// enters (the eBPF datapath attaches from-netdev there too).
     pub fn tunnel_device(&self) -> Option<String> {

@@ -25,11 +25,18 @@ fn vxlan_lab(name: &str, datapath: &str) -> Lab {
     Lab::up(&y)
 }
 
-/// Until `f` holds for `node`'s `cmd` output (level-triggered state).
+/// Until `f` holds for `node`'s `cmd` output (level-triggered state). A
+/// failing command counts as empty output (a table not made yet).
 fn until(lab: &Lab, node: &str, cmd: &[&str], what: &str, f: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let ns = strait_lab::run::target_netns(&lab.st.plan, node).unwrap();
     loop {
-        let out = lab.exec(node, cmd);
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(cmd)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
         if f(&out) {
             return out;
         }
@@ -85,6 +92,31 @@ fn vxlan_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
     assert!(
         !main.contains(&format!("via {b}")),
         "no routed-mode route: {main}"
+    );
+    // The seed's same-node step: this node's pods are in table 39999 (moved
+    // out of main, where the CNI plugin put them at ADD), and a rule sends
+    // lookups there before table 40000.
+    let client_ip = pod_ip(lab, "client");
+    let local = until(
+        lab,
+        "node-a",
+        &["ip", "route", "show", "table", "39999"],
+        "pods in table 39999",
+        |o| o.contains(&format!("{client_ip} dev strt")),
+    );
+    until(
+        lab,
+        "node-a",
+        &["ip", "route"],
+        "pod routes moved out of main",
+        |o| !o.contains(&format!("{client_ip} dev")),
+    );
+    eprintln!("table 39999 on node-a:\n{local}");
+    let rules = lab.exec("node-a", &["ip", "rule"]);
+    let (p39999, p40000) = (rules.find("lookup 39999"), rules.find("lookup 40000"));
+    assert!(
+        p39999.is_some() && p39999 < p40000,
+        "39999 before 40000: {rules}"
     );
     let mtu = lab.exec("client", &["ip", "link", "show", "eth0"]);
     assert!(

@@ -474,7 +474,14 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
                 if !l.up {
                     problems.push(format!("host veth {host_veth} is down"));
                 }
-                let routes = nl.routes(true).await.map_err(kernel("dump routes"))?;
+                // In main, or in the overlay modes' pod table (the agent
+                // moves it there).
+                let mut routes = nl.routes(true).await.map_err(kernel("dump routes"))?;
+                routes.extend(
+                    nl.routes_in(strait_model::overlay::LOCAL_POD_TABLE, true)
+                        .await
+                        .map_err(kernel("dump routes"))?,
+                );
                 if !routes
                     .iter()
                     .any(|r| r.dst == want && r.oif == Some(l.index))

@@ -15,6 +15,11 @@ pub const VXLAN_VNI: u32 = 20;
 pub const VXLAN_OVERHEAD_V4: u32 = 50;
 /// Hybridnet's table for remote pod subnets (the seed's "40000 路由表").
 pub const OVERLAY_TABLE: u32 = 40000;
+/// Hybridnet's table for this node's pods (the seed's "39999 路由表"): in
+/// overlay modes the pods' /32s live here instead of main.
+pub const LOCAL_POD_TABLE: u32 = 39999;
+/// The rule that sends lookups through [`LOCAL_POD_TABLE`].
+pub const LOCAL_POD_RULE_PRIORITY: u32 = 1998;
 /// The rule that sends lookups through [`OVERLAY_TABLE`] (before main, so
 /// a stale main-table route cannot shadow the overlay).
 pub const OVERLAY_RULE_PRIORITY: u32 = 1999;

@@ -6,7 +6,8 @@
 //!   (BUM);
 //! - a permanent neighbour: the peer pod CIDR's first address -> its MAC;
 //! - table 40000: the peer's pod CIDR via that address, onlink, on the
-//!   device; a rule sends every lookup through table 40000 first.
+//!   device. Rules send every lookup through table 39999 (this node's
+//!   pods, moved there by the endpoints reconciler) and then 40000.
 //!
 //! Entries of nodes that left are removed; drift is healed on every pass.
 //! VTEP MACs derive from node IPs (`strait_model::overlay::vtep_mac`), so
@@ -18,7 +19,8 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use strait_model::naming::ROUTE_PROTOCOL;
 use strait_model::overlay::{
-    vtep_mac, vtep_peers, vxlan_device, OVERLAY_RULE_PRIORITY, OVERLAY_TABLE, VXLAN_OVERHEAD_V4,
+    vtep_mac, vtep_peers, vxlan_device, LOCAL_POD_RULE_PRIORITY, LOCAL_POD_TABLE,
+    OVERLAY_RULE_PRIORITY, OVERLAY_TABLE, VXLAN_OVERHEAD_V4,
 };
 use strait_model::routes::NodeRoute;
 use strait_netlink::{FdbEntry, Netlink, Route, RouteKind, Rule};
@@ -30,15 +32,20 @@ pub struct Vxlan {
 }
 
 impl Vxlan {
-    fn rule() -> Rule {
-        Rule {
-            priority: OVERLAY_RULE_PRIORITY,
+    /// Local pods first (table 39999), then the peers' subnets (40000).
+    fn rules() -> [Rule; 2] {
+        let rule = |priority, table| Rule {
+            priority,
             src: None,
             dst: None,
             iif: None,
-            table: OVERLAY_TABLE,
+            table,
             protocol: ROUTE_PROTOCOL,
-        }
+        };
+        [
+            rule(LOCAL_POD_RULE_PRIORITY, LOCAL_POD_TABLE),
+            rule(OVERLAY_RULE_PRIORITY, OVERLAY_TABLE),
+        ]
     }
 
     /// The device, created or recreated to match; returns its index.
@@ -186,17 +193,19 @@ impl CrossNode for Vxlan {
                 }
             }
 
-            // The rule, once.
-            let rule = Self::rule();
+            // The rules, once each.
+            let want = Self::rules();
             let rules = nl.rules(local.is_ipv4()).await?;
             for r in rules
                 .iter()
-                .filter(|r| r.protocol == ROUTE_PROTOCOL && **r != rule)
+                .filter(|r| r.protocol == ROUTE_PROTOCOL && !want.contains(r))
             {
                 nl.delete_rule(r).await?;
             }
-            if !rules.contains(&rule) {
-                nl.add_rule(&rule).await?;
+            for rule in &want {
+                if !rules.contains(rule) {
+                    nl.add_rule(rule).await?;
+                }
             }
             Ok(problems)
         })

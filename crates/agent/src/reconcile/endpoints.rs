@@ -93,7 +93,13 @@ impl Reconciler for Endpoints {
             }
         }
         let links = self.nl.links().await?;
-        let routes = self.nl.routes(true).await?;
+        // Pod routes live in the mode's pod table; the CNI plugin adds them
+        // to main at ADD, and this pass moves them.
+        let pod_table = agent.cfg.pod_table();
+        let mut routes = self.nl.routes(true).await?;
+        if pod_table != strait_netlink::MAIN_TABLE {
+            routes.extend(self.nl.routes_in(pod_table, true).await?);
+        }
         let veths: HashMap<&str, &Link> = links
             .iter()
             .filter(|l| is_host_veth(&l.name))
@@ -199,7 +205,7 @@ impl Reconciler for Endpoints {
                     oif: Some(idx),
                     kind: RouteKind::Unicast,
                     protocol: ROUTE_PROTOCOL,
-                    table: strait_netlink::MAIN_TABLE,
+                    table: pod_table,
                     onlink: false,
                 })
             })

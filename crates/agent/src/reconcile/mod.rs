@@ -157,8 +157,10 @@ impl Agent {
 /// kind and gateway, and the same device when the desired one names one.
 pub fn satisfies(actual: &Route, desired: &Route) -> bool {
     actual.dst == desired.dst
+        && actual.table == desired.table
         && actual.kind == desired.kind
         && actual.via == desired.via
+        && actual.onlink == desired.onlink
         && (desired.oif.is_none() || actual.oif == desired.oif)
 }
 
@@ -180,11 +182,11 @@ pub async fn apply_routes(
         }
         if let Some(f) = actual
             .iter()
-            .find(|a| a.dst == d.dst && a.protocol != ROUTE_PROTOCOL)
+            .find(|a| a.dst == d.dst && a.table == d.table && a.protocol != ROUTE_PROTOCOL)
         {
             rep.problems.push(format!(
-                "route {}: the main table already has a route to it that strait did not make (protocol {}); strait leaves it alone — remove it or change the pod CIDR",
-                d.dst, f.protocol
+                "route {}: table {} already has a route to it that strait did not make (protocol {}); strait leaves it alone — remove it or change the pod CIDR",
+                d.dst, d.table, f.protocol
             ));
             continue;
         }
@@ -196,10 +198,13 @@ pub async fn apply_routes(
             Err(e) => rep.problems.push(format!("route {}: {e}", d.dst)),
         }
     }
-    // A route with the same destination and kind as a desired one was just
-    // replaced in place; anything else of ours is stale.
+    // A route with the same destination, kind and table as a desired one
+    // was just replaced in place; anything else of ours is stale.
     for a in actual.iter().filter(|a| owned(a)) {
-        if desired.iter().any(|d| d.dst == a.dst && d.kind == a.kind) {
+        if desired
+            .iter()
+            .any(|d| d.dst == a.dst && d.kind == a.kind && d.table == a.table)
+        {
             continue;
         }
         match nl.delete_route(a).await {
