@@ -50,7 +50,58 @@ fn vxlan_on_the_kernel_datapath() {
     if !require_root("vxlan_on_the_kernel_datapath") {
         return;
     }
-    vxlan_carries_pods_and_services_between_nodes(&vxlan_lab("t-vxlan", "routed"), false);
+    let lab = vxlan_lab("t-vxlan", "routed");
+    vxlan_carries_pods_and_services_between_nodes(&lab, false);
+    back_to_routed_leaves_no_overlay_state(&lab);
+}
+
+/// The agents restart with --cross-node routed: strait's rules and
+/// table-40000 routes go, the pods' routes return from 39999 to main, and
+/// pods talk over the plain underlay. (The device itself stays; see README.)
+fn back_to_routed_leaves_no_overlay_state(lab: &Lab) {
+    let mut plan = lab.st.plan.clone();
+    plan.cross_node = strait_model::lab::CrossNodeMode::Routed;
+    let st = strait_lab::LabState {
+        dir: lab.st.dir.clone(),
+        plan,
+    };
+    for node in ["node-a", "node-b"] {
+        let n = lab.node(node).clone();
+        let pid = strait_lab::LabState::read_pid(&lab.st.agent_pid(&n)).unwrap();
+        strait_lab::cmd::stop(&[pid], Duration::from_secs(3));
+        strait_lab::run::start_agent(&st, &lab.bins, &n, &[]).unwrap();
+        strait_lab::run::wait_agent_ready(&st, &n, Duration::from_secs(10)).unwrap();
+    }
+    let b = lab.node("node-b").ip;
+    for node in ["node-a", "node-b"] {
+        until(lab, node, &["ip", "rule"], "strait's rules gone", |o| {
+            !o.contains("39999") && !o.contains("40000")
+        });
+        until(
+            lab,
+            node,
+            &["ip", "route", "show", "table", "39999"],
+            "39999 empty",
+            |o| o.trim().is_empty(),
+        );
+        until(
+            lab,
+            node,
+            &["ip", "route", "show", "table", "40000"],
+            "40000 empty",
+            |o| o.trim().is_empty(),
+        );
+    }
+    let client_ip = pod_ip(lab, "client");
+    until(
+        lab,
+        "node-a",
+        &["ip", "route"],
+        "routed mode's routes",
+        |o| o.contains(&format!("{client_ip} dev strt")) && o.contains(&format!("via {b}")),
+    );
+    assert_eq!(lab.probe("client", "web-b").unwrap(), "web-b");
+    assert_eq!(lab.status("node-a").cross_node, "routed");
 }
 
 /// The fast path over the overlay: from-container sends cross-node packets

@@ -95,11 +95,15 @@ impl Reconciler for Endpoints {
         let links = self.nl.links().await?;
         // Pod routes live in the mode's pod table; the CNI plugin adds them
         // to main at ADD, and this pass moves them.
+        // Both tables are read whatever the mode, so routes left in the
+        // other one (the mode changed) are moved back too.
         let pod_table = agent.cfg.pod_table();
         let mut routes = self.nl.routes(true).await?;
-        if pod_table != strait_netlink::MAIN_TABLE {
-            routes.extend(self.nl.routes_in(pod_table, true).await?);
-        }
+        routes.extend(
+            self.nl
+                .routes_in(strait_model::overlay::LOCAL_POD_TABLE, true)
+                .await?,
+        );
         let veths: HashMap<&str, &Link> = links
             .iter()
             .filter(|l| is_host_veth(&l.name))
