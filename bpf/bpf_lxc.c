@@ -126,9 +126,11 @@ int from_container(struct __sk_buff *skb)
 	 * must fit the egress too. An overlay device is smaller than the pod's
 	 * link would allow, and the kernel would otherwise fragment the outer
 	 * packet instead of telling the pod. Too big: the host stack forwards
-	 * it and answers "fragmentation needed" (path-MTU discovery). */
+	 * it and answers "fragmentation needed" (path-MTU discovery). Other
+	 * packets were checked by the lookup itself. */
 	__u32 mtu_len = 0;
-	if (bpf_check_mtu(skb, fib.ifindex, &mtu_len, 0, BPF_MTU_CHK_SEGS) != 0)
+	if (skb->gso_size &&
+	    bpf_check_mtu(skb, fib.ifindex, &mtu_len, 0, BPF_MTU_CHK_SEGS) != 0)
 		return verdict(skb, REASON_MTU_TO_STACK, PROG_FROM_CONTAINER, &p.flow, 0, TC_ACT_OK);
 
 	struct flow f = p.flow;

@@ -101,16 +101,30 @@ fn rss_mb(pid: i32) -> f64 {
         / 1024.0
 }
 
-/// Until `f` holds, without blocking the client's runtime.
-async fn wait_async(timeout: Duration, f: impl Fn() -> bool) -> anyhow::Result<Duration> {
+type Timings = (Vec<Duration>, Vec<Duration>);
+
+/// Time one change: `write` it, then wait (without blocking the client's
+/// runtime) until service `i`'s first backend is generation `g`'s. Pushes
+/// (write -> programmed, write returned -> programmed).
+async fn timed_change(
+    write: impl std::future::Future<Output = anyhow::Result<()>>,
+    pins: &std::path::Path,
+    (i, g): (usize, usize),
+    out: &mut Timings,
+) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    while !f() {
-        if t0.elapsed() > timeout {
-            bail!("the change programmed: not within {timeout:?}");
+    write.await?;
+    let t1 = Instant::now();
+    while !programmed(pins, i, backend(i, 0, g)) {
+        if t1.elapsed() > Duration::from_secs(60) {
+            bail!("the change programmed: not within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok(t0.elapsed())
+    out.0.push(t0.elapsed());
+    out.1.push(t1.elapsed());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
 }
 
 /// Five endpoint changes written by a client that stays connected, as an
@@ -121,7 +135,7 @@ fn changes_connected(
     cp: &str,
     n: usize,
     pins: &std::path::Path,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+) -> anyhow::Result<Timings> {
     let pins = pins.to_path_buf();
     let each = |i: usize, g: usize| (i, g, format!("s{i}-1"), slice(i, g));
     let todo: Vec<_> = (1..=5).map(|g| each(g * 7 % n, g)).collect();
@@ -136,15 +150,9 @@ fn changes_connected(
                     &name,
                 )
                 .context("slice key")?;
-                let t0 = Instant::now();
-                c.put(key.as_bytes(), &serde_json::to_vec(&v)?).await?;
-                let after = wait_async(Duration::from_secs(60), || {
-                    programmed(&pins, i, backend(i, 0, g))
-                })
-                .await?;
-                out.0.push(t0.elapsed());
-                out.1.push(after);
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                let value = serde_json::to_vec(&v)?;
+                let write = async { Ok(c.put(key.as_bytes(), &value).await.map(|_| ())?) };
+                timed_change(write, &pins, (i, g), &mut out).await?;
             }
             Ok(out)
         });
@@ -171,15 +179,8 @@ fn changes_connected(
             } else {
                 strait_lab::publish::slice_to_v1beta1(v)
             };
-            let t0 = Instant::now();
-            api.patch(&name, &pp, &Patch::Apply(&v)).await?;
-            let after = wait_async(Duration::from_secs(60), || {
-                programmed(&pins, i, backend(i, 0, g))
-            })
-            .await?;
-            out.0.push(t0.elapsed());
-            out.1.push(after);
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            let write = async { Ok(api.patch(&name, &pp, &Patch::Apply(&v)).await.map(|_| ())?) };
+            timed_change(write, &pins, (i, g), &mut out).await?;
         }
         Ok(out)
     })

@@ -23,14 +23,7 @@ fn services_through_etcd_survive_restarts_and_compaction() {
     if !require_root("services_through_etcd_survive_restarts_and_compaction") {
         return;
     }
-    let y = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/services-ebpf.yaml"
-    ))
-    .unwrap()
-    .replace("name: svc", "name: t-etcd")
-    .replace("  mode: ebpf", "  mode: ebpf\n  controlPlane: etcd");
-    let lab = Lab::up(&y);
+    let lab = svc_lab_spec("t-etcd", "mode: ebpf\n  controlPlane: etcd");
     let src = lab
         .status("node-a")
         .source

@@ -26,17 +26,10 @@ fn have_apiserver(test: &str) -> bool {
 
 /// The services example with its cluster in a kube-apiserver.
 fn kube_lab(name: &str, mode: &str) -> Lab {
-    let y = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/services-ebpf.yaml"
-    ))
-    .unwrap()
-    .replace("name: svc", &format!("name: {name}"))
-    .replace(
-        "  mode: ebpf",
-        &format!("  mode: {mode}\n  controlPlane: kube-apiserver"),
-    );
-    Lab::up(&y)
+    svc_lab_spec(
+        name,
+        &format!("mode: {mode}\n  controlPlane: kube-apiserver"),
+    )
 }
 
 fn extra_service(ip: &str, backend: &str) -> Vec<serde_json::Value> {

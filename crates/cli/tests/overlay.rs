@@ -12,17 +12,7 @@ use std::time::{Duration, Instant};
 use strait_lab::hops;
 
 fn vxlan_lab(name: &str, datapath: &str) -> Lab {
-    let y = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/services-ebpf.yaml"
-    ))
-    .unwrap()
-    .replace("name: svc", &format!("name: {name}"))
-    .replace(
-        "  mode: ebpf",
-        &format!("  mode: {datapath}\n  crossNode: vxlan"),
-    );
-    Lab::up(&y)
+    svc_lab_spec(name, &format!("mode: {datapath}\n  crossNode: vxlan"))
 }
 
 /// Until `f` holds for `node`'s `cmd` output (level-triggered state). A

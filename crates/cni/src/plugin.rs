@@ -476,12 +476,16 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
                 }
                 // In main, or in the overlay modes' pod table (the agent
                 // moves it there).
-                let mut routes = nl.routes(true).await.map_err(kernel("dump routes"))?;
-                routes.extend(
-                    nl.routes_in(strait_model::overlay::LOCAL_POD_TABLE, true)
-                        .await
-                        .map_err(kernel("dump routes"))?,
-                );
+                let routes = nl
+                    .routes_in_tables(
+                        &[
+                            strait_netlink::MAIN_TABLE,
+                            strait_model::overlay::LOCAL_POD_TABLE,
+                        ],
+                        true,
+                    )
+                    .await
+                    .map_err(kernel("dump routes"))?;
                 if !routes
                     .iter()
                     .any(|r| r.dst == want && r.oif == Some(l.index))

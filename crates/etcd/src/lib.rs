@@ -47,8 +47,8 @@ pub enum Error {
         #[source]
         source: wire::DecodeError,
     },
-    #[error("etcd: the revision asked for is compacted (compacted up to {0})")]
-    Compacted(i64),
+    #[error("etcd: the revision asked for is compacted")]
+    Compacted,
 }
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,7 +114,7 @@ impl Client {
     fn decode_err(&self, path: &str, source: wire::DecodeError) -> Error {
         if let wire::DecodeError::Server(m) = &source {
             if m.contains("required revision has been compacted") {
-                return Error::Compacted(0);
+                return Error::Compacted;
             }
         }
         Error::Decode {
@@ -142,7 +142,7 @@ impl Client {
             if status != 200 {
                 if let Some(m) = v["message"].as_str().or(v["error"].as_str()) {
                     if m.contains("required revision has been compacted") {
-                        return Err(Error::Compacted(0));
+                        return Err(Error::Compacted);
                     }
                 }
                 return Err(Error::Status {

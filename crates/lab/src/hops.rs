@@ -500,13 +500,7 @@ pub fn trace_service(
         )
     })?;
     let probe = probe?;
-    let hops = tally(
-        hops,
-        pairs.into_iter().map(|c| c.pairs).collect(),
-        vip,
-        client,
-        &backend_ips,
-    );
+    let hops = tally(hops, pairs, vip, client, &backend_ips);
     Ok(ServiceHopReport {
         client,
         vip,
@@ -565,13 +559,7 @@ pub fn trace_external(
         crate::probe::probe(&netns_path(&ext), frontend, false, Duration::from_secs(2))
     })?;
     let probe = probe?;
-    let hops = tally(
-        hops,
-        pairs.into_iter().map(|c| c.pairs).collect(),
-        fip,
-        client,
-        &backend_ips,
-    );
+    let hops = tally(hops, pairs, fip, client, &backend_ips);
     Ok(ServiceHopReport {
         client,
         vip: fip,
@@ -585,7 +573,7 @@ pub fn trace_external(
 /// between the client and a backend's own address.
 fn tally(
     hops: Vec<Hop>,
-    pairs: Vec<Pairs>,
+    captured: Vec<Captured>,
     vip: Ipv4Addr,
     client: Ipv4Addr,
     backends: &[Ipv4Addr],
@@ -597,8 +585,9 @@ fn tally(
             .sum()
     };
     hops.into_iter()
-        .zip(pairs)
-        .map(|(h, p)| {
+        .zip(captured)
+        .map(|(h, c)| {
+            let p = c.pairs;
             let v = count(&p, &|s, d| s == vip || d == vip);
             let pods = count(&p, &|s, d| {
                 (s == client && backends.contains(&d)) || (d == client && backends.contains(&s))

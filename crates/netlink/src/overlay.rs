@@ -2,7 +2,7 @@
 //! forwarding database (FDB), routing rules, and routes in tables other than
 //! main. Address-family generic: every address is an `IpAddr`.
 
-use crate::rt::{nl, Netlink};
+use crate::rt::{link_from, nl, Link, Netlink};
 use crate::{KernelError, Result};
 use futures::{StreamExt, TryStreamExt};
 use ipnet::IpNet;
@@ -87,9 +87,9 @@ impl Netlink {
             .map_err(nl(format!("create vxlan device {name}")))
     }
 
-    /// A VXLAN device's index and settings; None when `name` does not exist
-    /// or is not a VXLAN device.
-    pub async fn vxlan(&self, name: &str) -> Result<Option<(u32, Vxlan)>> {
+    /// The link named `name`, if there is one, with its settings when it is
+    /// a VXLAN device (one request for both).
+    pub async fn vxlan(&self, name: &str) -> Result<Option<(Link, Option<Vxlan>)>> {
         let mut s = self.handle.link().get().match_name(name).execute();
         let msg = match s.try_next().await {
             Ok(Some(m)) => m,
@@ -127,11 +127,11 @@ impl Netlink {
                             _ => {}
                         }
                     }
-                    out = Some((msg.header.index, v));
+                    out = Some(v);
                 }
             }
         }
-        Ok(out)
+        Ok(Some((link_from(msg), out)))
     }
 
     /// Permanent FDB entries of a device that point at a remote VTEP.

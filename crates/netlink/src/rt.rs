@@ -71,7 +71,7 @@ pub(crate) fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Kern
     move |source| KernelError::Netlink { op, source }
 }
 
-fn link_from(msg: LinkMessage) -> Link {
+pub(crate) fn link_from(msg: LinkMessage) -> Link {
     let mut l = Link {
         index: msg.header.index,
         name: String::new(),
@@ -354,6 +354,11 @@ impl Netlink {
 
     /// Routes of one table for one address family.
     pub async fn routes_in(&self, table: u32, v4: bool) -> Result<Vec<Route>> {
+        self.routes_in_tables(&[table], v4).await
+    }
+
+    /// Routes of several tables for one address family, in one dump.
+    pub async fn routes_in_tables(&self, tables: &[u32], v4: bool) -> Result<Vec<Route>> {
         let req = if v4 {
             RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
         } else {
@@ -370,7 +375,7 @@ impl Netlink {
         Ok(msgs
             .into_iter()
             .filter_map(route_from)
-            .filter(|r| r.table == table)
+            .filter(|r| tables.contains(&r.table))
             .collect())
     }
 

@@ -81,15 +81,16 @@ fn vxlan_fdb_rules_and_tables() {
             )
             .await
             .unwrap();
-            let (index, got) = nl.vxlan("eth0.vxlan4").await.unwrap().unwrap();
-            assert_eq!(got, want);
+            let (dev, got) = nl.vxlan("eth0.vxlan4").await.unwrap().unwrap();
+            let index = dev.index;
+            assert_eq!(got.as_ref(), Some(&want));
             let dev = nl.link("eth0.vxlan4").await.unwrap().unwrap();
             assert_eq!(
                 (dev.mtu, dev.mac.as_slice()),
                 (1450, &[0x0a, 0x58, 198, 18, 5, 1][..])
             );
             assert!(
-                nl.vxlan("up0").await.unwrap().is_none(),
+                nl.vxlan("up0").await.unwrap().unwrap().1.is_none(),
                 "a veth is no VXLAN device"
             );
             assert!(nl.vxlan("nothing").await.unwrap().is_none());

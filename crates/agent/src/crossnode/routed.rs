@@ -4,7 +4,7 @@
 use super::CrossNode;
 use futures::future::BoxFuture;
 use strait_model::naming::ROUTE_PROTOCOL;
-use strait_model::overlay::{LOCAL_POD_TABLE, OVERLAY_TABLE};
+use strait_model::overlay::OVERLAY_TABLE;
 use strait_model::routes::NodeRoute;
 use strait_netlink::{Netlink, Route, RouteKind};
 
@@ -25,16 +25,26 @@ impl CrossNode for Routed {
         _peers: &'a [NodeRoute],
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
-            for r in nl.rules(true).await? {
-                if r.protocol == ROUTE_PROTOCOL {
-                    nl.delete_rule(&r).await?;
-                    tracing::info!(rule = ?r, "overlay rule removed (routed mode)");
-                }
+            // The rules mark an overlay's leftovers; without them (the usual
+            // case) there is nothing to look for, and no route dump.
+            let ours: Vec<_> = nl
+                .rules(true)
+                .await?
+                .into_iter()
+                .filter(|r| r.protocol == ROUTE_PROTOCOL)
+                .collect();
+            if ours.is_empty() {
+                return Ok(vec![]);
             }
+            // Routes first: the rules are what says there is more to do.
             for r in nl.routes_in(OVERLAY_TABLE, true).await? {
-                if r.protocol == ROUTE_PROTOCOL && r.table != LOCAL_POD_TABLE {
+                if r.protocol == ROUTE_PROTOCOL {
                     nl.delete_route(&r).await?;
                 }
+            }
+            for r in &ours {
+                nl.delete_rule(r).await?;
+                tracing::info!(rule = ?r, "overlay rule removed (routed mode)");
             }
             Ok(vec![])
         })

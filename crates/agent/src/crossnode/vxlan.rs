@@ -64,18 +64,19 @@ impl Vxlan {
             learning: false,
         };
         let mac = vtep_mac(local);
-        if let Some((index, got)) = nl.vxlan(&name).await? {
-            let link = nl.link(&name).await?;
-            if got == want && link.as_ref().is_some_and(|l| l.mac == mac) {
-                if !link.is_some_and(|l| l.up) {
-                    nl.set_up(index).await?;
+        match nl.vxlan(&name).await? {
+            Some((link, Some(got))) if got == want && link.mac == mac => {
+                if !link.up {
+                    nl.set_up(link.index).await?;
                 }
-                return Ok(index);
+                return Ok(link.index);
             }
-            tracing::warn!(device = %name, ?got, ?want, "VXLAN device differs from the plan; recreating it");
-            nl.delete_link(&name).await?;
-        } else if nl.link(&name).await?.is_some() {
-            anyhow::bail!("{name} exists and is not a VXLAN device; strait will not replace it (delete it, or choose another VNI)");
+            Some((_, Some(got))) => {
+                tracing::warn!(device = %name, ?got, ?want, "VXLAN device differs from the plan; recreating it");
+                nl.delete_link(&name).await?;
+            }
+            Some((_, None)) => anyhow::bail!("{name} exists and is not a VXLAN device; strait will not replace it (delete it, or choose another VNI)"),
+            None => {}
         }
         let mtu = uplink.mtu.saturating_sub(VXLAN_OVERHEAD_V4);
         nl.create_vxlan(&name, &want, Some(mac), mtu).await?;

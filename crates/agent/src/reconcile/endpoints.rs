@@ -98,12 +98,16 @@ impl Reconciler for Endpoints {
         // Both tables are read whatever the mode, so routes left in the
         // other one (the mode changed) are moved back too.
         let pod_table = agent.cfg.pod_table();
-        let mut routes = self.nl.routes(true).await?;
-        routes.extend(
-            self.nl
-                .routes_in(strait_model::overlay::LOCAL_POD_TABLE, true)
-                .await?,
-        );
+        let routes = self
+            .nl
+            .routes_in_tables(
+                &[
+                    strait_netlink::MAIN_TABLE,
+                    strait_model::overlay::LOCAL_POD_TABLE,
+                ],
+                true,
+            )
+            .await?;
         let veths: HashMap<&str, &Link> = links
             .iter()
             .filter(|l| is_host_veth(&l.name))

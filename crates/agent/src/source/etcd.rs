@@ -11,7 +11,7 @@
 //!
 //! The first snapshot is published only after the first list.
 
-use super::{ClusterSource, SharedHealth};
+use super::{now_ms, ClusterSource, SharedHealth};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use strait_etcd::{Client, Event, WatchMsg};
@@ -26,16 +26,15 @@ const COALESCE: Duration = Duration::from_millis(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// Wait `backoff`, then double it (up to BACKOFF_MAX).
+async fn back_off(backoff: &mut Duration) {
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+}
+
 pub struct EtcdSource {
     rx: watch::Receiver<Arc<ClusterSnapshot>>,
     health: SharedHealth,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 struct Shared {
@@ -59,8 +58,16 @@ impl Shared {
         }
     }
 
-    /// List the prefix and replace the store; returns the list's revision.
-    async fn list(&self, client: &Client) -> Result<i64, strait_etcd::Error> {
+    /// List until it works (waiting `backoff`, doubling, between tries).
+    async fn list_until_ok(&self, client: &Client, what: &str, backoff: &mut Duration) {
+        while let Err(e) = self.list(client).await {
+            self.error(what, &e);
+            back_off(backoff).await;
+        }
+    }
+
+    /// List the prefix and replace the store.
+    async fn list(&self, client: &Client) -> Result<(), strait_etcd::Error> {
         let l = client.range_prefix(self.prefix.as_bytes()).await?;
         let applied = self.store.lock().unwrap().replace(
             l.kvs
@@ -76,7 +83,7 @@ impl Shared {
             revision = l.revision,
             "etcd source: listed"
         );
-        Ok(l.revision)
+        Ok(())
     }
 
     /// Watch after the store's revision until the stream ends or fails.
@@ -167,16 +174,9 @@ impl EtcdSource {
             prefix: prefix.into(),
         });
         let mut backoff = BACKOFF_MIN;
-        loop {
-            match shared.list(&client).await {
-                Ok(_) => break,
-                Err(e) => {
-                    shared.error("first list", &e);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-        }
+        shared
+            .list_until_ok(&client, "first list", &mut backoff)
+            .await;
         health.lock().unwrap().ready = true;
         let first = shared.store.lock().unwrap().snapshot();
         let (tx, rx) = watch::channel(Arc::new(first));
@@ -198,7 +198,7 @@ impl EtcdSource {
                 let mut connected = false;
                 let relist = match shared.watch(&client, &mut connected).await {
                     Ok(relist) => relist,
-                    Err(strait_etcd::Error::Compacted(_)) => true,
+                    Err(strait_etcd::Error::Compacted) => true,
                     Err(e) => {
                         shared.error("watch", &e);
                         false
@@ -208,22 +208,10 @@ impl EtcdSource {
                     backoff = BACKOFF_MIN;
                 }
                 if relist {
-                    loop {
-                        match shared.list(&client).await {
-                            Ok(_) => {
-                                shared.health.lock().unwrap().relists += 1;
-                                break;
-                            }
-                            Err(e) => {
-                                shared.error("relist", &e);
-                                tokio::time::sleep(backoff).await;
-                                backoff = (backoff * 2).min(BACKOFF_MAX);
-                            }
-                        }
-                    }
+                    shared.list_until_ok(&client, "relist", &mut backoff).await;
+                    shared.health.lock().unwrap().relists += 1;
                 } else {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    back_off(&mut backoff).await;
                 }
             }
         });

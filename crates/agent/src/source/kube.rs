@@ -8,7 +8,7 @@
 //! serves it and as `v1beta1` where it does not (Kubernetes 1.20), converted
 //! to v1 (`topology` hostname/zone become `nodeName`/`zone`).
 
-use super::{ClusterSource, SharedHealth};
+use super::{now_ms, ClusterSource, SharedHealth};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -42,13 +42,6 @@ struct Stores {
     slices: Store<EndpointSlice>,
     namespaces: Store<Namespace>,
     policies: Store<NetworkPolicy>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Drive one kind's reflector stream on its own task.

@@ -27,3 +27,11 @@ pub trait ClusterSource: Send + Sync {
 
 /// Health shared between a source's watch tasks and `strait status`.
 pub type SharedHealth = Arc<Mutex<SourceStatus>>;
+
+/// Unix time in ms, for `SourceStatus::last_event_ms`.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -13,13 +13,19 @@ pub fn svc_lab(name: &str) -> Lab {
 /// The services example lab in a datapath mode: "ebpf" (services in eBPF)
 /// or "routed" (the nftables backend).
 pub fn svc_lab_mode(name: &str, mode: &str) -> Lab {
+    svc_lab_spec(name, &format!("mode: {mode}"))
+}
+
+/// The services example lab with `spec` (lines of the Lab's spec, indented
+/// as the first) in place of its `mode: ebpf`.
+pub fn svc_lab_spec(name: &str, spec: &str) -> Lab {
     let y = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/services-ebpf.yaml"
     ))
     .unwrap()
     .replace("name: svc", &format!("name: {name}"))
-    .replace("mode: ebpf", &format!("mode: {mode}"));
+    .replace("mode: ebpf", spec);
     Lab::up(&y)
 }
 
