@@ -6,7 +6,8 @@
  *   - to a pod on this node: bpf_redirect_peer into that pod's namespace,
  *     skipping its host veth and the host stack;
  *   - to anywhere the FIB forwards out of this node: bpf_fib_lookup, then
- *     bpf_redirect_neigh out of the right interface;
+ *     bpf_redirect_neigh out of the right interface (for IP-in-IP, wrapped
+ *     first and sent out of the uplink to the node the route names);
  *   - everything else (the node itself, ARP, IPv6, ...) goes to the stack. */
 #include "lib/lb.h"
 
@@ -136,6 +137,14 @@ int from_container(struct __sk_buff *skb)
 	struct flow f = p.flow;
 	if (ttl_decrement(skb, &p) < 0)
 		return verdict(skb, REASON_TTL_TO_STACK, PROG_FROM_CONTAINER, &f, 0, TC_ACT_OK);
+	/* IP-in-IP: the route points at the tunnel's stand-in device, its
+	 * gateway is the node: wrap here and go straight to the uplink. */
+	const struct tunnel_cfg *tun = tunnel_cfg();
+	if (tun && fib.ifindex == tun->ifindex) {
+		if (fib.ipv4_dst == f.daddr)
+			return drop(skb, DROP_TUNNEL_NO_ROUTE, PROG_FROM_CONTAINER, &f);
+		return ipip_send(skb, tun, fib.ipv4_dst, PROG_FROM_CONTAINER, &f);
+	}
 	/* After the lookup fib.ipv4_dst is the next hop (the gateway, or the
 	 * destination itself when it is on-link). */
 	struct bpf_redir_neigh nh = {};

@@ -2,7 +2,8 @@
 /* from-netdev: tc ingress of the node's uplink. Traffic from other nodes
  * for a pod on this node goes straight into the pod with
  * bpf_redirect_peer (the seed's newer-kernel behaviour); everything else,
- * including traffic for the node itself, goes to the host stack. Traffic
+ * including traffic for the node itself, goes to the host stack.
+ * IP-in-IP from a known node is opened first (unknown senders' is dropped). Traffic
  * the node itself sends to a pod never passes here: it takes the host
  * stack and the pod's host veth (seed scenario 1). */
 #include "lib/lb.h"
@@ -11,6 +12,13 @@ SEC("classifier/from_netdev")
 int from_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
+	/* IP-in-IP from another node is opened first; the rest of the program
+	 * sees the packet inside. */
+	int t = ipip_open(skb, &p.flow);
+	if (t < 0)
+		return drop(skb, (__u8)-t, PROG_FROM_NETDEV, &p.flow);
+	if (t == IPIP_OPENED)
+		count(REASON_IPIP_DECAP, skb->len);
 	int r = parse_ipv4(skb, &p);
 	if (r <= 0) /* malformed packets from the wire are the stack's business */
 		return verdict(skb, REASON_TO_STACK, PROG_FROM_NETDEV, &p.flow, 0, TC_ACT_OK);

@@ -77,6 +77,8 @@ struct event {
 #define PROG_FROM_CONTAINER 1
 #define PROG_FROM_NETDEV 2
 #define PROG_TO_NETDEV 3
+#define PROG_TUNNEL_ENCAP 4
+#define PROG_TUNNEL_DECAP 5
 
 /* skb->mark bit that asks the agent's nftables rule to masquerade. */
 #define MARK_MASQUERADE 0x00005a00
@@ -189,4 +191,27 @@ struct sock_rev_val {
 	__u32 addr;   /* the service frontend */
 	__u16 port;
 	__u16 _pad;
+};
+
+/* An address of either family as map keys hold it: IPv6 as is, IPv4 as
+ * an IPv4-mapped IPv6 address (::ffff:a.b.c.d). */
+struct addr_key {
+	__u8 addr[16];
+};
+
+/* The IP-in-IP tunnel of this node, in the one-entry strait_tunnel array.
+ * ifindex 0: the node does not run IP-in-IP (nothing is encapsulated, and
+ * IP-in-IP packets are left to the stack). */
+struct tunnel_cfg {
+	__u32 ifindex;        /* the tunnel stand-in device routes point at */
+	__u32 uplink;         /* where the outer packets leave */
+	__u32 local4;         /* outer source: this node's IPv4 (network order) */
+	__u32 flags;
+	__u8 local6[16];      /* for an IPv6 underlay: unused yet */
+};
+
+/* A node IP-in-IP is accepted from (strait_tunnel_peers value). */
+struct tunnel_peer {
+	__u32 flags;
+	__u32 _pad;
 };

@@ -2,7 +2,7 @@
 /* Counting and events. Every verdict leaves through verdict() or drop(),
  * so every packet is counted under a reason and every drop is reported. */
 #pragma once
-#include "maps.h"
+#include "maps_core.h"
 
 struct flow {
 	__u32 saddr, daddr;

@@ -2,6 +2,8 @@
 /* Packet parsing and the forwarding primitives. */
 #pragma once
 #include "events.h"
+#include "maps.h"
+#include "tunnel.h"
 
 /* Chosen at load time by the agent's feature probe: 1 when the kernel has
  * bpf_redirect_peer (Linux >= 5.10, the seed's "Aliyun3" path), 0 for the

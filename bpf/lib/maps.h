@@ -4,8 +4,7 @@
  * forwarding continues while it restarts or upgrades. Sizes here are part
  * of the layout: the loader compares them with what is pinned. */
 #pragma once
-#include "common.h"
-#include "reasons.h"
+#include "maps_core.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -22,28 +21,6 @@ struct {
 	__type(value, struct lxc);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } strait_lxc SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, REASON_COUNT);
-	__type(key, __u32);
-	__type(value, struct metric);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} strait_metrics SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct config);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} strait_config SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 18);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} strait_events SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

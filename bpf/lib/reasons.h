@@ -24,6 +24,8 @@
 #define REASON_LOCAL_LINK        18 /* ARP or IPv6 link-local from a pod: the host stack answers */
 #define REASON_CT_INSERT_FAILED  19 /* conntrack map refused an entry (full): forwarded untracked, reported */
 #define REASON_MTU_TO_STACK      20 /* too big for the egress (a GSO packet's segments, say): host stack sends ICMP */
+#define REASON_IPIP_ENCAP        21 /* other node over IP-in-IP: outer node-to-node header added in eBPF, out of the uplink */
+#define REASON_IPIP_DECAP        22 /* IP-in-IP from a known node: outer header removed in eBPF */
 
 #define REASON_MAX_FORWARD       127
 
@@ -35,5 +37,9 @@
 #define DROP_LB_INCONSISTENT   133  /* service has backends but a slot is missing: the map is being rewritten or corrupt */
 #define DROP_ETHERTYPE         134  /* a pod sent neither IPv4, IPv6 nor ARP */
 #define DROP_ARP_SPOOF         135  /* a pod's ARP claims an address that is not its own */
+#define DROP_IPIP_UNKNOWN_PEER 136  /* IP-in-IP whose outer source is not a node of the cluster */
+#define DROP_IPIP_FRAGMENT     137  /* a fragment of an IP-in-IP packet (strait never sends them) */
+#define DROP_TUNNEL_NO_ROUTE   138  /* no route to the peer node for the outer header, or no node behind the route */
+#define DROP_ENCAP_FAILED      139  /* the kernel refused to make room for the outer header */
 
 #define REASON_COUNT           256

@@ -19,7 +19,7 @@ fn main() {
         Ok("aarch64") => "aarch64-linux-gnu",
         _ => "x86_64-linux-gnu",
     };
-    for name in ["bpf_lxc", "bpf_netdev", "bpf_sock"] {
+    for name in ["bpf_lxc", "bpf_netdev", "bpf_sock", "bpf_tunnel"] {
         let src = root.join(format!("{name}.c"));
         let obj = out.join(format!("{name}.o"));
         let status = Command::new(&clang)

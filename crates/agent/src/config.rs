@@ -67,7 +67,8 @@ impl AgentConfig {
     }
 
     /// The cross-node mode's tunnel device, where decapsulated traffic
-    /// enters (the eBPF datapath attaches from-netdev there too).
+    /// enters (the eBPF datapath attaches from-netdev there too). IP-in-IP
+    /// has none: it is opened at the uplink's own tc ingress.
     pub fn tunnel_device(&self) -> Option<String> {
         match self.cross_node.as_str() {
             "vxlan" => strait_model::overlay::vxlan_device(&self.uplink, self.vxlan_vni).ok(),

@@ -21,13 +21,19 @@ pub struct BpfState {
     pub tunnel: Option<u32>,
 }
 
+/// A pin directory under /sys/fs/bpf needs a bpffs there (mounted if not).
+pub fn ensure_pin_root(dir: &std::path::Path) -> anyhow::Result<()> {
+    let default_root = std::path::Path::new("/sys/fs/bpf");
+    if dir.starts_with(default_root) {
+        strait_bpf::datapath::ensure_bpffs(default_root).context("mount bpffs at /sys/fs/bpf")?;
+    }
+    Ok(())
+}
+
 /// Load the programs, attach them to the uplink and the node's cgroup.
 pub fn load(cfg: &crate::AgentConfig) -> anyhow::Result<BpfState> {
-    use strait_bpf::datapath::{ensure_bpffs, Prog};
-    let default_root = std::path::Path::new("/sys/fs/bpf");
-    if cfg.bpf_dir.starts_with(default_root) {
-        ensure_bpffs(default_root).context("mount bpffs at /sys/fs/bpf")?;
-    }
+    use strait_bpf::datapath::Prog;
+    ensure_pin_root(&cfg.bpf_dir)?;
     let features = strait_bpf::Features::probe(cfg.no_redirect_peer);
     tracing::info!(redirect_peer = features.redirect_peer, reason = %features.reason, pin_dir = %cfg.bpf_dir.display(), "eBPF datapath");
     let mut dp =

@@ -154,20 +154,24 @@ pub const SOCK_PROGRAMS: [&str; 4] = [
     "sock4_getpeername",
 ];
 
-fn load_object(
+pub(crate) fn load_object(
     pin_dir: &Path,
     object: &'static str,
     data: &[u8],
     peer: u32,
 ) -> Result<Ebpf, DatapathError> {
-    EbpfLoader::new()
-        .default_map_pin_directory(pin_dir)
-        .override_global("USE_REDIRECT_PEER", &peer, true)
-        .load(data)
-        .map_err(|e| DatapathError::Load {
-            object,
-            source: Box::new(e),
-        })
+    let load = || {
+        EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .override_global("USE_REDIRECT_PEER", &peer, false)
+            .load(data)
+    };
+    // Two loaders sharing maps (the datapath and the tunnel) may race to
+    // create the same pin; the loser finds it pinned on a second try.
+    load().or_else(|_| load()).map_err(|e| DatapathError::Load {
+        object,
+        source: Box::new(e),
+    })
 }
 
 impl Datapath {
@@ -262,47 +266,55 @@ impl Datapath {
         }
     }
 
-    /// Attach `prog` to tc ingress of `iface` (in the calling thread's
-    /// namespace), replacing our earlier filter atomically if there is one.
-    /// The attachment belongs to the device, not to this process: it stays
-    /// when the agent exits.
+    /// Attach `prog` to tc ingress (to-netdev: egress) of `iface` (in the
+    /// calling thread's namespace), replacing our earlier filter atomically
+    /// if there is one. The attachment belongs to the device, not to this
+    /// process: it stays when the agent exits.
     pub fn attach(&mut self, prog: Prog, iface: &str) -> Result<(), DatapathError> {
-        let err = |message: String| DatapathError::Attach {
-            program: prog.name(),
-            iface: iface.to_string(),
-            message,
-        };
-        // clsact may already be there (ours, from an earlier run).
-        let _ = tc::qdisc_add_clsact(iface);
-        let p = self.program(prog)?;
-        let opts = || {
-            TcAttachOptions::Netlink(NlOptions {
-                priority: TC_PRIORITY,
-                handle: TC_HANDLE,
-                ..Default::default()
-            })
-        };
         let hook = if prog == Prog::ToNetdev {
             TcAttachType::Egress
         } else {
             TcAttachType::Ingress
         };
-        let id = match p.attach_with_options(iface, hook, opts()) {
-            Ok(id) => id,
-            Err(first) => {
-                let link = SchedClassifierLink::attached(iface, hook, TC_PRIORITY, TC_HANDLE, None)
-                    .map_err(|e| {
-                        err(format!("{first}; and looking up the existing filter: {e}"))
-                    })?;
-                p.attach_to_link(link)
-                    .map_err(|e| err(format!("{first}; replace: {e}")))?
-            }
-        };
-        let link = p.take_link(id).map_err(|e| err(e.to_string()))?;
-        // Dropping the link would detach it; the filter must outlive us.
-        std::mem::forget(link);
-        Ok(())
+        attach_classifier(self.program(prog)?, prog.name(), iface, hook)
     }
+}
+
+/// Attach a loaded classifier to `hook` of `iface` at strait's priority and
+/// handle, replacing whatever strait attached there before, atomically.
+pub(crate) fn attach_classifier(
+    p: &mut SchedClassifier,
+    program: &'static str,
+    iface: &str,
+    hook: TcAttachType,
+) -> Result<(), DatapathError> {
+    let err = |message: String| DatapathError::Attach {
+        program,
+        iface: iface.to_string(),
+        message,
+    };
+    // clsact may already be there (ours, from an earlier run).
+    let _ = tc::qdisc_add_clsact(iface);
+    let opts = || {
+        TcAttachOptions::Netlink(NlOptions {
+            priority: TC_PRIORITY,
+            handle: TC_HANDLE,
+            ..Default::default()
+        })
+    };
+    let id = match p.attach_with_options(iface, hook, opts()) {
+        Ok(id) => id,
+        Err(first) => {
+            let link = SchedClassifierLink::attached(iface, hook, TC_PRIORITY, TC_HANDLE, None)
+                .map_err(|e| err(format!("{first}; and looking up the existing filter: {e}")))?;
+            p.attach_to_link(link)
+                .map_err(|e| err(format!("{first}; replace: {e}")))?
+        }
+    };
+    let link = p.take_link(id).map_err(|e| err(e.to_string()))?;
+    // Dropping the link would detach it; the filter must outlive us.
+    std::mem::forget(link);
+    Ok(())
 }
 
 fn program(ebpf: &mut Ebpf, prog: Prog) -> Result<&mut SchedClassifier, DatapathError> {

@@ -7,7 +7,8 @@
 //! them through netlink cls_bpf at a fixed priority and handle, replacing
 //! an earlier attachment atomically on restart or upgrade.
 //!
-//! [`maps`] has a typed wrapper for every map; [`reason`] names every
+//! [`tunnel`] loads the IP-in-IP programs on their own (the kernel
+//! datapath has no other eBPF). [`maps`] has a typed wrapper for every map; [`reason`] names every
 //! verdict code; [`testrun`] runs a program on a crafted packet with
 //! BPF_PROG_TEST_RUN.
 
@@ -16,6 +17,7 @@ pub mod datapath;
 pub mod maps;
 pub mod reason;
 pub mod testrun;
+pub mod tunnel;
 pub mod upgrade;
 
 pub use datapath::{Datapath, DatapathError, Features};
@@ -28,6 +30,12 @@ static LXC: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "
 static NETDEV: &Aligned<[u8]> =
     &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/bpf_netdev.o")));
 static SOCK: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/bpf_sock.o")));
+static TUNNEL: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/bpf_tunnel.o")));
+
+pub fn tunnel_object() -> &'static [u8] {
+    &TUNNEL.0
+}
 
 pub fn sock_object() -> &'static [u8] {
     &SOCK.0

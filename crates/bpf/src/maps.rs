@@ -368,6 +368,56 @@ pub fn metric(map: &MetricsMap, reason: u8) -> Result<(u64, u64), aya::maps::Map
 pub type LxcMap = HashMap<MapData, u32, Lxc>;
 pub type MetricsMap = PerCpuArray<MapData, Metric>;
 
+/// `struct addr_key`: an address of either family; IPv4 as IPv4-mapped
+/// IPv6 (::ffff:a.b.c.d).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct AddrKey {
+    pub addr: [u8; 16],
+}
+unsafe impl aya::Pod for AddrKey {}
+
+impl From<std::net::IpAddr> for AddrKey {
+    fn from(ip: std::net::IpAddr) -> Self {
+        let v6 = match ip {
+            std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
+            std::net::IpAddr::V6(a) => a,
+        };
+        AddrKey { addr: v6.octets() }
+    }
+}
+
+impl AddrKey {
+    pub fn ip(&self) -> std::net::IpAddr {
+        std::net::Ipv6Addr::from(self.addr).to_canonical()
+    }
+}
+
+/// `struct tunnel_cfg`: this node's IP-in-IP tunnel (ifindex 0: none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TunnelCfg {
+    pub ifindex: u32,
+    pub uplink: u32,
+    /// Network byte order, as [`ip_key`] gives it.
+    pub local4: u32,
+    pub flags: u32,
+    pub local6: [u8; 16],
+}
+unsafe impl aya::Pod for TunnelCfg {}
+
+/// `struct tunnel_peer`: a node IP-in-IP is accepted from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TunnelPeer {
+    pub flags: u32,
+    pub _pad: u32,
+}
+unsafe impl aya::Pod for TunnelPeer {}
+
+pub type TunnelMap = aya::maps::Array<MapData, TunnelCfg>;
+pub type TunnelPeerMap = HashMap<MapData, AddrKey, TunnelPeer>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +513,25 @@ mod tests {
         assert_eq!(std::mem::size_of::<CtKey>(), 16);
         assert_eq!(std::mem::size_of::<CtVal>(), 24);
         assert_eq!(std::mem::size_of::<HostportKey>(), 8);
+        // The tunnel's maps, against the compiled object's own definitions.
+        let size = |name: &str| {
+            let l = crate::upgrade::declared()
+                .into_iter()
+                .find(|l| l.name == name)
+                .unwrap_or_else(|| panic!("{name} is not in the objects"));
+            (l.key_size as usize, l.value_size as usize)
+        };
+        assert_eq!(size("strait_tunnel"), (4, std::mem::size_of::<TunnelCfg>()));
+        assert_eq!(
+            size("strait_tunnel_peers"),
+            (
+                std::mem::size_of::<AddrKey>(),
+                std::mem::size_of::<TunnelPeer>()
+            )
+        );
+        let v4: std::net::IpAddr = Ipv4Addr::new(198, 18, 0, 2).into();
+        assert_eq!(AddrKey::from(v4).ip(), v4);
+        assert_eq!(&AddrKey::from(v4).addr[10..], &[0xff, 0xff, 198, 18, 0, 2]);
         assert_eq!(
             key_ip(ip_key(Ipv4Addr::new(198, 19, 0, 1))),
             Ipv4Addr::new(198, 19, 0, 1)

@@ -20,6 +20,8 @@ pub const HOSTPORT_TO_STACK: u8 = 17;
 pub const LOCAL_LINK: u8 = 18;
 pub const CT_INSERT_FAILED: u8 = 19;
 pub const MTU_TO_STACK: u8 = 20;
+pub const IPIP_ENCAP: u8 = 21;
+pub const IPIP_DECAP: u8 = 22;
 pub const DROP_SOURCE_SPOOF: u8 = 128;
 pub const DROP_MALFORMED: u8 = 129;
 pub const DROP_REDIRECT_FAILED: u8 = 130;
@@ -28,6 +30,10 @@ pub const DROP_UNKNOWN_ENDPOINT: u8 = 132;
 pub const DROP_LB_INCONSISTENT: u8 = 133;
 pub const DROP_ETHERTYPE: u8 = 134;
 pub const DROP_ARP_SPOOF: u8 = 135;
+pub const DROP_IPIP_UNKNOWN_PEER: u8 = 136;
+pub const DROP_IPIP_FRAGMENT: u8 = 137;
+pub const DROP_TUNNEL_NO_ROUTE: u8 = 138;
+pub const DROP_ENCAP_FAILED: u8 = 139;
 
 /// A short name and what it means, for tables and `monitor`.
 pub fn describe(code: u8) -> (&'static str, &'static str) {
@@ -103,6 +109,30 @@ pub fn describe(code: u8) -> (&'static str, &'static str) {
             "mtu-to-stack",
             "too big for the egress (GSO segments included): host stack sends ICMP",
         ),
+        IPIP_ENCAP => (
+            "ipip-encap",
+            "other node over IP-in-IP: outer node-to-node header added in eBPF, out of the uplink",
+        ),
+        IPIP_DECAP => (
+            "ipip-decap",
+            "IP-in-IP from a known node: outer header removed in eBPF",
+        ),
+        DROP_IPIP_UNKNOWN_PEER => (
+            "drop-ipip-unknown-peer",
+            "IP-in-IP whose outer source is not a node of the cluster",
+        ),
+        DROP_IPIP_FRAGMENT => (
+            "drop-ipip-fragment",
+            "a fragment of an IP-in-IP packet (strait never sends them)",
+        ),
+        DROP_TUNNEL_NO_ROUTE => (
+            "drop-tunnel-no-route",
+            "no route to the peer node for the outer header, or no node behind the route",
+        ),
+        DROP_ENCAP_FAILED => (
+            "drop-encap-failed",
+            "the kernel refused to make room for the outer header",
+        ),
         DROP_UNKNOWN_ENDPOINT => (
             "drop-unknown-endpoint",
             "from a host veth the agent has not programmed",
@@ -133,6 +163,18 @@ pub fn describe(code: u8) -> (&'static str, &'static str) {
             "the redirect helper refused the packet",
         ),
         _ => ("unknown", "unknown reason code"),
+    }
+}
+
+/// The program an event came from (`PROG_*` in bpf/lib/common.h).
+pub fn program(code: u8) -> &'static str {
+    match code {
+        1 => "from-container",
+        2 => "from-netdev",
+        3 => "to-netdev",
+        4 => "tunnel-encap",
+        5 => "tunnel-decap",
+        _ => "?",
     }
 }
 

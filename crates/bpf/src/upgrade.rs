@@ -57,6 +57,7 @@ pub fn declared() -> Vec<Layout> {
         crate::lxc_object(),
         crate::netdev_object(),
         crate::sock_object(),
+        crate::tunnel_object(),
     ] {
         let obj = aya_obj::Object::parse(data).expect("embedded BPF objects parse");
         for (name, m) in &obj.maps {

@@ -39,7 +39,7 @@ pub struct Args {
     /// (the eBPF fast path on top of them).
     #[arg(long, default_value = "routed", value_parser = ["routed", "kernel", "ebpf"])]
     datapath: String,
-    /// ebpf: the bpffs directory for this node's pinned maps.
+    /// ebpf, ipip: the bpffs directory for this node's pinned maps.
     #[arg(long, default_value = "/sys/fs/bpf/strait")]
     bpf_dir: PathBuf,
     /// ebpf: the node's uplink (from-netdev is attached to its tc ingress).
@@ -57,9 +57,10 @@ pub struct Args {
     #[arg(long)]
     cgroup: Option<PathBuf>,
     /// How pod traffic crosses between nodes: routed (a route per node's pod
-    /// CIDR via its node IP) or vxlan (an overlay on --uplink: device
-    /// <uplink>.vxlan<VNI>, table 40000).
-    #[arg(long, default_value = "routed", value_parser = ["routed", "vxlan"])]
+    /// CIDR via its node IP), vxlan (an overlay on --uplink: device
+    /// <uplink>.vxlan<VNI>, table 40000) or ipip (IP-in-IP done in eBPF:
+    /// routes via each node on <uplink>.ipip; pinned maps in --bpf-dir).
+    #[arg(long, default_value = "routed", value_parser = ["routed", "vxlan", "ipip"])]
     cross_node: String,
     /// vxlan: the VNI (the device is named <uplink>.vxlan<VNI>).
     #[arg(long, default_value_t = strait_model::overlay::VXLAN_VNI)]

@@ -154,11 +154,7 @@ fn print_event(e: &Event, output: &str, label: &dyn Fn(Ipv4Addr) -> String) {
         1 => "icmp",
         _ => "ip",
     };
-    let prog = match e.prog {
-        1 => "from-container",
-        2 => "from-netdev",
-        _ => "?",
-    };
+    let prog = reason::program(e.prog);
     if output == "json" {
         println!(
             "{}",

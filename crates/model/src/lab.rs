@@ -69,6 +69,9 @@ pub enum CrossNodeMode {
     Routed,
     /// Hybridnet's VXLAN overlay (`eth0.vxlan20`, tables 40000).
     Vxlan,
+    /// Calico's IP-in-IP overlay, done in eBPF (`eth0.ipip` stands in for
+    /// tunl0).
+    Ipip,
 }
 
 impl CrossNodeMode {
@@ -76,6 +79,7 @@ impl CrossNodeMode {
         match self {
             CrossNodeMode::Routed => "routed",
             CrossNodeMode::Vxlan => "vxlan",
+            CrossNodeMode::Ipip => "ipip",
         }
     }
 
@@ -84,6 +88,7 @@ impl CrossNodeMode {
         match self {
             CrossNodeMode::Routed => 0,
             CrossNodeMode::Vxlan => crate::overlay::VXLAN_OVERHEAD_V4,
+            CrossNodeMode::Ipip => crate::overlay::IPIP_OVERHEAD_V4,
         }
     }
 }
@@ -757,7 +762,7 @@ spec: {containers: [{name: echo}]}
         let both = LAB.replace("mode: routed", "mode: routed\n  datapath: ebpf");
         assert!(plan_err(&both).contains("disagree"), "{}", plan_err(&both));
         assert!(
-            plan_err(&LAB.replace("mode: routed", "crossNode: ipip")).contains("unknown variant")
+            plan_err(&LAB.replace("mode: routed", "crossNode: gre")).contains("unknown variant")
         );
     }
 
@@ -777,6 +782,11 @@ spec: {containers: [{name: echo}]}
         assert_eq!((new.mtu, new.pod_mtu()), (1500, 1450));
         let ebpf = plan(&LAB.replace("mode: routed", "datapath: ebpf\n  crossNode: vxlan"));
         assert_eq!(ebpf.mode, Mode::Ebpf);
+        let ipip = plan(&LAB.replace("mode: routed", "datapath: ebpf\n  crossNode: ipip"));
+        assert_eq!(
+            (ipip.mode, ipip.cross_node, ipip.pod_mtu()),
+            (Mode::Ebpf, CrossNodeMode::Ipip, 1480)
+        );
         let same = plan(&LAB.replace("mode: routed", "mode: ebpf\n  datapath: ebpf"));
         assert_eq!(same.mode, Mode::Ebpf);
     }

@@ -13,6 +13,22 @@ pub const VXLAN_PORT: u16 = 8472;
 pub const VXLAN_VNI: u32 = 20;
 /// Outer Ethernet + IPv4 + UDP + VXLAN headers.
 pub const VXLAN_OVERHEAD_V4: u32 = 50;
+/// The outer IPv4 header of IP-in-IP.
+pub const IPIP_OVERHEAD_V4: u32 = 20;
+
+/// The IP-in-IP stand-in device on `uplink` (`eth0.ipip`): routes to other
+/// nodes' pods point at it, as Calico's point at tunl0; eBPF on its egress
+/// does the encapsulation. Refused when it would not fit 15 characters.
+pub fn ipip_device(uplink: &str) -> Result<String, String> {
+    let name = format!("{uplink}.ipip");
+    if name.len() > 15 {
+        return Err(format!(
+            "IP-in-IP device name {name:?} is longer than 15 characters; use a shorter uplink name"
+        ));
+    }
+    Ok(name)
+}
+
 /// Hybridnet's table for remote pod subnets (the seed's "40000 路由表").
 pub const OVERLAY_TABLE: u32 = 40000;
 /// Hybridnet's table for this node's pods (the seed's "39999 路由表"): in

@@ -6,6 +6,7 @@
 //! pod's namespace, [`in_netns`] runs a closure on a thread that has entered
 //! it, and that closure opens its own [`Netlink`].
 
+mod neigh;
 mod netns;
 mod overlay;
 mod rt;

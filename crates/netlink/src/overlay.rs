@@ -87,6 +87,28 @@ impl Netlink {
             .map_err(nl(format!("create vxlan device {name}")))
     }
 
+    /// Create a stand-in device for a tunnel done in eBPF: a macvlan of
+    /// `lower` in source mode with no sources listed, so it receives
+    /// nothing; no ARP (its neighbours need no resolution); up. Routes point
+    /// at it and a tc egress program takes every packet it would send.
+    pub async fn create_standin(&self, name: &str, lower: u32, mtu: u32) -> Result<()> {
+        let msg = rtnetlink::LinkMacVlan::new(
+            name,
+            lower,
+            rtnetlink::packet_route::link::MacVlanMode::Source,
+        )
+        .mtu(mtu)
+        .arp(false)
+        .up()
+        .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("create macvlan {name}")))
+    }
+
     /// The link named `name`, if there is one, with its settings when it is
     /// a VXLAN device (one request for both).
     pub async fn vxlan(&self, name: &str) -> Result<Option<(Link, Option<Vxlan>)>> {
@@ -201,7 +223,16 @@ impl Netlink {
             index, e,
         )));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
-        let op = format!("append fdb {:02x?} -> {}", e.mac, e.dst);
+        self.acked(req, format!("append fdb {:02x?} -> {}", e.mac, e.dst))
+            .await
+    }
+
+    /// Send a request with flags of the caller's choosing; wait for its ack.
+    pub(crate) async fn acked(
+        &self,
+        req: NetlinkMessage<RouteNetlinkMessage>,
+        op: String,
+    ) -> Result<()> {
         let mut handle = self.handle.clone();
         let mut resp = handle.request(req).map_err(nl(op.clone()))?;
         while let Some(m) = resp.next().await {

@@ -36,8 +36,13 @@ pub struct Link {
     pub mac: Vec<u8>,
     pub mtu: u32,
     pub up: bool,
-    /// IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace).
+    /// IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace);
+    /// for a macvlan or VXLAN device, its lower device.
     pub peer_index: Option<u32>,
+    /// The device answers no ARP and needs none (IFF_NOARP).
+    pub noarp: bool,
+    /// Its kind ("veth", "vxlan", "macvlan", ...), when it has one.
+    pub kind: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -79,6 +84,8 @@ pub(crate) fn link_from(msg: LinkMessage) -> Link {
         mtu: 0,
         up: msg.header.flags.contains(LinkFlags::Up),
         peer_index: None,
+        noarp: msg.header.flags.contains(LinkFlags::Noarp),
+        kind: None,
     };
     for a in msg.attributes {
         match a {
@@ -86,6 +93,13 @@ pub(crate) fn link_from(msg: LinkMessage) -> Link {
             LinkAttribute::Address(m) => l.mac = m,
             LinkAttribute::Mtu(m) => l.mtu = m,
             LinkAttribute::Link(i) => l.peer_index = Some(i),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let rtnetlink::packet_route::link::LinkInfo::Kind(k) = i {
+                        l.kind = Some(k.to_string());
+                    }
+                }
+            }
             _ => {}
         }
     }

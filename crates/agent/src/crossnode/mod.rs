@@ -1,8 +1,9 @@
 //! Cross-node modes: how pod traffic reaches other nodes. One backend per
 //! mode behind [`CrossNode`], chosen by name; the node-routes reconciler
-//! drives whichever is configured. Routed and VXLAN are here; IPIP, BGP
-//! and VLAN slot in beside them.
+//! drives whichever is configured. Routed, VXLAN and IP-in-IP are here;
+//! BGP and VLAN slot in beside them.
 
+pub mod ipip;
 pub mod routed;
 pub mod vxlan;
 
@@ -30,7 +31,7 @@ pub trait CrossNode: Send + Sync {
 }
 
 /// The cross-node modes strait has, by name.
-pub const MODES: &[&str] = &["routed", "vxlan"];
+pub const MODES: &[&str] = &["routed", "vxlan", "ipip"];
 
 pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
     match cfg.cross_node.as_str() {
@@ -44,9 +45,36 @@ pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
                 port: cfg.vxlan_port,
             }))
         }
+        "ipip" => {
+            strait_model::overlay::ipip_device(&cfg.uplink).map_err(anyhow::Error::msg)?;
+            Ok(Box::new(ipip::Ipip::new(cfg)))
+        }
         other => anyhow::bail!(
             "cross-node mode {other:?} is not one strait has; choose one of {}",
             MODES.join(", ")
         ),
     }
+}
+
+/// The uplink and its first address of the family the overlay runs on:
+/// the outer source of an overlay's packets.
+pub(crate) async fn uplink_address(
+    nl: &Netlink,
+    uplink: &str,
+    mode: &str,
+) -> anyhow::Result<(strait_netlink::Link, std::net::IpAddr)> {
+    let link = nl
+        .link(uplink)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("uplink {uplink} not found: {mode} needs it (--uplink)"))?;
+    let local = nl
+        .addresses(link.index)
+        .await?
+        .into_iter()
+        .map(|n| n.addr())
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| {
+            anyhow::anyhow!("uplink {uplink} has no IPv4 address to be the outer source of {mode}")
+        })?;
+    Ok((link, local))
 }

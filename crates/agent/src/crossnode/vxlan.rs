@@ -103,21 +103,7 @@ impl CrossNode for Vxlan {
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             let mut problems = vec![];
-            let uplink = nl.link(&self.uplink).await?.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "uplink {} not found: VXLAN needs it (--uplink)",
-                    self.uplink
-                )
-            })?;
-            let local = nl
-                .addresses(uplink.index)
-                .await?
-                .into_iter()
-                .map(|n| n.addr())
-                .find(|a| a.is_ipv4())
-                .ok_or_else(|| {
-                    anyhow::anyhow!("uplink {} has no IPv4 address to be the VTEP", self.uplink)
-                })?;
+            let (uplink, local) = super::uplink_address(nl, &self.uplink, "VXLAN").await?;
             let index = self.device(nl, local, &uplink).await?;
             let vteps = vtep_peers(peers, local.is_ipv4());
 
