@@ -239,14 +239,20 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 .parse()
                 .with_context(|| format!("{dst}: {port:?} is not a port"))?;
             let r = strait_lab::hops::trace_service(&st, &src, name, port)?;
-            println!("lab {} (mode {})", st.plan.name, st.plan.mode);
+            println!(
+                "lab {} (datapath {}, cross-node {})",
+                st.plan.name, st.plan.mode, st.plan.cross_node
+            );
             print!("{}", r.table());
             Ok(0)
         }
         Verb::Hops { src, dst } => {
             let st = LabState::find(a.lab.as_deref())?;
             let r = strait_lab::hops::trace(&st, &src, &dst)?;
-            println!("lab {} (mode {})", st.plan.name, st.plan.mode);
+            println!(
+                "lab {} (datapath {}, cross-node {})",
+                st.plan.name, st.plan.mode, st.plan.cross_node
+            );
             print!("{}", r.table());
             Ok(0)
         }

@@ -185,8 +185,9 @@ fn vxlan_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
     for n in ["node-a eth0", "node-b eth0"] {
         let s = r.seen(n);
         assert!(s.request > 0 && s.reply > 0, "{n}: {s:?}");
-        assert_eq!(s.request_outer, Some((a, b)), "{n}");
-        assert_eq!(s.reply_outer, Some((b, a)), "{n}");
+        let outer = |o: Option<strait_lab::hops::Outer>| o.map(|o| (o.encap, o.src, o.dst));
+        assert_eq!(outer(s.request_outer), Some(("vxlan", a, b)), "{n}");
+        assert_eq!(outer(s.reply_outer), Some(("vxlan", b, a)), "{n}");
     }
     for n in ["node-a eth0.vxlan20", "node-b eth0.vxlan20"] {
         let s = r.seen(n);

@@ -3,8 +3,9 @@
 //! node uplinks) while one TCP request/response crosses it; the table says,
 //! for the request and the reply separately, where each was seen. This is
 //! how the seeds' observations ("the destination's host veth sees only the
-//! reply") are reproduced. VXLAN frames (UDP 8472) are opened: the inner
-//! addresses count, and the outer ones are shown beside them.
+//! reply") are reproduced. VXLAN frames (UDP 8472) and IP-in-IP packets
+//! (protocol 4) are opened: the inner addresses count, and the outer ones
+//! are shown beside them.
 
 use crate::run::netns_path;
 use crate::state::LabState;
@@ -29,9 +30,18 @@ pub struct Hop {
 pub struct Seen {
     pub request: usize,
     pub reply: usize,
-    /// The request inside a VXLAN frame: its outer (source, destination).
-    pub request_outer: Option<(Ipv4Addr, Ipv4Addr)>,
-    pub reply_outer: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// The request inside a tunnel: how, and the outer addresses.
+    pub request_outer: Option<Outer>,
+    pub reply_outer: Option<Outer>,
+}
+
+/// The outer header a packet was seen inside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outer {
+    /// "vxlan" or "ipip".
+    pub encap: &'static str,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
 }
 
 #[derive(Debug)]
@@ -40,6 +50,8 @@ pub struct HopReport {
     pub dst: Ipv4Addr,
     pub answered_by: String,
     pub hops: Vec<(Hop, Seen)>,
+    /// Where steps happen that no capture can see (a tunnel done in eBPF).
+    pub notes: Vec<String>,
 }
 
 impl HopReport {
@@ -57,10 +69,10 @@ impl HopReport {
             "{} -> {} (answered by {})\n\n",
             self.src, self.dst, self.answered_by
         );
-        let mark = |n: usize, outer: Option<(Ipv4Addr, Ipv4Addr)>| match (n, outer) {
+        let mark = |n: usize, outer: Option<Outer>| match (n, outer) {
             (0, _) => "-".to_string(),
             (n, None) => format!("seen ({n})"),
-            (n, Some((s, d))) => format!("vxlan ({n}) {s}>{d}"),
+            (n, Some(o)) => format!("{} ({n}) {}>{}", o.encap, o.src, o.dst),
         };
         let w = self
             .hops
@@ -99,6 +111,9 @@ impl HopReport {
             .collect();
         reply.reverse();
         out.push_str(&format!("reply:   {}\n", reply.join(" -> ")));
+        for n in &self.notes {
+            out.push_str(&format!("note:    {n}\n"));
+        }
         out
     }
 }
@@ -155,6 +170,15 @@ pub fn path(
             iface: dev.clone(),
         });
     }
+    // IP-in-IP's stand-in for tunl0: routes point at it (see `notes`).
+    if plan.cross_node == strait_model::lab::CrossNodeMode::Ipip && dnode.name != snode.name {
+        let dev = strait_model::overlay::ipip_device("eth0").expect("eth0.ipip fits");
+        hops.push(Hop {
+            label: format!("{} {dev}", snode.name),
+            netns: snode.netns.clone(),
+            iface: dev,
+        });
+    }
     hops.push(Hop {
         label: format!("{} eth0", snode.name),
         netns: snode.netns.clone(),
@@ -203,12 +227,35 @@ type Pairs = std::collections::HashMap<Pair, usize>;
 #[derive(Default)]
 struct Captured {
     pairs: Pairs,
-    outer: std::collections::HashMap<Pair, Pair>,
+    outer: std::collections::HashMap<Pair, Outer>,
+}
+
+/// Where the steps of an eBPF tunnel happen, since a capture cannot show
+/// them: the wrap runs before a device's capture taps on egress, the
+/// opening after them on ingress.
+pub fn notes(plan: &LabPlan, snode: &str, dnode: &str) -> Vec<String> {
+    use strait_model::lab::{CrossNodeMode, Mode};
+    if plan.cross_node != CrossNodeMode::Ipip || snode == dnode {
+        return vec![];
+    }
+    let open = match plan.mode {
+        Mode::Ebpf => "from-netdev at its eth0 tc ingress opens IP-in-IP and redirects the inner packet into the pod (bpf_redirect_peer)",
+        Mode::Routed => "tunnel_decap at its eth0 tc ingress opens IP-in-IP and the host stack routes the inner packet to the pod's host veth",
+    };
+    let wrap = match plan.mode {
+        Mode::Ebpf => format!("{snode}: from-container wraps the packet in IP-in-IP itself and redirects it out of eth0, so eth0.ipip (Calico's tunl0) and the host stack see nothing"),
+        Mode::Routed => format!("{snode}: the route sends the packet to eth0.ipip (Calico's tunl0); tunnel_encap at its tc egress wraps it and redirects it out of eth0 before a capture there could see it"),
+    };
+    vec![
+        wrap,
+        format!("{dnode}: no tunl0: {open}; eth0's capture sees the outer header"),
+    ]
 }
 
 /// The IPv4 (source, destination) of an Ethernet frame, and, when it is
-/// a VXLAN frame (UDP to 8472), those of the packet inside it.
-fn addresses(f: &[u8]) -> Option<(Pair, Option<Pair>)> {
+/// a VXLAN frame (UDP to 8472) or IP-in-IP (protocol 4), those of the packet
+/// inside it.
+fn addresses(f: &[u8]) -> Option<(Pair, Option<Outer>)> {
     let ip = |b: &[u8]| -> Option<Pair> {
         if b.len() < 34 || b[12..14] != [0x08, 0x00] {
             return None;
@@ -224,9 +271,23 @@ fn addresses(f: &[u8]) -> Option<(Pair, Option<Pair>)> {
     let is_vxlan = f[23] == 17
         && f.len() >= udp + 16
         && u16::from_be_bytes([f[udp + 2], f[udp + 3]]) == strait_model::overlay::VXLAN_PORT;
+    let wrap = |encap| Outer {
+        encap,
+        src: outer.0,
+        dst: outer.1,
+    };
     if is_vxlan {
         if let Some(inner) = ip(&f[udp + 16..]) {
-            return Some((inner, Some(outer)));
+            return Some((inner, Some(wrap("vxlan"))));
+        }
+    }
+    // IP-in-IP: the inner header follows the outer one (no Ethernet header
+    // of its own; give it the outer frame's so `ip` reads it the same way).
+    if f[23] == 4 && f.len() >= udp + 20 {
+        let mut inner = f[..14].to_vec();
+        inner.extend_from_slice(&f[udp..]);
+        if let Some(pair) = ip(&inner) {
+            return Some((pair, Some(wrap("ipip"))));
         }
     }
     Some((outer, None))
@@ -362,11 +423,18 @@ pub fn trace(st: &LabState, src: &str, dst: &str) -> anyhow::Result<HopReport> {
             (h, seen)
         })
         .collect();
+    let node_of = |name: &str| {
+        st.plan
+            .pod(name)
+            .map(|p| p.node.clone())
+            .unwrap_or_else(|| name.to_string())
+    };
     Ok(HopReport {
         src: sip,
         dst: dip,
         answered_by: probe.answered_by,
         hops,
+        notes: notes(&st.plan, &node_of(src), &node_of(dst)),
     })
 }
 
@@ -624,7 +692,11 @@ mod tests {
             addresses(&outer),
             Some((
                 (a([198, 19, 0, 1]), a([198, 19, 1, 1])),
-                Some((a([198, 18, 0, 1]), a([198, 18, 0, 2])))
+                Some(Outer {
+                    encap: "vxlan",
+                    src: a([198, 18, 0, 1]),
+                    dst: a([198, 18, 0, 2])
+                })
             ))
         );
         assert_eq!(
@@ -639,5 +711,27 @@ mod tests {
         let mut arp = inner.clone();
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(addresses(&arp), None);
+    }
+
+    #[test]
+    fn ipip_packets_are_opened() {
+        let inner = ipv4([198, 19, 0, 1], [198, 19, 1, 1], 6, &[0; 20]);
+        // The inner IPv4 header follows the outer one directly.
+        let outer = ipv4([198, 18, 0, 1], [198, 18, 0, 2], 4, &inner[14..]);
+        let a = |x: [u8; 4]| Ipv4Addr::from(x);
+        assert_eq!(
+            addresses(&outer),
+            Some((
+                (a([198, 19, 0, 1]), a([198, 19, 1, 1])),
+                Some(Outer {
+                    encap: "ipip",
+                    src: a([198, 18, 0, 1]),
+                    dst: a([198, 18, 0, 2])
+                })
+            ))
+        );
+        // Protocol 4 with a truncated inner header is left as it is.
+        let short = ipv4([198, 18, 0, 1], [198, 18, 0, 2], 4, &inner[14..20]);
+        assert_eq!(addresses(&short).unwrap().1, None);
     }
 }

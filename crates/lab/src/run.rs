@@ -355,7 +355,7 @@ pub fn up(file: &Path, bins: &Binaries) -> anyhow::Result<LabState> {
     let plan = lab.plan()?;
     let t0 = Instant::now();
     eprintln!(
-        "lab {}: {} nodes, {} pods, mode {}, cross-node {}",
+        "lab {}: {} nodes, {} pods, datapath {}, cross-node {}",
         plan.name,
         plan.nodes.len(),
         plan.pods.len(),
@@ -855,7 +855,7 @@ pub fn status(st: &LabState) -> String {
     let mut out = String::new();
     let plan = &st.plan;
     out.push_str(&format!(
-        "lab {}  mode {}  cross-node {}  fabric {}  mtu {} (pods {})\n\n",
+        "lab {}  datapath {}  cross-node {}  fabric {}  mtu {} (pods {})\n\n",
         plan.name,
         plan.mode,
         plan.cross_node,

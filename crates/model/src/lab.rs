@@ -25,7 +25,7 @@ pub enum Mode {
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Mode::Routed => f.write_str("routed"),
+            Mode::Routed => f.write_str("kernel"),
             Mode::Ebpf => f.write_str("ebpf"),
         }
     }
