@@ -117,3 +117,45 @@ fn classifier<'a>(
         source: Box::new(e),
     })
 }
+
+/// Undo IP-in-IP on a node that no longer runs it: the tunnel's
+/// configuration and peers are cleared (nothing is wrapped or opened any
+/// more) and, when `decap_on` names the uplink, tunnel_decap leaves its tc
+/// ingress. Returns whether there was anything to undo.
+pub fn retire(pin_dir: &Path, decap_on: Option<&str>) -> Result<bool, DatapathError> {
+    let mut did = false;
+    if let Ok(mut m) = maps::open::<TunnelMap>(pin_dir, "strait_tunnel") {
+        if m.get(&0, 0).map(|c| c.ifindex != 0).unwrap_or(false) {
+            m.set(0, TunnelCfg::default(), 0)
+                .map_err(|e| DatapathError::Io {
+                    what: "clear strait_tunnel".into(),
+                    source: std::io::Error::other(e),
+                })?;
+            sync_peers(pin_dir, &BTreeSet::new()).map_err(|e| DatapathError::Io {
+                what: "clear strait_tunnel_peers".into(),
+                source: std::io::Error::other(e),
+            })?;
+            did = true;
+        }
+    }
+    if let Some(uplink) = decap_on {
+        use crate::datapath::{TC_HANDLE, TC_PRIORITY};
+        use aya::programs::links::Link;
+        use aya::programs::tc::SchedClassifierLink;
+        if let Ok(link) = SchedClassifierLink::attached(
+            uplink,
+            TcAttachType::Ingress,
+            TC_PRIORITY,
+            TC_HANDLE,
+            None,
+        ) {
+            link.detach().map_err(|e| DatapathError::Attach {
+                program: DECAP,
+                iface: uplink.to_string(),
+                message: format!("detach: {e}"),
+            })?;
+            did = true;
+        }
+    }
+    Ok(did)
+}

@@ -21,7 +21,9 @@ fn ipip_on_the_kernel_datapath() {
     if !require_root("ipip_on_the_kernel_datapath") {
         return;
     }
-    ipip_carries_pods_and_services_between_nodes(&ipip_lab("t-ipip", "kernel"), false);
+    let lab = ipip_lab("t-ipip", "kernel");
+    ipip_carries_pods_and_services_between_nodes(&lab, false);
+    back_to_routed_removes_ipip(&lab, false);
 }
 
 /// The fast path: from-container wraps cross-node packets itself and sends
@@ -33,7 +35,49 @@ fn ipip_on_the_ebpf_datapath() {
     if !require_root("ipip_on_the_ebpf_datapath") {
         return;
     }
-    ipip_carries_pods_and_services_between_nodes(&ipip_lab("t-ipipbpf", "ebpf"), true);
+    let lab = ipip_lab("t-ipipbpf", "ebpf");
+    ipip_carries_pods_and_services_between_nodes(&lab, true);
+    back_to_routed_removes_ipip(&lab, true);
+}
+
+/// The agents restart with --cross-node routed: the stand-in device (and
+/// the routes through it) goes, the tunnel's map entries are cleared, the
+/// kernel datapath's tunnel_decap leaves eth0; pods talk over the plain
+/// underlay.
+fn back_to_routed_removes_ipip(lab: &Lab, ebpf: bool) {
+    let mut plan = lab.st.plan.clone();
+    plan.cross_node = strait_model::lab::CrossNodeMode::Routed;
+    let st = strait_lab::LabState {
+        dir: lab.st.dir.clone(),
+        plan,
+    };
+    for node in ["node-a", "node-b"] {
+        let n = lab.node(node).clone();
+        let pid = strait_lab::LabState::read_pid(&lab.st.agent_pid(&n)).unwrap();
+        strait_lab::cmd::stop(&[pid], Duration::from_secs(3));
+        strait_lab::run::start_agent(&st, &lab.bins, &n, &[]).unwrap();
+        strait_lab::run::wait_agent_ready(&st, &n, Duration::from_secs(10)).unwrap();
+    }
+    let b = lab.node("node-b").ip;
+    for node in ["node-a", "node-b"] {
+        until(lab, node, &["ip", "link"], "eth0.ipip gone", |o| {
+            !o.contains("eth0.ipip")
+        });
+        let ingress = lab.exec(node, &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+        assert!(!ingress.contains("tunnel_decap"), "{ingress}");
+        assert_eq!(ingress.contains("from_netdev"), ebpf, "{ingress}");
+        let pins = std::path::PathBuf::from(strait_model::lab::bpf_dir(lab.name(), node));
+        assert!(strait_bpf::tunnel::peers(&pins).unwrap().is_empty());
+    }
+    until(
+        lab,
+        "node-a",
+        &["ip", "route"],
+        "routed mode's route",
+        |o| o.contains(&format!("198.19.1.0/24 via {b} dev eth0")),
+    );
+    assert_eq!(lab.probe("client", "web-b").unwrap(), "web-b");
+    assert_eq!(lab.status("node-a").cross_node, "routed");
 }
 
 /// Until `f` holds for `target`'s `cmd` output.

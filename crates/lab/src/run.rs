@@ -264,11 +264,12 @@ pub fn start_agent(
         args.extend(["--cross-node", st.plan.cross_node.as_str()]);
         if st.plan.mode != strait_model::lab::Mode::Ebpf {
             args.extend(["--uplink", "eth0"]);
-            // IP-in-IP is eBPF on either datapath: its maps need a home.
-            if st.plan.cross_node == strait_model::lab::CrossNodeMode::Ipip {
-                args.extend(["--bpf-dir", &bpf_dir]);
-            }
         }
+    }
+    // IP-in-IP is eBPF on either datapath: its maps need a home (and an
+    // agent switched away from it finds them there to clear).
+    if st.plan.mode != strait_model::lab::Mode::Ebpf {
+        args.extend(["--bpf-dir", &bpf_dir]);
     }
     spawn_daemon(
         &n.netns,

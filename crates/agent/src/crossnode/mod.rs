@@ -35,11 +35,14 @@ pub const MODES: &[&str] = &["routed", "vxlan", "ipip"];
 
 pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
     match cfg.cross_node.as_str() {
-        "routed" => Ok(Box::new(routed::Routed)),
+        "routed" => Ok(Box::new(routed::Routed {
+            ipip: IpipLeftovers::new(cfg),
+        })),
         "vxlan" => {
             strait_model::overlay::vxlan_device(&cfg.uplink, cfg.vxlan_vni)
                 .map_err(anyhow::Error::msg)?;
             Ok(Box::new(vxlan::Vxlan {
+                ipip: IpipLeftovers::new(cfg),
                 uplink: cfg.uplink.clone(),
                 vni: cfg.vxlan_vni,
                 port: cfg.vxlan_port,
@@ -77,4 +80,40 @@ pub(crate) async fn uplink_address(
             anyhow::anyhow!("uplink {uplink} has no IPv4 address to be the outer source of {mode}")
         })?;
     Ok((link, local))
+}
+
+/// What IP-in-IP leaves on a node that now runs another cross-node mode:
+/// its stand-in device (the routes through it go with it), the tunnel's
+/// map entries and, on the kernel datapath, tunnel_decap on the uplink.
+/// Checked on every pass of the other modes: one link lookup when there is
+/// nothing.
+pub(crate) struct IpipLeftovers {
+    uplink: String,
+    bpf_dir: std::path::PathBuf,
+    kernel_datapath: bool,
+}
+
+impl IpipLeftovers {
+    fn new(cfg: &crate::AgentConfig) -> Self {
+        IpipLeftovers {
+            uplink: cfg.uplink.clone(),
+            bpf_dir: cfg.bpf_dir.clone(),
+            kernel_datapath: cfg.mode != strait_model::lab::Mode::Ebpf,
+        }
+    }
+
+    pub(crate) async fn remove(&self, nl: &Netlink) -> anyhow::Result<()> {
+        let Ok(dev) = strait_model::overlay::ipip_device(&self.uplink) else {
+            return Ok(());
+        };
+        match nl.link(&dev).await? {
+            Some(l) if l.kind.as_deref() == Some("macvlan") => {}
+            _ => return Ok(()),
+        }
+        nl.delete_link(&dev).await?;
+        let decap = self.kernel_datapath.then_some(self.uplink.as_str());
+        strait_bpf::tunnel::retire(&self.bpf_dir, decap)?;
+        tracing::info!(device = %dev, "IP-in-IP removed (another cross-node mode runs now)");
+        Ok(())
+    }
 }

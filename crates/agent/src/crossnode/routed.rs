@@ -8,7 +8,9 @@ use strait_model::overlay::OVERLAY_TABLE;
 use strait_model::routes::NodeRoute;
 use strait_netlink::{Netlink, Route, RouteKind};
 
-pub struct Routed;
+pub struct Routed {
+    pub(super) ipip: super::IpipLeftovers,
+}
 
 impl CrossNode for Routed {
     fn name(&self) -> &'static str {
@@ -25,6 +27,7 @@ impl CrossNode for Routed {
         _peers: &'a [NodeRoute],
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
+            self.ipip.remove(nl).await?;
             // The rules mark an overlay's leftovers; without them (the usual
             // case) there is nothing to look for, and no route dump.
             let ours: Vec<_> = nl

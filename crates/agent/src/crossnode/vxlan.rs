@@ -26,6 +26,7 @@ use strait_model::routes::NodeRoute;
 use strait_netlink::{FdbEntry, Netlink, Route, RouteKind, Rule};
 
 pub struct Vxlan {
+    pub(super) ipip: super::IpipLeftovers,
     pub uplink: String,
     pub vni: u32,
     pub port: u16,
@@ -102,6 +103,7 @@ impl CrossNode for Vxlan {
         peers: &'a [NodeRoute],
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
+            self.ipip.remove(nl).await?;
             let mut problems = vec![];
             let (uplink, local) = super::uplink_address(nl, &self.uplink, "VXLAN").await?;
             let index = self.device(nl, local, &uplink).await?;
