@@ -45,22 +45,10 @@ fn ipip_on_the_ebpf_datapath() {
 /// kernel datapath's tunnel_decap leaves eth0; pods talk over the plain
 /// underlay.
 fn back_to_routed_removes_ipip(lab: &Lab, ebpf: bool) {
-    let mut plan = lab.st.plan.clone();
-    plan.cross_node = strait_model::lab::CrossNodeMode::Routed;
-    let st = strait_lab::LabState {
-        dir: lab.st.dir.clone(),
-        plan,
-    };
-    for node in ["node-a", "node-b"] {
-        let n = lab.node(node).clone();
-        let pid = strait_lab::LabState::read_pid(&lab.st.agent_pid(&n)).unwrap();
-        strait_lab::cmd::stop(&[pid], Duration::from_secs(3));
-        strait_lab::run::start_agent(&st, &lab.bins, &n, &[]).unwrap();
-        strait_lab::run::wait_agent_ready(&st, &n, Duration::from_secs(10)).unwrap();
-    }
+    lab.restart_agents_with(strait_model::lab::CrossNodeMode::Routed);
     let b = lab.node("node-b").ip;
     for node in ["node-a", "node-b"] {
-        until(lab, node, &["ip", "link"], "eth0.ipip gone", |o| {
+        lab.until(node, &["ip", "link"], "eth0.ipip gone", |o| {
             !o.contains("eth0.ipip")
         });
         let ingress = lab.exec(node, &["tc", "filter", "show", "dev", "eth0", "ingress"]);
@@ -69,28 +57,11 @@ fn back_to_routed_removes_ipip(lab: &Lab, ebpf: bool) {
         let pins = std::path::PathBuf::from(strait_model::lab::bpf_dir(lab.name(), node));
         assert!(strait_bpf::tunnel::peers(&pins).unwrap().is_empty());
     }
-    until(
-        lab,
-        "node-a",
-        &["ip", "route"],
-        "routed mode's route",
-        |o| o.contains(&format!("198.19.1.0/24 via {b} dev eth0")),
-    );
+    lab.until("node-a", &["ip", "route"], "routed mode's route", |o| {
+        o.contains(&format!("198.19.1.0/24 via {b} dev eth0"))
+    });
     assert_eq!(lab.probe("client", "web-b").unwrap(), "web-b");
     assert_eq!(lab.status("node-a").cross_node, "routed");
-}
-
-/// Until `f` holds for `target`'s `cmd` output.
-fn until(lab: &Lab, target: &str, cmd: &[&str], what: &str, f: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = lab.exec(target, cmd);
-        if f(&out) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: {out}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A node's packet counter for one reason.
@@ -269,7 +240,7 @@ fn ipip_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
 
     // Established cross-node streams ride out agent restarts.
     streams_survive_agent_restarts(lab, "client", &["web-b", "web-a"], || {
-        until(lab, "node-a", &["ip", "route"], "route kept", |o| {
+        lab.until("node-a", &["ip", "route"], "route kept", |o| {
             o.contains("dev eth0.ipip")
         });
     });
@@ -281,11 +252,10 @@ fn ipip_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
 
     // Drift heals: a deleted device comes back with its program and routes.
     lab.exec("node-a", &["ip", "link", "del", "eth0.ipip"]);
-    until(lab, "node-a", &["ip", "route"], "route back", |o| {
+    lab.until("node-a", &["ip", "route"], "route back", |o| {
         o.contains("198.19.1.0/24 via") && o.contains("dev eth0.ipip")
     });
-    until(
-        lab,
+    lab.until(
         "node-a",
         &["tc", "filter", "show", "dev", "eth0.ipip", "egress"],
         "tunnel_encap back",
@@ -302,21 +272,20 @@ fn ipip_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
         .cloned()
         .collect();
     strait_lab::publish::put(&lab.st, "nodes", &without_b).unwrap();
-    until(lab, "node-a", &["ip", "route"], "route gone", |o| {
+    lab.until("node-a", &["ip", "route"], "route gone", |o| {
         !o.contains("198.19.1.0/24")
     });
     let pins = std::path::PathBuf::from(strait_model::lab::bpf_dir(lab.name(), "node-a"));
     let peers = strait_bpf::tunnel::peers(&pins).unwrap();
     assert!(!peers.contains(&IpAddr::V4(b)), "{peers:?}");
-    until(
-        lab,
+    lab.until(
         "node-a",
         &["ip", "neigh", "show", "dev", "eth0"],
         "no managed entry",
         |o| !o.contains("managed"),
     );
     strait_lab::publish::put(&lab.st, "nodes", &all).unwrap();
-    until(lab, "node-a", &["ip", "route"], "route back", |o| {
+    lab.until("node-a", &["ip", "route"], "route back", |o| {
         o.contains("198.19.1.0/24")
     });
     assert_eq!(lab.probe("client", "web-b").unwrap(), "web-b");

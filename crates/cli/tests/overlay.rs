@@ -8,31 +8,11 @@ mod common;
 use common::svc::*;
 use common::*;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use strait_lab::hops;
 
 fn vxlan_lab(name: &str, datapath: &str) -> Lab {
     svc_lab_spec(name, &format!("mode: {datapath}\n  crossNode: vxlan"))
-}
-
-/// Until `f` holds for `node`'s `cmd` output (level-triggered state). A
-/// failing command counts as empty output (a table not made yet).
-fn until(lab: &Lab, node: &str, cmd: &[&str], what: &str, f: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let ns = strait_lab::run::target_netns(&lab.st.plan, node).unwrap();
-    loop {
-        let o = std::process::Command::new("ip")
-            .args(["netns", "exec", &ns])
-            .args(cmd)
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        if f(&out) {
-            return out;
-        }
-        assert!(Instant::now() < deadline, "{what}: {out}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -49,33 +29,19 @@ fn vxlan_on_the_kernel_datapath() {
 /// table-40000 routes go, the pods' routes return from 39999 to main, and
 /// pods talk over the plain underlay. (The device itself stays; see README.)
 fn back_to_routed_leaves_no_overlay_state(lab: &Lab) {
-    let mut plan = lab.st.plan.clone();
-    plan.cross_node = strait_model::lab::CrossNodeMode::Routed;
-    let st = strait_lab::LabState {
-        dir: lab.st.dir.clone(),
-        plan,
-    };
-    for node in ["node-a", "node-b"] {
-        let n = lab.node(node).clone();
-        let pid = strait_lab::LabState::read_pid(&lab.st.agent_pid(&n)).unwrap();
-        strait_lab::cmd::stop(&[pid], Duration::from_secs(3));
-        strait_lab::run::start_agent(&st, &lab.bins, &n, &[]).unwrap();
-        strait_lab::run::wait_agent_ready(&st, &n, Duration::from_secs(10)).unwrap();
-    }
+    lab.restart_agents_with(strait_model::lab::CrossNodeMode::Routed);
     let b = lab.node("node-b").ip;
     for node in ["node-a", "node-b"] {
-        until(lab, node, &["ip", "rule"], "strait's rules gone", |o| {
+        lab.until(node, &["ip", "rule"], "strait's rules gone", |o| {
             !o.contains("39999") && !o.contains("40000")
         });
-        until(
-            lab,
+        lab.until(
             node,
             &["ip", "route", "show", "table", "39999"],
             "39999 empty",
             |o| o.trim().is_empty(),
         );
-        until(
-            lab,
+        lab.until(
             node,
             &["ip", "route", "show", "table", "40000"],
             "40000 empty",
@@ -83,13 +49,9 @@ fn back_to_routed_leaves_no_overlay_state(lab: &Lab) {
         );
     }
     let client_ip = pod_ip(lab, "client");
-    until(
-        lab,
-        "node-a",
-        &["ip", "route"],
-        "routed mode's routes",
-        |o| o.contains(&format!("{client_ip} dev strt")) && o.contains(&format!("via {b}")),
-    );
+    lab.until("node-a", &["ip", "route"], "routed mode's routes", |o| {
+        o.contains(&format!("{client_ip} dev strt")) && o.contains(&format!("via {b}"))
+    });
     assert_eq!(lab.probe("client", "web-b").unwrap(), "web-b");
     assert_eq!(lab.status("node-a").cross_node, "routed");
 }
@@ -138,15 +100,13 @@ fn vxlan_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
     // out of main, where the CNI plugin put them at ADD), and a rule sends
     // lookups there before table 40000.
     let client_ip = pod_ip(lab, "client");
-    let local = until(
-        lab,
+    let local = lab.until(
         "node-a",
         &["ip", "route", "show", "table", "39999"],
         "pods in table 39999",
         |o| o.contains(&format!("{client_ip} dev strt")),
     );
-    until(
-        lab,
+    lab.until(
         "node-a",
         &["ip", "route"],
         "pod routes moved out of main",
@@ -236,8 +196,7 @@ fn vxlan_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
     // kernel objects stay; the restarted agent finds them as they are).
     streams_survive_agent_restarts(lab, "client", &["web-b", "web-a"], || {
         for n in ["node-a", "node-b"] {
-            until(
-                lab,
+            lab.until(
                 n,
                 &["ip", "route", "show", "table", "40000"],
                 "table kept",
@@ -269,15 +228,13 @@ fn vxlan_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
         "node-a",
         &["ip", "route", "del", "198.19.1.0/24", "table", "40000"],
     );
-    until(
-        lab,
+    lab.until(
         "node-a",
         &["bridge", "fdb", "show", "dev", "eth0.vxlan20"],
         "fdb healed",
         |o| o.contains("0a:58:c6:12:00:02"),
     );
-    until(
-        lab,
+    lab.until(
         "node-a",
         &["ip", "route", "show", "table", "40000"],
         "route healed",
@@ -293,15 +250,13 @@ fn vxlan_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
         .cloned()
         .collect();
     strait_lab::publish::put(&lab.st, "nodes", &without_b).unwrap();
-    until(
-        lab,
+    lab.until(
         "node-a",
         &["bridge", "fdb", "show", "dev", "eth0.vxlan20"],
         "fdb of node-b gone",
         |o| !o.contains(&b.to_string()),
     );
-    until(
-        lab,
+    lab.until(
         "node-a",
         &["ip", "route", "show", "table", "40000"],
         "route gone",
@@ -310,8 +265,7 @@ fn vxlan_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
     let neigh = lab.exec("node-a", &["ip", "neigh", "show", "dev", "eth0.vxlan20"]);
     assert!(!neigh.contains("198.19.1.0"), "neighbour gone: {neigh}");
     strait_lab::publish::put(&lab.st, "nodes", &all).unwrap();
-    until(
-        lab,
+    lab.until(
         "node-a",
         &["ip", "route", "show", "table", "40000"],
         "route back",

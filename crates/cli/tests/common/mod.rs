@@ -107,6 +107,50 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Until `f` holds for `target`'s `cmd` output (level-triggered state,
+    /// 10 s at most). A failing command counts as empty output (a table not
+    /// made yet). Returns the output that satisfied `f`.
+    pub fn until(
+        &self,
+        target: &str,
+        cmd: &[&str],
+        what: &str,
+        f: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let ns = labrun::target_netns(&self.st.plan, target).unwrap();
+        loop {
+            let o = Command::new("ip")
+                .args(["netns", "exec", &ns])
+                .args(cmd)
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            if f(&out) {
+                return out;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {out}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Restart every node's agent with another cross-node mode, as an
+    /// operator changing --cross-node would; waits until they are ready.
+    pub fn restart_agents_with(&self, cross_node: strait_model::lab::CrossNodeMode) {
+        let mut plan = self.st.plan.clone();
+        plan.cross_node = cross_node;
+        let st = strait_lab::LabState {
+            dir: self.st.dir.clone(),
+            plan,
+        };
+        for n in self.st.plan.nodes.clone() {
+            let pid = strait_lab::LabState::read_pid(&self.st.agent_pid(&n)).unwrap();
+            strait_lab::cmd::stop(&[pid], Duration::from_secs(3));
+            labrun::start_agent(&st, &self.bins, &n, &[]).unwrap();
+            labrun::wait_agent_ready(&st, &n, Duration::from_secs(10)).unwrap();
+        }
+    }
+
     pub fn status(&self, node: &str) -> strait_model::api::NodeStatus {
         labrun::agent_status(&self.st.socket(self.node(node))).unwrap()
     }
