@@ -14,6 +14,7 @@ pub mod lab;
 pub mod naming;
 pub mod nft;
 pub mod overlay;
+pub mod policy;
 
 pub mod routes;
 pub mod services;
