@@ -171,7 +171,7 @@ pub fn nft_apply(script: &str) -> anyhow::Result<()> {
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     use crate::reconcile::{
         self, conntrack::Conntrack, endpoints::Endpoints, health::Health, node_routes::NodeRoutes,
-        services::Services,
+        policy::Policy, services::Services,
     };
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("create state dir {}", cfg.state_dir.display()))?;
@@ -246,6 +246,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tasks.spawn(reconcile::run(NodeRoutes::new(cross_node)?, agent.clone()));
     tasks.spawn(reconcile::run(Services::new(services), agent.clone()));
     tasks.spawn(reconcile::run(Health::default(), agent.clone()));
+    tasks.spawn(reconcile::run(
+        Policy::new(crate::policybackend::for_datapath(agent.cfg.mode)),
+        agent.clone(),
+    ));
     tokio::spawn(crate::readiness::announce(agent.clone(), kube_client));
     let listener = crate::api::bind(&agent.cfg.socket)?;
     tracing::info!(node = %agent.cfg.node_name, socket = %agent.cfg.socket.display(), cross_node = agent.cross_node, services = agent.service_backend, "strait agent started");

@@ -75,8 +75,9 @@ enum Verb {
     ServeEcho {
         #[arg(long)]
         name: String,
-        #[arg(long, default_value_t = strait_lab::echo::ECHO_PORT)]
-        port: u16,
+        /// Repeat for more ports.
+        #[arg(long, default_values_t = [strait_lab::echo::ECHO_PORT])]
+        port: Vec<u16>,
     },
 }
 
@@ -264,7 +265,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             node_tool_sub(a.lab.as_deref(), &node, "lb", &full)
         }
         Verb::ServeEcho { name, port } => {
-            strait_lab::echo::serve(&name, port)?;
+            strait_lab::echo::serve_all(&name, &port)?;
             Ok(0)
         }
     }

@@ -7,7 +7,22 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, UdpSocket};
 
-pub const ECHO_PORT: u16 = 8080;
+pub const ECHO_PORT: u16 = strait_model::lab::LAB_ECHO_PORT;
+
+/// Serve on every port of `ports` (each on its own threads); returns when
+/// the first listener fails.
+pub fn serve_all(name: &str, ports: &[u16]) -> anyhow::Result<()> {
+    let mut handles = vec![];
+    for &port in ports {
+        let name = name.to_string();
+        handles.push(std::thread::spawn(move || serve(&name, port)));
+    }
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("echo server thread panicked"))??;
+    }
+    Ok(())
+}
 
 pub fn serve(name: &str, port: u16) -> anyhow::Result<()> {
     let tcp = TcpListener::bind(("0.0.0.0", port))?;

@@ -338,10 +338,18 @@ pub fn add_pod(st: &LabState, bins: &Binaries, p: &PodPlan) -> anyhow::Result<()
         p,
     )?;
     std::fs::write(st.pod_result(p), serde_json::to_vec_pretty(&res)?)?;
+    let ports: Vec<String> = std::iter::once(crate::echo::ECHO_PORT)
+        .chain(p.ports.iter().copied())
+        .map(|port| port.to_string())
+        .collect();
+    let mut args = vec!["lab", "serve-echo", "--name", &p.name];
+    for port in &ports {
+        args.extend(["--port", port.as_str()]);
+    }
     spawn_daemon(
         &p.netns,
         &bins.strait,
-        &["lab", "serve-echo", "--name", &p.name],
+        &args,
         &st.log_dir()
             .join(format!("pod-{}_{}.log", p.namespace, p.name)),
         &st.pod_pid(p),

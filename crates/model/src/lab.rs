@@ -207,6 +207,9 @@ pub struct ServicePlan {
     pub cluster_ip: Ipv4Addr,
 }
 
+/// The port every lab pod's echo server answers on.
+pub const LAB_ECHO_PORT: u16 = 8080;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PodPlan {
     pub namespace: String,
@@ -214,6 +217,10 @@ pub struct PodPlan {
     pub uid: String,
     pub node: String,
     pub netns: String,
+    /// Container ports the pod declares: its echo server answers on each
+    /// (TCP and UDP), besides the lab's own port.
+    #[serde(default)]
+    pub ports: Vec<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -568,12 +575,23 @@ fn plan_pod(
         .uid
         .clone()
         .unwrap_or_else(|| format!("lab-{lab}-{ns}-{pname}"));
+    let mut ports: Vec<u16> = p
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|cp| u16::try_from(cp.container_port).ok())
+        .filter(|port| *port != crate::lab::LAB_ECHO_PORT)
+        .collect();
+    ports.sort();
+    ports.dedup();
     Ok(PodPlan {
         netns: pod_netns(lab, &ns, &pname),
         namespace: ns,
         name: pname,
         uid,
         node,
+        ports,
     })
 }
 

@@ -10,6 +10,8 @@
 //!   service CIDR route;
 //! - [`services`]: the service table, applied by a
 //!   [`crate::svcbackend::ServiceBackend`] chosen by name;
+//! - [`policy`]: NetworkPolicy compiled per local pod, applied by a
+//!   [`crate::policybackend::PolicyBackend`] for the datapath;
 //! - [`health`]: healthCheckNodePort servers;
 //! - [`conntrack`] (eBPF datapath): GC of service connections, map
 //!   pressure.
@@ -23,6 +25,7 @@ pub mod conntrack;
 pub mod endpoints;
 pub mod health;
 pub mod node_routes;
+pub mod policy;
 pub mod services;
 
 use crate::daemon::Agent;

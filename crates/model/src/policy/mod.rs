@@ -24,6 +24,7 @@
 //! - replies of an allowed connection are allowed (stateful: the
 //!   datapath's conntrack, not this module).
 
+pub mod nft;
 mod selector;
 
 pub use selector::{selects, SelectorError};
@@ -141,6 +142,9 @@ pub struct RuleSet {
 pub enum Decision {
     /// No policy selects the pod for this direction.
     NotIsolated,
+    /// A pod reaching its own address: the packet never leaves the pod, so
+    /// no policy applies (upstream's AllowLoopback).
+    Loopback,
     Allowed {
         policy: PolicyId,
         rule: usize,
@@ -544,6 +548,12 @@ impl Verdict {
 
 /// What policy says of a new connection from `src` to `dst:port/proto`.
 pub fn verdict(view: &View, src: IpAddr, dst: IpAddr, proto: Proto, port: u16) -> Verdict {
+    if src == dst {
+        return Verdict {
+            egress: Decision::Loopback,
+            ingress: Decision::Loopback,
+        };
+    }
     let egress = match view.pod_at(src) {
         Some(p) => view
             .compile(p, Direction::Egress)
