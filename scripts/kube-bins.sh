@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # A real control plane for the kube-apiserver labs and tests: Debian's etcd
 # (installed by setup.sh) and kube-apiserver 1.20.2 in target/kube/.
-# kube-apiserver comes from ../shared/bin when that prebuilt copy exists;
-# otherwise it is built offline from Debian bookworm's `kubernetes` source
+# kube-apiserver is built offline from Debian bookworm's `kubernetes` source
 # package with Debian's Go (about 4 minutes on 2 cores), once: the result is
 # cached in target/kube/. Prints the binary's path.
+#
+# The tree vendors github.com/modern-go/reflect2 1.0.1, which corrupts
+# memory under Go 1.18+ (its mapiterinit call predates Go 1.18's iterator
+# layout): the apiserver dies with SIGSEGV in aeshashbody while encoding
+# maps, e.g. a NetworkPolicy's matchLabels. The build swaps in Debian's
+# reflect2 1.0.2, which has the fix. The prebuilt copy in ../shared/bin was
+# built without the swap and crashes that way, so it is used only with
+# STRAIT_USE_PREBUILT=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="$PWD/target/kube"
-bin="$out/kube-apiserver"
+bin="$out/kube-apiserver-1.20.2-reflect2"
 mkdir -p "$out"
 if [ -x "$bin" ]; then
   echo "$bin"
@@ -16,7 +23,7 @@ if [ -x "$bin" ]; then
 fi
 # A prebuilt copy, if this machine has one (STRAIT_NO_PREBUILT=1 ignores it).
 shared=""
-if [ -z "${STRAIT_NO_PREBUILT:-}" ]; then
+if [ -n "${STRAIT_USE_PREBUILT:-}" ]; then
   for d in "${STRAIT_SHARED_BIN:-}" "$PWD/../shared/bin" /work/shared/bin; do
     if [ -n "$d" ] && [ -f "$d/kube-apiserver-1.20.2.xz" ]; then
       shared="$d/kube-apiserver-1.20.2.xz"
@@ -39,11 +46,14 @@ else
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends golang-go rsync dpkg-dev >/dev/null
+  apt-get install -y -qq --no-install-recommends golang-go rsync dpkg-dev golang-github-modern-go-reflect2-dev >/dev/null
   work="$out/src"
   mkdir -p "$work"
   (cd "$work" && { ls -d kubernetes-*/ >/dev/null 2>&1 || apt-get source -qq kubernetes >/dev/null; })
   tree="$(ls -d "$work"/kubernetes-*/ | head -1)"
+  fixed=/usr/share/gocode/src/github.com/modern-go/reflect2
+  [ -f "$fixed/unsafe_map.go" ] || { echo "kube-bins: $fixed missing (golang-github-modern-go-reflect2-dev)" >&2; exit 1; }
+  rsync -a --delete --exclude '*_test.go' --exclude debian "$fixed/" "$tree/vendor/github.com/modern-go/reflect2/"
   (cd "$tree" && KUBE_BUILD_PLATFORMS=linux/amd64 CGO_ENABLED=0 make WHAT=cmd/kube-apiserver >&2)
   cp "$tree/_output/bin/kube-apiserver" "$bin.tmp"
 fi

@@ -229,6 +229,24 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
             Err(e) => Response::Error(e),
         },
         Request::Wired { .. } => unreachable!("answered in handle_conn"),
+        Request::PolicyList => Response::Policy {
+            pods: agent.published.lock().unwrap().policy.clone(),
+        },
+        Request::PolicyExplain {
+            src,
+            dst,
+            port,
+            proto,
+        } => {
+            let snap = agent.snapshot.borrow().clone();
+            match explain_policy(&snap, &src, &dst, port, proto) {
+                Ok(e) => Response::PolicyVerdict(Box::new(e)),
+                Err(message) => Response::Error(ApiError {
+                    kind: ApiErrorKind::Invalid,
+                    message,
+                }),
+            }
+        }
         Request::Get { attachment } => Response::Found {
             allocation: agent.ipam.get(&attachment),
         },
@@ -283,4 +301,61 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
             }))
         }
     }
+}
+
+/// `strait policy explain`: resolve both ends (a pod as ns/name or name, or
+/// an address) and ask the same compiler the policy reconciler uses.
+fn explain_policy(
+    snap: &strait_model::cluster::ClusterSnapshot,
+    src: &str,
+    dst: &str,
+    port: u16,
+    proto: strait_model::policy::Proto,
+) -> Result<strait_model::api::PolicyExplanation, String> {
+    use strait_model::policy::{pod_ips, verdict, View};
+    let resolve = |what: &str| -> Result<(String, std::net::IpAddr), String> {
+        if let Ok(ip) = what.parse::<std::net::IpAddr>() {
+            let name = snap
+                .pods
+                .iter()
+                .find(|p| pod_ips(p).contains(&ip))
+                .map(|p| pod_key(p))
+                .unwrap_or_else(|| what.to_string());
+            return Ok((name, ip));
+        }
+        let (ns, name) = what.split_once('/').unwrap_or(("default", what));
+        let pod = snap
+            .pods
+            .iter()
+            .find(|p| {
+                p.metadata.name.as_deref() == Some(name)
+                    && p.metadata.namespace.as_deref().unwrap_or("default") == ns
+            })
+            .ok_or_else(|| format!("no pod {ns}/{name} in the cluster (give ns/name or an IP)"))?;
+        let ip = pod_ips(pod)
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("pod {ns}/{name} has no address yet"))?;
+        Ok((format!("{ns}/{name}"), ip))
+    };
+    let (s, sip) = resolve(src)?;
+    let (d, dip) = resolve(dst)?;
+    let view = View::new(snap);
+    Ok(strait_model::api::PolicyExplanation {
+        src: s,
+        src_ip: sip,
+        dst: d,
+        dst_ip: dip,
+        port,
+        proto,
+        verdict: verdict(&view, sip, dip, proto, port),
+    })
+}
+
+fn pod_key(p: &k8s_openapi::api::core::v1::Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or("default"),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
 }

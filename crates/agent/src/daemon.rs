@@ -41,6 +41,8 @@ pub struct Agent {
 #[derive(Default)]
 pub struct Published {
     pub node_routes: Vec<NodeRoute>,
+    /// Every local pod's compiled NetworkPolicy.
+    pub policy: Vec<strait_model::policy::PodRules>,
     pub services: Vec<std::sync::Arc<strait_model::services::ServiceEntry>>,
     pub service_problems: Vec<String>,
     pub service_sync: Option<strait_model::api::ServiceSync>,
@@ -209,13 +211,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             let (client, url) = crate::source::kube::client(kubeconfig.as_deref()).await?;
             tracing::info!(apiserver = %url, "cluster source: kube-apiserver; waiting for the first lists");
             kube_client = Some(client.clone());
-            Box::new(crate::source::kube::KubeSource::start(client, &cfg.node_name, url).await?)
+            Box::new(crate::source::kube::KubeSource::start(client, url).await?)
         }
         crate::SourceConfig::Etcd { endpoint, prefix } => {
             tracing::info!(%endpoint, %prefix, "cluster source: etcd; waiting for the first list");
-            Box::new(
-                crate::source::etcd::EtcdSource::start(endpoint, prefix, &cfg.node_name).await?,
-            )
+            Box::new(crate::source::etcd::EtcdSource::start(endpoint, prefix).await?)
         }
     };
     let agent = Arc::new(Agent {

@@ -70,6 +70,13 @@ enum Verb {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// `strait policy` against a node's agent: `lab policy NODE list`, or
+    /// `lab policy NODE explain SRC DST[:PORT[/PROTO]]`.
+    Policy {
+        node: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The pod echo server (run inside a pod's namespace by the lab).
     #[command(hide = true)]
     ServeEcho {
@@ -259,6 +266,21 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         Verb::Monitor { node, args } => node_tool(a.lab.as_deref(), &node, "monitor", &args, true),
         Verb::Metrics { node, args } => node_tool(a.lab.as_deref(), &node, "metrics", &args, false),
+        Verb::Policy { node, args } => {
+            let st = LabState::find(a.lab.as_deref())?;
+            let n = st
+                .plan
+                .node(&node)
+                .with_context(|| format!("{node} is not a node of lab {}", st.plan.name))?;
+            let status = std::process::Command::new(std::env::current_exe()?)
+                .arg("policy")
+                .arg("--socket")
+                .arg(st.socket(n))
+                .args(&args)
+                .status()
+                .context("run strait policy")?;
+            Ok(status.code().unwrap_or(1))
+        }
         Verb::Lb { node, args } => {
             let mut full = vec!["list".to_string()];
             full.extend(args);

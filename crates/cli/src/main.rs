@@ -5,6 +5,7 @@ mod lab;
 mod lb;
 mod metrics;
 mod monitor;
+mod policy;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,9 @@ enum Cmd {
     Metrics(metrics::Args),
     /// The service load balancer as programmed in the datapath.
     Lb(lb::Args),
+    /// NetworkPolicy as this node enforces it, and why a connection is
+    /// allowed or denied.
+    Policy(policy::Args),
 }
 
 fn main() {
@@ -46,6 +50,7 @@ fn main() {
         Cmd::Monitor(a) => monitor::run(a),
         Cmd::Metrics(a) => metrics::run(a),
         Cmd::Lb(a) => lb::run(a),
+        Cmd::Policy(a) => policy::run(a),
     };
     match r {
         Ok(code) => std::process::exit(code),

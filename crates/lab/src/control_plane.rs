@@ -51,21 +51,25 @@ fn etcd_pid(st: &LabState) -> PathBuf {
     dir(st).join("etcd.pid")
 }
 
-/// kube-apiserver: $STRAIT_KUBE_APISERVER, or target/kube/kube-apiserver
-/// next to the build (scripts/kube-bins.sh puts it there).
+/// kube-apiserver: $STRAIT_KUBE_APISERVER, or the one scripts/kube-bins.sh
+/// builds into target/kube/ (with reflect2 1.0.2: see that script).
 pub fn apiserver_binary() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("STRAIT_KUBE_APISERVER") {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
     for dir in exe.ancestors().skip(1).take(4) {
-        let p = dir.join("kube").join("kube-apiserver");
+        let p = dir.join("kube").join(APISERVER_FILE);
         if p.exists() {
             return Ok(p);
         }
     }
     bail!("no kube-apiserver found: run scripts/kube-bins.sh (it fetches or builds one into target/kube/), or set STRAIT_KUBE_APISERVER")
 }
+
+/// scripts/kube-bins.sh's output; a copy without the reflect2 fix has
+/// another name, so a stale cache is never picked up.
+pub const APISERVER_FILE: &str = "kube-apiserver-1.20.2-reflect2";
 
 fn token() -> anyhow::Result<String> {
     let mut b = [0u8; 16];

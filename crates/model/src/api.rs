@@ -37,6 +37,16 @@ pub enum Request {
     /// an answer): the agent programs the datapath for it now rather than
     /// on its next pass.
     Wired { attachment: Attachment },
+    /// This node's pods' compiled NetworkPolicy.
+    PolicyList,
+    /// What policy says of a new connection: endpoints are pods (ns/name or
+    /// name) or IP addresses.
+    PolicyExplain {
+        src: String,
+        dst: String,
+        port: u16,
+        proto: crate::policy::Proto,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -59,7 +69,23 @@ pub enum Response {
     Status(Box<NodeStatus>),
     /// The attachment's endpoint is programmed (answer to `Wired`).
     Programmed {},
+    Policy {
+        pods: Vec<crate::policy::PodRules>,
+    },
+    PolicyVerdict(Box<PolicyExplanation>),
     Error(ApiError),
+}
+
+/// `strait policy explain`: both ends resolved, and both directions' decisions.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PolicyExplanation {
+    pub src: String,
+    pub src_ip: IpAddr,
+    pub dst: String,
+    pub dst_ip: IpAddr,
+    pub port: u16,
+    pub proto: crate::policy::Proto,
+    pub verdict: crate::policy::Verdict,
 }
 
 /// How one of the agent's reconcilers is doing.

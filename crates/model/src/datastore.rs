@@ -237,18 +237,16 @@ pub struct Applied {
 /// The datastore's objects as the watcher knows them.
 pub struct Store {
     prefix: String,
-    /// Pods on other nodes are not kept (the apiserver source's field
-    /// selector does the same).
-    node: String,
     objects: BTreeMap<Vec<u8>, Obj>,
     revision: i64,
 }
 
 impl Store {
-    pub fn new(prefix: &str, node: &str) -> Self {
+    /// Every node's pods are kept: NetworkPolicy selectors resolve to pods
+    /// anywhere in the cluster.
+    pub fn new(prefix: &str) -> Self {
         Store {
             prefix: prefix.into(),
-            node: node.into(),
             objects: BTreeMap::new(),
             revision: 0,
         }
@@ -267,16 +265,10 @@ impl Store {
         self.objects.is_empty()
     }
 
-    /// Read one key: Ok(None) for a pod of another node.
+    /// Read one key (Ok(None): nothing to keep).
     fn read(&self, key: &[u8], value: &[u8]) -> Result<Option<Obj>, String> {
         let k = parse_key(&self.prefix, key).map_err(|e| e.to_string())?;
         let o = decode(&k, value).map_err(|e| format!("{}: {e}", String::from_utf8_lossy(key)))?;
-        if let Obj::Pod(p) = &o {
-            let on = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
-            if on != Some(self.node.as_str()) {
-                return Ok(None);
-            }
-        }
         Ok(Some(o))
     }
 

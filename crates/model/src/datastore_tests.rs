@@ -103,7 +103,7 @@ fn keys_round_trip_and_bad_keys_say_what_is_wrong() {
 
 #[test]
 fn list_then_events_in_order() {
-    let mut st = Store::new(P, "n1");
+    let mut st = Store::new(P);
     let (a, s1) = (node("n1", "10.0.0.0/24"), svc("web", "10.96.0.10"));
     st.replace(
         [
@@ -146,7 +146,7 @@ fn list_then_events_in_order() {
 
 #[test]
 fn a_resumed_watch_that_repeats_events_does_not_resurrect_objects() {
-    let mut st = Store::new(P, "n1");
+    let mut st = Store::new(P);
     st.replace([], 4);
     let a = node("a", "10.0.0.0/24");
     st.apply(&[
@@ -165,8 +165,8 @@ fn a_resumed_watch_that_repeats_events_does_not_resurrect_objects() {
 }
 
 #[test]
-fn only_this_nodes_pods_are_kept() {
-    let mut st = Store::new(P, "n1");
+fn every_nodes_pods_are_kept_for_policy_selectors() {
+    let mut st = Store::new(P);
     let (mine, theirs) = (pod("mine", "n1"), pod("theirs", "n2"));
     st.replace(
         [
@@ -178,18 +178,19 @@ fn only_this_nodes_pods_are_kept() {
         ],
         2,
     );
-    assert_eq!(names(&st.snapshot()), ["pod/mine"]);
-    assert_eq!(st.len(), 1);
-    // A pod rewritten onto another node leaves this one's view.
+    assert_eq!(names(&st.snapshot()), ["pod/mine", "pod/theirs"]);
+    // A pod rewritten onto another node is still seen, on its new node.
     let moved = pod("mine", "n2");
     let r = st.apply(&[put("/strait/v1/pods/default/mine", &moved, 3)]);
     assert!(r.changed);
-    assert!(st.snapshot().pods.is_empty());
+    let snap = st.snapshot();
+    let on = |p: &k8s_openapi::api::core::v1::Pod| p.spec.as_ref().unwrap().node_name.clone();
+    assert!(snap.pods.iter().all(|p| on(p).as_deref() == Some("n2")));
 }
 
 #[test]
 fn unreadable_or_misfiled_values_are_refused_and_drop_the_old_object() {
-    let mut st = Store::new(P, "n1");
+    let mut st = Store::new(P);
     let good = svc("web", "10.96.0.10");
     st.apply(&[put("/strait/v1/services/default/web", &good, 2)]);
     assert_eq!(st.snapshot().services.len(), 1);
@@ -228,7 +229,7 @@ fn unreadable_or_misfiled_values_are_refused_and_drop_the_old_object() {
 
 #[test]
 fn a_relist_after_compaction_keeps_unchanged_objects_and_drops_deleted_ones() {
-    let mut st = Store::new(P, "n1");
+    let mut st = Store::new(P);
     let (a, b, s1) = (
         node("a", "10.0.0.0/24"),
         node("b", "10.0.1.0/24"),
@@ -265,7 +266,7 @@ fn a_relist_after_compaction_keeps_unchanged_objects_and_drops_deleted_ones() {
 
 #[test]
 fn namespaces_get_the_metadata_name_label_once() {
-    let mut st = Store::new(P, "n1");
+    let mut st = Store::new(P);
     let ns = val(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}));
     st.apply(&[put("/strait/v1/namespaces/shop", &ns, 2)]);
     let (s1, s2) = (st.snapshot(), st.snapshot());

@@ -7,16 +7,7 @@
 
 pub mod nftables;
 
-use strait_model::policy::RuleSet;
-
-/// One local pod's compiled policy.
-pub struct PodRules {
-    /// namespace/name.
-    pub key: String,
-    pub ips: Vec<std::net::IpAddr>,
-    pub ingress: RuleSet,
-    pub egress: RuleSet,
-}
+pub use strait_model::policy::PodRules;
 
 pub trait PolicyBackend: Send {
     fn name(&self) -> &'static str;
@@ -44,7 +35,7 @@ impl PolicyBackend for NotEnforced {
         let isolated: Vec<&str> = pods
             .iter()
             .filter(|p| !p.ingress.isolated_by.is_empty() || !p.egress.isolated_by.is_empty())
-            .map(|p| p.key.as_str())
+            .map(|p| p.pod.as_str())
             .collect();
         anyhow::ensure!(
             isolated.is_empty(),

@@ -24,7 +24,7 @@ impl PolicyBackend for NftPolicy {
         let views: Vec<PodPolicy> = pods
             .iter()
             .map(|p| PodPolicy {
-                key: &p.key,
+                key: &p.pod,
                 ips: &p.ips,
                 ingress: &p.ingress,
                 egress: &p.egress,

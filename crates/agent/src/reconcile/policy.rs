@@ -41,7 +41,7 @@ impl Reconciler for Policy {
                     .push(format!("policy {}: {}", pr.policy, pr.message));
             }
             pods.push(PodRules {
-                key: format!(
+                pod: format!(
                     "{}/{}",
                     p.metadata.namespace.as_deref().unwrap_or("default"),
                     p.metadata.name.as_deref().unwrap_or_default()
@@ -52,7 +52,11 @@ impl Reconciler for Policy {
             });
         }
         let backend = &mut self.backend;
-        rep.changed = tokio::task::block_in_place(|| backend.apply(&pods))?;
+        let applied = tokio::task::block_in_place(|| backend.apply(&pods));
+        // What is enforced (or, on failure, what should be: the problem
+        // says it is not), for `strait policy list`.
+        agent.published.lock().unwrap().policy = pods;
+        rep.changed = applied?;
         Ok(rep)
     }
 }

@@ -147,7 +147,7 @@ impl Shared {
 impl EtcdSource {
     /// Connect, list, start the watch, and return once the first list is in
     /// (retrying, and saying why, until etcd answers).
-    pub async fn start(endpoint: &str, prefix: &str, node: &str) -> anyhow::Result<Self> {
+    pub async fn start(endpoint: &str, prefix: &str) -> anyhow::Result<Self> {
         if !prefix.starts_with('/') || !prefix.ends_with('/') {
             anyhow::bail!("etcd prefix {prefix:?}: must start and end with '/' (like /strait/v1/)");
         }
@@ -168,7 +168,7 @@ impl EtcdSource {
             ..Default::default()
         }));
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store::new(prefix, node)),
+            store: Mutex::new(Store::new(prefix)),
             health: health.clone(),
             dirty: Notify::new(),
             prefix: prefix.into(),

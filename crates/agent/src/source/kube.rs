@@ -209,7 +209,7 @@ const KINDS: [&str; 6] = [
 impl KubeSource {
     /// Connect, start every watch and return once each kind has been listed
     /// (logging which are still missing while it waits).
-    pub async fn start(client: kube::Client, node: &str, from: String) -> anyhow::Result<Self> {
+    pub async fn start(client: kube::Client, from: String) -> anyhow::Result<Self> {
         let version = loop {
             match slice_version(&client).await {
                 Ok(v) => break v,
@@ -250,11 +250,9 @@ impl KubeSource {
         }
         let all = watcher::Config::default;
         let nodes = watch_kind!("nodes", Api::<Node>::all(c.clone()), all());
-        let pods = watch_kind!(
-            "pods",
-            Api::<Pod>::all(c.clone()),
-            all().fields(&format!("spec.nodeName={node}"))
-        );
+        // Every node's pods: NetworkPolicy selectors resolve to pods
+        // anywhere (the endpoints and policy reconcilers pick this node's).
+        let pods = watch_kind!("pods", Api::<Pod>::all(c.clone()), all());
         let services = watch_kind!("services", Api::<Service>::all(c.clone()), all());
         let namespaces = watch_kind!("namespaces", Api::<Namespace>::all(c.clone()), all());
         let policies = watch_kind!(

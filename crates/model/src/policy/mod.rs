@@ -34,16 +34,17 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Direction {
     Ingress,
     Egress,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Proto {
     Tcp,
     Udp,
@@ -71,7 +72,7 @@ impl Proto {
 }
 
 /// A policy, by namespace and name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PolicyId {
     pub namespace: String,
     pub name: String,
@@ -84,7 +85,7 @@ impl std::fmt::Display for PolicyId {
 }
 
 /// Addresses a rule admits: a network less its exceptions.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerNet {
     pub net: IpNet,
     pub except: Vec<IpNet>,
@@ -97,7 +98,7 @@ impl PeerNet {
 }
 
 /// The ports a rule admits: a protocol and an inclusive range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PortRange {
     pub proto: Proto,
     pub first: u16,
@@ -106,7 +107,7 @@ pub struct PortRange {
 
 /// One compiled rule: from (ingress) or to (egress) these peers, on these
 /// ports. `None` means any.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
     pub policy: PolicyId,
     /// Index of the rule in the policy's ingress or egress list.
@@ -130,7 +131,7 @@ impl Rule {
 }
 
 /// One pod's rules for one direction.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleSet {
     /// The policies that isolate the pod (empty: not isolated, all allowed).
     pub isolated_by: Vec<PolicyId>,
@@ -138,7 +139,7 @@ pub struct RuleSet {
 }
 
 /// What policy says of one connection in one direction.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Decision {
     /// No policy selects the pod for this direction.
     NotIsolated,
@@ -183,6 +184,17 @@ type RuleParts<'a> = (
     Option<&'a Vec<NetworkPolicyPeer>>,
     Option<&'a Vec<NetworkPolicyPort>>,
 );
+
+/// One pod's compiled policy, both directions (what a node enforces, and
+/// what `strait policy list` shows).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRules {
+    /// namespace/name.
+    pub pod: String,
+    pub ips: Vec<IpAddr>,
+    pub ingress: RuleSet,
+    pub egress: RuleSet,
+}
 
 /// A problem with a policy that makes part of it match nothing (as the API
 /// server would have refused it, or a named port nobody has).
@@ -534,7 +546,7 @@ fn named_port(pod: &Pod, proto: Proto, name: &str) -> Option<(Proto, u16)> {
 
 /// Both directions of one connection: the client pod's egress (if the
 /// client is a pod) and the server pod's ingress (if the server is a pod).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     pub egress: Decision,
     pub ingress: Decision,
