@@ -185,13 +185,16 @@ async fn apply_set(
     namespaces.sort();
     namespaces.dedup();
     let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.clone());
+    // Created when missing, never applied: an apply by the same field
+    // manager would take away the labels a published Namespace gave it.
     for n in namespaces {
-        let obj =
-            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}});
-        ns_api
-            .patch(&n, &pp, &Patch::Apply(&obj))
-            .await
-            .with_context(|| format!("create namespace {n}"))?;
+        let obj: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": n}}))?;
+        match ns_api.create(&Default::default(), &obj).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e).with_context(|| format!("create namespace {n}")),
+        }
     }
     // Checked and keyed first (cheap), then sent 16 at a time.
     let mut prepared = vec![];

@@ -112,6 +112,11 @@ pub struct Rule {
     pub policy: PolicyId,
     /// Index of the rule in the policy's ingress or egress list.
     pub index: usize,
+    /// Names the peer set: the same for every pod the rule protects, so a
+    /// backend can keep one set per name and share it
+    /// (`ns/policy/Ingress/0`, plus `/<pod>` for an egress named port's
+    /// destination).
+    pub peer_set: String,
     pub peers: Option<Vec<PeerNet>>,
     pub ports: Option<Vec<PortRange>>,
 }
@@ -207,9 +212,16 @@ pub struct Problem {
 /// The cluster as policy sees it: pods with addresses, namespaces, policies.
 pub struct View<'a> {
     pods: Vec<&'a Pod>,
-    namespaces: BTreeMap<&'a str, &'a Namespace>,
+    /// Namespaces' labels, with `kubernetes.io/metadata.name` set as
+    /// Kubernetes 1.21+ sets it (1.20 does not, and selectors use it).
+    namespaces: BTreeMap<&'a str, BTreeMap<String, String>>,
     policies: Vec<&'a NetworkPolicy>,
+    /// Each rule's peers, resolved once per view (they do not depend on
+    /// the pod the rule protects): keyed by the rule's peer-set name.
+    peers: std::cell::RefCell<std::collections::HashMap<String, PeersResult>>,
 }
+
+type PeersResult = Result<Option<Vec<PeerNet>>, String>;
 
 fn meta_ns(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
     m.namespace.as_deref().unwrap_or("default")
@@ -250,26 +262,32 @@ impl<'a> View<'a> {
             pods: pods.into_iter().collect(),
             namespaces: namespaces
                 .into_iter()
-                .filter_map(|n| Some((n.metadata.name.as_deref()?, n)))
+                .filter_map(|n| {
+                    let name = n.metadata.name.as_deref()?;
+                    let mut l = n.metadata.labels.clone().unwrap_or_default();
+                    l.insert("kubernetes.io/metadata.name".into(), name.into());
+                    Some((name, l))
+                })
                 .collect(),
             policies: policies.into_iter().collect(),
+            peers: Default::default(),
         }
     }
 
-    /// A namespace's labels, with `kubernetes.io/metadata.name` set as
-    /// Kubernetes 1.21+ sets it (1.20 does not, and selectors use it).
-    fn ns_labels(&self, ns: &str) -> BTreeMap<String, String> {
-        let mut l = self
-            .namespaces
-            .get(ns)
-            .and_then(|n| n.metadata.labels.clone())
-            .unwrap_or_default();
-        l.insert("kubernetes.io/metadata.name".into(), ns.into());
-        l
+    /// A namespace's labels (one that has no object yet still has its
+    /// name label).
+    fn ns_labels(&self, ns: &str) -> std::borrow::Cow<'_, BTreeMap<String, String>> {
+        match self.namespaces.get(ns) {
+            Some(l) => std::borrow::Cow::Borrowed(l),
+            None => std::borrow::Cow::Owned(
+                [("kubernetes.io/metadata.name".to_string(), ns.to_string())].into(),
+            ),
+        }
     }
 
-    fn pod_labels(p: &Pod) -> BTreeMap<String, String> {
-        p.metadata.labels.clone().unwrap_or_default()
+    fn pod_labels(p: &Pod) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        p.metadata.labels.as_ref().unwrap_or(&NONE)
     }
 
     /// The pod with this address, if any.
@@ -280,14 +298,23 @@ impl<'a> View<'a> {
     /// Pods a peer selects, seen from a policy in `ns`.
     fn peer_pods(&self, peer: &NetworkPolicyPeer, ns: &str) -> Result<Vec<&'a Pod>, SelectorError> {
         let mut out = vec![];
+        // Each namespace is asked once, not once per pod.
+        let mut ns_ok_cache: BTreeMap<&str, bool> = BTreeMap::new();
         for p in &self.pods {
             let pns = meta_ns(&p.metadata);
             let ns_ok = match &peer.namespace_selector {
-                Some(sel) => selects(sel, &self.ns_labels(pns))?,
+                Some(sel) => match ns_ok_cache.get(pns) {
+                    Some(v) => *v,
+                    None => {
+                        let v = selects(sel, &self.ns_labels(pns))?;
+                        ns_ok_cache.insert(pns, v);
+                        v
+                    }
+                },
                 None => pns == ns,
             };
             let pod_ok = match &peer.pod_selector {
-                Some(sel) => selects(sel, &Self::pod_labels(p))?,
+                Some(sel) => selects(sel, Self::pod_labels(p))?,
                 None => true,
             };
             if ns_ok && pod_ok {
@@ -322,7 +349,7 @@ impl<'a> View<'a> {
                     },
                 };
                 types_ok
-                    && selects(&spec.pod_selector.clone().unwrap_or_default(), &labels)
+                    && selects(&spec.pod_selector.clone().unwrap_or_default(), labels)
                         .unwrap_or(false)
             })
             .collect()
@@ -360,13 +387,8 @@ impl<'a> View<'a> {
                         message: format!("{dir:?} rule {index}: {m}"),
                     })
                 };
-                match self.rule(pod, dir, &id, peers, ports) {
-                    Ok(mut rs) => {
-                        for r in &mut rs {
-                            r.index = index;
-                        }
-                        set.rules.extend(rs);
-                    }
+                match self.rule(pod, dir, &id, index, peers, ports) {
+                    Ok(rs) => set.rules.extend(rs),
                     Err(m) => note(m),
                 }
             }
@@ -374,20 +396,16 @@ impl<'a> View<'a> {
         (set, problems)
     }
 
-    /// One policy rule, compiled. Named ports make a rule per pod they
-    /// resolve on: the protected pod for ingress, each peer pod for egress.
-    fn rule(
-        &self,
-        pod: &Pod,
-        dir: Direction,
-        id: &PolicyId,
-        peers: Option<&Vec<NetworkPolicyPeer>>,
-        ports: Option<&Vec<NetworkPolicyPort>>,
-    ) -> Result<Vec<Rule>, String> {
-        let ns = id.namespace.as_str();
-        // Peers: pods by selector (their addresses), or ipBlocks.
-        let mut nets: Option<Vec<PeerNet>> = None;
-        if let Some(ps) = peers.filter(|ps| !ps.is_empty()) {
+    /// A rule's peers: pods by selector (their addresses) or ipBlocks;
+    /// None for "every peer". Resolved once per view.
+    fn peers(&self, key: &str, ns: &str, peers: Option<&Vec<NetworkPolicyPeer>>) -> PeersResult {
+        if let Some(hit) = self.peers.borrow().get(key) {
+            return hit.clone();
+        }
+        let resolved = (|| {
+            let Some(ps) = peers.filter(|ps| !ps.is_empty()) else {
+                return Ok(None);
+            };
             let mut n = vec![];
             for p in ps {
                 if let Some(b) = &p.ip_block {
@@ -412,12 +430,33 @@ impl<'a> View<'a> {
                     }
                 }
             }
-            nets = Some(n);
-        }
+            Ok(Some(n))
+        })();
+        self.peers
+            .borrow_mut()
+            .insert(key.to_string(), resolved.clone());
+        resolved
+    }
+
+    /// One policy rule, compiled. Named ports make a rule per pod they
+    /// resolve on: the protected pod for ingress, each peer pod for egress.
+    fn rule(
+        &self,
+        pod: &Pod,
+        dir: Direction,
+        id: &PolicyId,
+        index: usize,
+        peers: Option<&Vec<NetworkPolicyPeer>>,
+        ports: Option<&Vec<NetworkPolicyPort>>,
+    ) -> Result<Vec<Rule>, String> {
+        let ns = id.namespace.as_str();
+        let set_name = format!("{id}/{dir:?}/{index}");
+        let nets = self.peers(&set_name, ns, peers)?;
         let Some(ports) = ports.filter(|p| !p.is_empty()) else {
             return Ok(vec![Rule {
                 policy: id.clone(),
-                index: 0,
+                index,
+                peer_set: set_name,
                 peers: nets,
                 ports: None,
             }]);
@@ -452,7 +491,8 @@ impl<'a> View<'a> {
         if !numeric.is_empty() {
             out.push(Rule {
                 policy: id.clone(),
-                index: 0,
+                index,
+                peer_set: set_name.clone(),
                 peers: nets.clone(),
                 ports: Some(numeric),
             });
@@ -471,7 +511,8 @@ impl<'a> View<'a> {
                 if !resolved.is_empty() {
                     out.push(Rule {
                         policy: id.clone(),
-                        index: 0,
+                        index,
+                        peer_set: set_name,
                         peers: nets,
                         ports: Some(resolved),
                     });
@@ -505,7 +546,12 @@ impl<'a> View<'a> {
                     }
                     out.push(Rule {
                         policy: id.clone(),
-                        index: 0,
+                        index,
+                        peer_set: format!(
+                            "{set_name}/{}/{}",
+                            meta_ns(&q.metadata),
+                            q.metadata.name.as_deref().unwrap_or_default()
+                        ),
                         peers: Some(
                             ips.into_iter()
                                 .map(|ip| PeerNet {
