@@ -90,7 +90,9 @@ int from_container(struct __sk_buff *skb)
 
 	/* Services: a local backend's reply gets its VIP back; a packet to a
 	 * VIP gets a backend. Either way the rest is plain pod forwarding. */
+	struct flow before = p.flow;  /* a reply as the backend sent it */
 	int lb = lb_revnat(skb, &p, PROG_FROM_CONTAINER);
+	int revnat = lb == LB_DONE;
 	if (lb == LB_NONE)
 		lb = lb_dnat(skb, &p, PROG_FROM_CONTAINER);
 	if (lb == LB_NONE)
@@ -106,6 +108,13 @@ int from_container(struct __sk_buff *skb)
 
 	__u32 daddr = p.flow.daddr;
 	struct endpoint *ep = bpf_map_lookup_elem(&strait_endpoints, &daddr);
+	/* NetworkPolicy: this pod's egress, and a local destination's ingress
+	 * (its host veth is skipped below). A reply is judged as the backend
+	 * sent it, so it matches the connection it answers. */
+	__u32 policy = 0;
+	int verdict_p = policy_judge(revnat ? &before : &p.flow, 1, ep != 0, &policy);
+	if (verdict_p != POLICY_PASS)
+		return policy_drop(skb, verdict_p, PROG_FROM_CONTAINER, &p.flow, policy);
 	if (ep)
 		return to_local_pod(skb, &p, ep, PROG_FROM_CONTAINER, REASON_PEER_LOCAL, REASON_HOSTVETH_LOCAL);
 

@@ -23,7 +23,9 @@ int from_netdev(struct __sk_buff *skb)
 	if (r <= 0) /* malformed packets from the wire are the stack's business */
 		return verdict(skb, REASON_TO_STACK, PROG_FROM_NETDEV, &p.flow, 0, TC_ACT_OK);
 	/* A remote backend's reply to a client here: back to the VIP. */
+	struct flow before = p.flow;  /* a reply as the backend sent it */
 	int lb = lb_revnat(skb, &p, PROG_FROM_NETDEV);
+	int revnat = lb == LB_DONE;
 	/* From outside the cluster: NodePort, ExternalIP, LoadBalancer. */
 	int dnat = 0;
 	if (lb == LB_NONE) {
@@ -50,6 +52,12 @@ int from_netdev(struct __sk_buff *skb)
 	}
 	if (!ep)
 		return verdict(skb, REASON_TO_STACK, PROG_FROM_NETDEV, &p.flow, 0, TC_ACT_OK);
+	/* NetworkPolicy: the local destination's ingress, before the packet
+	 * skips its host veth. */
+	__u32 policy = 0;
+	int verdict_p = policy_judge(revnat ? &before : &p.flow, 0, 1, &policy);
+	if (verdict_p != POLICY_PASS)
+		return policy_drop(skb, verdict_p, PROG_FROM_NETDEV, &p.flow, policy);
 	return to_local_pod(skb, &p, ep, PROG_FROM_NETDEV, REASON_PEER_FROM_NETDEV, REASON_HOSTVETH_FROM_NETDEV);
 }
 

@@ -10,6 +10,7 @@
  * port-unreachable reach the client's socket). */
 #pragma once
 #include "conntrack.h"
+#include "policy.h"
 
 #define IP_DADDR_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, daddr))
 #define IP_SADDR_OFF (ETH_HLEN + __builtin_offsetof(struct iphdr, saddr))

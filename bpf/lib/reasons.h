@@ -41,5 +41,7 @@
 #define DROP_IPIP_FRAGMENT     137  /* a fragment of an IP-in-IP packet (strait never sends them) */
 #define DROP_TUNNEL_NO_ROUTE   138  /* no route to the peer node for the outer header, or no node behind the route */
 #define DROP_ENCAP_FAILED      139  /* the kernel refused to make room for the outer header */
+#define DROP_POLICY_INGRESS    140  /* NetworkPolicy: the destination is isolated for ingress and no rule admits this */
+#define DROP_POLICY_EGRESS     141  /* NetworkPolicy: the source is isolated for egress and no rule admits this */
 
 #define REASON_COUNT           256

@@ -201,6 +201,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         bpf.as_ref().map(|b| b.dp.pin_dir.as_path()),
         cfg.service_cidr,
     )?;
+    let policy =
+        crate::policybackend::for_datapath(cfg.mode, bpf.as_ref().map(|b| b.dp.pin_dir.as_path()))?;
     let mut kube_client = None;
     let source: Box<dyn ClusterSource> = match &cfg.source {
         crate::SourceConfig::Files { dir } => Box::new(DirectorySource::start(
@@ -246,10 +248,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tasks.spawn(reconcile::run(NodeRoutes::new(cross_node)?, agent.clone()));
     tasks.spawn(reconcile::run(Services::new(services), agent.clone()));
     tasks.spawn(reconcile::run(Health::default(), agent.clone()));
-    tasks.spawn(reconcile::run(
-        Policy::new(crate::policybackend::for_datapath(agent.cfg.mode)),
-        agent.clone(),
-    ));
+    tasks.spawn(reconcile::run(Policy::new(policy), agent.clone()));
     tokio::spawn(crate::readiness::announce(agent.clone(), kube_client));
     let listener = crate::api::bind(&agent.cfg.socket)?;
     tracing::info!(node = %agent.cfg.node_name, socket = %agent.cfg.socket.display(), cross_node = agent.cross_node, services = agent.service_backend, "strait agent started");

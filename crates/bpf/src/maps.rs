@@ -415,6 +415,49 @@ pub struct TunnelPeer {
 }
 unsafe impl aya::Pod for TunnelPeer {}
 
+/// `struct policy_ep`: which directions a pod is isolated in, and by which
+/// policy (by id, for drop reports).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyEp {
+    pub flags: u32,
+    pub ingress_by: u32,
+    pub egress_by: u32,
+    pub _pad: u32,
+}
+unsafe impl aya::Pod for PolicyEp {}
+
+pub const POLICY_F_INGRESS: u32 = 1;
+pub const POLICY_F_EGRESS: u32 = 2;
+
+/// `struct policy_key` without its prefixlen (aya's LPM `Key` adds it):
+/// pod, direction, protocol, port (network order), then the peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub ep: [u8; 16],
+    pub dir: u8,
+    pub proto: u8,
+    pub dport: u16,
+    pub peer: [u8; 16],
+}
+unsafe impl aya::Pod for PolicyKey {}
+
+/// Bits of a [`PolicyKey`] before the peer.
+pub const POLICY_FIXED_BITS: u32 = 160;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyVal {
+    pub policy: u32,
+    pub rule: u16,
+    pub _pad: u16,
+}
+unsafe impl aya::Pod for PolicyVal {}
+
+pub type PolicyEpMap = HashMap<MapData, AddrKey, PolicyEp>;
+pub type PolicyMap = aya::maps::LpmTrie<MapData, PolicyKey, PolicyVal>;
+
 pub type TunnelMap = aya::maps::Array<MapData, TunnelCfg>;
 pub type TunnelPeerMap = HashMap<MapData, AddrKey, TunnelPeer>;
 
@@ -528,6 +571,17 @@ mod tests {
                 std::mem::size_of::<AddrKey>(),
                 std::mem::size_of::<TunnelPeer>()
             )
+        );
+        assert_eq!(
+            size("strait_policy"),
+            (
+                4 + std::mem::size_of::<PolicyKey>(),
+                std::mem::size_of::<PolicyVal>()
+            )
+        );
+        assert_eq!(
+            size("strait_policy_ep"),
+            (16, std::mem::size_of::<PolicyEp>())
         );
         let v4: std::net::IpAddr = Ipv4Addr::new(198, 18, 0, 2).into();
         assert_eq!(AddrKey::from(v4).ip(), v4);

@@ -34,6 +34,8 @@ pub const DROP_IPIP_UNKNOWN_PEER: u8 = 136;
 pub const DROP_IPIP_FRAGMENT: u8 = 137;
 pub const DROP_TUNNEL_NO_ROUTE: u8 = 138;
 pub const DROP_ENCAP_FAILED: u8 = 139;
+pub const DROP_POLICY_INGRESS: u8 = 140;
+pub const DROP_POLICY_EGRESS: u8 = 141;
 
 /// A short name and what it means, for tables and `monitor`.
 pub fn describe(code: u8) -> (&'static str, &'static str) {
@@ -132,6 +134,14 @@ pub fn describe(code: u8) -> (&'static str, &'static str) {
         DROP_ENCAP_FAILED => (
             "drop-encap-failed",
             "the kernel refused to make room for the outer header",
+        ),
+        DROP_POLICY_INGRESS => (
+            "drop-policy-ingress",
+            "NetworkPolicy: the destination is isolated for ingress and no rule admits this",
+        ),
+        DROP_POLICY_EGRESS => (
+            "drop-policy-egress",
+            "NetworkPolicy: the source is isolated for egress and no rule admits this",
         ),
         DROP_UNKNOWN_ENDPOINT => (
             "drop-unknown-endpoint",

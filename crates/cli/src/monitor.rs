@@ -116,6 +116,21 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             a.bpf_dir.display()
         );
     }
+    // Policy drops carry the deciding policy's id: name it (ids of
+    // policies the agent has not compiled yet are asked for again).
+    let socket = a.socket.clone();
+    let mut policies: std::collections::HashMap<u32, String> = Default::default();
+    let mut policy_name = move |id: u32| -> String {
+        if !policies.contains_key(&id) {
+            if let Some(s) = &socket {
+                policies = policy_names(s);
+            }
+        }
+        policies
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{id:08x}"))
+    };
     let label = |ip: Ipv4Addr| {
         names
             .get(&ip)
@@ -133,7 +148,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             if want.is_some_and(|w| e.src() != w && e.dst() != w) {
                 continue;
             }
-            print_event(&e, &a.output, &label);
+            let policy = is_policy_drop(e.reason).then(|| policy_name(e.out_ifindex));
+            print_event(&e, &a.output, &label, policy.as_deref());
             n += 1;
             if a.count.is_some_and(|c| n >= c) {
                 return Ok(0);
@@ -146,7 +162,27 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
 }
 
-fn print_event(e: &Event, output: &str, label: &dyn Fn(Ipv4Addr) -> String) {
+fn is_policy_drop(code: u8) -> bool {
+    matches!(
+        code,
+        reason::DROP_POLICY_INGRESS | reason::DROP_POLICY_EGRESS
+    )
+}
+
+/// Policy ids (as drop events carry them) to names, from the agent.
+fn policy_names(socket: &std::path::Path) -> std::collections::HashMap<u32, String> {
+    use strait_model::api::{Request, Response};
+    let Ok(Response::Policy { pods }) = strait_cni::client::call(socket, &Request::PolicyList)
+    else {
+        return Default::default();
+    };
+    pods.iter()
+        .flat_map(|p| p.ingress.isolated_by.iter().chain(&p.egress.isolated_by))
+        .map(|id| (strait_model::policy::bpf::policy_id(id), id.to_string()))
+        .collect()
+}
+
+fn print_event(e: &Event, output: &str, label: &dyn Fn(Ipv4Addr) -> String, policy: Option<&str>) {
     let (name, meaning) = reason::describe(e.reason);
     let proto = match e.proto {
         6 => "tcp",
@@ -164,7 +200,8 @@ fn print_event(e: &Event, output: &str, label: &dyn Fn(Ipv4Addr) -> String) {
                 "src": e.src().to_string(), "dst": e.dst().to_string(),
                 "sport": e.sport, "dport": e.dport, "proto": proto, "len": e.len,
                 "ifindex": e.ifindex, "iface": ifname(e.ifindex),
-                "out_ifindex": e.out_ifindex,
+                "out_ifindex": if policy.is_some() { 0 } else { e.out_ifindex },
+                "policy": policy,
             })
         );
         return;
@@ -182,7 +219,9 @@ fn print_event(e: &Event, output: &str, label: &dyn Fn(Ipv4Addr) -> String) {
         );
         return;
     }
-    let out = if e.out_ifindex != 0 {
+    let out = if let Some(p) = policy {
+        format!(" by policy {p}")
+    } else if e.out_ifindex != 0 {
         format!(" to {}", ifname(e.out_ifindex))
     } else {
         String::new()

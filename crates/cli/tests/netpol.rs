@@ -30,9 +30,9 @@ fn labels(ns: &str, trusted: &str) -> String {
     )
 }
 
-fn lab_yaml(name: &str, control_plane: &str) -> String {
+fn lab_yaml(name: &str, datapath: &str, control_plane: &str) -> String {
     let mut y = format!(
-        "apiVersion: strait.dev/v1alpha1\nkind: Lab\nmetadata: {{name: {name}}}\nspec:\n  datapath: kernel\n  controlPlane: {control_plane}\n  nodes: [{{name: node-1}}, {{name: node-2}}, {{name: node-3}}]\n"
+        "apiVersion: strait.dev/v1alpha1\nkind: Lab\nmetadata: {{name: {name}}}\nspec:\n  datapath: {datapath}\n  controlPlane: {control_plane}\n  nodes: [{{name: node-1}}, {{name: node-2}}, {{name: node-3}}]\n"
     );
     for (i, ns) in NS.iter().enumerate() {
         y.push_str(&format!(
@@ -227,18 +227,29 @@ fn allow_xa(spec: &str) -> String {
 
 #[test]
 fn upstream_model_on_the_kernel_datapath() {
-    if !require_root("upstream_model_on_the_kernel_datapath") {
-        return;
+    if require_root("upstream_model_on_the_kernel_datapath") {
+        upstream_model(&Lab::up(&lab_yaml("t-netpol", "kernel", "files")), false);
     }
-    let lab = Lab::up(&lab_yaml("t-netpol", "files"));
+}
+
+/// The same cases on the eBPF datapath: judged at from-container and
+/// before bpf_redirect_peer, with strait_policy's LPM entries.
+#[test]
+fn upstream_model_on_the_ebpf_datapath() {
+    if require_root("upstream_model_on_the_ebpf_datapath") {
+        upstream_model(&Lab::up(&lab_yaml("t-netpole", "ebpf", "files")), true);
+    }
+}
+
+fn upstream_model(lab: &Lab, ebpf: bool) {
     let tcp = [Proto::Tcp];
-    case(&lab, "no policy", "", "y", &tcp);
+    case(lab, "no policy", "", "y", &tcp);
 
     // Hand-written: default deny in x closes the 3 servers in x to the 8
     // other pods each (a pod reaching itself never leaves it), on both
     // ports, and nothing else.
-    let deny = case(&lab, "default deny ingress in x", DENY_X, "y", &tcp);
-    let want = expected(&lab, &policies(DENY_X), "y", &tcp);
+    let deny = case(lab, "default deny ingress in x", DENY_X, "y", &tcp);
+    let want = expected(lab, &policies(DENY_X), "y", &tcp);
     let closed: Vec<_> = want
         .iter()
         .filter(|(_, ok)| !**ok)
@@ -246,6 +257,9 @@ fn upstream_model_on_the_kernel_datapath() {
         .collect();
     assert_eq!(closed.len(), 8 * 3 * 2, "every other pod to x, both ports");
     assert!(closed.iter().all(|c| c.1.starts_with("x/")));
+    if ebpf {
+        drops_name_the_policy(lab);
+    }
 
     let cases = [
         ("from pod=b in x", allow_xa("  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n")),
@@ -273,13 +287,13 @@ fn upstream_model_on_the_kernel_datapath() {
     ];
     let mut times = vec![deny];
     for (name, yaml) in &cases {
-        times.push(case(&lab, name, yaml, "y", &tcp));
+        times.push(case(lab, name, yaml, "y", &tcp));
     }
     // ipBlock: node-2's pod CIDR, less one of its pods.
     let cidr = lab.node("node-2").pod_cidr;
     let one = lab.st.pod_ip(lab.st.plan.pod("y/a").unwrap()).unwrap();
     times.push(case(
-        &lab,
+        lab,
         "ipBlock with except",
         &allow_xa(&format!(
             "  ingress: [{{from: [{{ipBlock: {{cidr: {cidr}, except: [{one}/32]}}}}]}}]\n"
@@ -287,11 +301,11 @@ fn upstream_model_on_the_kernel_datapath() {
         "y",
         &tcp,
     ));
-    explain_agrees_with_the_datapath(&lab, &tcp);
+    explain_agrees_with_the_datapath(lab, &tcp);
     // UDP: default deny egress from x.
     let udp = [Proto::Udp];
     times.push(case(
-        &lab,
+        lab,
         "default deny egress in x (UDP)",
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-egress, namespace: x}\nspec: {podSelector: {}, policyTypes: [Egress]}\n",
         "y",
@@ -302,11 +316,11 @@ fn upstream_model_on_the_kernel_datapath() {
     // namespace; y loses the label, z gets it.
     let trusted =
         allow_xa("  ingress: [{from: [{namespaceSelector: {matchLabels: {role: trusted}}}]}]\n");
-    times.push(case(&lab, "trusted namespace (y)", &trusted, "y", &tcp));
-    let want = expected(&lab, &policies(&trusted), "z", &tcp);
+    times.push(case(lab, "trusted namespace (y)", &trusted, "y", &tcp));
+    let want = expected(lab, &policies(&trusted), "z", &tcp);
     let t0 = Instant::now();
     strait_lab::publish::put(&lab.st, "namespaces", &namespaces("z")).unwrap();
-    while observed(&lab, &tcp) != want {
+    while observed(lab, &tcp) != want {
         assert!(
             t0.elapsed() < Duration::from_secs(10),
             "label change not enforced"
@@ -320,7 +334,52 @@ fn upstream_model_on_the_kernel_datapath() {
         times[times.len() / 2],
         times.last().unwrap()
     );
-    established_connections_survive_a_policy_change(&lab);
+    established_connections_survive_a_policy_change(lab);
+}
+
+/// On the eBPF datapath a policy drop is an event naming the policy
+/// (`strait monitor`) and a counter (`strait metrics`).
+fn drops_name_the_policy(lab: &Lab) {
+    let st = &lab.st;
+    let node = lab.node(&st.plan.pod("x/a").unwrap().node.clone()).clone();
+    let mon = std::process::Command::new(&lab.bins.strait)
+        .args([
+            "monitor",
+            "--count",
+            "1",
+            "--seconds",
+            "10",
+            "-o",
+            "json",
+            "--bpf-dir",
+        ])
+        .arg(strait_model::lab::bpf_dir(&st.plan.name, &node.name))
+        .arg("--socket")
+        .arg(st.socket(&node))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let xa: IpAddr = st.pod_ip(st.plan.pod("x/a").unwrap()).unwrap();
+    let src = strait_lab::run::netns_path(&st.plan.pod("z/b").unwrap().netns);
+    assert!(strait_lab::probe::probe(
+        &src,
+        SocketAddr::new(xa, 80),
+        false,
+        Duration::from_millis(500)
+    )
+    .is_err());
+    let out = mon.wait_with_output().unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    let ev: serde_json::Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(ev["reason"], "drop-policy-ingress", "{ev}");
+    assert_eq!(ev["policy"], "x/deny-all", "{ev}");
+    let pins = std::path::PathBuf::from(strait_model::lab::bpf_dir(&st.plan.name, &node.name));
+    let m: strait_bpf::maps::MetricsMap = strait_bpf::maps::open(&pins, "strait_metrics").unwrap();
+    let (packets, _) =
+        strait_bpf::maps::metric(&m, strait_bpf::reason::DROP_POLICY_INGRESS).unwrap();
+    assert!(packets > 0);
 }
 
 /// `strait policy explain`, asked of the agents, gives what the datapath
@@ -367,7 +426,7 @@ fn policies_from_the_kube_apiserver() {
     if !require_root("policies_from_the_kube_apiserver") {
         return;
     }
-    let lab = Lab::up(&lab_yaml("t-netpolk", "kube-apiserver"));
+    let lab = Lab::up(&lab_yaml("t-netpolk", "kernel", "kube-apiserver"));
     let tcp = [Proto::Tcp];
     case(&lab, "default deny ingress in x", DENY_X, "y", &tcp);
     case(

@@ -2,9 +2,11 @@
 //! which policies isolate a pod in each direction, what their rules allow
 //! once selectors, ipBlocks and named ports are resolved against the
 //! cluster, and the decision for one connection with the policy and rule
-//! that made it. The datapaths load what [`compile`] gives (one rule set
-//! per local pod and direction); `strait explain` and the tests ask
-//! [`verdict`]. Address-family generic: peers are `IpNet`s.
+//! that made it. The datapaths load what [`View::compile`] gives (one rule
+//! set per local pod and direction): [`nft`] renders it for the kernel
+//! datapath, [`bpf`] as the eBPF datapath's LPM entries. `strait policy
+//! explain` and the tests ask [`verdict`]. Address-family generic: peers
+//! are `IpNet`s.
 //!
 //! The rules, exactly as upstream defines them:
 //! - a pod is isolated for ingress (egress) when some policy in its
@@ -24,6 +26,7 @@
 //! - replies of an allowed connection are allowed (stateful: the
 //!   datapath's conntrack, not this module).
 
+pub mod bpf;
 pub mod nft;
 mod selector;
 

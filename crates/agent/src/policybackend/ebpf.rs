@@ -1,0 +1,137 @@
+//! NetworkPolicy on the eBPF datapath: every local pod's isolation in
+//! strait_policy_ep and what it admits as LPM entries in strait_policy
+//! ([`strait_model::policy::bpf`]), made to match by difference: entries
+//! of pods and rules that did not change are not touched. The programs
+//! judge only new connections (bpf/lib/policy.h).
+
+use super::{PodRules, PolicyBackend};
+use aya::maps::lpm_trie::Key;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use strait_bpf::maps::{self, AddrKey, PolicyEp, PolicyEpMap, PolicyKey, PolicyMap, PolicyVal};
+use strait_model::policy::bpf::{dir_code, entries, policy_id};
+use strait_model::policy::Direction;
+
+pub struct EbpfPolicy {
+    pub pin_dir: PathBuf,
+}
+
+fn key_addr(ip: std::net::IpAddr) -> [u8; 16] {
+    AddrKey::from(ip).addr
+}
+
+/// The maps' wanted content, and per-pod problems (a pod whose rules the
+/// eBPF datapath cannot hold stays isolated with what it can).
+type Wanted = (
+    HashMap<AddrKey, PolicyEp>,
+    BTreeMap<(u32, PolicyKey), PolicyVal>,
+    Vec<String>,
+);
+
+pub fn wanted(pods: &[PodRules]) -> Wanted {
+    let (mut eps, mut lpm, mut problems) = (HashMap::new(), BTreeMap::new(), vec![]);
+    for p in pods {
+        let mut ep = PolicyEp::default();
+        for (dir, set, flag) in [
+            (Direction::Ingress, &p.ingress, maps::POLICY_F_INGRESS),
+            (Direction::Egress, &p.egress, maps::POLICY_F_EGRESS),
+        ] {
+            let Some(first) = set.isolated_by.first() else {
+                continue;
+            };
+            ep.flags |= flag;
+            match dir {
+                Direction::Ingress => ep.ingress_by = policy_id(first),
+                Direction::Egress => ep.egress_by = policy_id(first),
+            }
+            let es = match entries(set) {
+                Ok(es) => es,
+                Err(e) => {
+                    problems.push(format!("pod {}: {e}", p.pod));
+                    continue;
+                }
+            };
+            for ip in &p.ips {
+                for e in &es {
+                    // An IPv4 pod only ever meets IPv4 peers: its entries
+                    // for IPv6 peers are pointless, and the other way round.
+                    if e.peer.addr().is_ipv4() != ip.is_ipv4() {
+                        continue;
+                    }
+                    let k = PolicyKey {
+                        ep: key_addr(*ip),
+                        dir: dir_code(dir),
+                        proto: e.proto,
+                        dport: e.port.to_be(),
+                        peer: key_addr(e.peer.network()),
+                    };
+                    let bits = match e.peer {
+                        ipnet::IpNet::V4(n) => 96 + u32::from(n.prefix_len()),
+                        ipnet::IpNet::V6(n) => u32::from(n.prefix_len()),
+                    };
+                    lpm.insert(
+                        (maps::POLICY_FIXED_BITS + bits, k),
+                        PolicyVal {
+                            policy: policy_id(&e.policy),
+                            rule: e.rule as u16,
+                            _pad: 0,
+                        },
+                    );
+                }
+            }
+        }
+        if ep.flags != 0 {
+            for ip in &p.ips {
+                eps.insert(AddrKey::from(*ip), ep);
+            }
+        }
+    }
+    (eps, lpm, problems)
+}
+
+impl PolicyBackend for EbpfPolicy {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn apply(&mut self, pods: &[PodRules]) -> anyhow::Result<usize> {
+        let (want_ep, want_lpm, problems) = wanted(pods);
+        let mut lpm: PolicyMap = maps::open(&self.pin_dir, "strait_policy")?;
+        let mut eps: PolicyEpMap = maps::open(&self.pin_dir, "strait_policy_ep")?;
+        let mut changed = 0;
+        // Admit first, isolate after; on the way out, release first.
+        let have: Vec<Key<PolicyKey>> = lpm.keys().collect::<Result<_, _>>()?;
+        let have_set: BTreeMap<(u32, PolicyKey), ()> = have
+            .iter()
+            .map(|k| ((k.prefix_len(), k.data()), ()))
+            .collect();
+        for ((bits, k), v) in &want_lpm {
+            let key = Key::new(*bits, *k);
+            if !have_set.contains_key(&(*bits, *k)) || lpm.get(&key, 0).ok() != Some(*v) {
+                lpm.insert(&key, v, 0)?;
+                changed += 1;
+            }
+        }
+        for (k, v) in &want_ep {
+            if eps.get(k, 0).ok().as_ref() != Some(v) {
+                eps.insert(k, v, 0)?;
+                changed += 1;
+            }
+        }
+        let have_ep: Vec<AddrKey> = eps.keys().collect::<Result<_, _>>()?;
+        for k in have_ep {
+            if !want_ep.contains_key(&k) {
+                eps.remove(&k)?;
+                changed += 1;
+            }
+        }
+        for k in have {
+            if !want_lpm.contains_key(&(k.prefix_len(), k.data())) {
+                lpm.remove(&k)?;
+                changed += 1;
+            }
+        }
+        anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
+        Ok(changed)
+    }
+}
