@@ -1,10 +1,10 @@
 //! NetworkPolicy at scale: 5 000 pods in 100 namespaces and 1 000 policies
 //! (pod and namespace selectors, ports, an ipBlock each tenth), one node's
-//! share of the pods (50) compiled and programmed with strait's nftables
-//! backend into a private namespace; then one policy changed. Prints the
-//! compile time, the nft script, the apply time and the nft ruleset's size,
-//! cold and for the change. The eBPF backend does not exist yet, so it has
-//! no column.
+//! share of the pods (50) compiled and programmed, in the same run, with
+//! strait's nftables backend (into a private namespace) and its eBPF
+//! backend (into maps pinned in a private bpffs directory); then one
+//! policy changed. Prints, for each, the compile time, what was written and
+//! the apply time, cold and for the change.
 //!
 //! Usage: policy-scale [--pods N] [--policies N] [--out FILE]   (root)
 
@@ -15,6 +15,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use strait_agent::policybackend::{ebpf::EbpfPolicy, PodRules, PolicyBackend};
 use strait_model::policy::nft::{desired, plan, PodPolicy, Programmed};
 use strait_model::policy::{pod_ips, Direction, View};
 
@@ -62,7 +63,7 @@ fn policy(i: usize, variant: usize) -> NetworkPolicy {
         "metadata": {"name": format!("pol{i}"), "namespace": format!("ns{ns}")},
         "spec": {
             "podSelector": {"matchLabels": {"app": format!("app{}", i % 20)}},
-            "ingress": [{"from": from, "ports": [{"port": "http"}, {"port": 443}]}]
+            "ingress": [{"from": from, "ports": [{"port": "http"}, {"port": 443 + variant}]}]
         }
     }))
     .unwrap()
@@ -73,7 +74,7 @@ fn compile(
     pods: &[Pod],
     nss: &[Namespace],
     pols: &[NetworkPolicy],
-) -> (Programmed, Duration, usize) {
+) -> (Programmed, Vec<PodRules>, Duration, usize) {
     let t0 = Instant::now();
     let view = View::from_parts(pods, nss, pols);
     let mut sets = vec![];
@@ -104,7 +105,16 @@ fn compile(
         })
         .collect();
     let t = desired(&views);
-    (t, t0.elapsed(), isolated)
+    let rules = sets
+        .iter()
+        .map(|(k, ips, i, e)| PodRules {
+            pod: k.clone(),
+            ips: ips.clone(),
+            ingress: i.clone(),
+            egress: e.clone(),
+        })
+        .collect();
+    (t, rules, t0.elapsed(), isolated)
 }
 
 fn nft(ns: &str, args: &[&str], stdin: &str) -> anyhow::Result<String> {
@@ -123,6 +133,13 @@ fn nft(ns: &str, args: &[&str], stdin: &str) -> anyhow::Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+struct PinDir(std::path::PathBuf);
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 struct Netns(String);
@@ -157,16 +174,16 @@ fn main() -> anyhow::Result<()> {
         .status()?
         .success());
 
-    let (cold, cold_compile, isolated) = compile(&pods, &nss, &pols);
+    let (cold, cold_rules, cold_compile, isolated) = compile(&pods, &nss, &pols);
     let script = plan(None, &cold);
     let t0 = Instant::now();
     nft(&ns.0, &["-f", "-"], &script).context("cold apply")?;
     let cold_apply = t0.elapsed();
     let rules: usize = cold.chains.values().map(|c| c.len()).sum();
 
-    // One policy's peer selector changes.
+    // One policy's peer selector and port change.
     pols[0] = policy(0, 7);
-    let (next, change_compile, _) = compile(&pods, &nss, &pols);
+    let (next, next_rules, change_compile, _) = compile(&pods, &nss, &pols);
     let step = plan(Some(&cold), &next);
     let t0 = Instant::now();
     nft(&ns.0, &["-f", "-"], &step).context("change apply")?;
@@ -174,9 +191,27 @@ fn main() -> anyhow::Result<()> {
     let listing = nft(&ns.0, &["list", "table", "inet", "strait_policy"], "")?;
     anyhow::ensure!(listing.lines().count() > rules, "the table holds the rules");
 
+    // The eBPF backend, into maps of a datapath loaded in a private pin dir.
+    let pins = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/strait-benchpol-{}",
+        std::process::id()
+    ));
+    let _pins = PinDir(pins.clone());
+    strait_bpf::datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
+    let dp = strait_bpf::Datapath::load(&pins, strait_bpf::Features::probe(false))
+        .context("load the eBPF datapath")?;
+    let mut ebpf = EbpfPolicy::new(pins.clone());
+    let t0 = Instant::now();
+    let ebpf_cold_entries = ebpf.apply(&cold_rules)?;
+    let ebpf_cold = t0.elapsed();
+    let t0 = Instant::now();
+    let ebpf_change_entries = ebpf.apply(&next_rules)?;
+    let ebpf_change = t0.elapsed();
+    drop(dp);
+
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
     let report = format!(
-        "# NetworkPolicy at scale (nftables backend)\n\n{npods} pods in {NAMESPACES} namespaces, {npols} policies (pod, namespace+expression and ipBlock peers, a named and a numeric port); one node's {LOCAL} pods compiled ({isolated} isolated), {} chains, {rules} rules.\n\n| step | compile | nft script | apply (nft -f) | change to enforcement |\n|---|---|---|---|---|\n| cold | {} | {} lines | {} | {} |\n| one policy's selector changed | {} | {} lines | {} | {} |\n\nThe eBPF backend is not written yet: no column for it.\n",
+        "# NetworkPolicy at scale\n\n{npods} pods in {NAMESPACES} namespaces, {npols} policies (pod, namespace+expression and ipBlock peers, a named and a numeric port); one node's {LOCAL} pods compiled ({isolated} isolated). nftables: {} chains, {rules} rules. eBPF: LPM entries in strait_policy.\n\n| backend | step | compile | written | apply | change to enforcement |\n|---|---|---|---|---|---|\n| nftables | cold | {} | {} script lines | {} | {} |\n| nftables | one policy's selector and port changed | {} | {} script lines | {} | {} |\n| eBPF | cold | {} | {ebpf_cold_entries} map entries | {} | {} |\n| eBPF | one policy's selector and port changed | {} | {ebpf_change_entries} map entries | {} | {} |\n\nCompile is the same model for both (strait_model::policy); nftables applies with one `nft -f`, eBPF with map syscalls.\n",
         cold.chains.len(),
         ms(cold_compile),
         script.lines().count(),
@@ -186,6 +221,12 @@ fn main() -> anyhow::Result<()> {
         step.lines().count(),
         ms(change_apply),
         ms(change_compile + change_apply),
+        ms(cold_compile),
+        ms(ebpf_cold),
+        ms(cold_compile + ebpf_cold),
+        ms(change_compile),
+        ms(ebpf_change),
+        ms(change_compile + ebpf_change),
     );
     print!("{report}");
     if let Some(f) = get("--out") {

@@ -46,6 +46,8 @@ fn lab_yaml(name: &str, datapath: &str, control_plane: &str) -> String {
             ));
         }
     }
+    // A service whose backend is x/a: policy applies after translation.
+    y.push_str("---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\nspec: {selector: {pod: a}, ports: [{port: 80, targetPort: 80}]}\n");
     y
 }
 
@@ -334,7 +336,35 @@ fn upstream_model(lab: &Lab, ebpf: bool) {
         times[times.len() / 2],
         times.last().unwrap()
     );
+    policy_applies_to_a_service_backend(lab);
     established_connections_survive_a_policy_change(lab);
+}
+
+/// Through the service's virtual IP the backend's policy decides: x/b may
+/// reach x/a, so it reaches the service; y/a may not, so it does not.
+fn policy_applies_to_a_service_backend(lab: &Lab) {
+    let pols = policies(&allow_xa(
+        "  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n",
+    ));
+    strait_lab::publish::put(&lab.st, "networkpolicies", &pols).unwrap();
+    let vip = SocketAddr::new(lab.st.plan.service("x/web").unwrap().cluster_ip.into(), 80);
+    let try_from = |pod: &str| {
+        let ns = strait_lab::run::netns_path(&lab.st.plan.pod(pod).unwrap().netns);
+        strait_lab::probe::probe(&ns, vip, false, Duration::from_millis(600))
+            .map(|r| r.answered_by)
+            .ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (xb, ya) = (try_from("x/b"), try_from("y/a"));
+        if xb.as_deref() == Some("a") && ya.is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "via the service: x/b got {xb:?}, y/a got {ya:?}"
+        );
+    }
 }
 
 /// On the eBPF datapath a policy drop is an event naming the policy

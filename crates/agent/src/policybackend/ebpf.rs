@@ -14,6 +14,37 @@ use strait_model::policy::Direction;
 
 pub struct EbpfPolicy {
     pub pin_dir: PathBuf,
+    /// What the maps hold, once read or written by this agent (None at
+    /// start and after a failed apply: the next pass reads the maps).
+    programmed: Option<Programmed>,
+}
+
+type Programmed = (
+    HashMap<AddrKey, PolicyEp>,
+    BTreeMap<(u32, PolicyKey), PolicyVal>,
+);
+
+impl EbpfPolicy {
+    pub fn new(pin_dir: PathBuf) -> Self {
+        EbpfPolicy {
+            pin_dir,
+            programmed: None,
+        }
+    }
+
+    fn read(&self, lpm: &PolicyMap, eps: &PolicyEpMap) -> anyhow::Result<Programmed> {
+        let mut have_lpm = BTreeMap::new();
+        for k in lpm.keys() {
+            let k = k?;
+            have_lpm.insert((k.prefix_len(), k.data()), lpm.get(&k, 0)?);
+        }
+        let mut have_ep = HashMap::new();
+        for k in eps.keys() {
+            let k = k?;
+            have_ep.insert(k, eps.get(&k, 0)?);
+        }
+        Ok((have_ep, have_lpm))
+    }
 }
 
 fn key_addr(ip: std::net::IpAddr) -> [u8; 16] {
@@ -98,39 +129,38 @@ impl PolicyBackend for EbpfPolicy {
         let (want_ep, want_lpm, problems) = wanted(pods);
         let mut lpm: PolicyMap = maps::open(&self.pin_dir, "strait_policy")?;
         let mut eps: PolicyEpMap = maps::open(&self.pin_dir, "strait_policy_ep")?;
+        let (have_ep, have_lpm) = match self.programmed.take() {
+            Some(p) => p,
+            None => self.read(&lpm, &eps)?,
+        };
         let mut changed = 0;
-        // Admit first, isolate after; on the way out, release first.
-        let have: Vec<Key<PolicyKey>> = lpm.keys().collect::<Result<_, _>>()?;
-        let have_set: BTreeMap<(u32, PolicyKey), ()> = have
-            .iter()
-            .map(|k| ((k.prefix_len(), k.data()), ()))
-            .collect();
+        // Admit first, isolate after; on the way out, release first. On an
+        // error `programmed` stays None: the next pass reads the maps.
         for ((bits, k), v) in &want_lpm {
-            let key = Key::new(*bits, *k);
-            if !have_set.contains_key(&(*bits, *k)) || lpm.get(&key, 0).ok() != Some(*v) {
-                lpm.insert(&key, v, 0)?;
+            if have_lpm.get(&(*bits, *k)) != Some(v) {
+                lpm.insert(&Key::new(*bits, *k), v, 0)?;
                 changed += 1;
             }
         }
         for (k, v) in &want_ep {
-            if eps.get(k, 0).ok().as_ref() != Some(v) {
+            if have_ep.get(k) != Some(v) {
                 eps.insert(k, v, 0)?;
                 changed += 1;
             }
         }
-        let have_ep: Vec<AddrKey> = eps.keys().collect::<Result<_, _>>()?;
-        for k in have_ep {
-            if !want_ep.contains_key(&k) {
-                eps.remove(&k)?;
+        for k in have_ep.keys() {
+            if !want_ep.contains_key(k) {
+                eps.remove(k)?;
                 changed += 1;
             }
         }
-        for k in have {
-            if !want_lpm.contains_key(&(k.prefix_len(), k.data())) {
-                lpm.remove(&k)?;
+        for (bits, k) in have_lpm.keys() {
+            if !want_lpm.contains_key(&(*bits, *k)) {
+                lpm.remove(&Key::new(*bits, *k))?;
                 changed += 1;
             }
         }
+        self.programmed = Some((want_ep, want_lpm));
         anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
         Ok(changed)
     }

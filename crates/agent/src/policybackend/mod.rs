@@ -21,12 +21,12 @@ pub fn for_datapath(
 ) -> anyhow::Result<Box<dyn PolicyBackend>> {
     Ok(match mode {
         strait_model::lab::Mode::Routed => Box::new(nftables::NftPolicy::default()),
-        strait_model::lab::Mode::Ebpf => Box::new(ebpf::EbpfPolicy {
-            pin_dir: pin_dir
+        strait_model::lab::Mode::Ebpf => Box::new(ebpf::EbpfPolicy::new(
+            pin_dir
                 .ok_or_else(|| {
                     anyhow::anyhow!("eBPF policy needs the eBPF datapath's pin directory")
                 })?
                 .to_path_buf(),
-        }),
+        )),
     })
 }

@@ -215,6 +215,8 @@ pub struct Problem {
 /// The cluster as policy sees it: pods with addresses, namespaces, policies.
 pub struct View<'a> {
     pods: Vec<&'a Pod>,
+    /// The same pods by namespace.
+    by_ns: BTreeMap<&'a str, Vec<&'a Pod>>,
     /// Namespaces' labels, with `kubernetes.io/metadata.name` set as
     /// Kubernetes 1.21+ sets it (1.20 does not, and selectors use it).
     namespaces: BTreeMap<&'a str, BTreeMap<String, String>>,
@@ -261,8 +263,14 @@ impl<'a> View<'a> {
         namespaces: impl IntoIterator<Item = &'a Namespace>,
         policies: impl IntoIterator<Item = &'a NetworkPolicy>,
     ) -> View<'a> {
+        let pods: Vec<&'a Pod> = pods.into_iter().collect();
+        let mut by_ns: BTreeMap<&'a str, Vec<&'a Pod>> = BTreeMap::new();
+        for p in &pods {
+            by_ns.entry(meta_ns(&p.metadata)).or_default().push(*p);
+        }
         View {
-            pods: pods.into_iter().collect(),
+            pods,
+            by_ns,
             namespaces: namespaces
                 .into_iter()
                 .filter_map(|n| {
@@ -300,28 +308,29 @@ impl<'a> View<'a> {
 
     /// Pods a peer selects, seen from a policy in `ns`.
     fn peer_pods(&self, peer: &NetworkPolicyPeer, ns: &str) -> Result<Vec<&'a Pod>, SelectorError> {
-        let mut out = vec![];
-        // Each namespace is asked once, not once per pod.
-        let mut ns_ok_cache: BTreeMap<&str, bool> = BTreeMap::new();
-        for p in &self.pods {
-            let pns = meta_ns(&p.metadata);
-            let ns_ok = match &peer.namespace_selector {
-                Some(sel) => match ns_ok_cache.get(pns) {
-                    Some(v) => *v,
-                    None => {
-                        let v = selects(sel, &self.ns_labels(pns))?;
-                        ns_ok_cache.insert(pns, v);
-                        v
+        // The namespaces first (each asked once), then only their pods.
+        let namespaces: Vec<&str> = match &peer.namespace_selector {
+            None => vec![ns],
+            Some(sel) => {
+                let mut v = vec![];
+                for n in self.by_ns.keys() {
+                    if selects(sel, &self.ns_labels(n))? {
+                        v.push(*n);
                     }
-                },
-                None => pns == ns,
-            };
-            let pod_ok = match &peer.pod_selector {
-                Some(sel) => selects(sel, Self::pod_labels(p))?,
-                None => true,
-            };
-            if ns_ok && pod_ok {
-                out.push(*p);
+                }
+                v
+            }
+        };
+        let mut out = vec![];
+        for n in namespaces {
+            for p in self.by_ns.get(n).into_iter().flatten() {
+                let pod_ok = match &peer.pod_selector {
+                    Some(sel) => selects(sel, Self::pod_labels(p))?,
+                    None => true,
+                };
+                if pod_ok {
+                    out.push(*p);
+                }
             }
         }
         Ok(out)
