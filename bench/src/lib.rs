@@ -1,5 +1,7 @@
 //! Shared pieces of strait's benchmark programs.
 
+pub mod rr;
+
 /// The machine a benchmark ran on, for its report: kernel, CPU count and
 /// model.
 pub fn machine() -> String {
