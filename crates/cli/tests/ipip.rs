@@ -219,24 +219,8 @@ fn ipip_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // Path-MTU discovery: pods whose links allow 1500 send full-size DF
-    // segments; the node answers "fragmentation needed" (eth0.ipip's MTU is
-    // 1480) and the connection carries on, intact.
-    for node in ["node-a", "node-b"] {
-        for v in lab.host_veths(node) {
-            lab.exec(node, &["ip", "link", "set", &v, "mtu", "1500"]);
-        }
-    }
-    for pod in ["client", "web-b"] {
-        lab.exec(pod, &["ip", "link", "set", "eth0", "mtu", "1500"]);
-    }
-    let (got, intact) = bulk_transfer(lab, "client", "web-b", 4 << 20);
-    assert_eq!((got, intact), (4 << 20, true));
-    let pmtu = lab.exec("client", &["ip", "route", "get", &pod_ip(lab, "web-b")]);
-    assert!(
-        pmtu.contains("mtu 1480"),
-        "the client learned the path MTU: {pmtu}"
-    );
+    // Path-MTU discovery, answered at eth0.ipip.
+    path_mtu_is_learned(lab, 1480);
 
     // Established cross-node streams ride out agent restarts.
     streams_survive_agent_restarts(lab, "client", &["web-b", "web-a"], || {

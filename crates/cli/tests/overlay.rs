@@ -168,25 +168,8 @@ fn vxlan_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
     // Full-size segments cross the overlay: 8 MiB, every byte checked.
     let (got, intact) = bulk_transfer(lab, "client", "web-b", 8 << 20);
     assert_eq!((got, intact), (8 << 20, true));
-    // Path-MTU discovery: a pod whose link allows 1500 (as if configured
-    // too large) sends full-size DF segments; the node answers "fragmentation
-    // needed" at eth0.vxlan20 and the connection carries on, intact.
-    // Both ends, or the peer's MSS keeps segments small.
-    for node in ["node-a", "node-b"] {
-        for v in lab.host_veths(node) {
-            lab.exec(node, &["ip", "link", "set", &v, "mtu", "1500"]);
-        }
-    }
-    for pod in ["client", "web-b"] {
-        lab.exec(pod, &["ip", "link", "set", "eth0", "mtu", "1500"]);
-    }
-    let (got, intact) = bulk_transfer(lab, "client", "web-b", 4 << 20);
-    assert_eq!((got, intact), (4 << 20, true));
-    let pmtu = lab.exec("client", &["ip", "route", "get", &pod_ip(lab, "web-b")]);
-    assert!(
-        pmtu.contains("mtu 1450"),
-        "the client learned the path MTU: {pmtu}"
-    );
+    // Path-MTU discovery, answered at eth0.vxlan20.
+    path_mtu_is_learned(lab, 1450);
 
     let same = hops::trace(&lab.st, "client", "web-a").unwrap();
     let up = same.seen("node-a eth0");

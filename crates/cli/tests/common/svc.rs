@@ -287,3 +287,27 @@ pub fn nodeport_cluster(lab: &Lab) {
         "the remote backend sees node-a: masqueraded so replies come back ({seen:?})"
     );
 }
+
+/// Path-MTU discovery across an overlay: with the client's and web-b's
+/// links (and their host veths) allowing 1500, as if configured too large,
+/// full-size DF segments meet the overlay device's smaller MTU; the node
+/// answers "fragmentation needed", the client learns `mtu`, and a bulk
+/// transfer carries on intact. Both ends, or the peer's MSS keeps segments
+/// small.
+pub fn path_mtu_is_learned(lab: &Lab, mtu: u32) {
+    for node in ["node-a", "node-b"] {
+        for v in lab.host_veths(node) {
+            lab.exec(node, &["ip", "link", "set", &v, "mtu", "1500"]);
+        }
+    }
+    for pod in ["client", "web-b"] {
+        lab.exec(pod, &["ip", "link", "set", "eth0", "mtu", "1500"]);
+    }
+    let (got, intact) = bulk_transfer(lab, "client", "web-b", 4 << 20);
+    assert_eq!((got, intact), (4 << 20, true));
+    let pmtu = lab.exec("client", &["ip", "route", "get", &pod_ip(lab, "web-b")]);
+    assert!(
+        pmtu.contains(&format!("mtu {mtu}")),
+        "the client learned the path MTU: {pmtu}"
+    );
+}
