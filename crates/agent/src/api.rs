@@ -296,6 +296,7 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                     .collect(),
                 cross_node: agent.cross_node.into(),
                 service_backend: agent.service_backend.into(),
+                policy_backend: agent.policy_backend.into(),
                 conntrack: pb.conntrack.clone(),
                 source: Some(agent.source.health()),
             }))

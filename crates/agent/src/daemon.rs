@@ -35,6 +35,7 @@ pub struct Agent {
     pub service_problems_logged: Mutex<Vec<String>>,
     pub cross_node: &'static str,
     pub service_backend: &'static str,
+    pub policy_backend: &'static str,
 }
 
 /// What the reconcilers last programmed.
@@ -235,6 +236,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         service_problems_logged: Mutex::new(vec![]),
         cross_node: cross_node.name(),
         service_backend: services.name(),
+        policy_backend: policy.name(),
         cfg,
     });
     let mut tasks = tokio::task::JoinSet::new();

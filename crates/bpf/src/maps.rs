@@ -456,6 +456,27 @@ pub struct PolicyVal {
 unsafe impl aya::Pod for PolicyVal {}
 
 pub type PolicyEpMap = HashMap<MapData, AddrKey, PolicyEp>;
+/// strait_policy_ct: flows of local pods (first packet's tuple) -> last seen.
+pub type PolicyCtMap = HashMap<MapData, CtKey, u64>;
+
+/// Remove the flows of these addresses (network order) from
+/// strait_policy_ct, when their pods are gone: a new pod given the address
+/// must not inherit "established". Returns how many went.
+pub fn forget_policy_flows(
+    pin_dir: &std::path::Path,
+    gone: &[u32],
+) -> Result<usize, aya::maps::MapError> {
+    let mut ct: PolicyCtMap = open(pin_dir, "strait_policy_ct")?;
+    let stale: Vec<CtKey> = ct
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| gone.contains(&k.saddr) || gone.contains(&k.daddr))
+        .collect();
+    for k in &stale {
+        let _ = ct.remove(k);
+    }
+    Ok(stale.len())
+}
 pub type PolicyMap = aya::maps::LpmTrie<MapData, PolicyKey, PolicyVal>;
 
 pub type TunnelMap = aya::maps::Array<MapData, TunnelCfg>;

@@ -17,11 +17,12 @@ pub struct Args {
 
 pub fn render(s: &NodeStatus) -> String {
     let mut out = format!(
-        "node {}  datapath {}  cross-node {}  services {}  ready {}{}\npod CIDR {}  node IP {}  pods {}  addresses cooling down {}\n",
+        "node {}  datapath {}  cross-node {}  services {}  policy {}  ready {}{}\npod CIDR {}  node IP {}  pods {}  addresses cooling down {}\n",
         s.node,
         s.mode,
         if s.cross_node.is_empty() { "-" } else { &s.cross_node },
         if s.service_backend.is_empty() { "-" } else { &s.service_backend },
+        if s.policy_backend.is_empty() { "-" } else { &s.policy_backend },
         if s.ready { "yes" } else { "no" },
         s.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
         s.pod_cidr.as_deref().unwrap_or("-"),

@@ -244,6 +244,8 @@ fn upstream_model_on_the_ebpf_datapath() {
 }
 
 fn upstream_model(lab: &Lab, ebpf: bool) {
+    let backend = lab.status("node-1").policy_backend;
+    assert_eq!(backend, if ebpf { "ebpf" } else { "nftables" });
     let tcp = [Proto::Tcp];
     case(lab, "no policy", "", "y", &tcp);
 

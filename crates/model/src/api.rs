@@ -139,6 +139,9 @@ pub struct NodeStatus {
     pub cross_node: String,
     #[serde(default)]
     pub service_backend: String,
+    /// How NetworkPolicy is enforced (ebpf, nftables).
+    #[serde(default)]
+    pub policy_backend: String,
     /// Service conntrack (eBPF datapath): entries by state, how full.
     #[serde(default)]
     pub conntrack: Option<ConntrackStatus>,

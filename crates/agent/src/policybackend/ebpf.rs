@@ -17,6 +17,10 @@ pub struct EbpfPolicy {
     /// What the maps hold, once read or written by this agent (None at
     /// start and after a failed apply: the next pass reads the maps).
     programmed: Option<Programmed>,
+    /// This node's pods' addresses at the last pass: when one goes, the
+    /// flows it took part in leave strait_policy_ct (a new pod given the
+    /// address must not inherit them).
+    local: std::collections::BTreeSet<std::net::IpAddr>,
 }
 
 type Programmed = (
@@ -29,6 +33,7 @@ impl EbpfPolicy {
         EbpfPolicy {
             pin_dir,
             programmed: None,
+            local: Default::default(),
         }
     }
 
@@ -161,6 +166,20 @@ impl PolicyBackend for EbpfPolicy {
             }
         }
         self.programmed = Some((want_ep, want_lpm));
+        let local: std::collections::BTreeSet<std::net::IpAddr> =
+            pods.iter().flat_map(|p| p.ips.iter().copied()).collect();
+        let gone: Vec<u32> = self
+            .local
+            .difference(&local)
+            .filter_map(|ip| match ip {
+                std::net::IpAddr::V4(v) => Some(maps::ip_key(*v)),
+                _ => None,
+            })
+            .collect();
+        if !gone.is_empty() {
+            changed += maps::forget_policy_flows(&self.pin_dir, &gone)?;
+        }
+        self.local = local;
         anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
         Ok(changed)
     }
