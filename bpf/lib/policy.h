@@ -77,6 +77,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } strait_policy_ct SEC(".maps");
 
+/* Drops per deciding policy (by id), per CPU: `strait metrics`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct metric);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_policy_drops SEC(".maps");
+
 #define POLICY_PASS 0   /* not judged, or allowed */
 
 static __always_inline int policy_admits(const struct addr_key *ep, __u8 dir, const struct flow *f,
@@ -141,6 +150,14 @@ static __always_inline int policy_drop(struct __sk_buff *skb, __u8 reason, __u8 
 				       __u32 policy)
 {
 	count(reason, skb->len);
+	struct metric *m = bpf_map_lookup_elem(&strait_policy_drops, &policy);
+	if (m) {
+		m->packets++;
+		m->bytes += skb->len;
+	} else {
+		struct metric first = { .packets = 1, .bytes = skb->len };
+		bpf_map_update_elem(&strait_policy_drops, &policy, &first, BPF_NOEXIST);
+	}
 	emit(skb, EVENT_DROP, reason, prog, f, policy);
 	return TC_ACT_SHOT;
 }

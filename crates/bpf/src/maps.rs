@@ -456,6 +456,26 @@ pub struct PolicyVal {
 unsafe impl aya::Pod for PolicyVal {}
 
 pub type PolicyEpMap = HashMap<MapData, AddrKey, PolicyEp>;
+/// strait_policy_drops: drops per deciding policy id, per CPU.
+pub type PolicyDropsMap = aya::maps::PerCpuHashMap<MapData, u32, Metric>;
+
+/// Drops per policy id, summed over CPUs: (id, packets, bytes).
+pub fn policy_drops(
+    pin_dir: &std::path::Path,
+) -> Result<Vec<(u32, u64, u64)>, aya::maps::MapError> {
+    let m: PolicyDropsMap = open(pin_dir, "strait_policy_drops")?;
+    let mut out = vec![];
+    for item in m.iter() {
+        let (id, per_cpu) = item?;
+        let (p, b) = per_cpu
+            .iter()
+            .fold((0, 0), |(p, b), x| (p + x.packets, b + x.bytes));
+        out.push((id, p, b));
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// strait_policy_ct: flows of local pods (first packet's tuple) -> last seen.
 pub type PolicyCtMap = HashMap<MapData, CtKey, u64>;
 

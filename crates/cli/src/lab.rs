@@ -265,7 +265,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             Ok(0)
         }
         Verb::Monitor { node, args } => node_tool(a.lab.as_deref(), &node, "monitor", &args, true),
-        Verb::Metrics { node, args } => node_tool(a.lab.as_deref(), &node, "metrics", &args, false),
+        Verb::Metrics { node, args } => node_tool(a.lab.as_deref(), &node, "metrics", &args, true),
         Verb::Policy { node, args } => {
             let st = LabState::find(a.lab.as_deref())?;
             let n = st

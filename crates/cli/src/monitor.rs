@@ -170,7 +170,7 @@ fn is_policy_drop(code: u8) -> bool {
 }
 
 /// Policy ids (as drop events carry them) to names, from the agent.
-fn policy_names(socket: &std::path::Path) -> std::collections::HashMap<u32, String> {
+pub fn policy_names(socket: &std::path::Path) -> std::collections::HashMap<u32, String> {
     use strait_model::api::{Request, Response};
     let Ok(Response::Policy { pods }) = strait_cni::client::call(socket, &Request::PolicyList)
     else {

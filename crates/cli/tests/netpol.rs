@@ -412,6 +412,22 @@ fn drops_name_the_policy(lab: &Lab) {
     let (packets, _) =
         strait_bpf::maps::metric(&m, strait_bpf::reason::DROP_POLICY_INGRESS).unwrap();
     assert!(packets > 0);
+    // And per deciding policy, named.
+    let out = std::process::Command::new(&lab.bins.strait)
+        .args(["metrics", "-o", "json", "--bpf-dir"])
+        .arg(&pins)
+        .arg("--socket")
+        .arg(st.socket(&node))
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["policy"] == "x/deny-all")
+        .unwrap_or_else(|| panic!("no per-policy row: {rows}"));
+    assert!(row["packets"].as_u64().unwrap() > 0, "{row}");
 }
 
 /// `strait policy explain`, asked of the agents, gives what the datapath
