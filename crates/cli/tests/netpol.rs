@@ -223,6 +223,43 @@ fn case(lab: &Lab, name: &str, yaml: &str, trusted: &str, protos: &[Proto]) -> D
 
 const DENY_X: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
 
+/// A policy `name` in namespace `ns` whose spec is `spec` (YAML flow).
+fn np(name: &str, ns: &str, spec: &str) -> String {
+    format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
+}
+
+/// More of the upstream suite's cases, by its names (TCP unless said).
+fn more_upstream_cases() -> Vec<(&'static str, String, Proto)> {
+    let t = Proto::Tcp;
+    vec![
+        ("default-deny-all (ingress and egress)", np("deny", "x", "{podSelector: {}, policyTypes: [Ingress, Egress]}"), t),
+        ("allow ingress from pods in all namespaces", np("all-ns", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {}}]}]}"), t),
+        ("PodSelector with MatchExpressions", np("expr", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchExpressions: [{key: pod, operator: In, values: [b]}]}}]}]}"), t),
+        ("multiple PodSelectors and NamespaceSelectors", np("multi", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [x]}]}, podSelector: {matchExpressions: [{key: pod, operator: In, values: [b, c]}]}}]}]}"), t),
+        ("any PodSelectors", np("any-pod", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {}}]}]}"), t),
+        ("allow-all", np("allow-all", "x", "{podSelector: {}, ingress: [{}]}"), t),
+        ("ingress from namespace on one named port", np("ns-port", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: serve-80-tcp}]}]}"), t),
+        ("egress on one named port", np("eg-port", "x", "{podSelector: {}, policyTypes: [Egress], egress: [{ports: [{port: serve-81-tcp}]}]}"), t),
+        ("deny ingress from pods on other namespaces", np("same-ns", "x", "{podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}"), t),
+        ("deny egress from pods based on PodSelector", np("eg-pod", "x", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress]}"), t),
+        ("Ingress and Egress specified together", np("both", "x", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Ingress, Egress], ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}], egress: [{to: [{podSelector: {matchLabels: {pod: b}}}]}]}"), t),
+        ("deny egress on the client even if the server allows it", format!("{}---\n{}", np("client-deny", "y", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress]}"), np("server-allow", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}")), t),
+        ("egress to a server in another namespace by pod and namespace", np("eg-other", "x", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]}]}"), t),
+        ("ingress any port on a specific protocol (UDP only: TCP denied)", np("udp-only", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{protocol: UDP}]}]}"), t),
+        ("multiple ingress policies, allow-all takes precedence", format!("{}---\n{}", np("narrow", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{port: 80}]}]}"), np("wide", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{}]}")), t),
+        ("multiple egress policies, allow-all takes precedence", format!("{}---\n{}", np("narrow", "x", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{ports: [{port: 80}]}]}"), np("wide", "x", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{}]}")), t),
+        ("egress to a server in a CIDR block, with except", np("cidr", "x", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 198.19.1.0/24, except: [198.19.1.2/32]}}]}]}"), t),
+        ("an IP in both IPBlock.CIDR and another rule is allowed", np("overlap", "x", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 198.19.1.0/24, except: [198.19.1.2/32]}}]}, {to: [{ipBlock: {cidr: 198.19.1.2/32}}]}]}"), t),
+        ("ingress and egress controlled independently", format!("{}---\n{}", np("in", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: c}}}]}]}"), np("out", "x", "{podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {pod: b}}}]}]}")), t),
+        ("protocol SCTP is not TCP", np("sctp", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{port: 80, protocol: SCTP}]}]}"), t),
+        ("TCP denied when only UDP is allowed", np("udp80", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{port: 80, protocol: UDP}]}]}"), t),
+        ("NamespaceSelector with the default ns label", np("default-label", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: z}}}]}]}"), t),
+        ("NamespaceSelector MatchExpressions with the default ns label", np("default-expr", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [y]}]}}]}]}"), t),
+        ("UDP: deny ingress to x/a except from y", np("udp-y", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}"), Proto::Udp),
+        ("UDP: named port serve-81-udp", np("udp-named", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{port: serve-81-udp, protocol: UDP}]}]}"), Proto::Udp),
+    ]
+}
+
 fn allow_xa(spec: &str) -> String {
     format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: allow-a, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n{spec}")
 }
@@ -306,6 +343,9 @@ fn upstream_model(lab: &Lab, ebpf: bool) {
         &tcp,
     ));
     explain_agrees_with_the_datapath(lab, &tcp);
+    for (name, yaml, proto) in more_upstream_cases() {
+        times.push(case(lab, name, &yaml, "y", &[proto]));
+    }
     // UDP: default deny egress from x.
     let udp = [Proto::Udp];
     times.push(case(
