@@ -10,8 +10,9 @@
  *                      excepts are cut out of the prefixes before they get
  *                      here, so a match is always an allow.
  * Only new connections are judged. strait_policy_ct remembers every flow a
- * local pod takes part in (allowed, or seen before its pod was isolated),
- * so replies and established connections pass without a lookup, as
+ * local pod takes part in (allowed, or seen before its pod was isolated);
+ * once answered it is established, so replies and established connections
+ * pass without a lookup, as
  * Calico and Cilium keep established connections across a policy change.
  * Egress is judged at from-container; ingress for a local destination
  * before the packet is redirected into it (from-container for same-node
@@ -68,12 +69,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } strait_policy SEC(".maps");
 
-/* A flow a local pod takes part in, by its first packet's tuple. */
+/* A flow a local pod takes part in, by its first packet's tuple. It counts
+ * as established once a packet went the other way: until then (a SYN, an
+ * SCTP INIT or a datagram nobody answered) every packet is judged again,
+ * so a flow begun before a deny cannot slip through after it. */
+struct policy_ct {
+	__u64 last_seen;    /* bpf_ktime_get_ns */
+	__u32 flags;        /* PCT_* */
+	__u32 _pad;
+};
+
+#define PCT_REPLIED 1
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 131072);
 	__type(key, struct ct_key);
-	__type(value, __u64);   /* last seen, bpf_ktime_get_ns */
+	__type(value, struct policy_ct);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } strait_policy_ct SEC(".maps");
 
@@ -117,11 +129,16 @@ static __always_inline int policy_judge(const struct flow *f, int src_local, int
 	struct ct_key fwd = { .saddr = f->saddr, .daddr = f->daddr, .sport = f->sport, .dport = f->dport, .proto = f->proto };
 	struct ct_key rev = { .saddr = f->daddr, .daddr = f->saddr, .sport = f->dport, .dport = f->sport, .proto = f->proto };
 	__u64 now = bpf_ktime_get_ns();
-	__u64 *seen = bpf_map_lookup_elem(&strait_policy_ct, &fwd);
-	if (!seen)
-		seen = bpf_map_lookup_elem(&strait_policy_ct, &rev);
-	if (seen) {
-		*seen = now;
+	struct policy_ct *fe = bpf_map_lookup_elem(&strait_policy_ct, &fwd);
+	if (fe && (fe->flags & PCT_REPLIED)) {
+		fe->last_seen = now;
+		return POLICY_PASS;
+	}
+	struct policy_ct *re = bpf_map_lookup_elem(&strait_policy_ct, &rev);
+	if (re) {
+		/* The other way of a known flow: it is established now. */
+		re->last_seen = now;
+		re->flags |= PCT_REPLIED;
 		return POLICY_PASS;
 	}
 	if (src_local) {
@@ -140,7 +157,12 @@ static __always_inline int policy_judge(const struct flow *f, int src_local, int
 			return DROP_POLICY_INGRESS;
 		}
 	}
-	bpf_map_update_elem(&strait_policy_ct, &fwd, &now, BPF_ANY);
+	if (fe) {
+		fe->last_seen = now;
+	} else {
+		struct policy_ct v = { .last_seen = now };
+		bpf_map_update_elem(&strait_policy_ct, &fwd, &v, BPF_ANY);
+	}
 	return POLICY_PASS;
 }
 

@@ -476,8 +476,20 @@ pub fn policy_drops(
     Ok(out)
 }
 
-/// strait_policy_ct: flows of local pods (first packet's tuple) -> last seen.
-pub type PolicyCtMap = HashMap<MapData, CtKey, u64>;
+/// `struct policy_ct`: a local pod's flow, established once answered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyCt {
+    pub last_seen: u64,
+    pub flags: u32,
+    pub _pad: u32,
+}
+unsafe impl aya::Pod for PolicyCt {}
+
+pub const PCT_REPLIED: u32 = 1;
+
+/// strait_policy_ct: flows of local pods (first packet's tuple).
+pub type PolicyCtMap = HashMap<MapData, CtKey, PolicyCt>;
 
 /// Remove the flows of these addresses (network order) from
 /// strait_policy_ct, when their pods are gone: a new pod given the address

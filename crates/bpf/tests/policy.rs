@@ -29,40 +29,50 @@ fn ct_len(l: &Loaded) -> usize {
     ct.keys().count()
 }
 
+/// One TCP packet through from-container on `ifindex`: its verdict.
+fn send(
+    l: &mut Loaded,
+    from: (std::net::Ipv4Addr, u16),
+    to: (std::net::Ipv4Addr, u16),
+    ifindex: u32,
+) -> u32 {
+    run(
+        l,
+        Prog::FromContainer,
+        &tcp(from.0, from.1, to.0, to.1),
+        ifindex,
+    )
+    .0
+}
+
 #[test]
 fn isolation_admission_established_flows_and_forgetting() {
     if !root() {
         return;
     }
     let mut l = load("policy", true);
-    // Not isolated: passes, and the flow is remembered.
-    let (rc, _) = run(
-        &mut l,
-        Prog::FromContainer,
-        &tcp(POD_A, 40000, POD_B, 80),
-        IF_A,
-    );
-    assert_ne!(rc, TC_ACT_SHOT);
-    assert_eq!(ct_len(&l), 1);
+    // Not isolated: both pass and are remembered; B answers only one.
+    assert_ne!(send(&mut l, (POD_A, 40000), (POD_B, 80), IF_A), TC_ACT_SHOT);
+    assert_ne!(send(&mut l, (POD_A, 40009), (POD_B, 80), IF_A), TC_ACT_SHOT);
+    assert_ne!(send(&mut l, (POD_B, 80), (POD_A, 40000), IF_B), TC_ACT_SHOT);
+    assert_eq!(ct_len(&l), 2);
 
     // B isolated for ingress, nothing admitted: a new connection is dropped
-    // with the ingress reason; the earlier one still passes.
+    // with the ingress reason; the answered one still passes; the one B
+    // never answered is judged again, and dropped.
     isolate(&l, POD_B, maps::POLICY_F_INGRESS);
-    let (rc, _) = run(
-        &mut l,
-        Prog::FromContainer,
-        &tcp(POD_A, 40001, POD_B, 80),
-        IF_A,
-    );
-    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(send(&mut l, (POD_A, 40001), (POD_B, 80), IF_A), TC_ACT_SHOT);
     assert_eq!(count(&l, DROP_POLICY_INGRESS), 1);
-    let (rc, _) = run(
-        &mut l,
-        Prog::FromContainer,
-        &tcp(POD_A, 40000, POD_B, 80),
-        IF_A,
+    assert_ne!(
+        send(&mut l, (POD_A, 40000), (POD_B, 80), IF_A),
+        TC_ACT_SHOT,
+        "established before the isolation"
     );
-    assert_ne!(rc, TC_ACT_SHOT, "established before the isolation");
+    assert_eq!(
+        send(&mut l, (POD_A, 40009), (POD_B, 80), IF_A),
+        TC_ACT_SHOT,
+        "never answered: not established"
+    );
 
     // An entry for A on TCP 80 admits it; not on 81.
     let mut lpm: PolicyMap = maps::open(&l.dir, "strait_policy").unwrap();
@@ -73,58 +83,36 @@ fn isolation_admission_established_flows_and_forgetting() {
         dport: 80u16.to_be(),
         peer: AddrKey::from(std::net::IpAddr::V4(POD_A)).addr,
     };
-    lpm.insert(
-        &Key::new(maps::POLICY_FIXED_BITS + 128, k),
-        PolicyVal {
-            policy: 7,
-            rule: 0,
-            _pad: 0,
-        },
-        0,
-    )
-    .unwrap();
-    let (rc, _) = run(
-        &mut l,
-        Prog::FromContainer,
-        &tcp(POD_A, 40002, POD_B, 80),
-        IF_A,
+    let v = PolicyVal {
+        policy: 7,
+        rule: 0,
+        _pad: 0,
+    };
+    lpm.insert(&Key::new(maps::POLICY_FIXED_BITS + 128, k), v, 0)
+        .unwrap();
+    assert_ne!(
+        send(&mut l, (POD_A, 40002), (POD_B, 80), IF_A),
+        TC_ACT_SHOT,
+        "admitted"
     );
-    assert_ne!(rc, TC_ACT_SHOT, "admitted");
-    let (rc, _) = run(
-        &mut l,
-        Prog::FromContainer,
-        &tcp(POD_A, 40003, POD_B, 81),
-        IF_A,
+    assert_eq!(
+        send(&mut l, (POD_A, 40003), (POD_B, 81), IF_A),
+        TC_ACT_SHOT,
+        "another port"
     );
-    assert_eq!(rc, TC_ACT_SHOT, "another port is not");
 
-    // A isolated for both directions with nothing admitted: B's reply on
-    // the admitted connection still reaches it; a new connection from B
-    // does not (egress of B is open, ingress of A is not).
+    // A isolated both ways with nothing admitted: B's reply on the admitted
+    // connection still reaches it; a new connection from B does not.
     isolate(&l, POD_A, maps::POLICY_F_INGRESS | maps::POLICY_F_EGRESS);
-    let (rc, _) = run(
-        &mut l,
-        Prog::FromContainer,
-        &tcp(POD_B, 80, POD_A, 40002),
-        IF_B,
+    assert_ne!(
+        send(&mut l, (POD_B, 80), (POD_A, 40002), IF_B),
+        TC_ACT_SHOT,
+        "a reply"
     );
-    assert_ne!(rc, TC_ACT_SHOT, "a reply");
-    let (rc, _) = run(
-        &mut l,
-        Prog::FromContainer,
-        &tcp(POD_B, 5000, POD_A, 22),
-        IF_B,
-    );
-    assert_eq!(rc, TC_ACT_SHOT);
-    assert_eq!(count(&l, DROP_POLICY_INGRESS), 3);
+    assert_eq!(send(&mut l, (POD_B, 5000), (POD_A, 22), IF_B), TC_ACT_SHOT);
+    assert_eq!(count(&l, DROP_POLICY_INGRESS), 4);
     // A's own new connection: its egress.
-    let (rc, _) = run(
-        &mut l,
-        Prog::FromContainer,
-        &tcp(POD_A, 40004, POD_B, 80),
-        IF_A,
-    );
-    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(send(&mut l, (POD_A, 40004), (POD_B, 80), IF_A), TC_ACT_SHOT);
     assert_eq!(count(&l, DROP_POLICY_EGRESS), 1);
 
     // B goes: every flow it took part in is forgotten.

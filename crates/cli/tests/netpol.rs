@@ -147,9 +147,17 @@ fn expected(lab: &Lab, pols: &[NetworkPolicy], trusted: &str, protos: &[Proto]) 
         .collect()
 }
 
-/// Every cell probed at once with a real connection (TCP) or datagram (UDP).
+/// Every cell probed at once with a real connection (TCP), a datagram
+/// (UDP) or, as this kernel has no SCTP sockets, a raw SCTP INIT whose
+/// arrival a raw socket in the destination pod watches for.
 fn observed(lab: &Lab, protos: &[Proto]) -> Matrix {
-    let handles: Vec<_> = cells(protos)
+    let mut out = Matrix::new();
+    let (sctp, other): (Vec<Cell>, Vec<Cell>) =
+        cells(protos).into_iter().partition(|c| c.3 == Proto::Sctp);
+    if !sctp.is_empty() {
+        out.extend(observed_sctp(lab, sctp));
+    }
+    let handles: Vec<_> = other
         .into_iter()
         .map(|c| {
             let src = strait_lab::run::netns_path(&lab.st.plan.pod(&c.0).unwrap().netns);
@@ -165,7 +173,145 @@ fn observed(lab: &Lab, protos: &[Proto]) -> Matrix {
             })
         })
         .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
+    out.extend(handles.into_iter().map(|h| h.join().unwrap()));
+    out
+}
+
+/// CRC32c, as SCTP's checksum.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in data {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// An SCTP INIT from `sport` to `dport`.
+fn sctp_init(sport: u16, dport: u16, tag: u32) -> Vec<u8> {
+    let mut p = vec![];
+    p.extend(sport.to_be_bytes());
+    p.extend(dport.to_be_bytes());
+    p.extend([0u8; 8]); // verification tag 0 (INIT), checksum
+    p.extend([1u8, 0, 0, 20]); // INIT, flags, length
+    p.extend(tag.to_be_bytes()); // initiate tag
+    p.extend(65535u32.to_be_bytes()); // a_rwnd
+    p.extend([0, 1, 0, 1]); // streams out, in
+    p.extend(tag.to_be_bytes()); // initial TSN
+    let sum = crc32c(&p);
+    p[8..12].copy_from_slice(&sum.to_le_bytes());
+    p
+}
+
+fn raw_sctp(ns: &std::path::Path) -> i32 {
+    let ns = strait_netlink::NetnsFile::open(ns).unwrap();
+    strait_netlink::in_netns(&ns, || {
+        // SAFETY: a plain socket call.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, 132) };
+        assert!(
+            fd >= 0,
+            "raw SCTP socket: {}",
+            std::io::Error::last_os_error()
+        );
+        fd
+    })
+    .unwrap()
+}
+
+fn observed_sctp(lab: &Lab, cells: Vec<Cell>) -> Matrix {
+    let ip = |k: &str| match lab.st.pod_ip(lab.st.plan.pod(k).unwrap()).unwrap() {
+        IpAddr::V4(v) => v,
+        IpAddr::V6(_) => panic!("IPv4 lab"),
+    };
+    // A watcher per destination: every SCTP packet's (source, port).
+    let dsts: std::collections::BTreeSet<String> = cells.iter().map(|c| c.1.clone()).collect();
+    let watchers: Vec<_> = dsts
+        .into_iter()
+        .map(|d| {
+            let fd = raw_sctp(&strait_lab::run::netns_path(
+                &lab.st.plan.pod(&d).unwrap().netns,
+            ));
+            let h = std::thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                let tv = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 100_000,
+                };
+                // SAFETY: valid fd, buffer and option value.
+                unsafe {
+                    libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVTIMEO,
+                        &tv as *const _ as *const libc::c_void,
+                        std::mem::size_of::<libc::timeval>() as u32,
+                    );
+                }
+                let t0 = Instant::now();
+                let mut buf = [0u8; 2048];
+                while t0.elapsed() < Duration::from_millis(1200) {
+                    // SAFETY: buf is valid for its length.
+                    let n = unsafe {
+                        libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0)
+                    };
+                    if n < 24 {
+                        continue;
+                    }
+                    let ihl = usize::from(buf[0] & 0x0f) * 4;
+                    if (n as usize) < ihl + 4 {
+                        continue;
+                    }
+                    let src = std::net::Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+                    let dport = u16::from_be_bytes([buf[ihl + 2], buf[ihl + 3]]);
+                    seen.insert((src, dport));
+                }
+                // SAFETY: closing the fd opened above.
+                unsafe { libc::close(fd) };
+                seen
+            });
+            (d, h)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    for (i, c) in cells.iter().enumerate() {
+        let fd = raw_sctp(&strait_lab::run::netns_path(
+            &lab.st.plan.pod(&c.0).unwrap().netns,
+        ));
+        let pkt = sctp_init(40000 + i as u16, c.2, 0x5000_0000 + i as u32);
+        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        to.sin_family = libc::AF_INET as u16;
+        to.sin_addr.s_addr = u32::from(ip(&c.1)).to_be();
+        // SAFETY: valid fd, buffer and address; the fd is closed.
+        unsafe {
+            libc::sendto(
+                fd,
+                pkt.as_ptr() as *const libc::c_void,
+                pkt.len(),
+                0,
+                &to as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            libc::close(fd);
+        }
+    }
+    let seen: BTreeMap<String, std::collections::BTreeSet<(std::net::Ipv4Addr, u16)>> = watchers
+        .into_iter()
+        .map(|(d, h)| (d, h.join().unwrap()))
+        .collect();
+    cells
+        .into_iter()
+        .map(|c| {
+            // A pod reaching itself: loopback, never on the wire.
+            let ok = c.0 == c.1 || seen[&c.1].contains(&(ip(&c.0), c.2));
+            (c, ok)
+        })
+        .collect()
 }
 
 /// Upstream's grid: rows are clients, columns servers; `.` as expected,
@@ -256,6 +402,9 @@ fn more_upstream_cases() -> Vec<(&'static str, String, Proto)> {
         ("NamespaceSelector with the default ns label", np("default-label", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: z}}}]}]}"), t),
         ("NamespaceSelector MatchExpressions with the default ns label", np("default-expr", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [y]}]}}]}]}"), t),
         ("UDP: deny ingress to x/a except from y", np("udp-y", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}"), Proto::Udp),
+        ("SCTP: default deny ingress in x", DENY_X.to_string(), Proto::Sctp),
+        ("SCTP: allowed on port 80 only", np("sctp80", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{port: 80, protocol: SCTP}]}]}"), Proto::Sctp),
+        ("SCTP: a TCP-only policy isolates SCTP", np("tcp80", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{port: 80, protocol: TCP}]}]}"), Proto::Sctp),
         ("UDP: named port serve-81-udp", np("udp-named", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{port: serve-81-udp, protocol: UDP}]}]}"), Proto::Udp),
     ]
 }
