@@ -110,9 +110,12 @@ impl IpipLeftovers {
             Some(l) if l.kind.as_deref() == Some("macvlan") => {}
             _ => return Ok(()),
         }
-        nl.delete_link(&dev).await?;
+        // The maps and the uplink's program first: once the device is gone,
+        // nothing of IP-in-IP is left (and a crash between the two leaves
+        // the device, which the next pass finds again).
         let decap = self.kernel_datapath.then_some(self.uplink.as_str());
         strait_bpf::tunnel::retire(&self.bpf_dir, decap)?;
+        nl.delete_link(&dev).await?;
         tracing::info!(device = %dev, "IP-in-IP removed (another cross-node mode runs now)");
         Ok(())
     }
