@@ -87,6 +87,11 @@ pub fn wanted(pods: &[PodRules]) -> Wanted {
                     continue;
                 }
             };
+            // One id per policy, not one hash per entry.
+            let ids: HashMap<&strait_model::policy::PolicyId, u32> = es
+                .iter()
+                .map(|e| (&e.policy, policy_id(&e.policy)))
+                .collect();
             for ip in &p.ips {
                 for e in &es {
                     // An IPv4 pod only ever meets IPv4 peers: its entries
@@ -108,7 +113,7 @@ pub fn wanted(pods: &[PodRules]) -> Wanted {
                     lpm.insert(
                         (maps::POLICY_FIXED_BITS + bits, k),
                         PolicyVal {
-                            policy: policy_id(&e.policy),
+                            policy: ids[&e.policy],
                             rule: e.rule as u16,
                             _pad: 0,
                         },
