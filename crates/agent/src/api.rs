@@ -195,6 +195,13 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                     message: format!("node not ready: {reason}"),
                 });
             }
+            let pool = match crate::pools::pool_for(agent, &pod) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "allocation refused");
+                    return Response::Error(e);
+                }
+            };
             let req = AllocationRequest {
                 attachment,
                 pod,
@@ -203,13 +210,18 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 netns_ino,
                 requested,
                 host_ports,
+                pool: pool.as_ref().map(|p| p.name.clone()),
             };
-            match agent.ipam.allocate(req) {
+            match crate::pools::allocate(agent, req, pool.as_ref()) {
                 Ok(allocation) => {
-                    tracing::info!(ip = %allocation.ip, pod = %allocation.pod, container = %allocation.attachment.container_id, "allocated");
+                    tracing::info!(ip = %allocation.ip, pod = %allocation.pod, container = %allocation.attachment.container_id, pool = allocation.pool.as_deref().unwrap_or("-"), "allocated");
                     pause_point("after-allocate");
+                    let prefix = match &pool {
+                        Some(p) => p.block_prefix,
+                        None => agent.ipam.cidr().map(|c| c.prefix_len()).unwrap_or(32),
+                    };
                     Response::Allocated {
-                        cidr_prefix: agent.ipam.cidr().map(|c| c.prefix_len()).unwrap_or(32),
+                        cidr_prefix: prefix,
                         allocation,
                     }
                 }
@@ -299,6 +311,22 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 policy_backend: agent.policy_backend.into(),
                 conntrack: pb.conntrack.clone(),
                 source: Some(agent.source.health()),
+                ipam_blocks: {
+                    let allocs = agent.ipam.allocations();
+                    agent
+                        .ipam
+                        .blocks()
+                        .into_iter()
+                        .map(|(cidr, pool)| strait_model::api::BlockStatus {
+                            cidr,
+                            pool,
+                            in_use: allocs.iter().filter(|a| cidr.contains(&a.ip)).count(),
+                            size: 1u64
+                                .checked_shl(u32::from(cidr.max_prefix_len() - cidr.prefix_len()))
+                                .unwrap_or(u64::MAX),
+                        })
+                        .collect()
+                },
             }))
         }
     }

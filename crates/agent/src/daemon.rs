@@ -250,6 +250,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tasks.spawn(reconcile::run(NodeRoutes::new(cross_node)?, agent.clone()));
     tasks.spawn(reconcile::run(Services::new(services), agent.clone()));
     tasks.spawn(reconcile::run(Health::default(), agent.clone()));
+    tasks.spawn(reconcile::run(
+        reconcile::ipam_blocks::IpamBlocks::default(),
+        agent.clone(),
+    ));
     tasks.spawn(reconcile::run(Policy::new(policy), agent.clone()));
     tokio::spawn(crate::readiness::announce(agent.clone(), kube_client));
     let listener = crate::api::bind(&agent.cfg.socket)?;

@@ -16,6 +16,8 @@ pub struct NodeIpam {
     boot_id: String,
     cooldown: Duration,
     state: Mutex<Option<IpamState>>,
+    /// Held while an ADD claims an IPPool block (one claim at a time).
+    pub claims: Mutex<()>,
 }
 
 fn internal(e: StoreError) -> ApiError {
@@ -64,6 +66,7 @@ impl NodeIpam {
             boot_id,
             cooldown,
             state: Mutex::new(state),
+            claims: Mutex::new(()),
         })
     }
 
@@ -124,23 +127,96 @@ impl NodeIpam {
         self.state.lock().unwrap().as_ref().map(|s| s.cidr)
     }
 
-    pub fn allocate(&self, req: AllocationRequest) -> Result<Allocation, ApiError> {
+    pub fn allocate(&self, req: AllocationRequest) -> Result<Allocation, AllocError> {
+        self.allocate_with(req, None)
+    }
+
+    /// Add `block` (just claimed for `pool`) and allocate from the pool in
+    /// one change: no pass can find the block idle in between.
+    pub fn allocate_in_new_block(
+        &self,
+        req: AllocationRequest,
+        block: IpNet,
+        pool: &str,
+    ) -> Result<Allocation, AllocError> {
+        self.allocate_with(req, Some((block, pool)))
+    }
+
+    fn allocate_with(
+        &self,
+        req: AllocationRequest,
+        block: Option<(IpNet, &str)>,
+    ) -> Result<Allocation, AllocError> {
         let now = crate::now_ms();
         let cd = self.cooldown_ms();
-        self.mutate(|s| {
+        let mut need = None;
+        let r = self.mutate(|s| {
+            if let Some((b, pool)) = block {
+                s.blocks.insert(b, pool.to_string());
+            }
             s.expire_cooling(now, cd);
-            s.allocate(req, now, cd).map_err(|e| ApiError {
-                kind: match e {
-                    IpamError::Exhausted { .. } | IpamError::TooSmall { .. } => {
-                        ApiErrorKind::Exhausted
-                    }
-                    IpamError::OutsidePool { .. }
-                    | IpamError::InUse { .. }
-                    | IpamError::AlreadyHolds { .. } => ApiErrorKind::Invalid,
-                },
-                message: e.to_string(),
+            s.allocate(req, now, cd).map_err(|e| {
+                if let IpamError::PoolNeedsBlock { pool } = &e {
+                    need = Some(pool.clone());
+                }
+                ApiError {
+                    kind: match e {
+                        IpamError::Exhausted { .. }
+                        | IpamError::TooSmall { .. }
+                        | IpamError::PoolNeedsBlock { .. } => ApiErrorKind::Exhausted,
+                        IpamError::OutsidePool { .. }
+                        | IpamError::InUse { .. }
+                        | IpamError::AlreadyHolds { .. } => ApiErrorKind::Invalid,
+                    },
+                    message: e.to_string(),
+                }
             })
+        });
+        match (r, need) {
+            (Err(_), Some(pool)) => Err(AllocError::NeedBlock(pool)),
+            (r, _) => r.map_err(AllocError::Api),
+        }
+    }
+
+    /// The IPPool blocks this node holds (block -> pool).
+    pub fn blocks(&self) -> std::collections::BTreeMap<IpNet, String> {
+        self.state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|s| s.blocks.clone())
+            .unwrap_or_default()
+    }
+
+    /// Record blocks the control plane says this node holds (IPAM state
+    /// lost, or a claim whose ADD failed after it).
+    pub fn adopt_blocks(&self, held: &[(IpNet, String)]) -> Result<usize, ApiError> {
+        self.mutate(|s| {
+            let before = s.blocks.len();
+            for (b, p) in held {
+                s.blocks.entry(*b).or_insert_with(|| p.clone());
+            }
+            Ok(s.blocks.len() - before)
         })
+    }
+
+    /// Take out of the state every block with nothing in use or cooling
+    /// down, so no allocation lands in them; the caller deletes their
+    /// objects.
+    pub fn take_idle_blocks(&self) -> Result<Vec<(IpNet, String)>, ApiError> {
+        let now = crate::now_ms();
+        let cd = self.cooldown_ms();
+        let r = self.mutate(|s| {
+            let idle = s.idle_blocks(now, cd);
+            Ok(idle
+                .into_iter()
+                .filter_map(|b| s.blocks.remove(&b).map(|p| (b, p)))
+                .collect())
+        });
+        match r {
+            Err(e) if e.kind == ApiErrorKind::NotReady => Ok(vec![]),
+            other => other,
+        }
     }
 
     pub fn release(&self, att: &Attachment) -> Result<Option<Allocation>, ApiError> {
@@ -210,6 +286,15 @@ impl NodeIpam {
     }
 }
 
+/// Why an allocation did not happen.
+#[derive(Debug)]
+pub enum AllocError {
+    /// The node holds no block of this IPPool with a free address: claim
+    /// one and ask again.
+    NeedBlock(String),
+    Api(ApiError),
+}
+
 pub fn not_ready() -> ApiError {
     ApiError {
         kind: ApiErrorKind::NotReady,
@@ -234,6 +319,7 @@ mod tests {
             netns_ino: None,
             requested: None,
             host_ports: vec![],
+            pool: None,
         }
     }
 
@@ -242,10 +328,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("ipam.json");
         let ipam = NodeIpam::load(p.clone(), Duration::from_secs(30)).unwrap();
-        assert_eq!(
-            ipam.allocate(req("a")).unwrap_err().kind,
-            ApiErrorKind::NotReady
-        );
+        assert!(matches!(
+            ipam.allocate(req("a")),
+            Err(AllocError::Api(ApiError {
+                kind: ApiErrorKind::NotReady,
+                ..
+            }))
+        ));
         ipam.ensure_cidr("10.0.0.0/24".parse().unwrap()).unwrap();
         let a = ipam.allocate(req("a")).unwrap();
         let again = NodeIpam::load(p, Duration::from_secs(30)).unwrap();

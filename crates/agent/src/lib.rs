@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod ipam;
 pub mod policybackend;
+pub mod pools;
 pub mod readiness;
 pub mod reconcile;
 pub mod source;

@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Seconds a released pod IP rests before it is handed out again.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "STRAIT_IP_COOLDOWN_SECS", default_value_t = 30)]
     ip_cooldown_secs: u64,
     /// Seconds between full reconcile passes.
     #[arg(long, default_value_t = 10)]

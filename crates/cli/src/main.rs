@@ -39,6 +39,9 @@ enum Cmd {
     /// NetworkPolicy as this node enforces it, and why a connection is
     /// allowed or denied.
     Policy(policy::Args),
+    /// Print strait's CustomResourceDefinitions (IPPool, IPAMBlock) as
+    /// deploy/crds.yaml ships them.
+    Crds,
 }
 
 fn main() {
@@ -51,6 +54,10 @@ fn main() {
         Cmd::Metrics(a) => metrics::run(a),
         Cmd::Lb(a) => lb::run(a),
         Cmd::Policy(a) => policy::run(a),
+        Cmd::Crds => {
+            print!("{}", strait_model::ippool::crds_yaml());
+            Ok(0)
+        }
     };
     match r {
         Ok(code) => std::process::exit(code),

@@ -30,6 +30,14 @@ pub fn render(s: &NodeStatus) -> String {
         s.allocations.len(),
         s.cooling,
     );
+    if !s.ipam_blocks.is_empty() {
+        let blocks: Vec<String> = s
+            .ipam_blocks
+            .iter()
+            .map(|b| format!("{} ({}, {}/{} in use)", b.cidr, b.pool, b.in_use, b.size))
+            .collect();
+        out.push_str(&format!("IPPool blocks {}\n", blocks.join(", ")));
+    }
     if let Some(src) = &s.source {
         let ago = src.last_event_ms.map(|t| {
             let now = std::time::SystemTime::now()

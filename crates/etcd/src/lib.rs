@@ -206,6 +206,22 @@ impl Client {
         Ok(wire::revision(&v))
     }
 
+    /// Write `value` at `key` only if the key does not exist (a
+    /// transaction comparing its create_revision with 0). True when written.
+    pub async fn put_if_absent(&self, key: &[u8], value: &[u8]) -> Result<bool, Error> {
+        let v = self
+            .call(
+                "/v3/kv/txn",
+                &json!({
+                    "compare": [{"target": "CREATE", "result": "EQUAL", "key": wire::b64(key), "create_revision": "0"}],
+                    "success": [{"request_put": {"key": wire::b64(key), "value": wire::b64(value)}}],
+                }),
+            )
+            .await?;
+        // The JSON gateway leaves false booleans out.
+        Ok(v["succeeded"].as_bool().unwrap_or(false))
+    }
+
     /// Delete `key`; returns how many keys went (0 or 1).
     pub async fn delete(&self, key: &[u8]) -> Result<i64, Error> {
         let v = self

@@ -140,6 +140,7 @@ pub fn up(st: &LabState, step: impl Fn(&str)) -> anyhow::Result<()> {
     std::fs::write(agent_kubeconfig(st), kubeconfig(&url(plan), &ca, &agent))?;
     wait_ready(st, Duration::from_secs(60))?;
     crate::publish::bootstrap_rbac(st)?;
+    crate::publish::install_crds(st)?;
     Ok(())
 }
 

@@ -24,7 +24,9 @@ fn value(o: &ClusterObject) -> Option<serde_json::Value> {
         ClusterObject::EndpointSlice(x) => serde_json::to_value(x).ok(),
         ClusterObject::NetworkPolicy(x) => serde_json::to_value(x).ok(),
         ClusterObject::Namespace(x) => serde_json::to_value(x).ok(),
-        ClusterObject::Other { .. } => None,
+        ClusterObject::IpPool(x) => serde_json::to_value(x).ok(),
+        // Blocks are the agents' to claim, not the lab file's.
+        ClusterObject::IpamBlock(_) | ClusterObject::Other { .. } => None,
     }
 }
 
@@ -64,6 +66,7 @@ pub fn publish_all(st: &LabState) -> anyhow::Result<Vec<Service>> {
     let objects = load(st)?;
     let (mut pods, mut services, mut slices, mut policies, mut namespaces) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let mut pools = vec![];
     for o in &objects {
         match o {
             ClusterObject::Pod(p) => {
@@ -93,10 +96,13 @@ pub fn publish_all(st: &LabState) -> anyhow::Result<Vec<Service>> {
             ClusterObject::EndpointSlice(e) => slices.push((**e).clone()),
             ClusterObject::NetworkPolicy(n) => policies.push((**n).clone()),
             ClusterObject::Namespace(n) => namespaces.push((**n).clone()),
-            ClusterObject::Node(_) | ClusterObject::Other { .. } => {}
+            ClusterObject::IpPool(p) => pools.push((**p).clone()),
+            ClusterObject::Node(_) | ClusterObject::IpamBlock(_) | ClusterObject::Other { .. } => {}
         }
     }
     use crate::publish::put;
+    // Pools before pods: a pod's annotation may name one.
+    put(st, "ippools", &pools)?;
     put(st, "namespaces", &namespaces)?;
     put(st, "services", &services)?;
     put(st, "user-endpointslices", &slices)?;
@@ -132,6 +138,9 @@ pub fn apply(st: &mut LabState, bins: &crate::run::Binaries, text: &str) -> anyh
         }
     }
     crate::publish::write_yaml(&path(st), &stored)?;
+    // The new pods exist before they are wired, as in a cluster (their
+    // annotations may pick an IPPool).
+    publish_all(st)?;
     for p in &pods {
         add_pod(st, bins, p).with_context(|| format!("wire pod {}/{}", p.namespace, p.name))?;
     }

@@ -70,6 +70,9 @@ fn resource(api_version: &str, kind: &str) -> anyhow::Result<(ApiResource, bool)
         "DaemonSet" => ("daemonsets", true),
         "ClusterRole" => ("clusterroles", false),
         "ClusterRoleBinding" => ("clusterrolebindings", false),
+        "CustomResourceDefinition" => ("customresourcedefinitions", false),
+        "IPPool" => ("ippools", false),
+        "IPAMBlock" => ("ipamblocks", false),
         other => bail!("the lab cannot publish {api_version} {other} through the API"),
     };
     Ok((
@@ -428,6 +431,27 @@ pub fn dry_run(st: &LabState, objects: Vec<Value>) -> anyhow::Result<Vec<String>
 
 pub fn bootstrap_rbac(st: &LabState) -> anyhow::Result<()> {
     put(st, "rbac", &agent_rbac())
+}
+
+/// strait's CRDs (deploy/crds.yaml), applied and waited for until served.
+pub fn install_crds(st: &LabState) -> anyhow::Result<()> {
+    put(st, "crds", &strait_model::ippool::crds())?;
+    admin(st, |c| async move {
+        for _ in 0..100 {
+            let served = c
+                .list_api_group_resources(strait_model::ippool::API_VERSION)
+                .await
+                .is_ok_and(|r| {
+                    r.resources.iter().any(|x| x.name == "ipamblocks")
+                        && r.resources.iter().any(|x| x.name == "ippools")
+                });
+            if served {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        bail!("strait's CRDs were applied but are not served after 10 s")
+    })
 }
 
 #[cfg(test)]

@@ -148,6 +148,20 @@ pub struct NodeStatus {
     /// The cluster source: which, and how it is doing.
     #[serde(default)]
     pub source: Option<SourceStatus>,
+    /// IPPool blocks this node holds.
+    #[serde(default)]
+    pub ipam_blocks: Vec<BlockStatus>,
+}
+
+/// One IPPool block a node holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockStatus {
+    pub cidr: ipnet::IpNet,
+    pub pool: String,
+    /// Addresses held by pods.
+    pub in_use: usize,
+    /// Addresses in the block (saturating: an IPv6 block may hold more).
+    pub size: u64,
 }
 
 /// A cluster source's health.

@@ -2,6 +2,7 @@
 //! NetworkPolicies, in Kubernetes' own types (k8s-openapi), so the files, etcd
 //! and kube-apiserver sources all produce the same thing.
 
+use crate::ippool::{IPAMBlock, IPPool};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -21,6 +22,9 @@ pub struct ClusterSnapshot {
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub network_policies: Vec<Arc<NetworkPolicy>>,
     pub namespaces: Vec<Arc<Namespace>>,
+    /// strait's IPPools and the blocks nodes hold of them.
+    pub ip_pools: Vec<Arc<IPPool>>,
+    pub ipam_blocks: Vec<Arc<IPAMBlock>>,
 }
 
 impl ClusterSnapshot {
@@ -41,6 +45,8 @@ impl ClusterSnapshot {
             ClusterObject::EndpointSlice(e) => self.endpoint_slices.push(Arc::from(e)),
             ClusterObject::NetworkPolicy(p) => self.network_policies.push(Arc::from(p)),
             ClusterObject::Namespace(n) => self.namespaces.push(Arc::from(n)),
+            ClusterObject::IpPool(p) => self.ip_pools.push(Arc::from(p)),
+            ClusterObject::IpamBlock(b) => self.ipam_blocks.push(Arc::from(b)),
             ClusterObject::Other { .. } => {}
         }
     }
@@ -68,6 +74,10 @@ impl ClusterSnapshot {
         sort(&mut self.endpoint_slices);
         sort(&mut self.network_policies);
         sort(&mut self.namespaces);
+        self.ip_pools
+            .sort_unstable_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
+        self.ipam_blocks
+            .sort_unstable_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
         // Kubernetes before 1.21 does not set this label; policies select
         // namespaces by it.
         for n in &mut self.namespaces {
@@ -100,6 +110,8 @@ pub enum Kind {
     EndpointSlices,
     NetworkPolicies,
     Namespaces,
+    IpPools,
+    IpamBlocks,
 }
 
 impl ClusterSnapshot {
@@ -118,6 +130,8 @@ impl ClusterSnapshot {
             Kind::EndpointSlices => differ(&self.endpoint_slices, &other.endpoint_slices),
             Kind::NetworkPolicies => differ(&self.network_policies, &other.network_policies),
             Kind::Namespaces => differ(&self.namespaces, &other.namespaces),
+            Kind::IpPools => differ(&self.ip_pools, &other.ip_pools),
+            Kind::IpamBlocks => differ(&self.ipam_blocks, &other.ipam_blocks),
         }
     }
 }
@@ -130,6 +144,8 @@ pub enum ClusterObject {
     EndpointSlice(Box<EndpointSlice>),
     NetworkPolicy(Box<NetworkPolicy>),
     Namespace(Box<Namespace>),
+    IpPool(Box<IPPool>),
+    IpamBlock(Box<IPAMBlock>),
     Other { api_version: String, kind: String },
 }
 
@@ -206,6 +222,12 @@ fn decode_value(
             ClusterObject::NetworkPolicy(de(index, &kind, &name, v)?)
         }
         ("v1", "Namespace") => ClusterObject::Namespace(de(index, &kind, &name, v)?),
+        (crate::ippool::API_VERSION, "IPPool") => {
+            ClusterObject::IpPool(de(index, &kind, &name, v)?)
+        }
+        (crate::ippool::API_VERSION, "IPAMBlock") => {
+            ClusterObject::IpamBlock(de(index, &kind, &name, v)?)
+        }
         _ => ClusterObject::Other { api_version, kind },
     };
     out.push(obj);

@@ -4,7 +4,8 @@
 //! Key layout, under a prefix (default `/strait/v1/`):
 //!
 //! ```text
-//! <prefix><resource>/<name>               cluster-scoped (nodes, namespaces)
+//! <prefix><resource>/<name>               cluster-scoped (nodes, namespaces,
+//!                                         ippools, ipamblocks)
 //! <prefix><resource>/<namespace>/<name>   namespaced (pods, services, ...)
 //! ```
 //!
@@ -14,6 +15,7 @@
 //! I/O: a consistent list, then events in revision order.
 
 use crate::cluster::{ClusterObject, ClusterSnapshot, Kind};
+use crate::ippool::{IPAMBlock, IPPool};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -24,20 +26,22 @@ pub const DEFAULT_PREFIX: &str = "/strait/v1/";
 
 /// Every resource in the datastore: its path segment, kind, and whether it
 /// is namespaced.
-pub const RESOURCES: [(&str, Kind, bool); 6] = [
+pub const RESOURCES: [(&str, Kind, bool); 8] = [
     ("nodes", Kind::Nodes, false),
     ("namespaces", Kind::Namespaces, false),
     ("pods", Kind::Pods, true),
     ("services", Kind::Services, true),
     ("endpointslices", Kind::EndpointSlices, true),
     ("networkpolicies", Kind::NetworkPolicies, true),
+    ("ippools", Kind::IpPools, false),
+    ("ipamblocks", Kind::IpamBlocks, false),
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
     #[error("key {0:?} is not under the prefix {1:?}")]
     Prefix(String, String),
-    #[error("key {0:?}: unknown resource {1:?} (known: nodes, namespaces, pods, services, endpointslices, networkpolicies)")]
+    #[error("key {0:?}: unknown resource {1:?} (known: nodes, namespaces, pods, services, endpointslices, networkpolicies, ippools, ipamblocks)")]
     Resource(String, String),
     #[error("key {0:?}: expected {1}")]
     Shape(String, &'static str),
@@ -60,6 +64,8 @@ fn kind_named(kind: &str) -> Option<Kind> {
         "Service" => Kind::Services,
         "EndpointSlice" => Kind::EndpointSlices,
         "NetworkPolicy" => Kind::NetworkPolicies,
+        "IPPool" => Kind::IpPools,
+        "IPAMBlock" => Kind::IpamBlocks,
         _ => return None,
     })
 }
@@ -100,6 +106,8 @@ pub fn key(prefix: &str, obj: &ClusterObject) -> Option<String> {
         ClusterObject::Service(o) => (Kind::Services, &o.metadata),
         ClusterObject::EndpointSlice(o) => (Kind::EndpointSlices, &o.metadata),
         ClusterObject::NetworkPolicy(o) => (Kind::NetworkPolicies, &o.metadata),
+        ClusterObject::IpPool(o) => (Kind::IpPools, &o.metadata),
+        ClusterObject::IpamBlock(o) => (Kind::IpamBlocks, &o.metadata),
         ClusterObject::Other { .. } => return None,
     };
     let (resource, namespaced) = resource_of(kind);
@@ -152,6 +160,8 @@ enum Obj {
     Service(Arc<Service>),
     EndpointSlice(Arc<EndpointSlice>),
     NetworkPolicy(Arc<NetworkPolicy>),
+    IpPool(Arc<IPPool>),
+    IpamBlock(Arc<IPAMBlock>),
 }
 
 /// Decode a value stored at `key`. The object's kind, namespace and name
@@ -171,6 +181,8 @@ fn decode(k: &KeyRef, value: &[u8]) -> Result<Obj, String> {
         Kind::Services => ("v1", "Service"),
         Kind::EndpointSlices => ("discovery.k8s.io/v1", "EndpointSlice"),
         Kind::NetworkPolicies => ("networking.k8s.io/v1", "NetworkPolicy"),
+        Kind::IpPools => (crate::ippool::API_VERSION, "IPPool"),
+        Kind::IpamBlocks => (crate::ippool::API_VERSION, "IPAMBlock"),
     };
     let got = (
         v["apiVersion"].as_str().unwrap_or_default(),
@@ -204,6 +216,8 @@ fn decode(k: &KeyRef, value: &[u8]) -> Result<Obj, String> {
         Kind::Services => Obj::Service(de(value)?),
         Kind::EndpointSlices => Obj::EndpointSlice(de(value)?),
         Kind::NetworkPolicies => Obj::NetworkPolicy(de(value)?),
+        Kind::IpPools => Obj::IpPool(de(value)?),
+        Kind::IpamBlocks => Obj::IpamBlock(de(value)?),
     })
 }
 
@@ -357,6 +371,8 @@ impl Store {
                 Obj::Service(x) => s.services.push(x.clone()),
                 Obj::EndpointSlice(x) => s.endpoint_slices.push(x.clone()),
                 Obj::NetworkPolicy(x) => s.network_policies.push(x.clone()),
+                Obj::IpPool(x) => s.ip_pools.push(x.clone()),
+                Obj::IpamBlock(x) => s.ipam_blocks.push(x.clone()),
             }
         }
         s.normalize();
@@ -372,6 +388,8 @@ fn same(a: &Obj, b: &Obj) -> bool {
         (Obj::Service(x), Obj::Service(y)) => x == y,
         (Obj::EndpointSlice(x), Obj::EndpointSlice(y)) => x == y,
         (Obj::NetworkPolicy(x), Obj::NetworkPolicy(y)) => x == y,
+        (Obj::IpPool(x), Obj::IpPool(y)) => x == y,
+        (Obj::IpamBlock(x), Obj::IpamBlock(y)) => x == y,
         _ => false,
     }
 }

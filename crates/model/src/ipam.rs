@@ -57,6 +57,9 @@ pub struct Allocation {
     /// them: their replies must go through the host's NAT.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_ports: Vec<HostPort>,
+    /// The IPPool the address is from; None: the node's pod CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// A container port published on the node (`hostPort`) by the portmap
@@ -110,6 +113,8 @@ pub enum IpamError {
         holder: PodRef,
         container: String,
     },
+    #[error("this node's blocks of IPPool {pool} have no free address")]
+    PoolNeedsBlock { pool: String },
     #[error("container {container} interface {ifname} already holds {held}, not the requested {ip}; DEL it first")]
     AlreadyHolds {
         container: String,
@@ -126,6 +131,10 @@ pub struct IpamState {
     /// Released addresses and when they were released (unix ms).
     pub cooling: BTreeMap<IpAddr, u64>,
     pub last: Option<IpAddr>,
+    /// Blocks of IPPools this node holds (block -> pool), beside the pod
+    /// CIDR.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocks: BTreeMap<IpNet, String>,
 }
 
 fn to_u128(ip: IpAddr) -> u128 {
@@ -153,6 +162,8 @@ pub struct AllocationRequest {
     /// A specific address the runtime asked for.
     pub requested: Option<IpAddr>,
     pub host_ports: Vec<HostPort>,
+    /// The IPPool the pod asked for; None: the node's pod CIDR.
+    pub pool: Option<String>,
 }
 
 impl IpamState {
@@ -162,6 +173,7 @@ impl IpamState {
             allocations: BTreeMap::new(),
             cooling: BTreeMap::new(),
             last: None,
+            blocks: BTreeMap::new(),
         }
     }
 
@@ -214,6 +226,7 @@ impl IpamState {
             netns_ino: None,
             recovered: true,
             host_ports: vec![],
+            pool: self.pool_of(ip),
         };
         self.cooling.remove(&ip);
         self.allocations.insert(ip, a.clone());
@@ -226,8 +239,30 @@ impl IpamState {
             .is_some_and(|&t| now_ms.saturating_sub(t) < cooldown_ms)
     }
 
+    /// The ranges `pool` allocates from, with their assignable addresses:
+    /// the pod CIDR (without network and broadcast addresses), or the
+    /// node's blocks of an IPPool (every address: blocks are routed, never
+    /// a link's subnet, as Calico's).
+    fn ranges(&self, pool: Option<&str>) -> Vec<(IpNet, u128, u128)> {
+        match pool {
+            None => self
+                .usable_range()
+                .map(|(lo, hi)| (self.cidr, lo, hi))
+                .into_iter()
+                .collect(),
+            Some(p) => self
+                .blocks
+                .iter()
+                .filter(|(_, bp)| bp.as_str() == p)
+                .map(|(b, _)| (*b, to_u128(b.network()), to_u128(b.broadcast())))
+                .collect(),
+        }
+    }
+
     /// Allocate an address for `req`. Idempotent: an attachment that already
     /// holds an address gets the same one back (a runtime retrying ADD).
+    /// A pool whose blocks are full answers [`IpamError::PoolNeedsBlock`]:
+    /// the caller claims a block and asks again.
     pub fn allocate(
         &mut self,
         req: AllocationRequest,
@@ -238,8 +273,10 @@ impl IpamState {
             if a.recovered {
                 // A runtime retrying ADD for a pod recovered from the
                 // kernel: it names the attachment again, keep its address.
+                let pool = self.pool_of(a.ip);
                 let mut claimed = self.insert(a.ip, req, now_ms);
                 claimed.allocated_at_ms = a.allocated_at_ms;
+                claimed.pool = pool;
                 self.allocations.insert(a.ip, claimed.clone());
                 return Ok(claimed);
             }
@@ -253,22 +290,25 @@ impl IpamState {
                 _ => Ok(a.clone()),
             };
         }
-        let (lo, hi) = self
-            .usable_range()
-            .ok_or(IpamError::TooSmall { cidr: self.cidr })?;
+        let ranges = self.ranges(req.pool.as_deref());
+        if ranges.is_empty() {
+            return Err(match &req.pool {
+                Some(pool) => IpamError::PoolNeedsBlock { pool: pool.clone() },
+                None => IpamError::TooSmall { cidr: self.cidr },
+            });
+        }
         if let Some(ip) = req.requested {
             // An explicit request may take an address in cool-down: the
             // runtime re-adding a container with its old address (podman
             // network reload) is the usual reason to ask for one.
             let v = to_u128(ip);
-            if !self.cidr.contains(&ip)
-                || ip.is_ipv4() != self.cidr.addr().is_ipv4()
-                || v < lo
-                || v > hi
-            {
+            let inside = ranges.iter().any(|(n, lo, hi)| {
+                n.contains(&ip) && ip.is_ipv4() == n.addr().is_ipv4() && v >= *lo && v <= *hi
+            });
+            if !inside {
                 return Err(IpamError::OutsidePool {
                     ip,
-                    cidr: self.cidr,
+                    cidr: ranges[0].0,
                 });
             }
             if let Some(h) = self.allocations.get(&ip) {
@@ -281,9 +321,46 @@ impl IpamState {
             self.cooling.remove(&ip);
             return Ok(self.insert(ip, req, now_ms));
         }
+        for (net, lo, hi) in &ranges {
+            if let Some(ip) = self.scan(*net, *lo, *hi, now_ms, cooldown_ms) {
+                self.cooling.remove(&ip);
+                let alloc = self.insert(ip, req, now_ms);
+                self.last = Some(ip);
+                return Ok(alloc);
+            }
+        }
+        if let Some(pool) = req.pool {
+            return Err(IpamError::PoolNeedsBlock { pool });
+        }
+        let cooling = self
+            .cooling
+            .keys()
+            .filter(|ip| self.cidr.contains(*ip) && self.is_cooling(ip, now_ms, cooldown_ms))
+            .count();
+        Err(IpamError::Exhausted {
+            cidr: self.cidr,
+            in_use: self
+                .allocations
+                .keys()
+                .filter(|ip| self.cidr.contains(*ip))
+                .count(),
+            cooling,
+        })
+    }
+
+    /// The next free address of one range, round-robin from the last one
+    /// handed out when it is in this range.
+    fn scan(
+        &self,
+        net: IpNet,
+        lo: u128,
+        hi: u128,
+        now_ms: u64,
+        cooldown_ms: u64,
+    ) -> Option<IpAddr> {
         let span = hi - lo + 1;
         let start = match self.last {
-            Some(l) if self.cidr.contains(&l) => {
+            Some(l) if net.contains(&l) => {
                 let o = to_u128(l);
                 if o >= hi || o < lo {
                     0
@@ -293,31 +370,40 @@ impl IpamState {
             }
             _ => 0,
         };
-        let like = self.cidr.network();
+        let like = net.network();
         // Bounded scan: at most one pass over the range. Pod CIDRs are small
         // (a /24 or so per node), so this is cheap; an IPv6 /64 is capped at
         // 2^20 probes, far beyond any node's pod count.
         let probes = span.min(1 << 20);
-        for i in 0..probes {
-            let ip = from_u128(like, lo + (start + i) % span);
-            if self.allocations.contains_key(&ip) || self.is_cooling(&ip, now_ms, cooldown_ms) {
-                continue;
-            }
-            self.cooling.remove(&ip);
-            let alloc = self.insert(ip, req, now_ms);
-            self.last = Some(ip);
-            return Ok(alloc);
-        }
-        let cooling = self
-            .cooling
+        (0..probes)
+            .map(|i| from_u128(like, lo + (start + i) % span))
+            .find(|ip| {
+                !self.allocations.contains_key(ip) && !self.is_cooling(ip, now_ms, cooldown_ms)
+            })
+    }
+
+    /// The pool whose block holds `ip`, if one does.
+    pub fn pool_of(&self, ip: IpAddr) -> Option<String> {
+        self.blocks
+            .iter()
+            .find(|(b, _)| b.contains(&ip))
+            .map(|(_, p)| p.clone())
+    }
+
+    /// Blocks with no address in use or cooling down: the node may give
+    /// them back.
+    pub fn idle_blocks(&self, now_ms: u64, cooldown_ms: u64) -> Vec<IpNet> {
+        self.blocks
             .keys()
-            .filter(|ip| self.is_cooling(ip, now_ms, cooldown_ms))
-            .count();
-        Err(IpamError::Exhausted {
-            cidr: self.cidr,
-            in_use: self.allocations.len(),
-            cooling,
-        })
+            .filter(|b| {
+                !self.allocations.keys().any(|ip| b.contains(ip))
+                    && !self
+                        .cooling
+                        .keys()
+                        .any(|ip| b.contains(ip) && self.is_cooling(ip, now_ms, cooldown_ms))
+            })
+            .copied()
+            .collect()
     }
 
     fn insert(&mut self, ip: IpAddr, req: AllocationRequest, now_ms: u64) -> Allocation {
@@ -331,6 +417,7 @@ impl IpamState {
             netns_ino: req.netns_ino,
             recovered: false,
             host_ports: req.host_ports,
+            pool: req.pool,
         };
         self.allocations.insert(ip, alloc.clone());
         alloc
@@ -374,7 +461,9 @@ impl IpamState {
     /// allocations come from the new CIDR.
     pub fn set_cidr(&mut self, cidr: IpNet) {
         self.cidr = cidr.trunc();
-        self.cooling.retain(|ip, _| cidr.contains(ip));
+        let blocks = &self.blocks;
+        self.cooling
+            .retain(|ip, _| cidr.contains(ip) || blocks.keys().any(|b| b.contains(ip)));
         if self.last.is_some_and(|l| !cidr.contains(&l)) {
             self.last = None;
         }
@@ -382,228 +471,5 @@ impl IpamState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(id: &str) -> AllocationRequest {
-        AllocationRequest {
-            attachment: Attachment {
-                container_id: id.into(),
-                ifname: "eth0".into(),
-            },
-            pod: PodRef {
-                namespace: "default".into(),
-                name: id.into(),
-                uid: String::new(),
-            },
-            netns: format!("/run/netns/{id}"),
-            host_veth: crate::naming::host_veth_name(id, "eth0"),
-            netns_ino: None,
-            requested: None,
-            host_ports: vec![],
-        }
-    }
-
-    fn att(id: &str) -> Attachment {
-        req(id).attachment
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn allocates_distinct_addresses_skipping_network_and_broadcast() {
-        let mut s = IpamState::new("10.0.0.0/30".parse().unwrap());
-        assert_eq!(s.capacity(), 2);
-        let a = s.allocate(req("a"), 0, 0).unwrap();
-        let b = s.allocate(req("b"), 0, 0).unwrap();
-        assert_eq!(a.ip, ip("10.0.0.1"));
-        assert_eq!(b.ip, ip("10.0.0.2"));
-        let err = s.allocate(req("c"), 0, 0).unwrap_err();
-        assert!(matches!(err, IpamError::Exhausted { in_use: 2, .. }));
-        assert!(err.to_string().contains("10.0.0.0/30"));
-    }
-
-    #[test]
-    fn requested_address_is_honoured_or_refused_clearly() {
-        let mut s = IpamState::new("10.0.0.0/24".parse().unwrap());
-        let want = |id: &str, a: &str| AllocationRequest {
-            requested: Some(ip(a)),
-            ..req(id)
-        };
-        assert_eq!(
-            s.allocate(want("a", "10.0.0.77"), 0, 0).unwrap().ip,
-            ip("10.0.0.77")
-        );
-        // Idempotent retry with the same request; a different one is refused.
-        assert_eq!(
-            s.allocate(want("a", "10.0.0.77"), 0, 0).unwrap().ip,
-            ip("10.0.0.77")
-        );
-        assert!(matches!(
-            s.allocate(want("a", "10.0.0.78"), 0, 0),
-            Err(IpamError::AlreadyHolds { .. })
-        ));
-        let before = s.clone();
-        let e = s.allocate(want("b", "10.0.0.77"), 0, 0).unwrap_err();
-        assert!(e.to_string().contains("in use by pod default/a"), "{e}");
-        for bad in ["10.0.1.5", "10.0.0.0", "10.0.0.255", "fd00::1"] {
-            let e = s.allocate(want("b", bad), 0, 0).unwrap_err();
-            assert!(matches!(e, IpamError::OutsidePool { .. }), "{bad}: {e}");
-        }
-        assert_eq!(s, before, "refused requests change nothing");
-        // A released address may be requested back during its cool-down.
-        s.release(&att("a"), 10);
-        assert_eq!(
-            s.allocate(want("a2", "10.0.0.77"), 20, 1000).unwrap().ip,
-            ip("10.0.0.77")
-        );
-        assert!(s.cooling.is_empty());
-    }
-
-    #[test]
-    fn recovered_allocations_are_matched_by_host_veth() {
-        let mut s = IpamState::new("10.0.0.0/24".parse().unwrap());
-        let veth = crate::naming::host_veth_name("lost", "eth0");
-        let a = s.adopt(ip("10.0.0.9"), &veth, 0).unwrap();
-        assert!(a.recovered);
-        assert!(s.adopt(ip("10.0.0.9"), "other", 0).is_none(), "state wins");
-        // Never handed to anyone else.
-        for i in 0..20 {
-            assert_ne!(s.allocate(req(&format!("n{i}")), 0, 0).unwrap().ip, a.ip);
-        }
-        // GC keeps it while the runtime lists it, DEL by container id finds it.
-        assert!(s
-            .retain_attachments(&[att("lost")], 0)
-            .iter()
-            .all(|r| r.ip != a.ip));
-        assert_eq!(s.find(&att("lost")).unwrap().ip, a.ip);
-        // An ADD retry claims it under its real identity.
-        let claimed = s.allocate(req("lost"), 5, 0).unwrap();
-        assert_eq!(claimed.ip, a.ip);
-        assert!(!claimed.recovered);
-        assert_eq!(claimed.attachment, att("lost"));
-        assert_eq!(s.release(&att("lost"), 6).unwrap().ip, a.ip);
-    }
-
-    #[test]
-    fn allocate_is_idempotent_per_attachment() {
-        let mut s = IpamState::new("10.0.0.0/24".parse().unwrap());
-        let a1 = s.allocate(req("a"), 0, 0).unwrap();
-        let a2 = s.allocate(req("a"), 5, 0).unwrap();
-        assert_eq!(a1, a2);
-        assert_eq!(s.allocations.len(), 1);
-    }
-
-    #[test]
-    fn released_address_cools_down_before_reuse() {
-        let mut s = IpamState::new("10.0.0.0/30".parse().unwrap());
-        let a = s.allocate(req("a"), 0, 1000).unwrap();
-        s.allocate(req("b"), 0, 1000).unwrap();
-        assert_eq!(s.release(&att("a"), 100).unwrap().ip, a.ip);
-        // Only a.ip is free, and it is cooling.
-        let err = s.allocate(req("c"), 500, 1000).unwrap_err();
-        assert_eq!(
-            err,
-            IpamError::Exhausted {
-                cidr: "10.0.0.0/30".parse().unwrap(),
-                in_use: 1,
-                cooling: 1
-            }
-        );
-        // After the cool-down it is handed out again.
-        let c = s.allocate(req("c"), 1100, 1000).unwrap();
-        assert_eq!(c.ip, a.ip);
-        assert!(s.cooling.is_empty());
-    }
-
-    #[test]
-    fn round_robin_prefers_never_used_addresses() {
-        let mut s = IpamState::new("10.0.0.0/24".parse().unwrap());
-        let a = s.allocate(req("a"), 0, 0).unwrap();
-        s.release(&att("a"), 0);
-        // Even with no cool-down the next pod gets the next address.
-        let b = s.allocate(req("b"), 0, 0).unwrap();
-        assert_ne!(a.ip, b.ip);
-        assert_eq!(b.ip, ip("10.0.0.2"));
-    }
-
-    #[test]
-    fn release_unknown_is_none_and_changes_nothing() {
-        let mut s = IpamState::new("10.0.0.0/24".parse().unwrap());
-        s.allocate(req("a"), 0, 0).unwrap();
-        let before = s.clone();
-        assert!(s.release(&att("zzz"), 0).is_none());
-        assert_eq!(s, before);
-    }
-
-    #[test]
-    fn retain_attachments_releases_the_rest() {
-        let mut s = IpamState::new("10.0.0.0/24".parse().unwrap());
-        for id in ["a", "b", "c"] {
-            s.allocate(req(id), 0, 0).unwrap();
-        }
-        let released = s.retain_attachments(&[att("b")], 10);
-        let mut names: Vec<_> = released
-            .iter()
-            .map(|a| a.attachment.container_id.as_str())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["a", "c"]);
-        assert_eq!(s.allocations.len(), 1);
-        assert_eq!(s.cooling.len(), 2);
-    }
-
-    #[test]
-    fn expire_cooling_forgets_old_records() {
-        let mut s = IpamState::new("10.0.0.0/24".parse().unwrap());
-        s.allocate(req("a"), 0, 0).unwrap();
-        s.release(&att("a"), 0);
-        s.expire_cooling(10, 100);
-        assert_eq!(s.cooling.len(), 1);
-        s.expire_cooling(200, 100);
-        assert!(s.cooling.is_empty());
-    }
-
-    #[test]
-    fn ipv6_and_tiny_cidrs() {
-        let mut s = IpamState::new("fd00:5::/126".parse().unwrap());
-        assert_eq!(s.capacity(), 3);
-        assert_eq!(s.allocate(req("a"), 0, 0).unwrap().ip, ip("fd00:5::1"));
-        let mut t = IpamState::new("10.9.9.9/32".parse().unwrap());
-        assert_eq!(t.allocate(req("a"), 0, 0).unwrap().ip, ip("10.9.9.9"));
-    }
-
-    #[test]
-    fn wraps_around_after_the_last_address() {
-        let mut s = IpamState::new("10.0.0.0/29".parse().unwrap());
-        let mut ids = vec![];
-        for i in 0..6 {
-            ids.push(s.allocate(req(&format!("p{i}")), 0, 0).unwrap().ip);
-        }
-        assert_eq!(ids.last(), Some(&ip("10.0.0.6")));
-        s.release(&att("p1"), 0);
-        assert_eq!(s.allocate(req("x"), 0, 0).unwrap().ip, ip("10.0.0.2"));
-    }
-
-    #[test]
-    fn cidr_change_keeps_existing_allocations() {
-        let mut s = IpamState::new("10.0.0.0/24".parse().unwrap());
-        s.allocate(req("a"), 0, 0).unwrap();
-        s.set_cidr("10.0.1.0/24".parse().unwrap());
-        assert_eq!(s.allocations.len(), 1);
-        assert_eq!(s.allocate(req("b"), 0, 0).unwrap().ip, ip("10.0.1.1"));
-    }
-
-    #[test]
-    fn state_round_trips_through_json() {
-        let mut s = IpamState::new("10.0.0.0/24".parse().unwrap());
-        s.allocate(req("a"), 7, 0).unwrap();
-        s.release(&att("a"), 9);
-        s.allocate(req("b"), 11, 0).unwrap();
-        let j = serde_json::to_string(&s).unwrap();
-        let back: IpamState = serde_json::from_str(&j).unwrap();
-        assert_eq!(back, s);
-    }
-}
+#[path = "ipam_tests.rs"]
+mod tests;

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod cniconf;
 pub mod datastore;
 pub mod ipam;
+pub mod ippool;
 pub mod lab;
 pub mod naming;
 pub mod nft;

@@ -1,6 +1,7 @@
-//! Routed mode's route plan: for every other node, its pod CIDR via its node
-//! IP (Terway VPC routes, flannel host-gw); for this node, a blackhole for its
-//! own pod CIDR so unassigned pod addresses are not sent out the default route.
+//! Routed mode's route plan: for every other node, its pod CIDR and the
+//! IPPool blocks it holds via its node IP (Terway VPC routes, flannel
+//! host-gw, Calico's block routes); for this node, a blackhole for its own
+//! pod CIDR so unassigned pod addresses are not sent out the default route.
 
 use crate::cluster::{node_internal_ip, node_pod_cidrs, ClusterSnapshot};
 use ipnet::IpNet;
@@ -34,6 +35,23 @@ pub fn plan_node_routes(snapshot: &ClusterSnapshot, self_node: &str) -> Vec<Node
                 via,
             });
         }
+    }
+    // IPPool blocks, each via the node that holds it.
+    for b in crate::ippool::held_blocks(snapshot) {
+        if b.node == self_node {
+            continue;
+        }
+        let Some(node) = snapshot.node(&b.node) else {
+            continue;
+        };
+        let Some(via) = node_internal_ip(node, b.cidr.addr().is_ipv4()) else {
+            continue;
+        };
+        out.push(NodeRoute {
+            node: b.node,
+            pod_cidr: b.cidr,
+            via,
+        });
     }
     out.sort();
     out.dedup_by(|a, b| a.pod_cidr == b.pod_cidr);
@@ -115,6 +133,42 @@ mod tests {
         );
         assert_eq!(plan_node_routes(&snap, "b").len(), 1);
         assert_eq!(plan_node_routes(&snap, "b")[0].node, "a");
+    }
+
+    #[test]
+    fn ippool_blocks_route_to_their_holder() {
+        let block = |cidr: &str, node: &str| {
+            crate::ippool::Block {
+                cidr: cidr.parse().unwrap(),
+                pool: "blue".into(),
+                node: node.into(),
+            }
+            .to_crd()
+            .into()
+        };
+        let snap = ClusterSnapshot {
+            nodes: vec![
+                test_node("a", Some("10.1.0.0/24"), Some("192.0.2.1")).into(),
+                test_node("b", Some("10.1.1.0/24"), Some("192.0.2.2")).into(),
+            ],
+            ipam_blocks: vec![
+                block("10.9.0.0/26", "a"),
+                block("10.9.0.64/26", "b"),
+                block("10.9.0.128/26", "gone"),
+            ],
+            ..Default::default()
+        };
+        let r: Vec<(String, String)> = plan_node_routes(&snap, "a")
+            .into_iter()
+            .map(|r| (r.pod_cidr.to_string(), r.via.to_string()))
+            .collect();
+        assert_eq!(
+            r,
+            [
+                ("10.1.1.0/24".to_string(), "192.0.2.2".to_string()),
+                ("10.9.0.64/26".to_string(), "192.0.2.2".to_string())
+            ]
+        );
     }
 
     #[test]

@@ -302,6 +302,7 @@ mod tests {
             netns_ino: ino,
             recovered: false,
             host_ports: vec![],
+            pool: None,
         }
     }
 

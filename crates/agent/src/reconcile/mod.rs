@@ -12,6 +12,8 @@
 //!   [`crate::svcbackend::ServiceBackend`] chosen by name;
 //! - [`policy`]: NetworkPolicy compiled per local pod, applied by a
 //!   [`crate::policybackend::PolicyBackend`] for the datapath;
+//! - [`ipam_blocks`]: IPPool blocks held in the control plane and in IPAM
+//!   kept in step; idle blocks and those of gone nodes given back;
 //! - [`health`]: healthCheckNodePort servers;
 //! - [`conntrack`] (eBPF datapath): GC of service connections, map
 //!   pressure.
@@ -24,6 +26,7 @@
 pub mod conntrack;
 pub mod endpoints;
 pub mod health;
+pub mod ipam_blocks;
 pub mod node_routes;
 pub mod policy;
 pub mod services;

@@ -1,6 +1,7 @@
 //! Node routes: how this node reaches other nodes' pods (the cross-node
-//! backend), a blackhole for its own pod CIDR so unassigned pod addresses
-//! never leave by the default route, and the service CIDR's route.
+//! backend), a blackhole for its own pod CIDR and IPPool blocks so
+//! unassigned pod addresses never leave by the default route, and the
+//! service CIDR's route.
 //!
 //! It owns strait's main-table routes that are not pod routes (those belong
 //! to the endpoints reconciler), and never touches a route strait did not
@@ -31,7 +32,7 @@ impl NodeRoutes {
 
 impl Reconciler for NodeRoutes {
     const NAME: &'static str = "node-routes";
-    const READS: &'static [Kind] = &[Kind::Nodes];
+    const READS: &'static [Kind] = &[Kind::Nodes, Kind::IpamBlocks];
 
     async fn pass(&mut self, agent: &Agent, snap: &ClusterSnapshot) -> anyhow::Result<Report> {
         let mut rep = Report::default();
@@ -68,7 +69,14 @@ impl Reconciler for NodeRoutes {
                 });
             }
         }
-        if let Some(cidr) = agent.ipam.cidr() {
+        // The pod CIDR and this node's IPPool blocks: what is not a pod's
+        // /32 goes nowhere.
+        let own = agent
+            .ipam
+            .cidr()
+            .into_iter()
+            .chain(agent.ipam.blocks().into_keys());
+        for cidr in own {
             desired.push(Route {
                 dst: cidr,
                 via: None,

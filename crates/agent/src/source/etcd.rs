@@ -35,6 +35,8 @@ async fn back_off(backoff: &mut Duration) {
 pub struct EtcdSource {
     rx: watch::Receiver<Arc<ClusterSnapshot>>,
     health: SharedHealth,
+    client: Client,
+    prefix: String,
 }
 
 struct Shared {
@@ -192,6 +194,7 @@ impl EtcdSource {
                 tx.send_replace(Arc::new(snap));
             }
         });
+        let claims = client.clone();
         tokio::spawn(async move {
             let mut backoff = BACKOFF_MIN;
             loop {
@@ -215,7 +218,12 @@ impl EtcdSource {
                 }
             }
         });
-        Ok(EtcdSource { rx, health })
+        Ok(EtcdSource {
+            rx,
+            health,
+            client: claims,
+            prefix: prefix.into(),
+        })
     }
 }
 
@@ -226,5 +234,40 @@ impl ClusterSource for EtcdSource {
 
     fn health(&self) -> SourceStatus {
         self.health.lock().unwrap().clone()
+    }
+
+    /// A transaction that puts the block only if its key was never
+    /// created (create_revision 0).
+    fn claim_block<'a>(
+        &'a self,
+        block: &'a strait_model::ippool::Block,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            let key = self.block_key(block);
+            let value = serde_json::to_vec(&block.to_crd())?;
+            Ok(self.client.put_if_absent(key.as_bytes(), &value).await?)
+        })
+    }
+
+    fn release_block<'a>(
+        &'a self,
+        block: &'a strait_model::ippool::Block,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.client.delete(self.block_key(block).as_bytes()).await?;
+            Ok(())
+        })
+    }
+}
+
+impl EtcdSource {
+    fn block_key(&self, block: &strait_model::ippool::Block) -> String {
+        strait_model::datastore::key_of(
+            &self.prefix,
+            "IPAMBlock",
+            None,
+            &strait_model::ippool::block_name(&block.cidr),
+        )
+        .expect("the datastore holds IPAMBlocks")
     }
 }

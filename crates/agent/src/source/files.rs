@@ -96,9 +96,55 @@ impl DirectorySource {
     }
 }
 
+/// Where a block's claim lives in the directory.
+fn block_file(dir: &Path, block: &strait_model::ippool::Block) -> PathBuf {
+    dir.join(format!(
+        "ipamblock-{}.yaml",
+        strait_model::ippool::block_name(&block.cidr)
+    ))
+}
+
 impl ClusterSource for DirectorySource {
     fn subscribe(&self) -> watch::Receiver<Arc<ClusterSnapshot>> {
         self.rx.clone()
+    }
+
+    /// A file per block, created exclusively (O_EXCL): the directory is
+    /// shared by the nodes (the lab's), so the first creator holds it.
+    fn claim_block<'a>(
+        &'a self,
+        block: &'a strait_model::ippool::Block,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            let path = block_file(&self.dir, block);
+            let text = serde_yaml::to_string(&block.to_crd())?;
+            let tmp = path.with_extension("claim");
+            // Written whole first, then linked in: link() fails when the
+            // name exists, and the poller never reads half a file.
+            std::fs::write(&tmp, text)?;
+            let won = match std::fs::hard_link(&tmp, &path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(anyhow::anyhow!("claim {}: {e}", path.display()));
+                }
+            };
+            let _ = std::fs::remove_file(&tmp);
+            Ok(won)
+        })
+    }
+
+    fn release_block<'a>(
+        &'a self,
+        block: &'a strait_model::ippool::Block,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            match std::fs::remove_file(block_file(&self.dir, block)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            }
+        })
     }
 
     fn health(&self) -> strait_model::api::SourceStatus {
@@ -140,5 +186,33 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(rx.borrow().nodes.len(), 1);
+    }
+
+    /// Two nodes claiming one block: the first holds it, the second is
+    /// told so; the claim is read back as an IPAMBlock; releasing twice
+    /// is fine and frees it for the other.
+    #[tokio::test]
+    async fn block_claims_are_exclusive_files() {
+        use strait_model::ippool::Block;
+        let d = tempfile::tempdir().unwrap();
+        let src = DirectorySource::start(d.path().to_path_buf(), Duration::from_millis(20));
+        let block = |node: &str| Block {
+            cidr: "10.9.0.0/26".parse().unwrap(),
+            pool: "blue".into(),
+            node: node.into(),
+        };
+        assert!(src.claim_block(&block("a")).await.unwrap());
+        assert!(!src.claim_block(&block("b")).await.unwrap());
+        let snap = read_dir_snapshot(d.path());
+        assert_eq!(strait_model::ippool::held_blocks(&snap), vec![block("a")]);
+        src.release_block(&block("a")).await.unwrap();
+        src.release_block(&block("a")).await.unwrap();
+        assert!(src.claim_block(&block("b")).await.unwrap());
+        // No temporary files are left behind.
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["ipamblock-10-9-0-0-26.yaml"]);
     }
 }

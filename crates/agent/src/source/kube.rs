@@ -1,5 +1,6 @@
-//! The kube-apiserver source: one reflector per kind (Nodes, this node's
-//! Pods, Services, EndpointSlices, Namespaces, NetworkPolicies), each a
+//! The kube-apiserver source: one reflector per kind (Nodes, Pods,
+//! Services, EndpointSlices, Namespaces, NetworkPolicies, and strait's
+//! IPPools and IPAMBlocks), each a
 //! watch that relists by itself after "410 Gone" or a broken connection and
 //! retries errors with backoff. A snapshot is published only once every kind
 //! has been listed, and then after each burst of events (coalesced).
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use strait_model::api::SourceStatus;
 use strait_model::cluster::ClusterSnapshot;
+use strait_model::ippool::{IPAMBlock, IPPool};
 use tokio::sync::{watch, Notify};
 
 /// Events closer together than this are published as one snapshot. Short:
@@ -32,6 +34,7 @@ const COALESCE: Duration = Duration::from_millis(3);
 pub struct KubeSource {
     rx: watch::Receiver<Arc<ClusterSnapshot>>,
     health: SharedHealth,
+    client: kube::Client,
 }
 
 struct Stores {
@@ -42,6 +45,8 @@ struct Stores {
     slices: Store<EndpointSlice>,
     namespaces: Store<Namespace>,
     policies: Store<NetworkPolicy>,
+    pools: Store<IPPool>,
+    blocks: Store<IPAMBlock>,
 }
 
 /// Drive one kind's reflector stream on its own task.
@@ -175,6 +180,8 @@ impl Stores {
             endpoint_slices: self.slices.state(),
             network_policies: self.policies.state(),
             namespaces: self.namespaces.state(),
+            ip_pools: self.pools.state(),
+            ipam_blocks: self.blocks.state(),
         };
         s.normalize();
         s
@@ -197,14 +204,28 @@ async fn slice_version(client: &kube::Client) -> anyhow::Result<&'static str> {
     }
 }
 
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 8] = [
     "nodes",
     "pods",
     "services",
     "endpointslices",
     "namespaces",
     "networkpolicies",
+    "ippools",
+    "ipamblocks",
 ];
+
+/// Whether the apiserver serves strait's CRDs (deploy/crds.yaml).
+async fn crds_installed(client: &kube::Client) -> bool {
+    client
+        .list_api_group_resources(strait_model::ippool::API_VERSION)
+        .await
+        .is_ok_and(|r| {
+            ["ippools", "ipamblocks"]
+                .iter()
+                .all(|k| r.resources.iter().any(|x| x.name == *k))
+        })
+}
 
 impl KubeSource {
     /// Connect, start every watch and return once each kind has been listed
@@ -289,6 +310,16 @@ impl KubeSource {
             );
             r
         };
+        if !crds_installed(c).await {
+            // Not a reason to stay unready: without them there are no
+            // IPPools, and the watches pick them up once they are applied.
+            tracing::warn!("strait's CRDs (IPPool, IPAMBlock) are not installed: kubectl apply -f deploy/crds.yaml; pods asking for an IPPool get an error until then");
+            let mut l = listed.lock().unwrap();
+            l.insert("ippools", 0);
+            l.insert("ipamblocks", 0);
+        }
+        let pools = watch_kind!("ippools", Api::<IPPool>::all(c.clone()), all());
+        let blocks = watch_kind!("ipamblocks", Api::<IPAMBlock>::all(c.clone()), all());
         let stores = Stores {
             nodes,
             pods,
@@ -296,6 +327,8 @@ impl KubeSource {
             slices,
             namespaces,
             policies,
+            pools,
+            blocks,
         };
         // Every kind listed once, or no snapshot: a partial view would make
         // the agent release pods or drop services that exist.
@@ -325,7 +358,7 @@ impl KubeSource {
                 tx.send_replace(Arc::new(stores.snapshot()));
             }
         });
-        Ok(KubeSource { rx, health })
+        Ok(KubeSource { rx, health, client })
     }
 }
 
@@ -336,6 +369,38 @@ impl ClusterSource for KubeSource {
 
     fn health(&self) -> SourceStatus {
         self.health.lock().unwrap().clone()
+    }
+
+    fn claim_block<'a>(
+        &'a self,
+        block: &'a strait_model::ippool::Block,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            let api = Api::<IPAMBlock>::all(self.client.clone());
+            match api.create(&Default::default(), &block.to_crd()).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(anyhow::anyhow!(
+                    "create IPAMBlock {}: {e}",
+                    strait_model::ippool::block_name(&block.cidr)
+                )),
+            }
+        })
+    }
+
+    fn release_block<'a>(
+        &'a self,
+        block: &'a strait_model::ippool::Block,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let name = strait_model::ippool::block_name(&block.cidr);
+            let api = Api::<IPAMBlock>::all(self.client.clone());
+            match api.delete(&name, &Default::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                Err(e) => Err(anyhow::anyhow!("delete IPAMBlock {name}: {e}")),
+            }
+        })
     }
 }
 

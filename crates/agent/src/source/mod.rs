@@ -13,9 +13,11 @@ pub mod kube;
 
 pub use files::DirectorySource;
 
+use futures::future::BoxFuture;
 use std::sync::{Arc, Mutex};
 use strait_model::api::SourceStatus;
 use strait_model::cluster::ClusterSnapshot;
+use strait_model::ippool::Block;
 use tokio::sync::watch;
 
 pub trait ClusterSource: Send + Sync {
@@ -23,6 +25,12 @@ pub trait ClusterSource: Send + Sync {
     fn subscribe(&self) -> watch::Receiver<Arc<ClusterSnapshot>>;
     /// How the source is doing, for `strait status`.
     fn health(&self) -> SourceStatus;
+    /// Create `block`'s IPAMBlock object unless one of that name exists:
+    /// true when this call created it (the node now holds the block),
+    /// false when another holder was first. The create is the lock.
+    fn claim_block<'a>(&'a self, block: &'a Block) -> BoxFuture<'a, anyhow::Result<bool>>;
+    /// Delete the IPAMBlock object of `block` (already gone is fine).
+    fn release_block<'a>(&'a self, block: &'a Block) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
 /// Health shared between a source's watch tasks and `strait status`.

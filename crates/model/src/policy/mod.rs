@@ -28,7 +28,7 @@
 
 pub mod bpf;
 pub mod nft;
-mod selector;
+pub mod selector;
 
 pub use selector::{selects, SelectorError};
 
