@@ -33,3 +33,35 @@ pub fn flag(name: &str) -> Option<String> {
 pub fn flag_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     flag(name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
+
+/// A global allocator that counts the bytes live on the heap, for
+/// benchmarks that report what a structure costs in memory (exact, unlike
+/// RSS, which the allocator's caching blurs). A benchmark opts in with
+/// `#[global_allocator] static A: strait_bench::Counting = strait_bench::Counting;`.
+pub struct Counting;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size(), std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        let q = unsafe { std::alloc::System.realloc(p, l, new) };
+        if !q.is_null() {
+            LIVE.fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+            LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        }
+        q
+    }
+}
+
+/// Bytes live on the heap now (with [`Counting`] as the allocator).
+pub fn heap_live() -> usize {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed)
+}

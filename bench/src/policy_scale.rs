@@ -19,6 +19,9 @@ use strait_agent::policybackend::{ebpf::EbpfPolicy, PodRules, PolicyBackend};
 use strait_model::policy::nft::{desired, plan, PodPolicy, Programmed};
 use strait_model::policy::{pod_ips, Direction, View};
 
+#[global_allocator]
+static HEAP: strait_bench::Counting = strait_bench::Counting;
+
 const NAMESPACES: usize = 100;
 const LOCAL: usize = 50;
 
@@ -164,9 +167,11 @@ fn main() -> anyhow::Result<()> {
         .map(|v| v.parse())
         .transpose()?
         .unwrap_or(1000);
+    let base = strait_bench::heap_live();
     let pods: Vec<Pod> = (0..npods).map(pod).collect();
     let nss: Vec<Namespace> = (0..NAMESPACES).map(namespace).collect();
     let mut pols: Vec<NetworkPolicy> = (0..npols).map(|i| policy(i, 0)).collect();
+    let objects_bytes = strait_bench::heap_live() - base;
 
     let ns = Netns(format!("strait-benchpol-{}", std::process::id()));
     anyhow::ensure!(Command::new("ip")
@@ -174,7 +179,11 @@ fn main() -> anyhow::Result<()> {
         .status()?
         .success());
 
+    let before = strait_bench::heap_live();
     let (cold, cold_rules, cold_compile, isolated) = compile(&pods, &nss, &pols);
+    // What the agent keeps after compiling: the per-pod rules (both
+    // backends) and, for nftables, the table as programmed.
+    let compiled_bytes = strait_bench::heap_live() - before;
     let script = plan(None, &cold);
     let t0 = Instant::now();
     nft(&ns.0, &["-f", "-"], &script).context("cold apply")?;
@@ -200,18 +209,22 @@ fn main() -> anyhow::Result<()> {
     strait_bpf::datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
     let dp = strait_bpf::Datapath::load(&pins, strait_bpf::Features::probe(false))
         .context("load the eBPF datapath")?;
+    let before = strait_bench::heap_live();
     let mut ebpf = EbpfPolicy::new(pins.clone());
     let t0 = Instant::now();
     let ebpf_cold_entries = ebpf.apply(&cold_rules)?;
     let ebpf_cold = t0.elapsed();
+    // The eBPF backend's record of what it programmed.
+    let ebpf_bytes = strait_bench::heap_live().saturating_sub(before);
     let t0 = Instant::now();
     let ebpf_change_entries = ebpf.apply(&next_rules)?;
     let ebpf_change = t0.elapsed();
     drop(dp);
 
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+    let mb = |b: usize| format!("{:.1} MB", b as f64 / 1e6);
     let report = format!(
-        "# NetworkPolicy at scale\n\n{npods} pods in {NAMESPACES} namespaces, {npols} policies (pod, namespace+expression and ipBlock peers, a named and a numeric port); one node's {LOCAL} pods compiled ({isolated} isolated). nftables: {} chains, {rules} rules. eBPF: LPM entries in strait_policy.\n\n| backend | step | compile | written | apply | change to enforcement |\n|---|---|---|---|---|---|\n| nftables | cold | {} | {} script lines | {} | {} |\n| nftables | one policy's selector and port changed | {} | {} script lines | {} | {} |\n| eBPF | cold | {} | {ebpf_cold_entries} map entries | {} | {} |\n| eBPF | one policy's selector and port changed | {} | {ebpf_change_entries} map entries | {} | {} |\n\nCompile is the same model for both (strait_model::policy); nftables applies with one `nft -f`, eBPF with map syscalls.\n",
+        "# NetworkPolicy at scale\n\n{npods} pods in {NAMESPACES} namespaces, {npols} policies (pod, namespace+expression and ipBlock peers, a named and a numeric port); one node's {LOCAL} pods compiled ({isolated} isolated). nftables: {} chains, {rules} rules. eBPF: LPM entries in strait_policy.\n\n| backend | step | compile | written | apply | change to enforcement |\n|---|---|---|---|---|---|\n| nftables | cold | {} | {} script lines | {} | {} |\n| nftables | one policy's selector and port changed | {} | {} script lines | {} | {} |\n| eBPF | cold | {} | {ebpf_cold_entries} map entries | {} | {} |\n| eBPF | one policy's selector and port changed | {} | {ebpf_change_entries} map entries | {} | {} |\n\nCompile is the same model for both (strait_model::policy); nftables applies with one `nft -f`, eBPF with map syscalls.\n\nMemory, as live heap bytes (a counting allocator, not RSS): the cluster objects as parsed {}; compiled, what the agent keeps for this node's pods (per-pod rules and the nftables table) {}; the eBPF backend's record of what it programmed, on top {}.\n",
         cold.chains.len(),
         ms(cold_compile),
         script.lines().count(),
@@ -227,6 +240,9 @@ fn main() -> anyhow::Result<()> {
         ms(change_compile),
         ms(ebpf_change),
         ms(change_compile + ebpf_change),
+        mb(objects_bytes),
+        mb(compiled_bytes),
+        mb(ebpf_bytes),
     );
     print!("{report}");
     if let Some(f) = get("--out") {

@@ -83,6 +83,10 @@ fn model_pods(lab: &Lab) -> Vec<Pod> {
                 }),
                 status: Some(PodStatus {
                     pod_ip: Some(lab.st.pod_ip(plan).unwrap().to_string()),
+                    pod_ips: Some(vec![k8s_openapi::api::core::v1::PodIP {
+                        ip: lab.st.pod_ip(plan).unwrap().to_string(),
+                    }]),
+                    phase: Some("Running".into()),
                     ..Default::default()
                 }),
             });
@@ -134,9 +138,18 @@ fn cells(protos: &[Proto]) -> Vec<Cell> {
 }
 
 fn expected(lab: &Lab, pols: &[NetworkPolicy], trusted: &str, protos: &[Proto]) -> Matrix {
-    let pods = model_pods(lab);
+    expected_for(lab, &model_pods(lab), pols, trusted, protos)
+}
+
+fn expected_for(
+    lab: &Lab,
+    pods: &[Pod],
+    pols: &[NetworkPolicy],
+    trusted: &str,
+    protos: &[Proto],
+) -> Matrix {
     let nss = namespaces(trusted);
-    let view = View::from_parts(&pods, &nss, pols);
+    let view = View::from_parts(pods, &nss, pols);
     let ip = |k: &str| lab.st.pod_ip(lab.st.plan.pod(k).unwrap()).unwrap();
     cells(protos)
         .into_iter()
@@ -344,9 +357,44 @@ fn case(lab: &Lab, name: &str, yaml: &str, trusted: &str, protos: &[Proto]) -> D
     let want = expected(lab, &pols, trusted, protos);
     let t0 = Instant::now();
     strait_lab::publish::put(&lab.st, "networkpolicies", &pols).unwrap();
+    until_matrix(lab, name, &want, t0, protos)
+}
+
+/// A pod's labels change under a policy (the upstream "updated pod" cases):
+/// the model's pods with `extra` labels on `pod`, published as the pods.
+fn relabel_case(lab: &Lab, name: &str, pod: &str, extra: &[(&str, &str)], yaml: &str) -> Duration {
+    let tcp = [Proto::Tcp];
+    let mut pods = model_pods(lab);
+    let (ns, n) = pod.split_once('/').unwrap();
+    for p in pods.iter_mut().filter(|p| {
+        p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(n)
+    }) {
+        let l = p.metadata.labels.get_or_insert_with(Default::default);
+        for (k, v) in extra {
+            l.insert(k.to_string(), v.to_string());
+        }
+    }
+    let pols = policies(yaml);
+    let want = expected_for(lab, &pods, &pols, "y", &tcp);
+    assert_ne!(
+        want,
+        expected(lab, &pols, "y", &tcp),
+        "{name}: the relabel must change the matrix"
+    );
+    // The policy first, as the lab's pods have it; then the relabel.
+    case(lab, &format!("{name} (before)"), yaml, "y", &tcp);
+    let t0 = Instant::now();
+    strait_lab::publish::put(&lab.st, "pods", &pods).unwrap();
+    let took = until_matrix(lab, name, &want, t0, &tcp);
+    // The lab's own pods back, for the cases after this one.
+    strait_lab::objects::publish_all(&lab.st).unwrap();
+    took
+}
+
+fn until_matrix(lab: &Lab, name: &str, want: &Matrix, t0: Instant, protos: &[Proto]) -> Duration {
     loop {
         let got = observed(lab, protos);
-        if got == want {
+        if got == *want {
             let took = t0.elapsed();
             let denied = want.values().filter(|v| !**v).count();
             eprintln!(
@@ -359,12 +407,68 @@ fn case(lab: &Lab, name: &str, yaml: &str, trusted: &str, protos: &[Proto]) -> D
             let mut report = String::new();
             for proto in protos {
                 for port in [80, 81] {
-                    report.push_str(&grid(&want, &got, port, *proto));
+                    report.push_str(&grid(want, &got, port, *proto));
                 }
             }
             panic!("case {name}: the datapath disagrees with the model\n{report}");
         }
     }
+}
+
+/// The upstream cases that change something under a policy: the policy
+/// itself, a pod's labels, the policy's deletion; and two more by its
+/// names.
+fn changing_cases(lab: &Lab, times: &mut Vec<Duration>) {
+    let tcp = [Proto::Tcp];
+    let mut run = |name: &str, yaml: &str| times.push(case(lab, name, yaml, "y", &tcp));
+    run(
+        "allow ingress traffic for a target",
+        &format!("{DENY_X}---\n{}", allow_xa("  ingress: [{}]\n")),
+    );
+    run(
+        "multiple, stacked policies with overlapping podSelectors",
+        &format!(
+            "{}---\n{}",
+            np("a-from-y-80", "x", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: 80}]}]}"),
+            np("all-from-z-81", "x", "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: z}}}], ports: [{port: 81}]}]}")
+        ),
+    );
+    run(
+        "deny egress from all pods in a namespace",
+        &np(
+            "deny-egress",
+            "x",
+            "{podSelector: {}, policyTypes: [Egress]}",
+        ),
+    );
+    // The same policy, updated: port 81 only, then port 80 only.
+    run(
+        "updated policy (before: port 81)",
+        &allow_xa("  ingress: [{ports: [{port: 81}]}]\n"),
+    );
+    run(
+        "updated policy (after: port 80)",
+        &allow_xa("  ingress: [{ports: [{port: 80}]}]\n"),
+    );
+    run("stop enforcing policies after they are deleted", "");
+    times.push(relabel_case(
+        lab,
+        "allow ingress access from updated pod",
+        "y/c",
+        &[("client", "yes")],
+        &allow_xa("  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {client: \"yes\"}}}]}]\n"),
+    ));
+    times.push(relabel_case(
+        lab,
+        "deny ingress access to updated pod",
+        "x/b",
+        &[("target", "yes")],
+        &np(
+            "deny-target",
+            "x",
+            "{podSelector: {matchLabels: {target: \"yes\"}}, policyTypes: [Ingress]}",
+        ),
+    ));
 }
 
 const DENY_X: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
@@ -495,6 +599,7 @@ fn upstream_model(lab: &Lab, ebpf: bool) {
     for (name, yaml, proto) in more_upstream_cases() {
         times.push(case(lab, name, &yaml, "y", &[proto]));
     }
+    changing_cases(lab, &mut times);
     // UDP: default deny egress from x.
     let udp = [Proto::Udp];
     times.push(case(
