@@ -253,6 +253,9 @@ fn run(source: &'static str, cp: &str, n: usize, bins: &Binaries) -> anyhow::Res
         }
         let pid = strait_lab::LabState::read_pid(&st.agent_pid(st.plan.node("node-a").unwrap()))
             .context("agent pid")?;
+        // Resident memory once the burst is over: the agent hands freed
+        // heap back a couple of seconds after the last change.
+        std::thread::sleep(Duration::from_secs(4));
         Ok(Row {
             source,
             create,

@@ -3,6 +3,7 @@
 //! and kube-apiserver sources all produce the same thing.
 
 use crate::ippool::{IPAMBlock, IPPool};
+use crate::slice::Slice;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -19,7 +20,8 @@ pub struct ClusterSnapshot {
     pub nodes: Vec<Arc<Node>>,
     pub pods: Vec<Arc<Pod>>,
     pub services: Vec<Arc<Service>>,
-    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    /// Compact (see [`crate::slice`]), converted by every source on arrival.
+    pub endpoint_slices: Vec<Arc<Slice>>,
     pub network_policies: Vec<Arc<NetworkPolicy>>,
     pub namespaces: Vec<Arc<Namespace>>,
     /// strait's IPPools and the blocks nodes hold of them.
@@ -42,7 +44,9 @@ impl ClusterSnapshot {
             ClusterObject::Node(n) => self.nodes.push(Arc::from(n)),
             ClusterObject::Pod(p) => self.pods.push(Arc::from(p)),
             ClusterObject::Service(s) => self.services.push(Arc::from(s)),
-            ClusterObject::EndpointSlice(e) => self.endpoint_slices.push(Arc::from(e)),
+            ClusterObject::EndpointSlice(e) => {
+                self.endpoint_slices.push(Arc::new(Slice::from_k8s(&e)))
+            }
             ClusterObject::NetworkPolicy(p) => self.network_policies.push(Arc::from(p)),
             ClusterObject::Namespace(n) => self.namespaces.push(Arc::from(n)),
             ClusterObject::IpPool(p) => self.ip_pools.push(Arc::from(p)),
@@ -71,7 +75,8 @@ impl ClusterSnapshot {
         sort(&mut self.nodes);
         sort(&mut self.pods);
         sort(&mut self.services);
-        sort(&mut self.endpoint_slices);
+        self.endpoint_slices
+            .sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         sort(&mut self.network_policies);
         sort(&mut self.namespaces);
         self.ip_pools

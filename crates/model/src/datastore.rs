@@ -158,7 +158,7 @@ enum Obj {
     Namespace(Arc<Namespace>),
     Pod(Arc<Pod>),
     Service(Arc<Service>),
-    EndpointSlice(Arc<EndpointSlice>),
+    EndpointSlice(Arc<crate::slice::Slice>),
     NetworkPolicy(Arc<NetworkPolicy>),
     IpPool(Arc<IPPool>),
     IpamBlock(Arc<IPAMBlock>),
@@ -214,7 +214,10 @@ fn decode(k: &KeyRef, value: &[u8]) -> Result<Obj, String> {
         }
         Kind::Pods => Obj::Pod(de(value)?),
         Kind::Services => Obj::Service(de(value)?),
-        Kind::EndpointSlices => Obj::EndpointSlice(de(value)?),
+        Kind::EndpointSlices => {
+            let s: EndpointSlice = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+            Obj::EndpointSlice(Arc::new(crate::slice::Slice::from_k8s(&s)))
+        }
         Kind::NetworkPolicies => Obj::NetworkPolicy(de(value)?),
         Kind::IpPools => Obj::IpPool(de(value)?),
         Kind::IpamBlocks => Obj::IpamBlock(de(value)?),

@@ -19,3 +19,4 @@ pub mod policy;
 
 pub mod routes;
 pub mod services;
+pub mod slice;

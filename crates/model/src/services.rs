@@ -12,9 +12,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use crate::slice::SERVICE_NAME_LABEL;
+use crate::slice::{AddressType, Slice};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -165,25 +166,25 @@ fn key(m: &ObjectMeta) -> (String, String) {
 /// Backends per (namespace, service name, slice port name), from the
 /// EndpointSlices. Malformed slices are left out whole.
 fn slice_backends(
-    slices: &[std::sync::Arc<EndpointSlice>],
+    slices: &[std::sync::Arc<Slice>],
     problems: &mut Vec<String>,
 ) -> BTreeMap<(String, String, String), Vec<Backend>> {
     let mut out: BTreeMap<(String, String, String), Vec<Backend>> = BTreeMap::new();
     'slices: for s in slices {
-        let (ns, sname) = key(&s.metadata);
-        let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
+        let (ns, sname) = (&s.namespace, &s.name);
+        let Some(svc) = &s.service else {
             continue;
         };
-        if s.address_type != "IPv4" {
+        if let Some(p) = &s.problem {
+            problems.push(format!("EndpointSlice {ns}/{sname}: {p}"));
+            continue;
+        }
+        // Services are IPv4 only for now.
+        if s.address_type != AddressType::V4 {
             continue;
         }
         let mut ports = vec![];
-        for p in s.ports.iter().flatten() {
+        for p in &s.ports {
             let Some(port) = p.port.and_then(valid_port) else {
                 problems.push(format!(
                     "EndpointSlice {ns}/{sname}: port {:?} is not 1-65535; slice ignored",
@@ -191,15 +192,14 @@ fn slice_backends(
                 ));
                 continue 'slices;
             };
-            ports.push((p.name.clone().unwrap_or_default(), port));
+            ports.push((&p.name, port));
         }
         let mut eps = vec![];
         for e in &s.endpoints {
-            let c = e.conditions.clone().unwrap_or_default();
             // Unset ready means ready (API semantics); unset serving follows ready.
-            let ready = c.ready.unwrap_or(true);
-            let serving = c.serving.unwrap_or(ready);
-            let terminating = c.terminating.unwrap_or(false);
+            let ready = e.ready.unwrap_or(true);
+            let serving = e.serving.unwrap_or(ready);
+            let terminating = e.terminating.unwrap_or(false);
             let state = if ready && !terminating {
                 BackendState::Active
             } else if serving {
@@ -207,26 +207,22 @@ fn slice_backends(
             } else {
                 continue;
             };
-            for a in &e.addresses {
-                let Ok(ip) = a.parse::<Ipv4Addr>() else {
-                    problems.push(format!(
-                        "EndpointSlice {ns}/{sname}: address {a:?} is not IPv4; slice ignored"
-                    ));
-                    continue 'slices;
-                };
-                let pod = e.target_ref.as_ref().and_then(|t| t.name.clone());
-                eps.push((ip, state, pod, e.node_name.clone()));
-            }
+            let IpAddr::V4(ip) = e.ip else {
+                continue;
+            };
+            eps.push((ip, state, e.pod.as_deref(), e.node.as_deref()));
         }
         for (pname, port) in ports {
-            let v = out.entry((ns.clone(), svc.clone(), pname)).or_default();
-            for (ip, state, pod, node) in &eps {
+            let v = out
+                .entry((ns.clone(), svc.clone(), pname.clone()))
+                .or_default();
+            for &(ip, state, pod, node) in &eps {
                 v.push(Backend {
-                    node: node.clone(),
-                    ip: *ip,
+                    node: node.map(String::from),
+                    ip,
                     port,
-                    state: *state,
-                    pod: pod.clone(),
+                    state,
+                    pod: pod.map(String::from),
                 });
             }
         }
@@ -410,7 +406,7 @@ pub struct IncrementalCompiler {
 
 struct Compiled {
     _service: std::sync::Arc<Service>,
-    slices: Vec<std::sync::Arc<EndpointSlice>>,
+    slices: Vec<std::sync::Arc<Slice>>,
     part: ServiceTable,
     generation: u64,
 }
@@ -425,18 +421,11 @@ impl IncrementalCompiler {
         self.generation += 1;
         let generation = self.generation;
         // Slices by (namespace, service name), borrowed from the snapshot.
-        let mut slices: std::collections::HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> =
+        let mut slices: std::collections::HashMap<(&str, &str), Vec<&Arc<Slice>>> =
             std::collections::HashMap::with_capacity(snap.endpoint_slices.len());
         for s in &snap.endpoint_slices {
-            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-            let svc = s
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"))
-                .map(String::as_str)
-                .unwrap_or_default();
-            slices.entry((ns, svc)).or_default().push(s);
+            let svc = s.service.as_deref().unwrap_or_default();
+            slices.entry((&s.namespace, svc)).or_default().push(s);
         }
         let mut t = ServiceTable::default();
         t.entries.reserve(snap.services.len());
@@ -618,7 +607,7 @@ spec:
         // result is the full compilation's, and only that service was redone.
         let mut s2 = s1.clone();
         let mut changed = (*s2.endpoint_slices[3]).clone();
-        changed.endpoints[0].addresses = vec!["10.0.0.99".into()];
+        changed.endpoints[0].ip = "10.0.0.99".parse().unwrap();
         s2.endpoint_slices[3] = std::sync::Arc::new(changed);
         assert_eq!(inc.compiled, 30);
         let got = inc.compile(&s2, None);
@@ -652,7 +641,10 @@ spec:
         let slices = endpoint_slices_for(&owned(&s.services), &owned(&s.pods));
         assert_eq!(slices.len(), 2);
         let mut s2 = s.clone();
-        s2.endpoint_slices = slices.into_iter().map(std::sync::Arc::new).collect();
+        s2.endpoint_slices = slices
+            .into_iter()
+            .map(|s| std::sync::Arc::new(crate::slice::Slice::from_k8s(&s)))
+            .collect();
         let t = compile(&s2);
         assert!(t.problems.is_empty(), "{:?}", t.problems);
         assert_eq!(t.entries.len(), 2);

@@ -23,6 +23,7 @@ use std::time::Duration;
 use strait_model::api::SourceStatus;
 use strait_model::cluster::ClusterSnapshot;
 use strait_model::ippool::{IPAMBlock, IPPool};
+use strait_model::slice::Slice;
 use tokio::sync::{watch, Notify};
 
 /// Events closer together than this are published as one snapshot. Short:
@@ -41,8 +42,8 @@ struct Stores {
     nodes: Store<Node>,
     pods: Store<Pod>,
     services: Store<Service>,
-    /// v1, or v1beta1 converted on arrival.
-    slices: Store<EndpointSlice>,
+    /// v1, or v1beta1 converted on arrival; compact.
+    slices: SliceStore,
     namespaces: Store<Namespace>,
     policies: Store<NetworkPolicy>,
     pools: Store<IPPool>,
@@ -170,6 +171,52 @@ fn v1_event(ev: watcher::Event<DynamicObject>) -> watcher::Event<EndpointSlice> 
     }
 }
 
+/// EndpointSlices as [`Slice`]s, kept from the watch events by hand: a
+/// reflector's store would hold the full objects (most of the agent's
+/// memory at 10 000 services). Same semantics: a (re)list is buffered and
+/// swapped in whole at its end.
+#[derive(Clone, Default)]
+struct SliceStore(Arc<Mutex<SliceState>>);
+
+#[derive(Default)]
+struct SliceState {
+    live: std::collections::HashMap<(String, String), Arc<Slice>>,
+    listing: Option<std::collections::HashMap<(String, String), Arc<Slice>>>,
+}
+
+impl SliceStore {
+    fn apply(&self, ev: &watcher::Event<EndpointSlice>) {
+        let compact = |o: &EndpointSlice| {
+            let s = Slice::from_k8s(o);
+            ((s.namespace.clone(), s.name.clone()), Arc::new(s))
+        };
+        let mut st = self.0.lock().unwrap();
+        match ev {
+            watcher::Event::Apply(o) => {
+                let (k, v) = compact(o);
+                st.live.insert(k, v);
+            }
+            watcher::Event::Delete(o) => {
+                st.live.remove(&compact(o).0);
+            }
+            watcher::Event::Init => st.listing = Some(Default::default()),
+            watcher::Event::InitApply(o) => {
+                let (k, v) = compact(o);
+                st.listing.get_or_insert_default().insert(k, v);
+            }
+            watcher::Event::InitDone => {
+                if let Some(l) = st.listing.take() {
+                    st.live = l;
+                }
+            }
+        }
+    }
+
+    fn state(&self) -> Vec<Arc<Slice>> {
+        self.0.lock().unwrap().live.values().cloned().collect()
+    }
+}
+
 impl Stores {
     /// The stores' objects, shared (no object is copied).
     fn snapshot(&self) -> ClusterSnapshot {
@@ -281,12 +328,19 @@ impl KubeSource {
             Api::<NetworkPolicy>::all(c.clone()),
             all()
         );
-        let slices = if version == "v1" {
-            watch_kind!(
+        let slices = SliceStore::default();
+        if version == "v1" {
+            let store = slices.clone();
+            let stream = watcher(Api::<EndpointSlice>::all(c.clone()), all())
+                .default_backoff()
+                .inspect_ok(move |ev| store.apply(ev));
+            spawn_watch(
                 "endpointslices",
-                Api::<EndpointSlice>::all(c.clone()),
-                all()
-            )
+                stream,
+                health.clone(),
+                listed.clone(),
+                dirty.clone(),
+            );
         } else {
             let ar = ApiResource {
                 group: "discovery.k8s.io".into(),
@@ -295,12 +349,11 @@ impl KubeSource {
                 kind: "EndpointSlice".into(),
                 plural: "endpointslices".into(),
             };
-            let (r, w) = reflector::store::<EndpointSlice>();
+            let store = slices.clone();
             let stream = watcher(Api::<DynamicObject>::all_with(c.clone(), &ar), all())
                 .default_backoff()
-                .modify(slim)
                 .map_ok(v1_event)
-                .reflect(w);
+                .inspect_ok(move |ev| store.apply(ev));
             spawn_watch(
                 "endpointslices",
                 stream,
@@ -308,8 +361,7 @@ impl KubeSource {
                 listed.clone(),
                 dirty.clone(),
             );
-            r
-        };
+        }
         if !crds_installed(c).await {
             // Not a reason to stay unready: without them there are no
             // IPPools, and the watches pick them up once they are applied.
@@ -500,6 +552,46 @@ mod tests {
         assert!(h.last_error.unwrap().contains("nodes"));
         let missing = unlisted(&listed.lock().unwrap());
         assert!(!missing.contains(&"nodes") && missing.contains(&"pods"));
+    }
+
+    #[test]
+    fn slice_store_swaps_a_relist_in_whole() {
+        use kube::runtime::watcher::Event;
+        let slice = |name: &str, ip: &str| -> EndpointSlice {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [ip]}]}))
+            .unwrap()
+        };
+        let names = |st: &SliceStore| {
+            let mut v: Vec<String> = st.state().iter().map(|s| s.name.clone()).collect();
+            v.sort();
+            v
+        };
+        let st = SliceStore::default();
+        st.apply(&Event::Init);
+        st.apply(&Event::InitApply(slice("a", "198.19.0.2")));
+        assert!(names(&st).is_empty(), "nothing until the list ends");
+        st.apply(&Event::InitDone);
+        st.apply(&Event::Apply(slice("b", "198.19.0.3")));
+        assert_eq!(names(&st), ["a", "b"]);
+        st.apply(&Event::Apply(slice("b", "198.19.0.4")));
+        let b = st.state().into_iter().find(|s| s.name == "b").unwrap();
+        assert_eq!(
+            b.endpoints[0].ip.to_string(),
+            "198.19.0.4",
+            "an update replaces"
+        );
+        st.apply(&Event::Delete(slice("a", "198.19.0.2")));
+        assert_eq!(names(&st), ["b"]);
+        // A relist (after 410 Gone): b was deleted meanwhile, c created.
+        st.apply(&Event::Init);
+        st.apply(&Event::InitApply(slice("c", "198.19.0.5")));
+        assert_eq!(names(&st), ["b"], "the old view stands during the list");
+        st.apply(&Event::InitDone);
+        assert_eq!(names(&st), ["c"]);
     }
 
     #[test]
