@@ -15,6 +15,7 @@ PKGS=(
   util-linux                    # nsenter, unshare, setpriv
   etcd-server                   # the kube-apiserver labs' datastore (and the etcd source)
   openssl xz-utils              # the lab's apiserver keys; the prebuilt kube-apiserver
+  bird2 frr                     # BGP peers the speaker is tested against (never started in the root namespace)
 )
 
 missing=()

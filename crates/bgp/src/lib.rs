@@ -4,6 +4,12 @@
 //!   NOTIFICATION.
 //! - [`fsm`]: the session state machine of RFC 4271 §8, without sockets or
 //!   clocks: events in, actions out.
+//! - [`rib`]: learned paths, best path with ECMP, graceful-restart stale
+//!   marking, and the forwarding changes they make.
+//! - [`session`]: one peer over TCP (MD5 when configured).
 
 pub mod fsm;
+pub mod rib;
+pub mod session;
+pub mod speaker;
 pub mod wire;

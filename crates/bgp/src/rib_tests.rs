@@ -1,0 +1,211 @@
+use super::*;
+use crate::wire::AsSegment;
+
+fn peer(n: u8, ebgp: bool) -> PeerInfo {
+    PeerInfo {
+        address: IpAddr::V4(Ipv4Addr::new(198, 18, 0, n)),
+        router_id: Ipv4Addr::new(198, 18, 0, n),
+        ebgp,
+    }
+}
+
+fn announce(prefixes: &[&str], nh: u8, path: &[u32]) -> Update {
+    Update {
+        withdrawn: vec![],
+        attrs: PathAttrs {
+            origin: Some(Origin::Igp),
+            as_path: if path.is_empty() {
+                vec![]
+            } else {
+                vec![AsSegment::Sequence(path.to_vec())]
+            },
+            next_hop: Some(Ipv4Addr::new(198, 18, 0, nh)),
+            ..Default::default()
+        },
+        nlri: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+    }
+}
+
+fn withdraw(prefixes: &[&str]) -> Update {
+    Update {
+        withdrawn: prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+        ..Default::default()
+    }
+}
+
+fn ip(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 0, n))
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn rib() -> Rib {
+    Rib::new(64512, Ipv4Addr::new(198, 18, 0, 1))
+}
+
+#[test]
+fn a_route_is_installed_and_withdrawn() {
+    let mut r = rib();
+    let c = r.update(peer(2, false), &announce(&["198.19.2.0/26"], 2, &[]));
+    assert_eq!(
+        c,
+        [FibChange::Set {
+            prefix: net("198.19.2.0/26"),
+            next_hops: vec![ip(2)]
+        }]
+    );
+    assert!(
+        r.update(peer(2, false), &announce(&["198.19.2.0/26"], 2, &[]))
+            .is_empty(),
+        "no change, nothing to do"
+    );
+    let c = r.update(peer(2, false), &withdraw(&["198.19.2.0/26"]));
+    assert_eq!(
+        c,
+        [FibChange::Remove {
+            prefix: net("198.19.2.0/26")
+        }]
+    );
+    assert!(r.installed().is_empty());
+}
+
+#[test]
+fn equal_paths_from_two_peers_are_ecmp_and_a_better_one_wins() {
+    let mut r = rib();
+    r.update(peer(2, true), &announce(&["198.19.9.0/24"], 2, &[65001]));
+    let c = r.update(peer(3, true), &announce(&["198.19.9.0/24"], 3, &[65002]));
+    assert_eq!(
+        c,
+        [FibChange::Set {
+            prefix: net("198.19.9.0/24"),
+            next_hops: vec![ip(2), ip(3)]
+        }]
+    );
+    // A longer AS path loses.
+    let c = r.update(
+        peer(3, true),
+        &announce(&["198.19.9.0/24"], 3, &[65002, 65009]),
+    );
+    assert_eq!(
+        c,
+        [FibChange::Set {
+            prefix: net("198.19.9.0/24"),
+            next_hops: vec![ip(2)]
+        }]
+    );
+    // Higher local preference beats a shorter path.
+    let mut u = announce(&["198.19.9.0/24"], 4, &[65003, 65004, 65005]);
+    u.attrs.local_pref = Some(200);
+    let c = r.update(peer(4, true), &u);
+    assert_eq!(
+        c,
+        [FibChange::Set {
+            prefix: net("198.19.9.0/24"),
+            next_hops: vec![ip(4)]
+        }]
+    );
+    // eBGP beats iBGP when all else is equal.
+    let mut r = rib();
+    r.update(peer(5, false), &announce(&["198.19.8.0/24"], 5, &[65001]));
+    let c = r.update(peer(6, true), &announce(&["198.19.8.0/24"], 6, &[65001]));
+    assert_eq!(
+        c,
+        [FibChange::Set {
+            prefix: net("198.19.8.0/24"),
+            next_hops: vec![ip(6)]
+        }]
+    );
+}
+
+#[test]
+fn losing_a_peer_falls_back_to_the_other_path() {
+    let mut r = rib();
+    r.update(peer(2, false), &announce(&["198.19.2.0/26"], 2, &[]));
+    r.update(peer(3, false), &announce(&["198.19.2.0/26"], 3, &[]));
+    let c = r.peer_down(ip(2), false);
+    assert_eq!(
+        c,
+        [FibChange::Set {
+            prefix: net("198.19.2.0/26"),
+            next_hops: vec![ip(3)]
+        }]
+    );
+    assert_eq!(
+        r.peer_down(ip(3), false),
+        [FibChange::Remove {
+            prefix: net("198.19.2.0/26")
+        }]
+    );
+}
+
+#[test]
+fn loops_are_refused() {
+    let mut r = rib();
+    assert!(r
+        .update(
+            peer(2, true),
+            &announce(&["198.19.2.0/26"], 2, &[65001, 64512])
+        )
+        .is_empty());
+    let mut u = announce(&["198.19.3.0/26"], 2, &[]);
+    u.attrs.originator_id = Some(Ipv4Addr::new(198, 18, 0, 1));
+    assert!(r.update(peer(2, false), &u).is_empty());
+    assert_eq!(r.loops, 2);
+}
+
+#[test]
+fn graceful_restart_keeps_routes_until_end_of_rib() {
+    let mut r = rib();
+    r.update(
+        peer(2, false),
+        &announce(&["198.19.2.0/26", "198.19.2.64/26"], 2, &[]),
+    );
+    assert!(r.peer_down(ip(2), true).is_empty(), "forwarding untouched");
+    assert_eq!(r.stale(ip(2)), 2);
+    assert_eq!(r.installed().len(), 2);
+    // The peer is back and re-sends one of the two, then End-of-RIB.
+    assert!(r
+        .update(peer(2, false), &announce(&["198.19.2.0/26"], 2, &[]))
+        .is_empty());
+    assert_eq!(r.stale(ip(2)), 1);
+    let c = r.sweep_stale(ip(2), Some(Family::IPV4_UNICAST));
+    assert_eq!(
+        c,
+        [FibChange::Remove {
+            prefix: net("198.19.2.64/26")
+        }]
+    );
+    assert_eq!(r.stale(ip(2)), 0);
+    assert_eq!(r.installed().len(), 1);
+}
+
+#[test]
+fn ipv6_routes_come_in_mp_reach() {
+    let mut r = rib();
+    let u = Update {
+        attrs: PathAttrs {
+            origin: Some(Origin::Igp),
+            mp_reach: Some(crate::wire::MpReach {
+                family: Family::IPV6_UNICAST,
+                next_hops: vec!["fd00::2".parse().unwrap()],
+                nlri: vec![net("fd00:198:19:2::/64")],
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let c = r.update(peer(2, false), &u);
+    assert_eq!(
+        c,
+        [FibChange::Set {
+            prefix: net("fd00:198:19:2::/64"),
+            next_hops: vec!["fd00::2".parse().unwrap()]
+        }]
+    );
+    // A v4 End-of-RIB does not sweep v6 paths.
+    r.peer_down(ip(2), true);
+    assert!(r.sweep_stale(ip(2), Some(Family::IPV4_UNICAST)).is_empty());
+    assert_eq!(r.sweep_stale(ip(2), None).len(), 1);
+}
