@@ -35,6 +35,8 @@ pub struct AgentConfig {
     pub cross_node: String,
     /// vxlan: the VNI and UDP port of the overlay.
     pub vxlan_vni: u32,
+    /// bgp: the cluster's AS (one AS, iBGP full mesh).
+    pub bgp_as: u32,
     pub vxlan_port: u16,
     /// Where to install the CNI conflist once the agent is ready (the
     /// runtime's config directory, /etc/cni/net.d); None: not at all.

@@ -248,6 +248,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     tasks.spawn(reconcile::run(Endpoints::new(bpf)?, agent.clone()));
     tasks.spawn(reconcile::run(NodeRoutes::new(cross_node)?, agent.clone()));
+    if agent.cross_node == "bgp" {
+        tasks.spawn(reconcile::run(
+            reconcile::bgp::BgpRoutes::new()?,
+            agent.clone(),
+        ));
+    }
     tasks.spawn(reconcile::run(Services::new(services), agent.clone()));
     tasks.spawn(reconcile::run(Health::default(), agent.clone()));
     tasks.spawn(reconcile::run(

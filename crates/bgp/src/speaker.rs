@@ -79,6 +79,9 @@ pub struct PeerStatus {
     pub received: usize,
     pub stale: usize,
     pub advertised: usize,
+    /// The peer's End-of-RIB arrived since the session came up: what it
+    /// holds, we have.
+    pub synced: bool,
     pub flaps: u64,
     pub last_error: Option<String>,
 }
@@ -176,6 +179,7 @@ struct Peer {
     families: Vec<Family>,
     restart_time: Option<Duration>,
     advertised: usize,
+    synced: bool,
 }
 
 struct Core {
@@ -303,6 +307,7 @@ impl Core {
                         families: vec![],
                         restart_time: None,
                         advertised: 0,
+                        synced: false,
                     },
                 );
             }
@@ -351,6 +356,7 @@ impl Core {
                 p.families = negotiated.families.clone();
                 p.restart_time = negotiated.peer_restart.as_ref().map(|(t, _)| *t);
                 p.advertised = 0;
+                p.synced = false;
                 p.info = Some(PeerInfo {
                     address: peer,
                     router_id: negotiated.peer_id,
@@ -368,6 +374,7 @@ impl Core {
                     p.local = None;
                     p.since = None;
                     p.advertised = 0;
+                    p.synced = false;
                     p.restart_time
                 });
                 match (graceful, restart) {
@@ -388,6 +395,9 @@ impl Core {
                     return;
                 };
                 if let Some(f) = update.is_end_of_rib() {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.synced = true;
+                    }
                     let c = self.rib.sweep_stale(peer, Some(f));
                     self.apply(c);
                     if self.rib.stale(peer) == 0 {
@@ -420,6 +430,7 @@ impl Core {
                     received: 0,
                     stale: 0,
                     advertised: 0,
+                    synced: false,
                     flaps: 0,
                     last_error: None,
                 });
@@ -511,6 +522,7 @@ impl Core {
                 s.received = self.rib.received(*a);
                 s.stale = self.rib.stale(*a);
                 s.advertised = p.advertised;
+                s.synced = p.synced;
             }
         }
     }

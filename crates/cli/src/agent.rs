@@ -59,9 +59,14 @@ pub struct Args {
     /// How pod traffic crosses between nodes: routed (a route per node's pod
     /// CIDR via its node IP), vxlan (an overlay on --uplink: device
     /// <uplink>.vxlan<VNI>, table 40000) or ipip (IP-in-IP done in eBPF:
-    /// routes via each node on <uplink>.ipip; pinned maps in --bpf-dir).
-    #[arg(long, default_value = "routed", value_parser = ["routed", "vxlan", "ipip"])]
+    /// routes via each node on <uplink>.ipip; pinned maps in --bpf-dir) or
+    /// bgp (Calico's BGP mode: a BGP full mesh between nodes, AS --bgp-as,
+    /// learned pod routes installed with protocol bgp).
+    #[arg(long, default_value = "routed", value_parser = ["routed", "vxlan", "ipip", "bgp"])]
     cross_node: String,
+    /// bgp: the cluster's AS number (every node in it: iBGP full mesh).
+    #[arg(long, default_value_t = 64512)]
+    bgp_as: u32,
     /// vxlan: the VNI (the device is named <uplink>.vxlan<VNI>).
     #[arg(long, default_value_t = strait_model::overlay::VXLAN_VNI)]
     vxlan_vni: u32,
@@ -128,6 +133,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         cgroup: a.cgroup,
         cross_node: a.cross_node,
         vxlan_vni: a.vxlan_vni,
+        bgp_as: a.bgp_as,
         vxlan_port: a.vxlan_port,
         cni_conf_dir: a.cni_conf_dir,
         cni_version: a.cni_version,

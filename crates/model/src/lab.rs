@@ -72,6 +72,9 @@ pub enum CrossNodeMode {
     /// Calico's IP-in-IP overlay, done in eBPF (`eth0.ipip` stands in for
     /// tunl0).
     Ipip,
+    /// Calico's BGP mode: nodes exchange pod routes over a BGP full mesh
+    /// and forward natively.
+    Bgp,
 }
 
 impl CrossNodeMode {
@@ -80,13 +83,14 @@ impl CrossNodeMode {
             CrossNodeMode::Routed => "routed",
             CrossNodeMode::Vxlan => "vxlan",
             CrossNodeMode::Ipip => "ipip",
+            CrossNodeMode::Bgp => "bgp",
         }
     }
 
     /// Bytes of encapsulation a pod's packets carry across nodes.
     pub fn overhead(self) -> u32 {
         match self {
-            CrossNodeMode::Routed => 0,
+            CrossNodeMode::Routed | CrossNodeMode::Bgp => 0,
             CrossNodeMode::Vxlan => crate::overlay::VXLAN_OVERHEAD_V4,
             CrossNodeMode::Ipip => crate::overlay::IPIP_OVERHEAD_V4,
         }

@@ -14,6 +14,9 @@ pub const POD_GATEWAY_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254,
 /// Route protocol number strait stamps on the routes it owns, so reconcilers
 /// can tell them from routes others installed (`ip route show proto 0x5a`).
 pub const ROUTE_PROTOCOL: u8 = 0x5a;
+/// Routes learned over BGP: the kernel's "bgp" protocol (186 in
+/// /etc/iproute2/rt_protos), so `ip route show proto bgp` lists them.
+pub const BGP_ROUTE_PROTOCOL: u8 = 186;
 
 fn digest(container_id: &str, ifname: &str) -> [u8; 32] {
     let mut h = Sha256::new();

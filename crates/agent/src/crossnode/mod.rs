@@ -1,8 +1,9 @@
 //! Cross-node modes: how pod traffic reaches other nodes. One backend per
 //! mode behind [`CrossNode`], chosen by name; the node-routes reconciler
-//! drives whichever is configured. Routed, VXLAN and IP-in-IP are here;
-//! BGP and VLAN slot in beside them.
+//! drives whichever is configured. Routed, VXLAN, IP-in-IP and BGP are
+//! here; VLAN slots in beside them.
 
+pub mod bgp;
 pub mod ipip;
 pub mod routed;
 pub mod vxlan;
@@ -31,12 +32,17 @@ pub trait CrossNode: Send + Sync {
 }
 
 /// The cross-node modes strait has, by name.
-pub const MODES: &[&str] = &["routed", "vxlan", "ipip"];
+pub const MODES: &[&str] = &["routed", "vxlan", "ipip", "bgp"];
 
 pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
     match cfg.cross_node.as_str() {
         "routed" => Ok(Box::new(routed::Routed {
             ipip: IpipLeftovers::new(cfg),
+        })),
+        "bgp" => Ok(Box::new(bgp::Bgp {
+            routed: routed::Routed {
+                ipip: IpipLeftovers::new(cfg),
+            },
         })),
         "vxlan" => {
             strait_model::overlay::vxlan_device(&cfg.uplink, cfg.vxlan_vni)

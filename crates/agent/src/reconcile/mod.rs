@@ -14,6 +14,8 @@
 //!   [`crate::policybackend::PolicyBackend`] for the datapath;
 //! - [`ipam_blocks`]: IPPool blocks held in the control plane and in IPAM
 //!   kept in step; idle blocks and those of gone nodes given back;
+//! - [`bgp`] (cross-node mode bgp): the BGP speaker's peers and
+//!   originated blocks, and the routes it learns in the kernel;
 //! - [`health`]: healthCheckNodePort servers;
 //! - [`conntrack`] (eBPF datapath): GC of service connections, map
 //!   pressure.
@@ -23,6 +25,7 @@
 //! by object, and retries them the same way. One reconciler's failure never
 //! stops another.
 
+pub mod bgp;
 pub mod conntrack;
 pub mod endpoints;
 pub mod health;
@@ -37,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strait_model::api::ReconcilerStatus;
 use strait_model::cluster::{ClusterSnapshot, Kind};
-use strait_netlink::{Netlink, Route};
+use strait_netlink::{Netlink, Route, RouteKind};
 
 /// What one pass did.
 #[derive(Debug, Default)]
@@ -55,6 +58,11 @@ pub trait Reconciler: Send + 'static {
     /// still do): 10 000 services changing must not cost the pod wiring a
     /// pass each time.
     const READS: &'static [Kind];
+    /// A wake-up of the reconciler's own besides the snapshot, nudges and
+    /// resync (the BGP speaker learning routes). Taken once, at start.
+    fn wakeups(&mut self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
     /// One level-triggered pass against the newest snapshot.
     fn pass(
         &mut self,
@@ -77,6 +85,7 @@ impl Backoff {
 pub async fn run<R: Reconciler>(mut r: R, agent: Arc<Agent>) {
     let mut snap_rx = agent.snapshot.clone();
     let mut nudge_rx = agent.nudges();
+    let mut own_rx = r.wakeups();
     let mut failures = Backoff(0);
     loop {
         let snap = snap_rx.borrow_and_update().clone();
@@ -105,6 +114,12 @@ pub async fn run<R: Reconciler>(mut r: R, agent: Arc<Agent>) {
                     }
                 }
                 _ = nudge_rx.changed() => break,
+                Ok(()) = async {
+                    match own_rx.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => break,
                 _ = &mut resync => break,
             }
         }
@@ -181,17 +196,26 @@ pub async fn apply_routes(
     desired: &[Route],
     rep: &mut Report,
 ) {
-    use strait_model::naming::ROUTE_PROTOCOL;
+    use std::collections::{HashMap, HashSet};
+    // Indexed: the BGP reconciler's tables hold 100 000 routes.
+    let mut by_dst: HashMap<(ipnet::IpNet, u32), Vec<&Route>> =
+        HashMap::with_capacity(actual.len());
+    for a in actual {
+        by_dst.entry((a.dst, a.table)).or_default().push(a);
+    }
     for d in desired {
-        if actual.iter().any(|a| owned(a) && satisfies(a, d)) {
+        let here = by_dst
+            .get(&(d.dst, d.table))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if here.iter().any(|a| owned(a) && satisfies(a, d)) {
             continue;
         }
-        if let Some(f) = actual
-            .iter()
-            .find(|a| a.dst == d.dst && a.table == d.table && a.protocol != ROUTE_PROTOCOL)
-        {
+        // Another protocol's route (another tool's, or another strait
+        // reconciler's) to the same place is not ours to replace.
+        if let Some(f) = here.iter().find(|a| a.protocol != d.protocol) {
             rep.problems.push(format!(
-                "route {}: table {} already has a route to it that strait did not make (protocol {}); strait leaves it alone — remove it or change the pod CIDR",
+                "route {}: table {} already has a route to it that this reconciler did not make (protocol {}); strait leaves it alone — remove it or change the pod CIDR",
                 d.dst, d.table, f.protocol
             ));
             continue;
@@ -206,11 +230,10 @@ pub async fn apply_routes(
     }
     // A route with the same destination, kind and table as a desired one
     // was just replaced in place; anything else of ours is stale.
+    let wanted: HashSet<(ipnet::IpNet, RouteKind, u32)> =
+        desired.iter().map(|d| (d.dst, d.kind, d.table)).collect();
     for a in actual.iter().filter(|a| owned(a)) {
-        if desired
-            .iter()
-            .any(|d| d.dst == a.dst && d.kind == a.kind && d.table == a.table)
-        {
+        if wanted.contains(&(a.dst, a.kind, a.table)) {
             continue;
         }
         match nl.delete_route(a).await {

@@ -1,0 +1,206 @@
+//! BGP (cross-node mode bgp, Calico's BGP mode): an iBGP full mesh of the
+//! cluster's nodes. Each pass makes the speaker peer with every other
+//! node's InternalIP, originate this node's pod CIDR and IPPool blocks, and
+//! puts what it learned in the main table with the kernel's "bgp" route
+//! protocol. The speaker wakes the reconciler when its table changes.
+//!
+//! Restarts: if the kernel already holds bgp routes when the agent starts,
+//! the agent restarted. It tells its peers so (graceful restart's R bit:
+//! they keep its routes), and keeps those kernel routes until every peer
+//! has re-sent its table (End-of-RIB) or the restart time is over, so
+//! traffic across nodes flows on through the restart.
+
+use super::{apply_routes, Reconciler, Report};
+use crate::daemon::Agent;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use strait_bgp::speaker::{PeerSpec, Speaker, SpeakerConfig};
+use strait_model::cluster::{node_internal_ip, ClusterSnapshot, Kind};
+use strait_model::naming::BGP_ROUTE_PROTOCOL;
+use strait_model::routes::plan_node_routes;
+use strait_netlink::{Netlink, Route, RouteKind};
+use tokio::sync::watch;
+
+/// How long peers keep our routes while we restart, and how long we keep
+/// theirs.
+const RESTART_TIME: u16 = 120;
+
+pub struct BgpRoutes {
+    nl: Netlink,
+    speaker: Option<Speaker>,
+    peers: BTreeSet<IpAddr>,
+    /// Kernel routes left from before a restart stay until this, or until
+    /// every peer has sent End-of-RIB.
+    keep_until: Option<Instant>,
+    wake_tx: watch::Sender<u64>,
+    wake_rx: Option<watch::Receiver<u64>>,
+    /// The port peers are reached and listened on (179; tests may move it).
+    port: u16,
+}
+
+impl BgpRoutes {
+    pub fn new() -> anyhow::Result<Self> {
+        let (wake_tx, wake_rx) = watch::channel(0);
+        Ok(BgpRoutes {
+            nl: Netlink::connect()?,
+            speaker: None,
+            peers: BTreeSet::new(),
+            keep_until: None,
+            wake_tx,
+            wake_rx: Some(wake_rx),
+            port: strait_bgp::session::BGP_PORT,
+        })
+    }
+
+    async fn start(&mut self, agent: &Agent, router_id: std::net::Ipv4Addr) -> anyhow::Result<()> {
+        let leftover = self
+            .nl
+            .routes(true)
+            .await?
+            .iter()
+            .filter(|r| r.protocol == BGP_ROUTE_PROTOCOL)
+            .count();
+        let restarting = leftover > 0;
+        if restarting {
+            self.keep_until = Some(Instant::now() + Duration::from_secs(RESTART_TIME as u64));
+            tracing::info!(
+                routes = leftover,
+                "BGP routes from before a restart kept until the peers have re-sent theirs"
+            );
+        }
+        let mut cfg = SpeakerConfig::new(agent.cfg.bgp_as, router_id);
+        cfg.listen = Some(SocketAddr::new(
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            self.port,
+        ));
+        cfg.restart_time = Some(RESTART_TIME);
+        cfg.restarting = restarting;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let speaker = Speaker::start(cfg, tx).await.map_err(|e| {
+            anyhow::anyhow!(
+                "BGP: cannot listen on port {}: {e} (is another BGP daemon running on this node?)",
+                self.port
+            )
+        })?;
+        let wake = self.wake_tx.clone();
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                // Many changes in a row wake one pass.
+                while rx.try_recv().is_ok() {}
+                wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        });
+        tracing::info!(asn = agent.cfg.bgp_as, %router_id, "BGP speaker started");
+        self.speaker = Some(speaker);
+        Ok(())
+    }
+}
+
+impl Reconciler for BgpRoutes {
+    const NAME: &'static str = "bgp";
+    const READS: &'static [Kind] = &[Kind::Nodes, Kind::IpamBlocks];
+
+    fn wakeups(&mut self) -> Option<watch::Receiver<u64>> {
+        self.wake_rx.take()
+    }
+
+    async fn pass(&mut self, agent: &Agent, snap: &ClusterSnapshot) -> anyhow::Result<Report> {
+        let mut rep = Report::default();
+        let me = &agent.cfg.node_name;
+        let node = snap
+            .node(me)
+            .ok_or_else(|| anyhow::anyhow!("BGP: node {me} is not in the cluster yet"))?;
+        let Some(IpAddr::V4(router_id)) = node_internal_ip(node, true) else {
+            anyhow::bail!("BGP: node {me} has no IPv4 InternalIP (the router id and next hop)");
+        };
+        if self.speaker.is_none() {
+            self.start(agent, router_id).await?;
+        }
+        let speaker = self.speaker.as_ref().expect("started above");
+        // The full mesh: every other node.
+        let want: BTreeSet<IpAddr> = plan_node_routes(snap, me)
+            .into_iter()
+            .map(|r| r.via)
+            .filter(IpAddr::is_ipv4)
+            .collect();
+        for gone in self.peers.difference(&want) {
+            speaker.remove_peer(*gone);
+            tracing::info!(peer = %gone, "BGP peer removed (its node is gone)");
+        }
+        for new in want.difference(&self.peers) {
+            let mut p = PeerSpec::new(*new, agent.cfg.bgp_as);
+            p.port = self.port;
+            p.local_address = Some(IpAddr::V4(router_id));
+            speaker.add_peer(p);
+        }
+        self.peers = want;
+        let own: BTreeSet<ipnet::IpNet> = agent
+            .ipam
+            .cidr()
+            .into_iter()
+            .chain(agent.ipam.blocks().into_keys())
+            .collect();
+        speaker.originate(own);
+        // Sessions not up are this pass's problems (retried, and shown).
+        let status = speaker.peers();
+        for p in &status {
+            if p.state != strait_bgp::fsm::State::Established {
+                rep.problems.push(format!(
+                    "BGP peer {} (AS {}): {}{}",
+                    p.address,
+                    p.asn,
+                    p.state,
+                    p.last_error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        let all_synced = status.len() == self.peers.len() && status.iter().all(|p| p.synced);
+        if self
+            .keep_until
+            .is_some_and(|t| all_synced || Instant::now() >= t)
+        {
+            self.keep_until = None;
+            tracing::info!("BGP resynchronised after the restart; stale kernel routes go");
+        }
+        let desired: Vec<Route> = speaker
+            .fib()
+            .into_iter()
+            .filter_map(|(dst, hops)| {
+                Some(Route {
+                    dst,
+                    // ECMP (several equal paths) installs the first for now.
+                    via: Some(*hops.first()?),
+                    oif: None,
+                    kind: RouteKind::Unicast,
+                    protocol: BGP_ROUTE_PROTOCOL,
+                    table: strait_netlink::MAIN_TABLE,
+                    onlink: false,
+                })
+            })
+            .collect();
+        let keeping = self.keep_until.is_some();
+        if keeping {
+            // Shown, and retried until it clears.
+            rep.problems.push(format!(
+                "BGP: resynchronising after a restart ({} of {} peers have re-sent their routes); routes from before the restart are kept meanwhile",
+                status.iter().filter(|p| p.synced).count(),
+                self.peers.len()
+            ));
+        }
+        let actual = self.nl.routes(true).await?;
+        apply_routes(
+            &self.nl,
+            &actual,
+            // During a restart, routes not re-learned yet are not stale.
+            |r| r.protocol == BGP_ROUTE_PROTOCOL && !keeping,
+            &desired,
+            &mut rep,
+        )
+        .await;
+        Ok(rep)
+    }
+}

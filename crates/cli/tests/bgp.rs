@@ -1,0 +1,125 @@
+//! Calico's BGP mode in the lab (seed 001): four nodes in an iBGP full mesh
+//! of strait's own speaker. Each node learns the other nodes' pod blocks
+//! (routes with protocol bgp, via the node, no tunnel) and every pod
+//! reaches every pod. Graceful restart: agents killed with SIGKILL and
+//! started again under a live TCP stream; the routes stay and the stream
+//! never breaks.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const NODES: [&str; 4] = ["node-a", "node-b", "node-c", "node-d"];
+const PODS: [(&str, &str); 4] = [
+    ("a1", "node-a"),
+    ("b1", "node-b"),
+    ("c1", "node-c"),
+    ("d1", "node-d"),
+];
+
+/// Every node holds a bgp route to each other node's pod block, via that
+/// node's address.
+fn mesh_routes_in_place(lab: &Lab) {
+    for me in NODES {
+        let out = lab.until(
+            me,
+            &["ip", "route", "show", "proto", "bgp"],
+            "three BGP routes",
+            |o| o.lines().count() == 3,
+        );
+        for other in NODES.iter().filter(|n| **n != me) {
+            let n = lab.node(other);
+            let want = format!("{} via {} dev eth0", n.pod_cidr, n.ip);
+            assert!(out.contains(&want), "{me} lacks {want}:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn bgp_full_mesh_carries_every_pod_to_every_pod() {
+    if !require_root("bgp_full_mesh_carries_every_pod_to_every_pod") {
+        return;
+    }
+    let yaml = lab_yaml("t-bgp", &NODES, 24, &PODS)
+        .replace("mode: routed", "datapath: kernel\n  crossNode: bgp");
+    let lab = Lab::up(&yaml);
+    mesh_routes_in_place(&lab);
+    for (src, _) in PODS {
+        for (dst, _) in PODS {
+            if src != dst {
+                assert_eq!(lab.probe(src, dst).unwrap(), dst, "{src} -> {dst}");
+            }
+        }
+    }
+    // Native forwarding: no strait route to another node's block (those
+    // are routed mode's), no tunnel device.
+    let strait_routes = lab.exec("node-a", &["ip", "route", "show", "proto", "0x5a"]);
+    assert!(
+        !strait_routes.contains(&format!("{} via", lab.node("node-b").pod_cidr)),
+        "{strait_routes}"
+    );
+    let st = lab.status("node-a");
+    assert_eq!(st.cross_node, "bgp");
+    let bgp = st
+        .reconcilers
+        .iter()
+        .find(|r| r.name == "bgp")
+        .expect("a bgp reconciler");
+    assert!(bgp.problems.is_empty(), "{:?}", bgp.problems);
+
+    // Graceful restart: a stream from a1 to b1 across the agents' SIGKILL
+    // and restart; peers keep the routes, the restarted agent keeps its
+    // kernel's until the mesh has re-sent them.
+    streams_survive_agent_restarts(&lab, "a1", &["b1"], || {
+        for n in ["node-a", "node-b"] {
+            lab.until(
+                n,
+                &["ip", "route", "show", "proto", "bgp"],
+                "routes after the restart",
+                |o| o.lines().count() == 3,
+            );
+        }
+    });
+    mesh_routes_in_place(&lab);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = lab.status("node-a");
+        let bgp = st.reconcilers.iter().find(|r| r.name == "bgp").unwrap();
+        if bgp.problems.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions back up: {:?}",
+            bgp.problems
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(lab.probe("d1", "a1").unwrap(), "a1");
+
+    // An agent down for longer: its peers keep its routes (stale, for the
+    // restart time) and traffic to its pods flows meanwhile.
+    let c = lab.node("node-c").clone();
+    let pid = strait_lab::LabState::read_pid(&lab.st.agent_pid(&c)).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    for n in ["node-a", "node-b", "node-d"] {
+        let r = lab.exec(n, &["ip", "route", "show", "proto", "bgp"]);
+        assert!(
+            r.contains(&format!("{} via {}", c.pod_cidr, c.ip)),
+            "{n} dropped node-c's block while its agent was down:\n{r}"
+        );
+    }
+    assert_eq!(lab.probe("d1", "c1").unwrap(), "c1");
+    strait_lab::run::start_agent(&lab.st, &lab.bins, &c, &[]).unwrap();
+    strait_lab::run::wait_agent_ready(&lab.st, &c, Duration::from_secs(10)).unwrap();
+    // Restarted, it keeps its kernel's routes until the mesh re-sent them.
+    let r = lab.exec("node-c", &["ip", "route", "show", "proto", "bgp"]);
+    assert_eq!(r.lines().count(), 3, "{r}");
+    mesh_routes_in_place(&lab);
+    assert_eq!(lab.probe("c1", "a1").unwrap(), "a1");
+}
