@@ -40,8 +40,9 @@ fn bgp_full_mesh_carries_every_pod_to_every_pod() {
     if !require_root("bgp_full_mesh_carries_every_pod_to_every_pod") {
         return;
     }
-    let yaml = lab_yaml("t-bgp", &NODES, 24, &PODS)
-        .replace("mode: routed", "datapath: kernel\n  crossNode: bgp");
+    // The README's example, under the test's own name.
+    let yaml =
+        include_str!("../../../examples/four-nodes-bgp.yaml").replace("name: bdemo", "name: t-bgp");
     let lab = Lab::up(&yaml);
     mesh_routes_in_place(&lab);
     for (src, _) in PODS {
