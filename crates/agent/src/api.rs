@@ -327,6 +327,24 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                         })
                         .collect()
                 },
+                bgp_peers: agent
+                    .bgp
+                    .get()
+                    .map(|h| h.peers())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| strait_model::api::BgpPeerStatus {
+                        address: p.address,
+                        asn: p.asn,
+                        state: p.state.to_string(),
+                        up_secs: p.established_for.map(|d| d.as_secs()),
+                        received: p.received,
+                        stale: p.stale,
+                        advertised: p.advertised,
+                        flaps: p.flaps,
+                        last_error: p.last_error,
+                    })
+                    .collect(),
             }))
         }
     }

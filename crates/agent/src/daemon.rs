@@ -34,6 +34,8 @@ pub struct Agent {
     /// Service objects whose rejection was already logged.
     pub service_problems_logged: Mutex<Vec<String>>,
     pub cross_node: &'static str,
+    /// The BGP speaker's sessions, once it runs (bgp mode).
+    pub bgp: std::sync::OnceLock<strait_bgp::speaker::StatusHandle>,
     pub service_backend: &'static str,
     pub policy_backend: &'static str,
 }
@@ -235,6 +237,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             .map(|b| (b.dp.pin_dir.display().to_string(), b.dp.features.clone())),
         service_problems_logged: Mutex::new(vec![]),
         cross_node: cross_node.name(),
+        bgp: Default::default(),
         service_backend: services.name(),
         policy_backend: policy.name(),
         cfg,

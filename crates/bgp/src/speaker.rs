@@ -86,6 +86,15 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
 }
 
+#[derive(Clone, Debug)]
+pub struct StatusHandle(Arc<Mutex<BTreeMap<IpAddr, PeerStatus>>>);
+
+impl StatusHandle {
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.0.lock().unwrap().values().cloned().collect()
+    }
+}
+
 enum Ctl {
     AddPeer(PeerSpec),
     RemovePeer(IpAddr),
@@ -161,7 +170,12 @@ impl Speaker {
     }
 
     pub fn peers(&self) -> Vec<PeerStatus> {
-        self.status.lock().unwrap().values().cloned().collect()
+        self.status_handle().peers()
+    }
+
+    /// A handle that reads the peers' status without the speaker.
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle(self.status.clone())
     }
 
     pub fn fib(&self) -> BTreeMap<IpNet, Vec<IpAddr>> {
@@ -436,9 +450,8 @@ impl Core {
                 });
                 s.state = state;
                 s.flaps = flaps;
-                if last_error.is_some() {
-                    s.last_error = last_error;
-                }
+                // Cleared once Established: an old error would mislead.
+                s.last_error = last_error;
             }
         }
     }

@@ -67,6 +67,35 @@ fn bgp_full_mesh_carries_every_pod_to_every_pod() {
         .find(|r| r.name == "bgp")
         .expect("a bgp reconciler");
     assert!(bgp.problems.is_empty(), "{:?}", bgp.problems);
+    // strait status: one Established session per other node, each having
+    // sent its block and received ours.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let peers = lab.status("node-a").bgp_peers;
+        let settled = peers.len() == 3
+            && peers.iter().all(|p| {
+                p.state == "Established"
+                    && p.received == 1
+                    && p.advertised == 1
+                    && p.last_error.is_none()
+            });
+        if settled {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{peers:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = std::process::Command::new(&lab.bins.strait)
+        .arg("status")
+        .arg("--socket")
+        .arg(lab.st.socket(lab.node("node-a")))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("BGP PEER") && shown.contains("198.18.0.4") && shown.contains("Established"),
+        "{shown}"
+    );
 
     // Graceful restart: a stream from a1 to b1 across the agents' SIGKILL
     // and restart; peers keep the routes, the restarted agent keeps its

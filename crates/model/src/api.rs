@@ -151,6 +151,27 @@ pub struct NodeStatus {
     /// IPPool blocks this node holds.
     #[serde(default)]
     pub ipam_blocks: Vec<BlockStatus>,
+    /// BGP sessions (cross-node mode bgp).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bgp_peers: Vec<BgpPeerStatus>,
+}
+
+/// One BGP session, as `strait status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpPeerStatus {
+    pub address: IpAddr,
+    pub asn: u32,
+    /// Idle, Connect, Active, OpenSent, OpenConfirm or Established.
+    pub state: String,
+    /// Seconds since it reached Established.
+    pub up_secs: Option<u64>,
+    /// Prefixes received (of those, kept stale from before its restart).
+    pub received: usize,
+    pub stale: usize,
+    pub advertised: usize,
+    /// Times the session went down.
+    pub flaps: u64,
+    pub last_error: Option<String>,
 }
 
 /// One IPPool block a node holds.

@@ -92,6 +92,7 @@ impl BgpRoutes {
             }
         });
         tracing::info!(asn = agent.cfg.bgp_as, %router_id, "BGP speaker started");
+        let _ = agent.bgp.set(speaker.status_handle());
         self.speaker = Some(speaker);
         Ok(())
     }
