@@ -153,6 +153,8 @@ pub async fn run(
     > = None;
     let mut pending = fsm.handle(Event::Start, Instant::now());
     let mut last_state = None;
+    // Whether the connection in `stream` is one we opened.
+    let mut outbound = false;
     loop {
         // Carry out what the machine asked for.
         while !pending.is_empty() {
@@ -269,17 +271,28 @@ pub async fn run(
                     }
                 }
                 Some(Command::Inbound(s)) => {
-                    if stream.is_none() && matches!(fsm.state(), State::Active | State::Connect) {
-                        // Adopt it (dropping an attempt of ours in flight).
+                    let now = Instant::now();
+                    if !replace_with_inbound(&fsm, stream.is_some(), outbound, peer) {
+                        reject(s, fsm.codec()).await;
+                    } else {
                         connecting = None;
+                        if let Some(mut old) = stream.take() {
+                            // The old connection ends (and with it, for a
+                            // restarted peer, the old session: RFC 4724 §4).
+                            let n = Message::Notification(Notification::new(code::CEASE, code::CONNECTION_COLLISION));
+                            let _ = write(&mut old, &n, fsm.codec()).await;
+                            let _ = old.shutdown().await;
+                            buf.clear();
+                            pending.extend(
+                                fsm.handle(Event::Closed, now)
+                                    .into_iter()
+                                    .filter(|a| !matches!(a, Action::Send(_) | Action::Close)),
+                            );
+                        }
                         let _ = s.set_nodelay(true);
                         stream = Some(s);
-                        pending = fsm.handle(Event::Connected, Instant::now());
-                    } else {
-                        // A session (or an attempt of ours past connecting)
-                        // exists: RFC 4271 §6.8 resolves collisions by router
-                        // id; the existing connection wins here.
-                        reject(s, fsm.codec()).await;
+                        outbound = false;
+                        pending.extend(fsm.handle(Event::Connected, now));
                     }
                 }
             },
@@ -288,6 +301,7 @@ pub async fn run(
                 match r {
                     Ok(s) if stream.is_none() => {
                         stream = Some(s);
+                        outbound = true;
                         pending = fsm.handle(Event::Connected, Instant::now());
                     }
                     Ok(_) => {}
@@ -330,6 +344,31 @@ pub async fn run(
     }
 }
 
+/// A connection from the peer arrived: take it instead of what we have?
+/// Idle: no. No connection yet: yes. Established: yes, the peer restarted
+/// (its old connection is dead even if we have not noticed). While OPENs
+/// are exchanged, RFC 4271 §6.8: the connection opened by the speaker with
+/// the higher BGP identifier stays (the peer's identifier is its OPEN's if
+/// we have it, else its address, which it is in a strait mesh); a newer
+/// connection from the peer replaces an older one from it.
+fn replace_with_inbound(fsm: &Fsm, connected: bool, outbound: bool, peer: IpAddr) -> bool {
+    match fsm.state() {
+        State::Idle => false,
+        _ if !connected => true,
+        State::Connect | State::Active | State::Established => true,
+        State::OpenSent | State::OpenConfirm => {
+            if !outbound {
+                return true;
+            }
+            let remote = fsm.negotiated().map(|n| n.peer_id).or(match peer {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            });
+            remote.is_some_and(|r| u32::from(r) > u32::from(fsm.config().router_id))
+        }
+    }
+}
+
 async fn write(s: &mut TcpStream, m: &Message, codec: wire::Codec) -> std::io::Result<()> {
     let b = wire::encode(m, codec).map_err(std::io::Error::other)?;
     s.write_all(&b).await
@@ -340,4 +379,58 @@ async fn reject(mut s: TcpStream, codec: wire::Codec) {
     let n = Message::Notification(Notification::new(code::CEASE, code::CONNECTION_COLLISION));
     let _ = write(&mut s, &n, codec).await;
     let _ = s.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsm::{Config, Fsm};
+    use crate::wire::Family;
+    use std::net::Ipv4Addr;
+
+    fn fsm(router_id: [u8; 4]) -> Fsm {
+        Fsm::new(Config {
+            local_as: 64512,
+            router_id: Ipv4Addr::from(router_id),
+            peer_as: 64512,
+            hold_time: 90,
+            families: vec![Family::IPV4_UNICAST],
+            graceful_restart: None,
+            passive: false,
+            connect_retry: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn collisions_keep_the_connection_of_the_higher_router_id() {
+        let t = Instant::now();
+        let peer: IpAddr = "198.18.0.5".parse().unwrap();
+        let mut f = fsm([198, 18, 0, 1]);
+        assert!(
+            !replace_with_inbound(&f, false, false, peer),
+            "Idle takes nothing"
+        );
+        f.handle(Event::Start, t);
+        assert!(
+            replace_with_inbound(&f, false, false, peer),
+            "nothing yet: take it"
+        );
+        f.handle(Event::Connected, t);
+        assert_eq!(f.state(), State::OpenSent);
+        assert!(
+            replace_with_inbound(&f, true, true, peer),
+            "the peer's id is higher: its connection stays"
+        );
+        let mut g = fsm([198, 18, 0, 9]);
+        g.handle(Event::Start, t);
+        g.handle(Event::Connected, t);
+        assert!(
+            !replace_with_inbound(&g, true, true, peer),
+            "ours is higher: ours stays"
+        );
+        assert!(
+            replace_with_inbound(&g, true, false, peer),
+            "a newer connection from the peer replaces its older one"
+        );
+    }
 }
