@@ -106,6 +106,60 @@ impl ClusterSnapshot {
     }
 }
 
+impl ClusterSnapshot {
+    /// Take `prev`'s object wherever it equals this snapshot's (same
+    /// namespace/name, same content). For a source that rebuilds every
+    /// object on each change (the files source rereads whole files), so
+    /// unchanged objects stay the same allocations: consumers skip them by
+    /// pointer, and the duplicates are freed at once.
+    pub fn reuse_unchanged(&mut self, prev: &ClusterSnapshot) {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        fn meta_key(m: &ObjectMeta) -> (&str, &str) {
+            (
+                m.namespace.as_deref().unwrap_or_default(),
+                m.name.as_deref().unwrap_or_default(),
+            )
+        }
+        fn reuse<T: PartialEq>(
+            new: &mut [Arc<T>],
+            old: &[Arc<T>],
+            key: impl Fn(&T) -> (&str, &str),
+        ) {
+            let by_key: std::collections::HashMap<(&str, &str), &Arc<T>> =
+                old.iter().map(|o| (key(o), o)).collect();
+            for n in new.iter_mut() {
+                let hit = by_key
+                    .get(&key(n))
+                    .filter(|o| ***o == *n)
+                    .map(|o| Arc::clone(o));
+                if let Some(h) = hit {
+                    *n = h;
+                }
+            }
+        }
+        reuse(&mut self.nodes, &prev.nodes, |x| meta_key(&x.metadata));
+        reuse(&mut self.pods, &prev.pods, |x| meta_key(&x.metadata));
+        reuse(&mut self.services, &prev.services, |x| {
+            meta_key(&x.metadata)
+        });
+        reuse(&mut self.endpoint_slices, &prev.endpoint_slices, |x| {
+            (x.namespace.as_str(), x.name.as_str())
+        });
+        reuse(&mut self.network_policies, &prev.network_policies, |x| {
+            meta_key(&x.metadata)
+        });
+        reuse(&mut self.namespaces, &prev.namespaces, |x| {
+            meta_key(&x.metadata)
+        });
+        reuse(&mut self.ip_pools, &prev.ip_pools, |x| {
+            meta_key(&x.metadata)
+        });
+        reuse(&mut self.ipam_blocks, &prev.ipam_blocks, |x| {
+            meta_key(&x.metadata)
+        });
+    }
+}
+
 /// The kinds a snapshot holds, for consumers that care about some only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {

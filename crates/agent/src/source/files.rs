@@ -78,7 +78,10 @@ impl DirectorySource {
                     continue;
                 }
                 last = fp;
-                let snap = read_dir_snapshot(&dir);
+                let mut snap = read_dir_snapshot(&dir);
+                // Unchanged objects keep their allocations: the services
+                // reconciler then recompiles only what changed.
+                snap.reuse_unchanged(&tx.borrow());
                 tx.send_if_modified(|cur| {
                     if **cur == snap {
                         false
@@ -186,6 +189,44 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(rx.borrow().nodes.len(), 1);
+    }
+
+    /// A rewritten file changes only what changed in it: every other
+    /// object is the previous snapshot's allocation (what lets the
+    /// reconcilers skip it by pointer).
+    #[tokio::test]
+    async fn a_rewrite_keeps_unchanged_objects_shared() {
+        let d = tempfile::tempdir().unwrap();
+        let svc = |port: u16| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec: {{clusterIP: 10.96.0.10, ports: [{{port: {port}}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n\
+                 addressType: IPv4\nendpoints: [{{addresses: [10.0.0.{port}]}}]\n---\n{NODE}"
+            )
+        };
+        std::fs::write(d.path().join("all.yaml"), svc(80)).unwrap();
+        let src = DirectorySource::start(d.path().to_path_buf(), Duration::from_millis(20));
+        let mut rx = src.subscribe();
+        let before = rx.borrow_and_update().clone();
+        // Same length, so the fingerprint differs by mtime only: sleep past
+        // the filesystem's timestamp granularity.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(d.path().join("all.yaml"), svc(81)).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let after = rx.borrow().clone();
+        assert!(
+            Arc::ptr_eq(&before.nodes[0], &after.nodes[0]),
+            "the node did not change"
+        );
+        assert!(!Arc::ptr_eq(&before.services[0], &after.services[0]));
+        assert!(!Arc::ptr_eq(
+            &before.endpoint_slices[0],
+            &after.endpoint_slices[0]
+        ));
+        assert!(!after.kind_changed(&before, strait_model::cluster::Kind::Nodes));
     }
 
     /// Two nodes claiming one block: the first holds it, the second is
