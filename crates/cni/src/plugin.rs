@@ -302,6 +302,7 @@ async fn wire(
         protocol: ROUTE_PROTOCOL,
         table: strait_netlink::MAIN_TABLE,
         onlink: false,
+        multipath: vec![],
     };
     let (to_gw, default) = (
         pod_route(IpNet::from(gw), None),
@@ -394,6 +395,7 @@ pub fn host_route(ip: IpAddr, host_index: u32) -> Route {
         protocol: ROUTE_PROTOCOL,
         table: strait_netlink::MAIN_TABLE,
         onlink: false,
+        multipath: vec![],
     }
 }
 

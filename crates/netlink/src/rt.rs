@@ -69,6 +69,9 @@ pub struct Route {
     /// The gateway is on the link even though no address of the link's
     /// covers it (an overlay's next hop: `via GW dev vxlan onlink`).
     pub onlink: bool,
+    /// Equal-cost next hops (ECMP): when not empty, the route goes via
+    /// each of these (sorted) and `via` is None.
+    pub multipath: Vec<IpAddr>,
 }
 
 pub(crate) fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
@@ -117,6 +120,7 @@ fn route_from(msg: RouteMessage) -> Option<Route> {
     let mut via = None;
     let mut oif = None;
     let mut table = msg.header.table as u32;
+    let mut multipath: Vec<IpAddr> = vec![];
     for a in msg.attributes {
         match a {
             RouteAttribute::Table(t) => table = t,
@@ -125,6 +129,22 @@ fn route_from(msg: RouteMessage) -> Option<Route> {
             RouteAttribute::Gateway(RouteAddress::Inet(v4)) => via = Some(v4.into()),
             RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => via = Some(v6.into()),
             RouteAttribute::Oif(i) => oif = Some(i),
+            RouteAttribute::MultiPath(hops) => {
+                for h in hops {
+                    for a in h.attributes {
+                        match a {
+                            RouteAttribute::Gateway(RouteAddress::Inet(v4)) => {
+                                multipath.push(v4.into())
+                            }
+                            RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => {
+                                multipath.push(v6.into())
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                multipath.sort();
+            }
             _ => {}
         }
     }
@@ -142,6 +162,7 @@ fn route_from(msg: RouteMessage) -> Option<Route> {
         protocol: u8::from(msg.header.protocol),
         table,
         onlink: msg.header.flags.contains(RouteFlags::Onlink),
+        multipath,
     })
 }
 
@@ -322,8 +343,23 @@ impl Netlink {
         if route.onlink {
             b = b.onlink();
         }
+        if !route.multipath.is_empty() {
+            let hops = route
+                .multipath
+                .iter()
+                .map(|gw| {
+                    let mut h = rtnetlink::packet_route::route::RouteNextHop::default();
+                    h.attributes.push(RouteAttribute::Gateway(match gw {
+                        IpAddr::V4(a) => RouteAddress::Inet(*a),
+                        IpAddr::V6(a) => RouteAddress::Inet6(*a),
+                    }));
+                    h
+                })
+                .collect();
+            b = b.multipath(hops);
+        }
         let scope = match (route.kind, route.via) {
-            (RouteKind::Unicast, None) => RouteScope::Link,
+            (RouteKind::Unicast, None) if route.multipath.is_empty() => RouteScope::Link,
             _ => RouteScope::Universe,
         };
         b.scope(scope).build()

@@ -142,6 +142,7 @@ fn vxlan_fdb_rules_and_tables() {
                 protocol: 200,
                 table: 40000,
                 onlink: false,
+                multipath: vec![],
             };
             nl.replace_route(&route).await.unwrap();
             assert_eq!(
@@ -159,4 +160,50 @@ fn vxlan_fdb_rules_and_tables() {
         })
     })
     .unwrap();
+}
+
+/// ECMP: one route with two gateways goes in, and reads back as the same
+/// route (what the BGP reconciler installs when peers offer equal paths).
+#[test]
+fn multipath_routes_round_trip() {
+    if !root("multipath_routes_round_trip") {
+        return;
+    }
+    let ns = Ns::new("strait-t-nl-ecmp");
+    ns.ip("link add v0 type veth peer name v1");
+    ns.ip("addr add 198.18.9.1/24 dev v0");
+    ns.ip("link set v0 up");
+    ns.ip("link set v1 up");
+    let file = NetnsFile::open(&std::path::PathBuf::from("/run/netns/strait-t-nl-ecmp")).unwrap();
+    in_netns(&file, || {
+        block_on(async {
+            let nl = Netlink::connect().unwrap();
+            let route = Route {
+                dst: "198.19.7.0/24".parse().unwrap(),
+                via: None,
+                oif: None,
+                kind: RouteKind::Unicast,
+                protocol: 186,
+                table: strait_netlink::MAIN_TABLE,
+                onlink: false,
+                multipath: vec!["198.18.9.2".parse().unwrap(), "198.18.9.3".parse().unwrap()],
+            };
+            nl.replace_route(&route).await.unwrap();
+            let got: Vec<Route> = nl
+                .routes(true)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.protocol == 186)
+                .collect();
+            assert_eq!(got, vec![route.clone()]);
+            assert!(nl.delete_route(&route).await.unwrap());
+        })
+    })
+    .unwrap();
+    let shown = Command::new("ip")
+        .args(["-n", "strait-t-nl-ecmp", "route"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&shown.stdout).contains("198.19.7.0"));
 }

@@ -206,6 +206,7 @@ impl CrossNode for Ipip {
                 protocol: ROUTE_PROTOCOL,
                 table: strait_netlink::MAIN_TABLE,
                 onlink: true,
+                multipath: vec![],
             })
             .collect()
     }
@@ -224,6 +225,7 @@ mod tests {
             protocol: 2,
             table: strait_netlink::MAIN_TABLE,
             onlink: false,
+            multipath: vec![],
         }
     }
 

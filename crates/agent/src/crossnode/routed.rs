@@ -65,6 +65,7 @@ impl CrossNode for Routed {
                 protocol: ROUTE_PROTOCOL,
                 table: strait_netlink::MAIN_TABLE,
                 onlink: false,
+                multipath: vec![],
             })
             .collect()
     }

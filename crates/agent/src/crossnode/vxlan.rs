@@ -166,6 +166,7 @@ impl CrossNode for Vxlan {
                     protocol: ROUTE_PROTOCOL,
                     table: OVERLAY_TABLE,
                     onlink: true,
+                    multipath: vec![],
                 })
                 .collect();
             let have = nl.routes_in(OVERLAY_TABLE, local.is_ipv4()).await?;

@@ -171,15 +171,17 @@ impl Reconciler for BgpRoutes {
             .fib()
             .into_iter()
             .filter_map(|(dst, hops)| {
+                let ecmp = hops.len() > 1;
                 Some(Route {
                     dst,
-                    // ECMP (several equal paths) installs the first for now.
-                    via: Some(*hops.first()?),
+                    // Equal paths from several peers: one route, every hop.
+                    via: if ecmp { None } else { Some(*hops.first()?) },
                     oif: None,
                     kind: RouteKind::Unicast,
                     protocol: BGP_ROUTE_PROTOCOL,
                     table: strait_netlink::MAIN_TABLE,
                     onlink: false,
+                    multipath: if ecmp { hops } else { vec![] },
                 })
             })
             .collect();

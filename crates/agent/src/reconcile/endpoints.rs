@@ -215,6 +215,7 @@ impl Reconciler for Endpoints {
                     protocol: ROUTE_PROTOCOL,
                     table: pod_table,
                     onlink: false,
+                    multipath: vec![],
                 })
             })
             .collect();

@@ -182,6 +182,7 @@ pub fn satisfies(actual: &Route, desired: &Route) -> bool {
         && actual.kind == desired.kind
         && actual.via == desired.via
         && actual.onlink == desired.onlink
+        && actual.multipath == desired.multipath
         && (desired.oif.is_none() || actual.oif == desired.oif)
 }
 

@@ -53,6 +53,7 @@ impl Reconciler for NodeRoutes {
                     protocol: ROUTE_PROTOCOL,
                     table: strait_netlink::MAIN_TABLE,
                     onlink: false,
+                    multipath: vec![],
                 });
             } else if let Some(up) = links.iter().find(|l| l.name == agent.cfg.uplink) {
                 // nftables translates in the nat hooks, after the route lookup
@@ -66,6 +67,7 @@ impl Reconciler for NodeRoutes {
                     protocol: ROUTE_PROTOCOL,
                     table: strait_netlink::MAIN_TABLE,
                     onlink: false,
+                    multipath: vec![],
                 });
             }
         }
@@ -85,6 +87,7 @@ impl Reconciler for NodeRoutes {
                 protocol: ROUTE_PROTOCOL,
                 table: strait_netlink::MAIN_TABLE,
                 onlink: false,
+                multipath: vec![],
             });
         }
         let veth_index: std::collections::BTreeSet<u32> = links
