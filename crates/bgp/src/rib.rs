@@ -7,7 +7,7 @@
 
 use crate::wire::{Family, Origin, PathAttrs, Update};
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -43,6 +43,12 @@ impl Path {
     }
 }
 
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    received: usize,
+    stale: usize,
+}
+
 /// A change to make in the kernel's table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FibChange {
@@ -61,6 +67,9 @@ pub struct Rib {
     local_as: u32,
     router_id: Option<Ipv4Addr>,
     paths: BTreeMap<IpNet, Vec<Path>>,
+    /// Per peer: paths held, and of those stale (kept up to date, so
+    /// status never walks 100 000 prefixes).
+    counts: HashMap<IpAddr, Counts>,
     installed: BTreeMap<IpNet, Vec<IpAddr>>,
     /// Updates refused as loops (our AS in the path, our id as originator).
     pub loops: u64,
@@ -114,9 +123,9 @@ impl Rib {
                 attrs.mp_unreach = None;
                 let attrs = Arc::new(attrs);
                 for (p, nh) in announced {
-                    let v = self.paths.entry(p).or_default();
-                    v.retain(|x| x.peer.address != peer.address);
-                    v.push(Path {
+                    self.remove_path(&p, peer.address);
+                    self.counts.entry(peer.address).or_default().received += 1;
+                    self.paths.entry(p).or_default().push(Path {
                         peer,
                         next_hop: nh,
                         attrs: attrs.clone(),
@@ -137,9 +146,21 @@ impl Rib {
                     p.stale = true;
                 }
             }
+            if let Some(c) = self.counts.get_mut(&peer) {
+                c.stale = c.received;
+            }
             return vec![];
         }
-        self.drop_where(|p| p.peer.address == peer)
+        let mut touched = BTreeSet::new();
+        for (prefix, v) in self.paths.iter_mut() {
+            let before = v.len();
+            v.retain(|p| p.peer.address != peer);
+            if v.len() != before {
+                touched.insert(*prefix);
+            }
+        }
+        self.counts.remove(&peer);
+        self.reselect(touched)
     }
 
     /// The peer's End-of-RIB for `family`, or its restart time is over:
@@ -152,6 +173,7 @@ impl Rib {
             Some(_) => false,
         };
         let mut touched = BTreeSet::new();
+        let mut swept = 0;
         for (prefix, v) in self.paths.iter_mut() {
             if !of_family(prefix) {
                 continue;
@@ -159,28 +181,25 @@ impl Rib {
             let before = v.len();
             v.retain(|p| !(p.peer.address == peer && p.stale));
             if v.len() != before {
+                swept += before - v.len();
                 touched.insert(*prefix);
             }
+        }
+        if let Some(c) = self.counts.get_mut(&peer) {
+            c.received -= swept;
+            c.stale -= swept;
         }
         self.reselect(touched)
     }
 
     /// How many of `peer`'s paths are stale.
     pub fn stale(&self, peer: IpAddr) -> usize {
-        self.paths
-            .values()
-            .flatten()
-            .filter(|p| p.peer.address == peer && p.stale)
-            .count()
+        self.counts.get(&peer).map_or(0, |c| c.stale)
     }
 
     /// Prefixes received from `peer`.
     pub fn received(&self, peer: IpAddr) -> usize {
-        self.paths
-            .values()
-            .flatten()
-            .filter(|p| p.peer.address == peer)
-            .count()
+        self.counts.get(&peer).map_or(0, |c| c.received)
     }
 
     pub fn paths(&self, prefix: &IpNet) -> &[Path] {
@@ -196,21 +215,15 @@ impl Rib {
         let Some(v) = self.paths.get_mut(prefix) else {
             return false;
         };
-        let before = v.len();
-        v.retain(|p| p.peer.address != peer);
-        v.len() != before
-    }
-
-    fn drop_where(&mut self, f: impl Fn(&Path) -> bool) -> Vec<FibChange> {
-        let mut touched = BTreeSet::new();
-        for (prefix, v) in self.paths.iter_mut() {
-            let before = v.len();
-            v.retain(|p| !f(p));
-            if v.len() != before {
-                touched.insert(*prefix);
-            }
+        let Some(i) = v.iter().position(|p| p.peer.address == peer) else {
+            return false;
+        };
+        let old = v.swap_remove(i);
+        if let Some(c) = self.counts.get_mut(&peer) {
+            c.received -= 1;
+            c.stale -= usize::from(old.stale);
         }
-        self.reselect(touched)
+        true
     }
 
     /// Best paths of the touched prefixes, and the FIB changes they make.

@@ -178,7 +178,11 @@ fn graceful_restart_keeps_routes_until_end_of_rib() {
         }]
     );
     assert_eq!(r.stale(ip(2)), 0);
+    assert_eq!(r.received(ip(2)), 1);
     assert_eq!(r.installed().len(), 1);
+    // Gone for good: nothing counted.
+    r.peer_down(ip(2), false);
+    assert_eq!((r.received(ip(2)), r.stale(ip(2))), (0, 0));
 }
 
 #[test]

@@ -243,14 +243,8 @@ impl Core {
                         return;
                     }
                 },
-                Some(e) = events.recv() => {
-                    let state = matches!(e, SessionEvent::State { .. } | SessionEvent::Up { .. });
-                    self.session_event(e);
-                    if !state {
-                        // Counting routes walks the RIB: on the tick only.
-                        continue;
-                    }
-                }
+                Some(e) = events.recv() => self.session_event(e),
+                // Uptimes move on without events.
                 _ = tick.tick() => {}
                 r = accept => if let Ok((s, from)) = r {
                     match self.peers.get(&from.ip()) {

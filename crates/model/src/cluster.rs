@@ -59,18 +59,12 @@ impl ClusterSnapshot {
     /// whatever order the source read them in.
     pub fn normalize(&mut self) {
         // Borrowed keys: sorting 20 000 objects allocates nothing.
-        fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
-            (
-                m.namespace.as_deref().unwrap_or_default(),
-                m.name.as_deref().unwrap_or_default(),
-            )
-        }
         fn sort<
             K: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
         >(
             v: &mut [Arc<K>],
         ) {
-            v.sort_unstable_by(|a, b| key(a.metadata()).cmp(&key(b.metadata())));
+            v.sort_unstable_by(|a, b| meta_key(a.metadata()).cmp(&meta_key(b.metadata())));
         }
         sort(&mut self.nodes);
         sort(&mut self.pods);
@@ -80,9 +74,9 @@ impl ClusterSnapshot {
         sort(&mut self.network_policies);
         sort(&mut self.namespaces);
         self.ip_pools
-            .sort_unstable_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
+            .sort_unstable_by(|a, b| meta_key(&a.metadata).cmp(&meta_key(&b.metadata)));
         self.ipam_blocks
-            .sort_unstable_by(|a, b| key(&a.metadata).cmp(&key(&b.metadata)));
+            .sort_unstable_by(|a, b| meta_key(&a.metadata).cmp(&meta_key(&b.metadata)));
         // Kubernetes before 1.21 does not set this label; policies select
         // namespaces by it.
         for n in &mut self.namespaces {
@@ -113,13 +107,6 @@ impl ClusterSnapshot {
     /// unchanged objects stay the same allocations: consumers skip them by
     /// pointer, and the duplicates are freed at once.
     pub fn reuse_unchanged(&mut self, prev: &ClusterSnapshot) {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-        fn meta_key(m: &ObjectMeta) -> (&str, &str) {
-            (
-                m.namespace.as_deref().unwrap_or_default(),
-                m.name.as_deref().unwrap_or_default(),
-            )
-        }
         fn reuse<T: PartialEq>(
             new: &mut [Arc<T>],
             old: &[Arc<T>],
@@ -158,6 +145,14 @@ impl ClusterSnapshot {
             meta_key(&x.metadata)
         });
     }
+}
+
+/// An object's (namespace, name), borrowed.
+fn meta_key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (&str, &str) {
+    (
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default(),
+    )
 }
 
 /// The kinds a snapshot holds, for consumers that care about some only.

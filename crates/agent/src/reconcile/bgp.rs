@@ -53,11 +53,14 @@ impl BgpRoutes {
         })
     }
 
-    async fn start(&mut self, agent: &Agent, router_id: std::net::Ipv4Addr) -> anyhow::Result<()> {
-        let leftover = self
-            .nl
-            .routes(true)
-            .await?
+    /// Start the speaker; `actual` is the main table as the pass read it.
+    async fn start(
+        &mut self,
+        agent: &Agent,
+        router_id: std::net::Ipv4Addr,
+        actual: &[Route],
+    ) -> anyhow::Result<()> {
+        let leftover = actual
             .iter()
             .filter(|r| r.protocol == BGP_ROUTE_PROTOCOL)
             .count();
@@ -115,8 +118,11 @@ impl Reconciler for BgpRoutes {
         let Some(IpAddr::V4(router_id)) = node_internal_ip(node, true) else {
             anyhow::bail!("BGP: node {me} has no IPv4 InternalIP (the router id and next hop)");
         };
+        // One dump per pass: it says whether this is a restart (first pass)
+        // and is what the routes are made to match.
+        let actual = self.nl.routes(true).await?;
         if self.speaker.is_none() {
-            self.start(agent, router_id).await?;
+            self.start(agent, router_id, &actual).await?;
         }
         let speaker = self.speaker.as_ref().expect("started above");
         // The full mesh: every other node.
@@ -194,7 +200,6 @@ impl Reconciler for BgpRoutes {
                 self.peers.len()
             ));
         }
-        let actual = self.nl.routes(true).await?;
         apply_routes(
             &self.nl,
             &actual,

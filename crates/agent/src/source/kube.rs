@@ -197,7 +197,10 @@ impl SliceStore {
                 st.live.insert(k, v);
             }
             watcher::Event::Delete(o) => {
-                st.live.remove(&compact(o).0);
+                // Keyed as Slice::from_k8s names it, without converting.
+                let ns = o.metadata.namespace.as_deref().unwrap_or("default");
+                let name = o.metadata.name.as_deref().unwrap_or_default();
+                st.live.remove(&(ns.to_string(), name.to_string()));
             }
             watcher::Event::Init => st.listing = Some(Default::default()),
             watcher::Event::InitApply(o) => {
