@@ -6,9 +6,11 @@
 //!   clocks: events in, actions out.
 //! - [`rib`]: learned paths, best path with ECMP, graceful-restart stale
 //!   marking, and the forwarding changes they make.
+//! - [`reflect`]: what a route reflector passes on to each peer.
 //! - [`session`]: one peer over TCP (MD5 when configured).
 
 pub mod fsm;
+pub mod reflect;
 pub mod rib;
 pub mod session;
 pub mod speaker;

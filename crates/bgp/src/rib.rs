@@ -71,6 +71,9 @@ pub struct Rib {
     /// status never walks 100 000 prefixes).
     counts: HashMap<IpAddr, Counts>,
     installed: BTreeMap<IpNet, Vec<IpAddr>>,
+    /// Set when we are a route reflector: a path whose cluster list holds
+    /// it has been round the cluster already.
+    cluster_id: Option<Ipv4Addr>,
     /// Updates refused as loops (our AS in the path, our id as originator).
     pub loops: u64,
 }
@@ -82,6 +85,30 @@ impl Rib {
             router_id: Some(router_id),
             ..Default::default()
         }
+    }
+
+    /// We reflect routes, as cluster `id` (RFC 4456).
+    pub fn set_cluster_id(&mut self, id: Option<Ipv4Addr>) {
+        self.cluster_id = id;
+    }
+
+    /// The one best path of `prefix` (what a reflector passes on): the
+    /// equal-cost paths' tie broken by originator (or router) id, cluster
+    /// list length and peer address (RFC 4271 §9.1.2.2, RFC 4456 §9).
+    pub fn best(&self, prefix: &IpNet) -> Option<&Path> {
+        self.paths.get(prefix)?.iter().min_by_key(|p| {
+            (
+                p.rank(),
+                p.attrs.originator_id.unwrap_or(p.peer.router_id),
+                p.attrs.cluster_list.len(),
+                p.peer.address,
+            )
+        })
+    }
+
+    /// Every prefix some peer sent.
+    pub fn prefixes(&self) -> impl Iterator<Item = &IpNet> {
+        self.paths.keys()
     }
 
     /// Apply one UPDATE from `peer`.
@@ -107,7 +134,10 @@ impl Rib {
         }
         if !announced.is_empty() {
             let looped = (peer.ebgp && u.attrs.contains_as(self.local_as))
-                || (u.attrs.originator_id.is_some() && u.attrs.originator_id == self.router_id);
+                || (u.attrs.originator_id.is_some() && u.attrs.originator_id == self.router_id)
+                || self
+                    .cluster_id
+                    .is_some_and(|c| u.attrs.cluster_list.contains(&c));
             if looped {
                 self.loops += 1;
                 // A looped announcement replaces (withdraws) what the peer

@@ -213,3 +213,51 @@ fn ipv6_routes_come_in_mp_reach() {
     assert!(r.sweep_stale(ip(2), Some(Family::IPV4_UNICAST)).is_empty());
     assert_eq!(r.sweep_stale(ip(2), None).len(), 1);
 }
+
+#[test]
+fn a_reflector_refuses_paths_that_went_round_its_cluster() {
+    let mut r = rib();
+    let cid = Ipv4Addr::new(244, 0, 0, 1);
+    let mut u = announce(&["198.19.3.0/26"], 2, &[]);
+    u.attrs.cluster_list = vec![Ipv4Addr::new(244, 0, 0, 9), cid];
+    // Not a reflector: the cluster list is someone else's business.
+    assert_eq!(r.update(peer(2, false), &u).len(), 1);
+    r.set_cluster_id(Some(cid));
+    // As a reflector of that cluster, the re-announcement is a loop and
+    // replaces (withdraws) what the peer had sent.
+    assert_eq!(
+        r.update(peer(2, false), &u),
+        [FibChange::Remove {
+            prefix: net("198.19.3.0/26")
+        }]
+    );
+    assert_eq!(r.loops, 1);
+}
+
+#[test]
+fn the_best_single_path_breaks_ties_by_originator_then_cluster_list() {
+    let mut r = rib();
+    let p = "198.19.4.0/26";
+    // Equal cost from peers 3 and 2: both installed (ECMP) ...
+    r.update(peer(3, false), &announce(&[p], 3, &[]));
+    r.update(peer(2, false), &announce(&[p], 2, &[]));
+    assert_eq!(r.installed()[&net(p)], vec![ip(2), ip(3)]);
+    // ... and the lower router id is the one best path.
+    assert_eq!(r.best(&net(p)).unwrap().peer.address, ip(2));
+    // A reflected path counts its originator, not the reflector's id.
+    let mut u = announce(&[p], 9, &[]);
+    u.attrs.originator_id = Some(Ipv4Addr::new(198, 18, 0, 250));
+    r.update(peer(2, false), &u);
+    assert_eq!(r.best(&net(p)).unwrap().peer.address, ip(3));
+    // Same originator: the shorter cluster list wins.
+    let mut a = announce(&[p], 7, &[]);
+    a.attrs.originator_id = Some(Ipv4Addr::new(198, 18, 0, 7));
+    a.attrs.cluster_list = vec![Ipv4Addr::new(244, 0, 0, 1), Ipv4Addr::new(244, 0, 0, 2)];
+    let mut b = a.clone();
+    b.attrs.cluster_list.truncate(1);
+    b.attrs.next_hop = Some(Ipv4Addr::new(198, 18, 0, 8));
+    r.update(peer(2, false), &a);
+    r.update(peer(3, false), &b);
+    assert_eq!(r.best(&net(p)).unwrap().next_hop, ip(8));
+    assert!(r.best(&net("198.19.99.0/24")).is_none());
+}

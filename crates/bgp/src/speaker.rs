@@ -7,7 +7,7 @@ use crate::rib::{FibChange, PeerInfo, Rib};
 use crate::session::{self, Command, PeerConfig, SessionEvent};
 use crate::wire::{Family, Message, Origin, PathAttrs, Update};
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +27,9 @@ pub struct SpeakerConfig {
     /// until our End-of-RIB.
     pub restarting: bool,
     pub families: Vec<Family>,
+    /// Set to make this speaker a route reflector of this cluster id; its
+    /// peers with `rr_client` are its clients.
+    pub cluster_id: Option<Ipv4Addr>,
 }
 
 impl SpeakerConfig {
@@ -42,6 +45,7 @@ impl SpeakerConfig {
             restart_time: Some(120),
             restarting: false,
             families: vec![Family::IPV4_UNICAST],
+            cluster_id: None,
         }
     }
 }
@@ -54,6 +58,11 @@ pub struct PeerSpec {
     pub local_address: Option<IpAddr>,
     pub password: Option<String>,
     pub passive: bool,
+    /// We reflect routes to it (we are a route reflector).
+    pub rr_client: bool,
+    /// Keep a restarting peer's routes at most this long, whatever restart
+    /// time it asked for.
+    pub max_restart_time: Option<Duration>,
 }
 
 impl PeerSpec {
@@ -65,6 +74,8 @@ impl PeerSpec {
             local_address: None,
             password: None,
             passive: false,
+            rr_client: false,
+            max_restart_time: None,
         }
     }
 }
@@ -132,8 +143,10 @@ impl Speaker {
             }
             None => None,
         };
+        let mut rib = Rib::new(cfg.local_as, cfg.router_id);
+        rib.set_cluster_id(cfg.cluster_id);
         let core = Core {
-            rib: Rib::new(cfg.local_as, cfg.router_id),
+            rib,
             cfg,
             peers: HashMap::new(),
             origin: BTreeSet::new(),
@@ -194,6 +207,8 @@ struct Peer {
     restart_time: Option<Duration>,
     advertised: usize,
     synced: bool,
+    /// Prefixes reflected to it (route reflector).
+    reflected: HashSet<IpNet>,
 }
 
 struct Core {
@@ -316,6 +331,7 @@ impl Core {
                         restart_time: None,
                         advertised: 0,
                         synced: false,
+                        reflected: HashSet::new(),
                     },
                 );
             }
@@ -326,7 +342,7 @@ impl Core {
                 self.origin = set;
                 let addrs: Vec<IpAddr> = self.peers.keys().copied().collect();
                 for a in addrs {
-                    self.send_routes(a, &added, &gone, false);
+                    self.send_routes(a, &added, &gone);
                 }
             }
         }
@@ -362,16 +378,24 @@ impl Core {
                 p.local = Some(local);
                 p.since = Some(Instant::now());
                 p.families = negotiated.families.clone();
-                p.restart_time = negotiated.peer_restart.as_ref().map(|(t, _)| *t);
+                let cap = p.spec.max_restart_time;
+                p.restart_time = negotiated
+                    .peer_restart
+                    .as_ref()
+                    .map(|(t, _)| cap.map_or(*t, |c| c.min(*t)));
                 p.advertised = 0;
                 p.synced = false;
+                p.reflected.clear();
                 p.info = Some(PeerInfo {
                     address: peer,
                     router_id: negotiated.peer_id,
                     ebgp: negotiated.peer_as != self.cfg.local_as,
                 });
                 let all: Vec<IpNet> = self.origin.iter().copied().collect();
-                self.send_routes(peer, &all, &[], true);
+                self.send_routes(peer, &all, &[]);
+                let learned: Vec<IpNet> = self.rib.prefixes().copied().collect();
+                self.reflect_to(peer, &learned);
+                self.end_of_rib(peer);
             }
             SessionEvent::Down {
                 peer,
@@ -383,6 +407,7 @@ impl Core {
                     p.since = None;
                     p.advertised = 0;
                     p.synced = false;
+                    p.reflected.clear();
                     p.restart_time
                 });
                 match (graceful, restart) {
@@ -418,7 +443,12 @@ impl Core {
             }
             SessionEvent::RouteRefresh { peer, .. } => {
                 let all: Vec<IpNet> = self.origin.iter().copied().collect();
-                self.send_routes(peer, &all, &[], false);
+                self.send_routes(peer, &all, &[]);
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.reflected.clear();
+                }
+                let learned: Vec<IpNet> = self.rib.prefixes().copied().collect();
+                self.reflect_to(peer, &learned);
             }
             SessionEvent::State {
                 peer,
@@ -450,9 +480,8 @@ impl Core {
         }
     }
 
-    /// Announce `add` and withdraw `gone` to one peer, if it is up; after
-    /// a session comes up, End-of-RIB follows.
-    fn send_routes(&mut self, peer: IpAddr, add: &[IpNet], gone: &[IpNet], initial: bool) {
+    /// Announce `add` and withdraw `gone` to one peer, if it is up.
+    fn send_routes(&mut self, peer: IpAddr, add: &[IpNet], gone: &[IpNet]) {
         let local_as = self.cfg.local_as;
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
@@ -490,22 +519,82 @@ impl Core {
                 .into_iter()
                 .map(Message::Update),
         );
-        if initial {
-            msgs.extend(
-                p.families
-                    .iter()
-                    .map(|f| Message::Update(Update::end_of_rib(*f))),
-            );
-        }
         p.advertised = (p.advertised + add.len()).saturating_sub(gone.len());
         if !msgs.is_empty() && p.cmds.try_send(Command::Send(msgs)).is_err() {
             tracing::warn!(%peer, "session queue full; routes resent on the next session");
         }
     }
 
+    /// After a session comes up: what we hold is sent.
+    fn end_of_rib(&mut self, peer: IpAddr) {
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        let msgs = p
+            .families
+            .iter()
+            .map(|f| Message::Update(Update::end_of_rib(*f)))
+            .collect();
+        if p.cmds.try_send(Command::Send(msgs)).is_err() {
+            tracing::warn!(%peer, "session queue full; End-of-RIB not sent");
+        }
+    }
+
+    /// As a route reflector: bring `peer` up to date for `prefixes`.
+    fn reflect_to(&mut self, peer: IpAddr, prefixes: &[IpNet]) {
+        let Some(cid) = self.cfg.cluster_id else {
+            return;
+        };
+        let clients: HashSet<IpAddr> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.spec.rr_client)
+            .map(|(a, _)| *a)
+            .collect();
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        // Only over an iBGP session that is up.
+        if p.local.is_none() || p.info.is_none_or(|i| i.ebgp) {
+            return;
+        }
+        let target = crate::reflect::Target {
+            address: peer,
+            client: p.spec.rr_client,
+            sent: &mut p.reflected,
+        };
+        let ups = crate::reflect::reflect(
+            &self.rib,
+            cid,
+            &self.origin,
+            |a| clients.contains(&a),
+            target,
+            prefixes,
+        );
+        if ups.is_empty() {
+            return;
+        }
+        let msgs = ups.into_iter().map(Message::Update).collect();
+        if p.cmds.try_send(Command::Send(msgs)).is_err() {
+            tracing::warn!(%peer, "session queue full; reflected routes resent on the next session");
+        }
+    }
+
     fn apply(&mut self, changes: Vec<FibChange>) {
         if changes.is_empty() {
             return;
+        }
+        if self.cfg.cluster_id.is_some() {
+            let touched: Vec<IpNet> = changes
+                .iter()
+                .map(|c| match c {
+                    FibChange::Set { prefix, .. } | FibChange::Remove { prefix } => *prefix,
+                })
+                .collect();
+            let addrs: Vec<IpAddr> = self.peers.keys().copied().collect();
+            for a in addrs {
+                self.reflect_to(a, &touched);
+            }
         }
         let mut t = self.table.lock().unwrap();
         for c in changes {
@@ -528,7 +617,7 @@ impl Core {
                 s.established_for = p.since.map(|t| t.elapsed());
                 s.received = self.rib.received(*a);
                 s.stale = self.rib.stale(*a);
-                s.advertised = p.advertised;
+                s.advertised = p.advertised + p.reflected.len();
                 s.synced = p.synced;
             }
         }

@@ -7,42 +7,13 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use strait_bgp::fsm::State;
 use strait_bgp::rib::FibChange;
 use strait_bgp::speaker::{PeerSpec, Speaker, SpeakerConfig};
 
-fn ready() -> bool {
-    let root = nix_uid_is_root();
-    let bird = Command::new("bird").arg("--version").output().is_ok();
-    if !root || !bird {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI=true: the BIRD interop tests need root and bird (scripts/setup.sh installs bird2)"
-        );
-        eprintln!("!!! SKIPPED the BIRD interop tests: need root and bird !!!");
-        return false;
-    }
-    true
-}
-
-fn nix_uid_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    })
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod common;
+use common::{ready, sh, wait_for};
 
 /// Two namespaces joined by a veth: the speaker's (198.18.200.1) and
 /// BIRD's (198.18.200.2). Removed on drop, BIRD killed.
@@ -242,14 +213,6 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

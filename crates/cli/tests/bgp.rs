@@ -3,7 +3,8 @@
 //! (routes with protocol bgp, via the node, no tunnel) and every pod
 //! reaches every pod. Graceful restart: agents killed with SIGKILL and
 //! started again under a live TCP stream; the routes stay and the stream
-//! never breaks.
+//! never breaks. Then route reflectors: node-a reflects, the mesh goes
+//! off, and no mesh session is left behind.
 
 mod common;
 use common::*;
@@ -41,8 +42,11 @@ fn bgp_full_mesh_carries_every_pod_to_every_pod() {
         return;
     }
     // The README's example, under the test's own name.
-    let yaml =
-        include_str!("../../../examples/four-nodes-bgp.yaml").replace("name: bdemo", "name: t-bgp");
+    // node-a is marked a route reflector from the start; in the mesh it
+    // reflects too (a second path, same next hop, to every client).
+    let yaml = include_str!("../../../examples/four-nodes-bgp.yaml")
+        .replace("name: bdemo", "name: t-bgp")
+        .replace("  - name: node-a\n", RR_NODE);
     let lab = Lab::up(&yaml);
     mesh_routes_in_place(&lab);
     for (src, _) in PODS {
@@ -68,14 +72,17 @@ fn bgp_full_mesh_carries_every_pod_to_every_pod() {
         .expect("a bgp reconciler");
     assert!(bgp.problems.is_empty(), "{:?}", bgp.problems);
     // strait status: one Established session per other node, each having
-    // sent its block and received ours.
+    // sent its block and received ours; the reflector sent the other two
+    // blocks as well.
+    let rr_ip = std::net::IpAddr::V4(lab.node("node-a").ip);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let peers = lab.status("node-a").bgp_peers;
+        let peers = lab.status("node-b").bgp_peers;
         let settled = peers.len() == 3
             && peers.iter().all(|p| {
+                let from_rr = p.address == rr_ip;
                 p.state == "Established"
-                    && p.received == 1
+                    && p.received == if from_rr { 3 } else { 1 }
                     && p.advertised == 1
                     && p.last_error.is_none()
             });
@@ -152,4 +159,74 @@ fn bgp_full_mesh_carries_every_pod_to_every_pod() {
     assert_eq!(r.lines().count(), 3, "{r}");
     mesh_routes_in_place(&lab);
     assert_eq!(lab.probe("c1", "a1").unwrap(), "a1");
+
+    switch_to_route_reflector(&lab);
+}
+
+const RR_NODE: &str = "  - name: node-a
+    labels: {route-reflector: 'true'}
+    annotations: {strait.dev/route-reflector-cluster-id: 244.0.0.1}
+";
+
+/// Mesh off, every node peers with the reflector: the clients drop their
+/// mesh sessions, keep every route (reflected, next hop the originating
+/// node) and every pod still reaches every pod.
+fn switch_to_route_reflector(lab: &Lab) {
+    let yaml = "apiVersion: strait.dev/v1alpha1
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {nodeToNodeMeshEnabled: false}
+---
+apiVersion: strait.dev/v1alpha1
+kind: BGPPeer
+metadata: {name: to-reflectors}
+spec:
+  peerSelector: {matchLabels: {route-reflector: 'true'}}
+";
+    let mut st = strait_lab::LabState::load(lab.name()).unwrap();
+    strait_lab::objects::apply(&mut st, &lab.bins, yaml).unwrap();
+    let rr_ip = std::net::IpAddr::V4(lab.node("node-a").ip);
+    for client in ["node-b", "node-c", "node-d"] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let peers = lab.status(client).bgp_peers;
+            let only_rr = peers.len() == 1
+                && peers[0].address == rr_ip
+                && peers[0].state == "Established"
+                && peers[0].received == 3;
+            if only_rr {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{client}: {peers:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // No mesh session left in the kernel either: one BGP connection.
+        let ss = lab.exec(
+            client,
+            &[
+                "ss",
+                "-Htn",
+                "state",
+                "established",
+                "( sport = :179 or dport = :179 )",
+            ],
+        );
+        assert_eq!(ss.lines().count(), 1, "{client}: {ss}");
+    }
+    let peers = lab.status("node-a").bgp_peers;
+    assert_eq!(peers.len(), 3, "{peers:?}");
+    assert!(
+        peers
+            .iter()
+            .all(|p| p.state == "Established" && p.advertised == 3),
+        "{peers:?}"
+    );
+    mesh_routes_in_place(lab);
+    for (src, _) in PODS {
+        for (dst, _) in PODS {
+            if src != dst {
+                assert_eq!(lab.probe(src, dst).unwrap(), dst, "{src} -> {dst}");
+            }
+        }
+    }
 }

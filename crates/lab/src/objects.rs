@@ -25,6 +25,8 @@ fn value(o: &ClusterObject) -> Option<serde_json::Value> {
         ClusterObject::NetworkPolicy(x) => serde_json::to_value(x).ok(),
         ClusterObject::Namespace(x) => serde_json::to_value(x).ok(),
         ClusterObject::IpPool(x) => serde_json::to_value(x).ok(),
+        ClusterObject::BgpConfiguration(x) => serde_json::to_value(x).ok(),
+        ClusterObject::BgpPeer(x) => serde_json::to_value(x).ok(),
         // Blocks are the agents' to claim, not the lab file's.
         ClusterObject::IpamBlock(_) | ClusterObject::Other { .. } => None,
     }
@@ -66,7 +68,7 @@ pub fn publish_all(st: &LabState) -> anyhow::Result<Vec<Service>> {
     let objects = load(st)?;
     let (mut pods, mut services, mut slices, mut policies, mut namespaces) =
         (vec![], vec![], vec![], vec![], vec![]);
-    let mut pools = vec![];
+    let (mut pools, mut bgp_configs, mut bgp_peers) = (vec![], vec![], vec![]);
     for o in &objects {
         match o {
             ClusterObject::Pod(p) => {
@@ -97,12 +99,16 @@ pub fn publish_all(st: &LabState) -> anyhow::Result<Vec<Service>> {
             ClusterObject::NetworkPolicy(n) => policies.push((**n).clone()),
             ClusterObject::Namespace(n) => namespaces.push((**n).clone()),
             ClusterObject::IpPool(p) => pools.push((**p).clone()),
+            ClusterObject::BgpConfiguration(c) => bgp_configs.push((**c).clone()),
+            ClusterObject::BgpPeer(p) => bgp_peers.push((**p).clone()),
             ClusterObject::Node(_) | ClusterObject::IpamBlock(_) | ClusterObject::Other { .. } => {}
         }
     }
     use crate::publish::put;
     // Pools before pods: a pod's annotation may name one.
     put(st, "ippools", &pools)?;
+    put(st, "bgpconfigurations", &bgp_configs)?;
+    put(st, "bgppeers", &bgp_peers)?;
     put(st, "namespaces", &namespaces)?;
     put(st, "services", &services)?;
     put(st, "user-endpointslices", &slices)?;

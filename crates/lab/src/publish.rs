@@ -73,6 +73,8 @@ fn resource(api_version: &str, kind: &str) -> anyhow::Result<(ApiResource, bool)
         "CustomResourceDefinition" => ("customresourcedefinitions", false),
         "IPPool" => ("ippools", false),
         "IPAMBlock" => ("ipamblocks", false),
+        "BGPConfiguration" => ("bgpconfigurations", false),
+        "BGPPeer" => ("bgppeers", false),
         other => bail!("the lab cannot publish {api_version} {other} through the API"),
     };
     Ok((
@@ -442,8 +444,9 @@ pub fn install_crds(st: &LabState) -> anyhow::Result<()> {
                 .list_api_group_resources(strait_model::ippool::API_VERSION)
                 .await
                 .is_ok_and(|r| {
-                    r.resources.iter().any(|x| x.name == "ipamblocks")
-                        && r.resources.iter().any(|x| x.name == "ippools")
+                    ["ipamblocks", "ippools", "bgpconfigurations", "bgppeers"]
+                        .iter()
+                        .all(|k| r.resources.iter().any(|x| x.name == *k))
                 });
             if served {
                 return Ok(());

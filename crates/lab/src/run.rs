@@ -124,11 +124,17 @@ pub fn node_objects(st: &LabState) -> Vec<serde_json::Value> {
         .nodes
         .iter()
         .map(|n| {
-            let node = strait_model::cluster::test_node(
+            let mut node = strait_model::cluster::test_node(
                 &n.name,
                 Some(&n.pod_cidr.to_string()),
                 Some(&n.ip.to_string()),
             );
+            if !n.labels.is_empty() {
+                node.metadata.labels = Some(n.labels.clone());
+            }
+            if !n.annotations.is_empty() {
+                node.metadata.annotations = Some(n.annotations.clone());
+            }
             serde_json::json!({
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": node.metadata, "spec": node.spec, "status": node.status,

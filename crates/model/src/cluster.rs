@@ -2,6 +2,7 @@
 //! NetworkPolicies, in Kubernetes' own types (k8s-openapi), so the files, etcd
 //! and kube-apiserver sources all produce the same thing.
 
+use crate::bgp::{BGPConfiguration, BGPPeer};
 use crate::ippool::{IPAMBlock, IPPool};
 use crate::slice::Slice;
 use ipnet::IpNet;
@@ -27,6 +28,9 @@ pub struct ClusterSnapshot {
     /// strait's IPPools and the blocks nodes hold of them.
     pub ip_pools: Vec<Arc<IPPool>>,
     pub ipam_blocks: Vec<Arc<IPAMBlock>>,
+    /// BGP mode's topology (see [`crate::bgp`]).
+    pub bgp_configurations: Vec<Arc<BGPConfiguration>>,
+    pub bgp_peers: Vec<Arc<BGPPeer>>,
 }
 
 impl ClusterSnapshot {
@@ -51,6 +55,8 @@ impl ClusterSnapshot {
             ClusterObject::Namespace(n) => self.namespaces.push(Arc::from(n)),
             ClusterObject::IpPool(p) => self.ip_pools.push(Arc::from(p)),
             ClusterObject::IpamBlock(b) => self.ipam_blocks.push(Arc::from(b)),
+            ClusterObject::BgpConfiguration(c) => self.bgp_configurations.push(Arc::from(c)),
+            ClusterObject::BgpPeer(p) => self.bgp_peers.push(Arc::from(p)),
             ClusterObject::Other { .. } => {}
         }
     }
@@ -76,6 +82,10 @@ impl ClusterSnapshot {
         self.ip_pools
             .sort_unstable_by(|a, b| meta_key(&a.metadata).cmp(&meta_key(&b.metadata)));
         self.ipam_blocks
+            .sort_unstable_by(|a, b| meta_key(&a.metadata).cmp(&meta_key(&b.metadata)));
+        self.bgp_configurations
+            .sort_unstable_by(|a, b| meta_key(&a.metadata).cmp(&meta_key(&b.metadata)));
+        self.bgp_peers
             .sort_unstable_by(|a, b| meta_key(&a.metadata).cmp(&meta_key(&b.metadata)));
         // Kubernetes before 1.21 does not set this label; policies select
         // namespaces by it.
@@ -144,6 +154,14 @@ impl ClusterSnapshot {
         reuse(&mut self.ipam_blocks, &prev.ipam_blocks, |x| {
             meta_key(&x.metadata)
         });
+        reuse(
+            &mut self.bgp_configurations,
+            &prev.bgp_configurations,
+            |x| meta_key(&x.metadata),
+        );
+        reuse(&mut self.bgp_peers, &prev.bgp_peers, |x| {
+            meta_key(&x.metadata)
+        });
     }
 }
 
@@ -166,6 +184,8 @@ pub enum Kind {
     Namespaces,
     IpPools,
     IpamBlocks,
+    BgpConfigurations,
+    BgpPeers,
 }
 
 impl ClusterSnapshot {
@@ -186,6 +206,8 @@ impl ClusterSnapshot {
             Kind::Namespaces => differ(&self.namespaces, &other.namespaces),
             Kind::IpPools => differ(&self.ip_pools, &other.ip_pools),
             Kind::IpamBlocks => differ(&self.ipam_blocks, &other.ipam_blocks),
+            Kind::BgpConfigurations => differ(&self.bgp_configurations, &other.bgp_configurations),
+            Kind::BgpPeers => differ(&self.bgp_peers, &other.bgp_peers),
         }
     }
 }
@@ -200,6 +222,8 @@ pub enum ClusterObject {
     Namespace(Box<Namespace>),
     IpPool(Box<IPPool>),
     IpamBlock(Box<IPAMBlock>),
+    BgpConfiguration(Box<BGPConfiguration>),
+    BgpPeer(Box<BGPPeer>),
     Other { api_version: String, kind: String },
 }
 
@@ -281,6 +305,12 @@ fn decode_value(
         }
         (crate::ippool::API_VERSION, "IPAMBlock") => {
             ClusterObject::IpamBlock(de(index, &kind, &name, v)?)
+        }
+        (crate::ippool::API_VERSION, "BGPConfiguration") => {
+            ClusterObject::BgpConfiguration(de(index, &kind, &name, v)?)
+        }
+        (crate::ippool::API_VERSION, "BGPPeer") => {
+            ClusterObject::BgpPeer(de(index, &kind, &name, v)?)
         }
         _ => ClusterObject::Other { api_version, kind },
     };

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! <prefix><resource>/<name>               cluster-scoped (nodes, namespaces,
-//!                                         ippools, ipamblocks)
+//!                                         ippools, ipamblocks, bgpconfigurations, bgppeers)
 //! <prefix><resource>/<namespace>/<name>   namespaced (pods, services, ...)
 //! ```
 //!
@@ -14,6 +14,7 @@
 //! `discovery.k8s.io/v1`. [`Store`] is the watcher's state machine with no
 //! I/O: a consistent list, then events in revision order.
 
+use crate::bgp::{BGPConfiguration, BGPPeer};
 use crate::cluster::{ClusterObject, ClusterSnapshot, Kind};
 use crate::ippool::{IPAMBlock, IPPool};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -26,7 +27,7 @@ pub const DEFAULT_PREFIX: &str = "/strait/v1/";
 
 /// Every resource in the datastore: its path segment, kind, and whether it
 /// is namespaced.
-pub const RESOURCES: [(&str, Kind, bool); 8] = [
+pub const RESOURCES: [(&str, Kind, bool); 10] = [
     ("nodes", Kind::Nodes, false),
     ("namespaces", Kind::Namespaces, false),
     ("pods", Kind::Pods, true),
@@ -35,13 +36,15 @@ pub const RESOURCES: [(&str, Kind, bool); 8] = [
     ("networkpolicies", Kind::NetworkPolicies, true),
     ("ippools", Kind::IpPools, false),
     ("ipamblocks", Kind::IpamBlocks, false),
+    ("bgpconfigurations", Kind::BgpConfigurations, false),
+    ("bgppeers", Kind::BgpPeers, false),
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
     #[error("key {0:?} is not under the prefix {1:?}")]
     Prefix(String, String),
-    #[error("key {0:?}: unknown resource {1:?} (known: nodes, namespaces, pods, services, endpointslices, networkpolicies, ippools, ipamblocks)")]
+    #[error("key {0:?}: unknown resource {1:?} (known: nodes, namespaces, pods, services, endpointslices, networkpolicies, ippools, ipamblocks, bgpconfigurations, bgppeers)")]
     Resource(String, String),
     #[error("key {0:?}: expected {1}")]
     Shape(String, &'static str),
@@ -66,6 +69,8 @@ fn kind_named(kind: &str) -> Option<Kind> {
         "NetworkPolicy" => Kind::NetworkPolicies,
         "IPPool" => Kind::IpPools,
         "IPAMBlock" => Kind::IpamBlocks,
+        "BGPConfiguration" => Kind::BgpConfigurations,
+        "BGPPeer" => Kind::BgpPeers,
         _ => return None,
     })
 }
@@ -108,6 +113,8 @@ pub fn key(prefix: &str, obj: &ClusterObject) -> Option<String> {
         ClusterObject::NetworkPolicy(o) => (Kind::NetworkPolicies, &o.metadata),
         ClusterObject::IpPool(o) => (Kind::IpPools, &o.metadata),
         ClusterObject::IpamBlock(o) => (Kind::IpamBlocks, &o.metadata),
+        ClusterObject::BgpConfiguration(o) => (Kind::BgpConfigurations, &o.metadata),
+        ClusterObject::BgpPeer(o) => (Kind::BgpPeers, &o.metadata),
         ClusterObject::Other { .. } => return None,
     };
     let (resource, namespaced) = resource_of(kind);
@@ -162,6 +169,8 @@ enum Obj {
     NetworkPolicy(Arc<NetworkPolicy>),
     IpPool(Arc<IPPool>),
     IpamBlock(Arc<IPAMBlock>),
+    BgpConfiguration(Arc<BGPConfiguration>),
+    BgpPeer(Arc<BGPPeer>),
 }
 
 /// Decode a value stored at `key`. The object's kind, namespace and name
@@ -183,6 +192,8 @@ fn decode(k: &KeyRef, value: &[u8]) -> Result<Obj, String> {
         Kind::NetworkPolicies => ("networking.k8s.io/v1", "NetworkPolicy"),
         Kind::IpPools => (crate::ippool::API_VERSION, "IPPool"),
         Kind::IpamBlocks => (crate::ippool::API_VERSION, "IPAMBlock"),
+        Kind::BgpConfigurations => (crate::ippool::API_VERSION, "BGPConfiguration"),
+        Kind::BgpPeers => (crate::ippool::API_VERSION, "BGPPeer"),
     };
     let got = (
         v["apiVersion"].as_str().unwrap_or_default(),
@@ -221,6 +232,8 @@ fn decode(k: &KeyRef, value: &[u8]) -> Result<Obj, String> {
         Kind::NetworkPolicies => Obj::NetworkPolicy(de(value)?),
         Kind::IpPools => Obj::IpPool(de(value)?),
         Kind::IpamBlocks => Obj::IpamBlock(de(value)?),
+        Kind::BgpConfigurations => Obj::BgpConfiguration(de(value)?),
+        Kind::BgpPeers => Obj::BgpPeer(de(value)?),
     })
 }
 
@@ -376,6 +389,8 @@ impl Store {
                 Obj::NetworkPolicy(x) => s.network_policies.push(x.clone()),
                 Obj::IpPool(x) => s.ip_pools.push(x.clone()),
                 Obj::IpamBlock(x) => s.ipam_blocks.push(x.clone()),
+                Obj::BgpConfiguration(x) => s.bgp_configurations.push(x.clone()),
+                Obj::BgpPeer(x) => s.bgp_peers.push(x.clone()),
             }
         }
         s.normalize();
@@ -393,6 +408,8 @@ fn same(a: &Obj, b: &Obj) -> bool {
         (Obj::NetworkPolicy(x), Obj::NetworkPolicy(y)) => x == y,
         (Obj::IpPool(x), Obj::IpPool(y)) => x == y,
         (Obj::IpamBlock(x), Obj::IpamBlock(y)) => x == y,
+        (Obj::BgpConfiguration(x), Obj::BgpConfiguration(y)) => x == y,
+        (Obj::BgpPeer(x), Obj::BgpPeer(y)) => x == y,
         _ => false,
     }
 }

@@ -98,13 +98,18 @@ pub fn crds(
 ) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube_core::CustomResourceExt;
-    vec![IPPool::crd(), IPAMBlock::crd()]
+    vec![
+        IPPool::crd(),
+        IPAMBlock::crd(),
+        crate::bgp::BGPConfiguration::crd(),
+        crate::bgp::BGPPeer::crd(),
+    ]
 }
 
 /// deploy/crds.yaml's text.
 pub fn crds_yaml() -> String {
     let mut out = String::from(
-        "# strait's CustomResourceDefinitions, generated from the Rust types\n# (crates/model/src/ippool.rs): `strait crds > deploy/crds.yaml`.\n",
+        "# strait's CustomResourceDefinitions, generated from the Rust types\n# (crates/model/src/ippool.rs, bgp.rs): `strait crds > deploy/crds.yaml`.\n",
     );
     for crd in crds() {
         out.push_str("---\n");

@@ -6,6 +6,7 @@
 use crate::cluster::{parse_manifests, ClusterObject, ManifestError};
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 pub const LAB_API_VERSION: &str = "strait.dev/v1alpha1";
@@ -165,6 +166,12 @@ impl Default for AddressPlan {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabNodeSpec {
     pub name: String,
+    /// The Node object's labels (BGPPeer and IPPool selectors match them).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The Node object's annotations (e.g. a route reflector's cluster id).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -202,6 +209,10 @@ pub struct NodePlan {
     pub netns: String,
     /// Name of the node's link inside the fabric namespace.
     pub fabric_port: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -425,6 +436,8 @@ impl LabFile {
                 pod_cidr: IpNet::V4(blocks[i]),
                 netns: node_netns(name, &n.name),
                 fabric_port: format!("n{i}"),
+                labels: n.labels.clone(),
+                annotations: n.annotations.clone(),
             });
         }
         let mut pods: Vec<PodPlan> = vec![];

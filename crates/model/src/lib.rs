@@ -6,6 +6,7 @@
 //! the CNI plugin and the lab build on it and do the kernel I/O themselves.
 
 pub mod api;
+pub mod bgp;
 pub mod cluster;
 pub mod cniconf;
 pub mod datastore;

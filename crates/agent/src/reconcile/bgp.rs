@@ -1,6 +1,8 @@
-//! BGP (cross-node mode bgp, Calico's BGP mode): an iBGP full mesh of the
-//! cluster's nodes. Each pass makes the speaker peer with every other
-//! node's InternalIP, originate this node's pod CIDR and IPPool blocks, and
+//! BGP (cross-node mode bgp, Calico's BGP mode): by default an iBGP full
+//! mesh of the cluster's nodes; BGPConfiguration and BGPPeer objects turn
+//! the mesh off, add route reflectors and outside peers
+//! ([`strait_model::bgp::plan_peers`]). Each pass makes the speaker run
+//! the planned sessions, originate this node's pod CIDR and IPPool blocks, and
 //! puts what it learned in the main table with the kernel's "bgp" route
 //! protocol. The speaker wakes the reconciler when its table changes.
 //!
@@ -12,13 +14,13 @@
 
 use super::{apply_routes, Reconciler, Report};
 use crate::daemon::Agent;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use strait_bgp::speaker::{PeerSpec, Speaker, SpeakerConfig};
+use strait_model::bgp::plan_peers;
 use strait_model::cluster::{node_internal_ip, ClusterSnapshot, Kind};
 use strait_model::naming::BGP_ROUTE_PROTOCOL;
-use strait_model::routes::plan_node_routes;
 use strait_netlink::{Netlink, Route, RouteKind};
 use tokio::sync::watch;
 
@@ -29,7 +31,9 @@ const RESTART_TIME: u16 = 120;
 pub struct BgpRoutes {
     nl: Netlink,
     speaker: Option<Speaker>,
-    peers: BTreeSet<IpAddr>,
+    /// What the running speaker was started as: (AS, cluster id).
+    started_as: Option<(u32, Option<std::net::Ipv4Addr>)>,
+    peers: BTreeMap<IpAddr, PeerSpec>,
     /// Kernel routes left from before a restart stay until this, or until
     /// every peer has sent End-of-RIB.
     keep_until: Option<Instant>,
@@ -45,7 +49,8 @@ impl BgpRoutes {
         Ok(BgpRoutes {
             nl: Netlink::connect()?,
             speaker: None,
-            peers: BTreeSet::new(),
+            started_as: None,
+            peers: BTreeMap::new(),
             keep_until: None,
             wake_tx,
             wake_rx: Some(wake_rx),
@@ -58,6 +63,8 @@ impl BgpRoutes {
         &mut self,
         agent: &Agent,
         router_id: std::net::Ipv4Addr,
+        local_as: u32,
+        cluster_id: Option<std::net::Ipv4Addr>,
         actual: &[Route],
     ) -> anyhow::Result<()> {
         let leftover = actual
@@ -72,7 +79,8 @@ impl BgpRoutes {
                 "BGP routes from before a restart kept until the peers have re-sent theirs"
             );
         }
-        let mut cfg = SpeakerConfig::new(agent.cfg.bgp_as, router_id);
+        let mut cfg = SpeakerConfig::new(local_as, router_id);
+        cfg.cluster_id = cluster_id;
         cfg.listen = Some(SocketAddr::new(
             IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             self.port,
@@ -94,16 +102,23 @@ impl BgpRoutes {
                 wake.send_modify(|n| *n = n.wrapping_add(1));
             }
         });
-        tracing::info!(asn = agent.cfg.bgp_as, %router_id, "BGP speaker started");
+        tracing::info!(asn = local_as, %router_id, route_reflector = ?cluster_id, "BGP speaker started");
         let _ = agent.bgp.set(speaker.status_handle());
         self.speaker = Some(speaker);
+        self.started_as = Some((local_as, cluster_id));
+        self.peers.clear();
         Ok(())
     }
 }
 
 impl Reconciler for BgpRoutes {
     const NAME: &'static str = "bgp";
-    const READS: &'static [Kind] = &[Kind::Nodes, Kind::IpamBlocks];
+    const READS: &'static [Kind] = &[
+        Kind::Nodes,
+        Kind::IpamBlocks,
+        Kind::BgpConfigurations,
+        Kind::BgpPeers,
+    ];
 
     fn wakeups(&mut self) -> Option<watch::Receiver<u64>> {
         self.wake_rx.take()
@@ -121,25 +136,41 @@ impl Reconciler for BgpRoutes {
         // One dump per pass: it says whether this is a restart (first pass)
         // and is what the routes are made to match.
         let actual = self.nl.routes(true).await?;
+        let plan = plan_peers(snap, me, agent.cfg.bgp_as);
+        rep.problems.extend(plan.problems.iter().cloned());
+        let identity = (plan.local_as, plan.cluster_id);
+        if self.started_as.is_some_and(|s| s != identity) {
+            // The AS or the reflector role changed: every session restarts.
+            tracing::info!(was = ?self.started_as, now = ?identity, "BGP identity changed; restarting the speaker");
+            self.speaker = None;
+            self.started_as = None;
+        }
         if self.speaker.is_none() {
-            self.start(agent, router_id, &actual).await?;
+            self.start(agent, router_id, plan.local_as, plan.cluster_id, &actual)
+                .await?;
         }
         let speaker = self.speaker.as_ref().expect("started above");
-        // The full mesh: every other node.
-        let want: BTreeSet<IpAddr> = plan_node_routes(snap, me)
-            .into_iter()
-            .map(|r| r.via)
-            .filter(IpAddr::is_ipv4)
+        let want: BTreeMap<IpAddr, PeerSpec> = plan
+            .peers
+            .iter()
+            .map(|d| {
+                let mut p = PeerSpec::new(d.address, d.asn);
+                p.port = d.port.unwrap_or(self.port);
+                p.local_address = d.address.is_ipv4().then_some(IpAddr::V4(router_id));
+                p.rr_client = d.rr_client;
+                p.max_restart_time = d.max_restart_time;
+                (d.address, p)
+            })
             .collect();
-        for gone in self.peers.difference(&want) {
+        for gone in self.peers.keys().filter(|a| !want.contains_key(a)) {
             speaker.remove_peer(*gone);
-            tracing::info!(peer = %gone, "BGP peer removed (its node is gone)");
+            tracing::info!(peer = %gone, "BGP peer removed (no longer planned)");
         }
-        for new in want.difference(&self.peers) {
-            let mut p = PeerSpec::new(*new, agent.cfg.bgp_as);
-            p.port = self.port;
-            p.local_address = Some(IpAddr::V4(router_id));
-            speaker.add_peer(p);
+        for (a, p) in &want {
+            if self.peers.get(a) != Some(p) {
+                // A changed spec restarts that one session.
+                speaker.add_peer(p.clone());
+            }
         }
         self.peers = want;
         let own: BTreeSet<ipnet::IpNet> = agent

@@ -1,6 +1,6 @@
 //! The kube-apiserver source: one reflector per kind (Nodes, Pods,
 //! Services, EndpointSlices, Namespaces, NetworkPolicies, and strait's
-//! IPPools and IPAMBlocks), each a
+//! IPPools, IPAMBlocks, BGPConfigurations and BGPPeers), each a
 //! watch that relists by itself after "410 Gone" or a broken connection and
 //! retries errors with backoff. A snapshot is published only once every kind
 //! has been listed, and then after each burst of events (coalesced).
@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use strait_model::api::SourceStatus;
+use strait_model::bgp::{BGPConfiguration, BGPPeer};
 use strait_model::cluster::ClusterSnapshot;
 use strait_model::ippool::{IPAMBlock, IPPool};
 use strait_model::slice::Slice;
@@ -48,6 +49,8 @@ struct Stores {
     policies: Store<NetworkPolicy>,
     pools: Store<IPPool>,
     blocks: Store<IPAMBlock>,
+    bgp_configs: Store<BGPConfiguration>,
+    bgp_peers: Store<BGPPeer>,
 }
 
 /// Drive one kind's reflector stream on its own task.
@@ -232,6 +235,8 @@ impl Stores {
             namespaces: self.namespaces.state(),
             ip_pools: self.pools.state(),
             ipam_blocks: self.blocks.state(),
+            bgp_configurations: self.bgp_configs.state(),
+            bgp_peers: self.bgp_peers.state(),
         };
         s.normalize();
         s
@@ -254,7 +259,7 @@ async fn slice_version(client: &kube::Client) -> anyhow::Result<&'static str> {
     }
 }
 
-const KINDS: [&str; 8] = [
+const KINDS: [&str; 10] = [
     "nodes",
     "pods",
     "services",
@@ -263,7 +268,12 @@ const KINDS: [&str; 8] = [
     "networkpolicies",
     "ippools",
     "ipamblocks",
+    "bgpconfigurations",
+    "bgppeers",
 ];
+
+/// The kinds strait's CRDs serve.
+const CRD_KINDS: [&str; 4] = ["ippools", "ipamblocks", "bgpconfigurations", "bgppeers"];
 
 /// Whether the apiserver serves strait's CRDs (deploy/crds.yaml).
 async fn crds_installed(client: &kube::Client) -> bool {
@@ -271,7 +281,7 @@ async fn crds_installed(client: &kube::Client) -> bool {
         .list_api_group_resources(strait_model::ippool::API_VERSION)
         .await
         .is_ok_and(|r| {
-            ["ippools", "ipamblocks"]
+            CRD_KINDS
                 .iter()
                 .all(|k| r.resources.iter().any(|x| x.name == *k))
         })
@@ -368,13 +378,20 @@ impl KubeSource {
         if !crds_installed(c).await {
             // Not a reason to stay unready: without them there are no
             // IPPools, and the watches pick them up once they are applied.
-            tracing::warn!("strait's CRDs (IPPool, IPAMBlock) are not installed: kubectl apply -f deploy/crds.yaml; pods asking for an IPPool get an error until then");
+            tracing::warn!("strait's CRDs (IPPool, IPAMBlock, BGPConfiguration, BGPPeer) are not installed: kubectl apply -f deploy/crds.yaml; pods asking for an IPPool get an error until then");
             let mut l = listed.lock().unwrap();
-            l.insert("ippools", 0);
-            l.insert("ipamblocks", 0);
+            for k in CRD_KINDS {
+                l.insert(k, 0);
+            }
         }
         let pools = watch_kind!("ippools", Api::<IPPool>::all(c.clone()), all());
         let blocks = watch_kind!("ipamblocks", Api::<IPAMBlock>::all(c.clone()), all());
+        let bgp_configs = watch_kind!(
+            "bgpconfigurations",
+            Api::<BGPConfiguration>::all(c.clone()),
+            all()
+        );
+        let bgp_peers = watch_kind!("bgppeers", Api::<BGPPeer>::all(c.clone()), all());
         let stores = Stores {
             nodes,
             pods,
@@ -384,6 +401,8 @@ impl KubeSource {
             policies,
             pools,
             blocks,
+            bgp_configs,
+            bgp_peers,
         };
         // Every kind listed once, or no snapshot: a partial view would make
         // the agent release pods or drop services that exist.
