@@ -131,6 +131,14 @@ fn the_shipped_crds_are_the_generated_ones() {
         .iter()
         .map(|c| c.metadata.name.clone().unwrap())
         .collect();
-    assert_eq!(names, ["ippools.strait.dev", "ipamblocks.strait.dev"]);
+    assert_eq!(
+        names,
+        [
+            "ippools.strait.dev",
+            "ipamblocks.strait.dev",
+            "bgpconfigurations.strait.dev",
+            "bgppeers.strait.dev"
+        ]
+    );
     assert!(crds.iter().all(|c| c.spec.scope == "Cluster"));
 }
