@@ -241,6 +241,20 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
             Err(e) => Response::Error(e),
         },
         Request::Wired { .. } => unreachable!("answered in handle_conn"),
+        Request::BgpRoutes => match agent.bgp.get().map(|h| h.routes_blocking()) {
+            None => Response::Error(ApiError {
+                kind: ApiErrorKind::Invalid,
+                message: format!(
+                    "this node runs no BGP speaker (cross-node mode {}; BGP is --cross-node bgp)",
+                    agent.cross_node
+                ),
+            }),
+            Some(None) => Response::Error(ApiError {
+                kind: ApiErrorKind::Internal,
+                message: "the BGP speaker has stopped (see the agent's log)".into(),
+            }),
+            Some(Some(v)) => Response::BgpRoutes(Box::new(bgp_routes(v))),
+        },
         Request::PolicyList => Response::Policy {
             pods: agent.published.lock().unwrap().policy.clone(),
         },
@@ -405,4 +419,34 @@ fn pod_key(p: &k8s_openapi::api::core::v1::Pod) -> String {
         p.metadata.namespace.as_deref().unwrap_or("default"),
         p.metadata.name.as_deref().unwrap_or_default()
     )
+}
+
+fn bgp_routes(v: strait_bgp::view::RouteView) -> strait_model::api::BgpRoutes {
+    use strait_model::api::{BgpAdvertisedRoute, BgpLearnedRoute};
+    strait_model::api::BgpRoutes {
+        learned: v
+            .learned
+            .into_iter()
+            .map(|r| BgpLearnedRoute {
+                prefix: r.prefix,
+                peer: r.peer,
+                next_hop: r.next_hop,
+                as_path: r.as_path,
+                local_pref: r.local_pref,
+                med: r.med,
+                installed: r.installed,
+                stale: r.stale,
+                originator: r.originator,
+            })
+            .collect(),
+        advertised: v
+            .advertised
+            .into_iter()
+            .map(|r| BgpAdvertisedRoute {
+                prefix: r.prefix,
+                peer: r.peer,
+                reflected_from: r.reflected_from,
+            })
+            .collect(),
+    }
 }

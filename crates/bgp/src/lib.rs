@@ -8,10 +8,13 @@
 //!   marking, and the forwarding changes they make.
 //! - [`reflect`]: what a route reflector passes on to each peer.
 //! - [`session`]: one peer over TCP (MD5 when configured).
+//! - [`speaker`]: the sessions, the RIB and what is originated, together.
+//! - [`view`]: the routes as `strait bgp routes` shows them.
 
 pub mod fsm;
 pub mod reflect;
 pub mod rib;
 pub mod session;
 pub mod speaker;
+pub mod view;
 pub mod wire;

@@ -5,6 +5,7 @@
 use crate::fsm::{self, State};
 use crate::rib::{FibChange, PeerInfo, Rib};
 use crate::session::{self, Command, PeerConfig, SessionEvent};
+use crate::view::{AdvertisedRoute, RouteView};
 use crate::wire::{Family, Message, Origin, PathAttrs, Update};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -97,12 +98,32 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
 }
 
+/// Reads the speaker's state from outside it (the agent's API). It does
+/// not keep the speaker running.
 #[derive(Clone, Debug)]
-pub struct StatusHandle(Arc<Mutex<BTreeMap<IpAddr, PeerStatus>>>);
+pub struct StatusHandle {
+    status: Arc<Mutex<BTreeMap<IpAddr, PeerStatus>>>,
+    queries: mpsc::UnboundedSender<tokio::sync::oneshot::Sender<RouteView>>,
+}
 
 impl StatusHandle {
     pub fn peers(&self) -> Vec<PeerStatus> {
-        self.0.lock().unwrap().values().cloned().collect()
+        self.status.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Learned and advertised routes, asked of the running speaker (None
+    /// once it has stopped). Blocks: call it off the async runtime.
+    pub fn routes_blocking(&self) -> Option<RouteView> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queries.send(tx).ok()?;
+        rx.blocking_recv().ok()
+    }
+
+    /// As [`Self::routes_blocking`], from async code.
+    pub async fn routes(&self) -> Option<RouteView> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queries.send(tx).ok()?;
+        rx.await.ok()
     }
 }
 
@@ -115,6 +136,7 @@ enum Ctl {
 /// A handle on the running speaker; dropping it stops the speaker.
 pub struct Speaker {
     ctl: mpsc::UnboundedSender<Ctl>,
+    queries: mpsc::UnboundedSender<tokio::sync::oneshot::Sender<RouteView>>,
     status: Arc<Mutex<BTreeMap<IpAddr, PeerStatus>>>,
     /// The forwarding table the RIB wants (for status and tests).
     fib: Arc<Mutex<BTreeMap<IpNet, Vec<IpAddr>>>>,
@@ -129,6 +151,7 @@ impl Speaker {
     ) -> std::io::Result<Speaker> {
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (q_tx, q_rx) = mpsc::unbounded_channel();
         let status = Arc::new(Mutex::new(BTreeMap::new()));
         let table = Arc::new(Mutex::new(BTreeMap::new()));
         let listener = match cfg.listen {
@@ -160,9 +183,10 @@ impl Speaker {
                 l.as_raw_fd()
             }),
         };
-        tokio::spawn(core.run(ctl_rx, ev_rx, listener));
+        tokio::spawn(core.run(ctl_rx, ev_rx, q_rx, listener));
         Ok(Speaker {
             ctl,
+            queries: q_tx,
             status,
             fib: table,
         })
@@ -188,7 +212,10 @@ impl Speaker {
 
     /// A handle that reads the peers' status without the speaker.
     pub fn status_handle(&self) -> StatusHandle {
-        StatusHandle(self.status.clone())
+        StatusHandle {
+            status: self.status.clone(),
+            queries: self.queries.clone(),
+        }
     }
 
     pub fn fib(&self) -> BTreeMap<IpNet, Vec<IpAddr>> {
@@ -230,6 +257,7 @@ impl Core {
         mut self,
         mut ctl: mpsc::UnboundedReceiver<Ctl>,
         mut events: mpsc::UnboundedReceiver<SessionEvent>,
+        mut queries: mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<RouteView>>,
         listener: Option<TcpListener>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -259,6 +287,10 @@ impl Core {
                     }
                 },
                 Some(e) = events.recv() => self.session_event(e),
+                Some(q) = queries.recv() => {
+                    let _ = q.send(self.route_view());
+                    continue;
+                }
                 // Uptimes move on without events.
                 _ = tick.tick() => {}
                 r = accept => if let Ok((s, from)) = r {
@@ -607,6 +639,38 @@ impl Core {
                 }
             }
             let _ = self.fib.send(c);
+        }
+    }
+
+    fn route_view(&self) -> RouteView {
+        let mut advertised = vec![];
+        for (a, p) in &self.peers {
+            let (Some(local), true) = (p.local, p.info.is_some()) else {
+                continue;
+            };
+            let carried = |n: &IpNet| match n {
+                IpNet::V4(_) => p.families.contains(&Family::IPV4_UNICAST),
+                IpNet::V6(_) => p.families.contains(&Family::IPV6_UNICAST) && local.is_ipv6(),
+            };
+            for n in self.origin.iter().filter(|n| carried(n)) {
+                advertised.push(AdvertisedRoute {
+                    prefix: *n,
+                    peer: *a,
+                    reflected_from: None,
+                });
+            }
+            for n in &p.reflected {
+                advertised.push(AdvertisedRoute {
+                    prefix: *n,
+                    peer: *a,
+                    reflected_from: self.rib.best(n).map(|b| b.peer.address),
+                });
+            }
+        }
+        advertised.sort_by_key(|r| (r.prefix, r.peer));
+        RouteView {
+            learned: crate::view::learned(&self.rib),
+            advertised,
         }
     }
 

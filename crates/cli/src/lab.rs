@@ -77,6 +77,13 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// `strait bgp` against a node's agent: `lab bgp NODE` (peers and
+    /// routes), `lab bgp NODE peers|routes [-o json]`.
+    Bgp {
+        node: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The pod echo server (run inside a pod's namespace by the lab).
     #[command(hide = true)]
     ServeEcho {
@@ -266,20 +273,17 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         Verb::Monitor { node, args } => node_tool(a.lab.as_deref(), &node, "monitor", &args, true),
         Verb::Metrics { node, args } => node_tool(a.lab.as_deref(), &node, "metrics", &args, true),
-        Verb::Policy { node, args } => {
-            let st = LabState::find(a.lab.as_deref())?;
-            let n = st
-                .plan
-                .node(&node)
-                .with_context(|| format!("{node} is not a node of lab {}", st.plan.name))?;
-            let status = std::process::Command::new(std::env::current_exe()?)
-                .arg("policy")
-                .arg("--socket")
-                .arg(st.socket(n))
-                .args(&args)
-                .status()
-                .context("run strait policy")?;
-            Ok(status.code().unwrap_or(1))
+        Verb::Policy { node, args } => agent_verb(a.lab.as_deref(), &node, "policy", &args),
+        Verb::Bgp { node, args } => {
+            if args.is_empty() {
+                let rc = agent_verb(a.lab.as_deref(), &node, "bgp", &["peers".into()])?;
+                if rc != 0 {
+                    return Ok(rc);
+                }
+                println!();
+                return agent_verb(a.lab.as_deref(), &node, "bgp", &["routes".into()]);
+            }
+            agent_verb(a.lab.as_deref(), &node, "bgp", &args)
         }
         Verb::Lb { node, args } => {
             let mut full = vec!["list".to_string()];
@@ -346,5 +350,22 @@ fn node_tool_sub(
         .args(&args[1..])
         .status()
         .context("run nsenter")?;
+    Ok(status.code().unwrap_or(1))
+}
+
+/// Run `strait VERB --socket <node's socket> ARGS...` for a lab node.
+fn agent_verb(lab: Option<&str>, node: &str, verb: &str, args: &[String]) -> anyhow::Result<i32> {
+    let st = LabState::find(lab)?;
+    let n = st
+        .plan
+        .node(node)
+        .with_context(|| format!("{node} is not a node of lab {}", st.plan.name))?;
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .arg(verb)
+        .arg("--socket")
+        .arg(st.socket(n))
+        .args(args)
+        .status()
+        .with_context(|| format!("run strait {verb}"))?;
     Ok(status.code().unwrap_or(1))
 }

@@ -1,6 +1,7 @@
 //! `strait`: the node agent, the operator's CLI, and the namespace lab.
 
 mod agent;
+mod bgp;
 mod lab;
 mod lb;
 mod metrics;
@@ -39,7 +40,10 @@ enum Cmd {
     /// NetworkPolicy as this node enforces it, and why a connection is
     /// allowed or denied.
     Policy(policy::Args),
-    /// Print strait's CustomResourceDefinitions (IPPool, IPAMBlock) as
+    /// This node's BGP sessions and routes (cross-node mode bgp).
+    Bgp(bgp::Args),
+    /// Print strait's CustomResourceDefinitions (IPPool, IPAMBlock,
+    /// BGPConfiguration, BGPPeer) as
     /// deploy/crds.yaml ships them.
     Crds,
 }
@@ -54,6 +58,7 @@ fn main() {
         Cmd::Metrics(a) => metrics::run(a),
         Cmd::Lb(a) => lb::run(a),
         Cmd::Policy(a) => policy::run(a),
+        Cmd::Bgp(a) => bgp::run(a),
         Cmd::Crds => {
             print!("{}", strait_model::ippool::crds_yaml());
             Ok(0)

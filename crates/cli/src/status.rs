@@ -116,34 +116,8 @@ pub fn render(s: &NodeStatus) -> String {
         ));
     }
     if !s.bgp_peers.is_empty() {
-        out.push_str(&format!(
-            "\n{:<18} {:>10} {:<12} {:>8} {:>9} {:>6} {:>11} {:>6}  {}\n",
-            "BGP PEER",
-            "AS",
-            "STATE",
-            "UP",
-            "RECEIVED",
-            "STALE",
-            "ADVERTISED",
-            "FLAPS",
-            "LAST ERROR"
-        ));
-        for p in &s.bgp_peers {
-            out.push_str(&format!(
-                "{:<18} {:>10} {:<12} {:>8} {:>9} {:>6} {:>11} {:>6}  {}\n",
-                p.address.to_string(),
-                p.asn,
-                p.state,
-                p.up_secs
-                    .map(|s| format!("{s}s"))
-                    .unwrap_or_else(|| "-".into()),
-                p.received,
-                p.stale,
-                p.advertised,
-                p.flaps,
-                p.last_error.as_deref().unwrap_or("-")
-            ));
-        }
+        out.push('\n');
+        out.push_str(&crate::bgp::render_peers(&s.bgp_peers));
     }
     if !s.reconcilers.is_empty() {
         out.push_str(&format!(

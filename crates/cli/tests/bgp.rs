@@ -229,4 +229,65 @@ spec:
             }
         }
     }
+    bgp_verbs_show_the_reflection(lab);
+}
+
+/// `strait bgp routes -o json` on a client: node-c's block came from the
+/// reflector with node-c as originator and next hop, and is installed;
+/// `strait lab bgp` prints both tables.
+fn bgp_verbs_show_the_reflection(lab: &Lab) {
+    let strait = |args: &[&str]| {
+        let out = std::process::Command::new(&lab.bins.strait)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let sock = lab.st.socket(lab.node("node-b"));
+    let json = strait(&[
+        "bgp",
+        "routes",
+        "-o",
+        "json",
+        "--socket",
+        sock.to_str().unwrap(),
+    ]);
+    let r: strait_model::api::BgpRoutes = serde_json::from_str(&json).unwrap();
+    let c = lab.node("node-c");
+    let rr = std::net::IpAddr::V4(lab.node("node-a").ip);
+    let via_rr: Vec<_> = r
+        .learned
+        .iter()
+        .filter(|l| l.prefix == c.pod_cidr)
+        .collect();
+    assert_eq!(via_rr.len(), 1, "{json}");
+    let l = via_rr[0];
+    assert_eq!(
+        (l.peer, l.next_hop, l.originator, l.installed, l.stale),
+        (rr, std::net::IpAddr::V4(c.ip), Some(c.ip), true, false),
+        "{json}"
+    );
+    let b_block = lab.node("node-b").pod_cidr;
+    assert!(
+        r.advertised
+            .iter()
+            .any(|a| a.prefix == b_block && a.peer == rr && a.reflected_from.is_none()),
+        "{json}"
+    );
+    let table = strait(&["lab", "--lab", lab.name(), "bgp", "node-b"]);
+    for want in [
+        "BGP PEER",
+        "Established",
+        "LEARNED",
+        "reflected (originator",
+        "ADVERTISED",
+        "this node",
+    ] {
+        assert!(table.contains(want), "{want:?} missing:\n{table}");
+    }
 }

@@ -47,6 +47,8 @@ pub enum Request {
         port: u16,
         proto: crate::policy::Proto,
     },
+    /// The BGP speaker's routes: learned, and advertised to each peer.
+    BgpRoutes,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -73,7 +75,41 @@ pub enum Response {
         pods: Vec<crate::policy::PodRules>,
     },
     PolicyVerdict(Box<PolicyExplanation>),
+    BgpRoutes(Box<BgpRoutes>),
     Error(ApiError),
+}
+
+/// `strait bgp routes`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BgpRoutes {
+    pub learned: Vec<BgpLearnedRoute>,
+    pub advertised: Vec<BgpAdvertisedRoute>,
+}
+
+/// One path a peer sent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BgpLearnedRoute {
+    pub prefix: ipnet::IpNet,
+    pub peer: IpAddr,
+    pub next_hop: IpAddr,
+    pub as_path: String,
+    pub local_pref: Option<u32>,
+    pub med: Option<u32>,
+    /// Forwarding uses it (one of several when equal-cost).
+    pub installed: bool,
+    /// Kept from before the peer restarted, not re-sent yet.
+    pub stale: bool,
+    /// Reflected routes: the router that first announced it.
+    pub originator: Option<std::net::Ipv4Addr>,
+}
+
+/// One prefix sent to one peer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BgpAdvertisedRoute {
+    pub prefix: ipnet::IpNet,
+    pub peer: IpAddr,
+    /// None: this node originates it; else reflected from that peer.
+    pub reflected_from: Option<IpAddr>,
 }
 
 /// `strait policy explain`: both ends resolved, and both directions' decisions.
