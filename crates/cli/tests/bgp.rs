@@ -230,6 +230,71 @@ spec:
         }
     }
     bgp_verbs_show_the_reflection(lab);
+    per_pod_routes_come_and_go(lab);
+}
+
+const SOLO_POD: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: s1, namespace: default, annotations: {strait.dev/ippool: solo}}
+spec: {nodeName: node-a, containers: [{name: echo, image: strait/echo}]}
+";
+
+/// A pod of an IPPool of /32 blocks: its own /32 is advertised (via its
+/// node, everywhere), its node's route to it stays a route to the pod (not
+/// the block's blackhole), and deleting the pod withdraws the /32.
+fn per_pod_routes_come_and_go(lab: &Lab) {
+    let pool = "apiVersion: strait.dev/v1alpha1
+kind: IPPool
+metadata: {name: solo}
+spec: {cidr: 198.19.200.0/29, blockSize: 32}
+";
+    let mut st = strait_lab::LabState::load(lab.name()).unwrap();
+    strait_lab::objects::apply(&mut st, &lab.bins, pool).unwrap();
+    // The agents read the lab's manifests every 500 ms: the pool first, so
+    // the pod's ADD finds it (an ADD that sees no pool at all takes the
+    // node's pod CIDR; see the agent's pools.rs).
+    std::thread::sleep(Duration::from_millis(1500));
+    strait_lab::objects::apply(&mut st, &lab.bins, SOLO_POD).unwrap();
+    let st = strait_lab::LabState::load(lab.name()).unwrap();
+    let ip = st.pod_ip(st.plan.pod("default/s1").unwrap()).unwrap();
+    let a_ip = lab.node("node-a").ip;
+    for n in ["node-b", "node-c", "node-d"] {
+        let want = format!("{ip} via {a_ip} dev eth0");
+        lab.until(n, &["ip", "route", "show", "proto", "bgp"], &want, |o| {
+            o.contains(&want)
+        });
+    }
+    // The pod's node keeps routing to the pod across reconciler passes
+    // (a /32 block's blackhole used to replace it every resync).
+    for _ in 0..15 {
+        let r = lab.exec("node-a", &["ip", "route", "show", &format!("{ip}/32")]);
+        assert!(
+            !r.contains("blackhole") && r.contains("dev "),
+            "node-a's route to s1: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // d1 on node-d reaches s1 through the reflected /32.
+    let d = strait_lab::run::target_netns(&st.plan, "d1").unwrap();
+    let r = strait_lab::probe::probe(
+        &strait_lab::run::netns_path(&d),
+        std::net::SocketAddr::new(ip, 8080),
+        false,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    assert_eq!(r.answered_by, "s1");
+    let mut st = strait_lab::LabState::load(lab.name()).unwrap();
+    strait_lab::objects::delete(&mut st, &lab.bins, SOLO_POD).unwrap();
+    for n in ["node-b", "node-c", "node-d"] {
+        let gone = format!("{ip} via");
+        lab.until(
+            n,
+            &["ip", "route", "show", "proto", "bgp"],
+            "the removed pod's /32 withdrawn",
+            |o| !o.contains(&gone),
+        );
+    }
 }
 
 /// `strait bgp routes -o json` on a client: node-c's block came from the

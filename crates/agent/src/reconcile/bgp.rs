@@ -173,12 +173,21 @@ impl Reconciler for BgpRoutes {
             }
         }
         self.peers = want;
-        let own: BTreeSet<ipnet::IpNet> = agent
-            .ipam
-            .cidr()
-            .into_iter()
-            .chain(agent.ipam.blocks().into_keys())
-            .collect();
+        // A block of one address (blockSize 32/128: per-pod routes) is
+        // announced while its pod holds it, not while the address cools
+        // down after the pod went: a removed pod's /32 is withdrawn.
+        let live: BTreeSet<IpAddr> = agent.ipam.allocations().iter().map(|a| a.ip).collect();
+        let own: BTreeSet<ipnet::IpNet> =
+            agent
+                .ipam
+                .cidr()
+                .into_iter()
+                .chain(
+                    agent.ipam.blocks().into_keys().filter(|b| {
+                        b.prefix_len() < b.max_prefix_len() || live.contains(&b.addr())
+                    }),
+                )
+                .collect();
         speaker.originate(own);
         // Sessions not up are this pass's problems (retried, and shown).
         let status = speaker.peers();

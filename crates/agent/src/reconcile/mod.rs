@@ -198,6 +198,10 @@ pub async fn apply_routes(
     rep: &mut Report,
 ) {
     use std::collections::{HashMap, HashSet};
+    // Each change is logged at info up to this many per pass, then counted:
+    // a BGP peer's 100 000 routes are one line, not 100 000.
+    const LOGGED: usize = 10;
+    let (mut added, mut removed) = (0usize, 0usize);
     // Indexed: the BGP reconciler's tables hold 100 000 routes.
     let mut by_dst: HashMap<(ipnet::IpNet, u32), Vec<&Route>> =
         HashMap::with_capacity(actual.len());
@@ -224,7 +228,12 @@ pub async fn apply_routes(
         match nl.replace_route(d).await {
             Ok(()) => {
                 rep.changed += 1;
-                tracing::info!(dst = %d.dst, via = ?d.via, kind = ?d.kind, "route programmed");
+                added += 1;
+                if added <= LOGGED {
+                    tracing::info!(dst = %d.dst, via = ?d.via, kind = ?d.kind, "route programmed");
+                } else {
+                    tracing::debug!(dst = %d.dst, via = ?d.via, kind = ?d.kind, "route programmed");
+                }
             }
             Err(e) => rep.problems.push(format!("route {}: {e}", d.dst)),
         }
@@ -240,12 +249,24 @@ pub async fn apply_routes(
         match nl.delete_route(a).await {
             Ok(true) => {
                 rep.changed += 1;
-                tracing::info!(dst = %a.dst, "stale route removed");
+                removed += 1;
+                if removed <= LOGGED {
+                    tracing::info!(dst = %a.dst, "stale route removed");
+                } else {
+                    tracing::debug!(dst = %a.dst, "stale route removed");
+                }
             }
             Ok(false) => {}
             Err(e) => rep
                 .problems
                 .push(format!("remove stale route {}: {e}", a.dst)),
         }
+    }
+    if added > LOGGED || removed > LOGGED {
+        tracing::info!(
+            programmed = added,
+            removed,
+            "routes changed (the first {LOGGED} of each logged one by one)"
+        );
     }
 }

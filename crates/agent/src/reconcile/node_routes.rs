@@ -72,12 +72,16 @@ impl Reconciler for NodeRoutes {
             }
         }
         // The pod CIDR and this node's IPPool blocks: what is not a pod's
-        // /32 goes nowhere.
-        let own = agent
-            .ipam
-            .cidr()
-            .into_iter()
-            .chain(agent.ipam.blocks().into_keys());
+        // /32 goes nowhere. A block of one address (blockSize 32 or 128:
+        // per-pod routes) is its pod's own route; a blackhole of the same
+        // prefix would replace it.
+        let own = agent.ipam.cidr().into_iter().chain(
+            agent
+                .ipam
+                .blocks()
+                .into_keys()
+                .filter(|b| b.prefix_len() < b.max_prefix_len()),
+        );
         for cidr in own {
             desired.push(Route {
                 dst: cidr,
