@@ -1,7 +1,8 @@
 //! strait's speaker as a route reflector between two real BIRD 2 clients
 //! that do not peer with each other: each learns the other's route through
 //! us, with the originator id and our cluster id that RFC 4456 asks for,
-//! the next hop untouched, and loses it when the other withdraws.
+//! the next hop untouched, and loses it when the other withdraws. A prefix
+//! both announce is ECMP over both in our table.
 //! Needs root and bird; skipped loudly otherwise, a failure under CI=true.
 
 use std::collections::BTreeSet;
@@ -89,7 +90,7 @@ router id 198.18.201.{n};
 protocol device {{}}
 protocol direct {{ ipv4; interface "eth0"; }}
 protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; }}
-protocol static {{ ipv4; route 198.19.{n}0.0/24 blackhole; }}
+protocol static {{ ipv4; route 198.19.{n}0.0/24 blackhole; route 198.19.99.0/24 blackhole; }}
 protocol bgp reflector {{
   local 198.18.201.{n} as 64512;
   neighbor 198.18.201.1 as 64512;
@@ -206,10 +207,18 @@ fn check(lab: &Lab, sp: &Speaker) {
         assert!(shown.contains("BGP.cluster_list: 244.0.0.1"), "{shown}");
     }
     let st = sp.peers();
-    assert!(
-        st.iter().all(|p| p.received == 1 && p.advertised == 2),
-        "each client sent one route and got ours and the other's: {st:?}"
-    );
+    // Each sent two; each got ours and the other's own route, and client 3
+    // the anycast prefix too (the best path is client 2's: lower id).
+    let counts: Vec<(usize, usize)> = st.iter().map(|p| (p.received, p.advertised)).collect();
+    assert_eq!(counts, [(2, 2), (2, 3)], "{st:?}");
+    // The anycast prefix, equal from both clients: ECMP over both in our
+    // forwarding table.
+    let anycast: ipnet::IpNet = "198.19.99.0/24".parse().unwrap();
+    let two: Vec<IpAddr> = vec![
+        "198.18.201.2".parse().unwrap(),
+        "198.18.201.3".parse().unwrap(),
+    ];
+    assert_eq!(sp.fib().get(&anycast), Some(&two), "{:?}", sp.fib());
     // Client 2 withdraws (its session ends with a Cease): client 3 loses
     // the route, and keeps ours.
     lab.birdc(2, "disable reflector");
@@ -219,6 +228,11 @@ fn check(lab: &Lab, sp: &Speaker) {
         || !lab.kernel(3).contains("198.19.20.0/24"),
     );
     assert!(lab.kernel(3).contains("198.19.1.0/26"));
+    wait_for(
+        "the anycast prefix down to one next hop",
+        Duration::from_secs(10),
+        || sp.fib().get(&anycast) == Some(&vec![two[1]]),
+    );
     // Back: reflected again.
     lab.birdc(2, "enable reflector");
     wait_for(
