@@ -165,14 +165,27 @@ fn until_routes(ns: &str, proto: &str, want: usize, t0: Instant) -> anyhow::Resu
     }
 }
 
-/// `ip monitor route` in `ns`: each added route line, with when it came.
-fn monitor(ns: &str) -> anyhow::Result<(Child, mpsc::Receiver<(Instant, String)>)> {
+/// `ip monitor route` in `ns`, killed on drop.
+struct Monitor(Child);
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ip monitor route` in `ns`: each route line, with when it came. Returns
+/// once the monitor is listening (it has seen a sentinel route come and
+/// go), so no change after this is missed.
+fn monitor(ns: &str) -> anyhow::Result<(Monitor, mpsc::Receiver<(Instant, String)>)> {
     // Line-buffered: into a pipe, ip would hold lines back in a block.
     let mut child = Command::new("stdbuf")
         .args(["-oL", "ip", "-n", ns, "monitor", "route"])
         .stdout(Stdio::piped())
         .spawn()?;
     let out = child.stdout.take().unwrap();
+    let mon = Monitor(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
@@ -181,7 +194,40 @@ fn monitor(ns: &str) -> anyhow::Result<(Child, mpsc::Receiver<(Instant, String)>
             }
         }
     });
-    Ok((child, rx))
+    let sentinel = "198.18.255.254";
+    let t0 = Instant::now();
+    loop {
+        let _ = ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            &format!("{sentinel}/32"),
+            "dev",
+            "lo",
+        ]);
+        let _ = ip(&[
+            "-n",
+            ns,
+            "route",
+            "del",
+            &format!("{sentinel}/32"),
+            "dev",
+            "lo",
+        ]);
+        if let Ok((_, l)) = rx.recv_timeout(Duration::from_millis(100)) {
+            if l.contains(sentinel) {
+                break;
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!("ip monitor in {ns} never started");
+        }
+    }
+    // Drain the sentinel's lines.
+    std::thread::sleep(Duration::from_millis(50));
+    while rx.try_recv().is_ok() {}
+    Ok((mon, rx))
 }
 
 fn wait_line(
@@ -243,8 +289,8 @@ fn main() -> anyhow::Result<()> {
 
     // 1. Pod to remote route, strait.
     eprintln!("pod → remote kernel route: {pods} pods");
-    let (mut mon, rx) = monitor(&n2.netns)?;
-    let (mut mon1, rx1) = monitor(&n1.netns)?;
+    let (mon, rx) = monitor(&n2.netns)?;
+    let (mon1, rx1) = monitor(&n1.netns)?;
     let (mut apply_s, mut route_s, mut local_s) =
         (Samples::default(), Samples::default(), Samples::default());
     for i in 0..pods {
@@ -263,10 +309,7 @@ fn main() -> anyhow::Result<()> {
             .0
             .push((remote.as_secs_f64() - local.as_secs_f64()) * 1e3);
     }
-    for m in [&mut mon, &mut mon1] {
-        let _ = m.kill();
-        let _ = m.wait();
-    }
+    drop((mon, mon1));
 
     // 1, reference: BIRD learning a kernel route (Calico's node BIRD).
     eprintln!("reference: kernel route → BIRD (learn, scan time 2) → BIRD → kernel");
@@ -316,7 +359,7 @@ fn main() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (mut mon, rx) = monitor(REF_B)?;
+    let (mon, rx) = monitor(REF_B)?;
     let mut ref_s = Samples::default();
     for i in 0..pods {
         let p = format!("198.18.2.{}/32", i + 1);
@@ -325,12 +368,16 @@ fn main() -> anyhow::Result<()> {
         ip(&[
             "-n", REF_A, "route", "add", &p, "dev", "eth0", "proto", "80",
         ])?;
-        ref_s
-            .0
-            .push(wait_line(&rx, &p.replace("/32", ""), t0)?.as_secs_f64() * 1e3);
+        let got = wait_line(&rx, &p.replace("/32", ""), t0).with_context(|| {
+            format!(
+                "reference BIRDs: A has\n{}\nB's kernel:\n{}",
+                birdc("ref-a", "show route"),
+                sh(&["ip", "-n", REF_B, "route"]).unwrap_or_default()
+            )
+        })?;
+        ref_s.0.push(got.as_secs_f64() * 1e3);
     }
-    let _ = mon.kill();
-    let _ = mon.wait();
+    drop(mon);
 
     // 2. 100 000 prefixes from a BIRD peer on the fabric.
     eprintln!("{n} prefixes from BIRD: into strait's node, then into a BIRD node");

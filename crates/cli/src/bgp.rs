@@ -26,12 +26,7 @@ pub enum Verb {
     Routes,
 }
 
-fn call(socket: &std::path::Path, req: &Request) -> anyhow::Result<Response> {
-    match strait_lab::run::agent_call(socket, req)? {
-        Response::Error(e) => anyhow::bail!("{}", e.message),
-        r => Ok(r),
-    }
-}
+use crate::call;
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let json = a.output == "json";

@@ -48,6 +48,17 @@ enum Cmd {
     Crds,
 }
 
+/// One request to the agent at `socket`; its error answer as an error.
+fn call(
+    socket: &std::path::Path,
+    req: &strait_model::api::Request,
+) -> anyhow::Result<strait_model::api::Response> {
+    match strait_lab::run::agent_call(socket, req)? {
+        strait_model::api::Response::Error(e) => anyhow::bail!("{}", e.message),
+        r => Ok(r),
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
