@@ -22,8 +22,22 @@ pub enum Verb {
     /// advertised, flaps, last error.
     Peers,
     /// Routes learned (next hop, AS path, whether forwarding uses them,
-    /// stale) and advertised (to whom, originated or reflected).
-    Routes,
+    /// stale) and advertised (to whom, originated or reflected); with
+    /// PREFIX, only routes inside it (e.g. 198.19.2.0/24, or one address).
+    Routes { prefix: Option<String> },
+}
+
+/// Keep only the routes inside `within`.
+fn filter(r: &mut BgpRoutes, within: ipnet::IpNet) {
+    let inside = |p: &ipnet::IpNet| within.contains(p);
+    r.learned.retain(|l| inside(&l.prefix));
+    r.advertised.retain(|a| inside(&a.prefix));
+}
+
+fn parse_prefix(s: &str) -> anyhow::Result<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| anyhow::anyhow!("{s:?} is not a prefix or an address (e.g. 198.19.2.0/24)"))
 }
 
 use crate::call;
@@ -47,10 +61,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 print!("{}", render_peers(&s.bgp_peers));
             }
         }
-        Verb::Routes => {
-            let Response::BgpRoutes(r) = call(&a.socket, &Request::BgpRoutes)? else {
+        Verb::Routes { prefix } => {
+            // Checked before asking the agent.
+            let within = prefix.as_deref().map(parse_prefix).transpose()?;
+            let Response::BgpRoutes(mut r) = call(&a.socket, &Request::BgpRoutes)? else {
                 anyhow::bail!("the agent answered something else");
             };
+            if let Some(w) = within {
+                filter(&mut r, w);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

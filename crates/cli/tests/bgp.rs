@@ -314,34 +314,41 @@ fn bgp_verbs_show_the_reflection(lab: &Lab) {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let sock = lab.st.socket(lab.node("node-b"));
-    let json = strait(&[
-        "bgp",
-        "routes",
-        "-o",
-        "json",
-        "--socket",
-        sock.to_str().unwrap(),
-    ]);
+    let sock = sock.to_str().unwrap();
+    let json = strait(&["bgp", "routes", "-o", "json", "--socket", sock]);
     let r: strait_model::api::BgpRoutes = serde_json::from_str(&json).unwrap();
     let c = lab.node("node-c");
     let rr = std::net::IpAddr::V4(lab.node("node-a").ip);
-    let via_rr: Vec<_> = r
-        .learned
-        .iter()
-        .filter(|l| l.prefix == c.pod_cidr)
-        .collect();
-    assert_eq!(via_rr.len(), 1, "{json}");
-    let l = via_rr[0];
-    assert_eq!(
-        (l.peer, l.next_hop, l.originator, l.installed, l.stale),
-        (rr, std::net::IpAddr::V4(c.ip), Some(c.ip), true, false),
-        "{json}"
-    );
     let b_block = lab.node("node-b").pod_cidr;
     assert!(
         r.advertised
             .iter()
             .any(|a| a.prefix == b_block && a.peer == rr && a.reflected_from.is_none()),
+        "{json}"
+    );
+    // Only node-c's block, by prefix: one path, from the reflector.
+    let c_block = c.pod_cidr.to_string();
+    let json = strait(&["bgp", "routes", &c_block, "-o", "json", "--socket", sock]);
+    let r: strait_model::api::BgpRoutes = serde_json::from_str(&json).unwrap();
+    assert_eq!((r.learned.len(), r.advertised.len()), (1, 0), "{json}");
+    let l = &r.learned[0];
+    assert_eq!(
+        (
+            l.prefix,
+            l.peer,
+            l.next_hop,
+            l.originator,
+            l.installed,
+            l.stale
+        ),
+        (
+            c.pod_cidr,
+            rr,
+            std::net::IpAddr::V4(c.ip),
+            Some(c.ip),
+            true,
+            false
+        ),
         "{json}"
     );
     let table = strait(&["lab", "--lab", lab.name(), "bgp", "node-b"]);
