@@ -74,6 +74,10 @@ pub struct Rib {
     /// Set when we are a route reflector: a path whose cluster list holds
     /// it has been round the cluster already.
     cluster_id: Option<Ipv4Addr>,
+    /// A reflector's prefixes whose paths changed since the last
+    /// [`Rib::take_touched`] (a new best path may have the same next hops:
+    /// it must be re-sent all the same).
+    touched: BTreeSet<IpNet>,
     /// Updates refused as loops (our AS in the path, our id as originator).
     pub loops: u64,
 }
@@ -104,6 +108,11 @@ impl Rib {
                 p.peer.address,
             )
         })
+    }
+
+    /// As a reflector: the prefixes whose paths changed since the last call.
+    pub fn take_touched(&mut self) -> BTreeSet<IpNet> {
+        std::mem::take(&mut self.touched)
     }
 
     /// Every prefix some peer sent.
@@ -258,6 +267,9 @@ impl Rib {
 
     /// Best paths of the touched prefixes, and the FIB changes they make.
     fn reselect(&mut self, touched: BTreeSet<IpNet>) -> Vec<FibChange> {
+        if self.cluster_id.is_some() {
+            self.touched.extend(touched.iter().copied());
+        }
         let mut out = vec![];
         for prefix in touched {
             let hops = match self.paths.get(&prefix) {

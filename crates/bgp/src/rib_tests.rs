@@ -261,3 +261,20 @@ fn the_best_single_path_breaks_ties_by_originator_then_cluster_list() {
     assert_eq!(r.best(&net(p)).unwrap().next_hop, ip(8));
     assert!(r.best(&net("198.19.99.0/24")).is_none());
 }
+
+#[test]
+fn a_reflector_hears_of_attribute_changes_that_keep_the_next_hop() {
+    let mut r = rib();
+    let p = "198.19.5.0/26";
+    // Not a reflector: nothing is collected.
+    r.update(peer(2, false), &announce(&[p], 2, &[]));
+    assert!(r.take_touched().is_empty());
+    r.set_cluster_id(Some(Ipv4Addr::new(244, 0, 0, 1)));
+    // Same next hop, new MED: no FIB change, but a touched prefix.
+    let mut u = announce(&[p], 2, &[]);
+    u.attrs.med = Some(50);
+    assert!(r.update(peer(2, false), &u).is_empty());
+    assert_eq!(r.take_touched(), BTreeSet::from([net(p)]));
+    assert!(r.take_touched().is_empty(), "taken once");
+    assert_eq!(r.best(&net(p)).unwrap().attrs.med, Some(50));
+}

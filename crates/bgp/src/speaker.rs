@@ -613,20 +613,17 @@ impl Core {
     }
 
     fn apply(&mut self, changes: Vec<FibChange>) {
-        if changes.is_empty() {
-            return;
-        }
-        if self.cfg.cluster_id.is_some() {
-            let touched: Vec<IpNet> = changes
-                .iter()
-                .map(|c| match c {
-                    FibChange::Set { prefix, .. } | FibChange::Remove { prefix } => *prefix,
-                })
-                .collect();
+        // A reflector passes on every changed best path, also one whose
+        // next hops (and so the FIB) stayed the same.
+        let touched: Vec<IpNet> = self.rib.take_touched().into_iter().collect();
+        if !touched.is_empty() {
             let addrs: Vec<IpAddr> = self.peers.keys().copied().collect();
             for a in addrs {
                 self.reflect_to(a, &touched);
             }
+        }
+        if changes.is_empty() {
+            return;
         }
         let mut t = self.table.lock().unwrap();
         for c in changes {
