@@ -118,13 +118,6 @@ impl StatusHandle {
         self.queries.send(tx).ok()?;
         rx.blocking_recv().ok()
     }
-
-    /// As [`Self::routes_blocking`], from async code.
-    pub async fn routes(&self) -> Option<RouteView> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.queries.send(tx).ok()?;
-        rx.await.ok()
-    }
 }
 
 enum Ctl {
@@ -236,6 +229,17 @@ struct Peer {
     synced: bool,
     /// Prefixes reflected to it (route reflector).
     reflected: HashSet<IpNet>,
+}
+
+impl Peer {
+    /// Whether the session (up, from `local`) carries `n`'s family: an IPv6
+    /// prefix needs an IPv6 next hop, so an IPv6 session.
+    fn carries(&self, local: IpAddr, n: &IpNet) -> bool {
+        match n {
+            IpNet::V4(_) => self.families.contains(&Family::IPV4_UNICAST),
+            IpNet::V6(_) => self.families.contains(&Family::IPV6_UNICAST) && local.is_ipv6(),
+        }
+    }
 }
 
 struct Core {
@@ -425,8 +429,7 @@ impl Core {
                 });
                 let all: Vec<IpNet> = self.origin.iter().copied().collect();
                 self.send_routes(peer, &all, &[]);
-                let learned: Vec<IpNet> = self.rib.prefixes().copied().collect();
-                self.reflect_to(peer, &learned);
+                self.reflect_all(peer);
                 self.end_of_rib(peer);
             }
             SessionEvent::Down {
@@ -479,8 +482,7 @@ impl Core {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.reflected.clear();
                 }
-                let learned: Vec<IpNet> = self.rib.prefixes().copied().collect();
-                self.reflect_to(peer, &learned);
+                self.reflect_all(peer);
             }
             SessionEvent::State {
                 peer,
@@ -521,12 +523,16 @@ impl Core {
         let (Some(local), Some(info)) = (p.local, p.info) else {
             return;
         };
-        let carries = |n: &IpNet| match n {
-            IpNet::V4(_) => p.families.contains(&Family::IPV4_UNICAST),
-            IpNet::V6(_) => p.families.contains(&Family::IPV6_UNICAST) && local.is_ipv6(),
-        };
-        let add: Vec<IpNet> = add.iter().copied().filter(|n| carries(n)).collect();
-        let gone: Vec<IpNet> = gone.iter().copied().filter(|n| carries(n)).collect();
+        let add: Vec<IpNet> = add
+            .iter()
+            .copied()
+            .filter(|n| p.carries(local, n))
+            .collect();
+        let gone: Vec<IpNet> = gone
+            .iter()
+            .copied()
+            .filter(|n| p.carries(local, n))
+            .collect();
         let attrs = PathAttrs {
             origin: Some(Origin::Igp),
             as_path: if info.ebgp {
@@ -577,12 +583,6 @@ impl Core {
         let Some(cid) = self.cfg.cluster_id else {
             return;
         };
-        let clients: HashSet<IpAddr> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.spec.rr_client)
-            .map(|(a, _)| *a)
-            .collect();
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -590,19 +590,25 @@ impl Core {
         if p.local.is_none() || p.info.is_none_or(|i| i.ebgp) {
             return;
         }
+        let client = p.spec.rr_client;
+        // Out while the other peers are read (who is a client).
+        let mut sent = std::mem::take(&mut p.reflected);
+        let peers = &self.peers;
         let target = crate::reflect::Target {
             address: peer,
-            client: p.spec.rr_client,
-            sent: &mut p.reflected,
+            client,
+            sent: &mut sent,
         };
         let ups = crate::reflect::reflect(
             &self.rib,
             cid,
             &self.origin,
-            |a| clients.contains(&a),
+            |a| peers.get(&a).is_some_and(|q| q.spec.rr_client),
             target,
             prefixes,
         );
+        let p = self.peers.get_mut(&peer).expect("looked up above");
+        p.reflected = sent;
         if ups.is_empty() {
             return;
         }
@@ -610,6 +616,16 @@ impl Core {
         if p.cmds.try_send(Command::Send(msgs)).is_err() {
             tracing::warn!(%peer, "session queue full; reflected routes resent on the next session");
         }
+    }
+
+    /// As a reflector: everything learned that `peer` should have (a
+    /// session that came up, a route refresh). Nothing to do otherwise.
+    fn reflect_all(&mut self, peer: IpAddr) {
+        if self.cfg.cluster_id.is_none() {
+            return;
+        }
+        let learned: Vec<IpNet> = self.rib.prefixes().copied().collect();
+        self.reflect_to(peer, &learned);
     }
 
     fn apply(&mut self, changes: Vec<FibChange>) {
@@ -645,11 +661,7 @@ impl Core {
             let (Some(local), true) = (p.local, p.info.is_some()) else {
                 continue;
             };
-            let carried = |n: &IpNet| match n {
-                IpNet::V4(_) => p.families.contains(&Family::IPV4_UNICAST),
-                IpNet::V6(_) => p.families.contains(&Family::IPV6_UNICAST) && local.is_ipv6(),
-            };
-            for n in self.origin.iter().filter(|n| carried(n)) {
+            for n in self.origin.iter().filter(|n| p.carries(local, n)) {
                 advertised.push(AdvertisedRoute {
                     prefix: *n,
                     peer: *a,

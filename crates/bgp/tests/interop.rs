@@ -13,7 +13,7 @@ use strait_bgp::rib::FibChange;
 use strait_bgp::speaker::{PeerSpec, Speaker, SpeakerConfig};
 
 mod common;
-use common::{ready, sh, wait_for};
+use common::{ready, sh, wait_for, with_speaker_in};
 
 /// Two namespaces joined by a veth: the speaker's (198.18.200.1) and
 /// BIRD's (198.18.200.2). Removed on drop, BIRD killed.
@@ -163,34 +163,15 @@ protocol bgp strait {{
         password: Option<&str>,
         f: impl FnOnce(&Speaker, &mut tokio::sync::mpsc::UnboundedReceiver<FibChange>) -> T + Send,
     ) -> T {
-        let ns = std::fs::File::open(format!("/run/netns/{}", self.a)).unwrap();
+        let mut cfg = SpeakerConfig::new(64512, Ipv4Addr::new(198, 18, 200, 1));
+        cfg.hold_time = 9;
         let password = password.map(String::from);
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                // Worker threads are spawned from this one: they are in a.
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-                let speaker = rt.block_on(async {
-                    let mut cfg = SpeakerConfig::new(64512, Ipv4Addr::new(198, 18, 200, 1));
-                    cfg.hold_time = 9;
-                    Speaker::start(cfg, tx).await.unwrap()
-                });
-                let mut peer = PeerSpec::new(IpAddr::V4(Ipv4Addr::new(198, 18, 200, 2)), 64512);
-                peer.password = password;
-                speaker.add_peer(peer);
-                speaker.originate(BTreeSet::from(["198.19.10.0/26".parse().unwrap()]));
-                let out = f(&speaker, &mut rx);
-                drop(speaker);
-                rt.shutdown_timeout(Duration::from_secs(2));
-                out
-            })
-            .join()
-            .unwrap()
+        with_speaker_in(&self.a, cfg, |speaker, rx| {
+            let mut peer = PeerSpec::new(IpAddr::V4(Ipv4Addr::new(198, 18, 200, 2)), 64512);
+            peer.password = password;
+            speaker.add_peer(peer);
+            speaker.originate(BTreeSet::from(["198.19.10.0/26".parse().unwrap()]));
+            f(speaker, rx)
         })
     }
 }

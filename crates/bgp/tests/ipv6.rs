@@ -9,11 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use strait_bgp::fsm::State;
 use strait_bgp::rib::FibChange;
-use strait_bgp::speaker::{PeerSpec, Speaker, SpeakerConfig};
+use strait_bgp::speaker::{PeerSpec, SpeakerConfig};
 use strait_bgp::wire::Family;
 
 mod common;
-use common::{ready, sh, wait_for};
+use common::{ready, sh, wait_for, with_speaker_in};
 
 struct Lab {
     a: String,
@@ -104,58 +104,41 @@ protocol bgp strait {{
             .unwrap(),
     );
     let b_routes = || sh(&["ip", "-6", "-n", &lab.b, "route", "show"]);
-    let ns = std::fs::File::open(format!("/run/netns/{}", lab.a)).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            let (tx, mut fib) = tokio::sync::mpsc::unbounded_channel();
-            let sp = rt.block_on(async {
-                let mut cfg = SpeakerConfig::new(64512, "198.18.200.1".parse().unwrap());
-                cfg.hold_time = 9;
-                cfg.families = vec![Family::IPV6_UNICAST];
-                cfg.listen = Some("[::]:179".parse().unwrap());
-                Speaker::start(cfg, tx).await.unwrap()
-            });
-            let mut p = PeerSpec::new(B.parse().unwrap(), 64512);
-            p.local_address = Some(A.parse().unwrap());
-            sp.add_peer(p);
-            sp.originate(BTreeSet::from(["fd00:19:10::/64".parse().unwrap()]));
-            wait_for("Established over IPv6", Duration::from_secs(20), || {
-                sp.peers().iter().any(|p| p.state == State::Established)
-            });
-            // BIRD's route reaches us, via BIRD's address.
-            let want: IpAddr = B.parse().unwrap();
-            let mut got = None;
-            wait_for("BIRD's IPv6 route", Duration::from_secs(10), || {
-                while let Ok(c) = fib.try_recv() {
-                    if let FibChange::Set { prefix, next_hops } = c {
-                        got = Some((prefix.to_string(), next_hops));
-                    }
+    let mut cfg = SpeakerConfig::new(64512, "198.18.200.1".parse().unwrap());
+    cfg.hold_time = 9;
+    cfg.families = vec![Family::IPV6_UNICAST];
+    cfg.listen = Some("[::]:179".parse().unwrap());
+    with_speaker_in(&lab.a, cfg, |sp, fib| {
+        let mut p = PeerSpec::new(B.parse().unwrap(), 64512);
+        p.local_address = Some(A.parse().unwrap());
+        sp.add_peer(p);
+        sp.originate(BTreeSet::from(["fd00:19:10::/64".parse().unwrap()]));
+        wait_for("Established over IPv6", Duration::from_secs(20), || {
+            sp.peers().iter().any(|p| p.state == State::Established)
+        });
+        // BIRD's route reaches us, via BIRD's address.
+        let want: IpAddr = B.parse().unwrap();
+        let mut got = None;
+        wait_for("BIRD's IPv6 route", Duration::from_secs(10), || {
+            while let Ok(c) = fib.try_recv() {
+                if let FibChange::Set { prefix, next_hops } = c {
+                    got = Some((prefix.to_string(), next_hops));
                 }
-                got.is_some()
-            });
-            assert_eq!(got, Some(("fd00:19:77::/64".to_string(), vec![want])));
-            // Ours reaches BIRD's kernel, and so does its withdrawal.
-            wait_for(
-                "our route in BIRD's kernel",
-                Duration::from_secs(10),
-                || b_routes().contains(&format!("fd00:19:10::/64 via {A} dev eth0 proto bird")),
-            );
-            sp.originate(BTreeSet::new());
-            wait_for(
-                "the withdrawal in BIRD's kernel",
-                Duration::from_secs(10),
-                || !b_routes().contains("fd00:19:10::/64"),
-            );
-            drop(sp);
-            rt.shutdown_timeout(Duration::from_secs(2));
-        })
-        .join()
-        .unwrap()
+            }
+            got.is_some()
+        });
+        assert_eq!(got, Some(("fd00:19:77::/64".to_string(), vec![want])));
+        // Ours reaches BIRD's kernel, and so does its withdrawal.
+        wait_for(
+            "our route in BIRD's kernel",
+            Duration::from_secs(10),
+            || b_routes().contains(&format!("fd00:19:10::/64 via {A} dev eth0 proto bird")),
+        );
+        sp.originate(BTreeSet::new());
+        wait_for(
+            "the withdrawal in BIRD's kernel",
+            Duration::from_secs(10),
+            || !b_routes().contains("fd00:19:10::/64"),
+        );
     });
 }

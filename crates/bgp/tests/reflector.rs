@@ -13,7 +13,7 @@ use strait_bgp::fsm::State;
 use strait_bgp::speaker::{PeerSpec, Speaker, SpeakerConfig};
 
 mod common;
-use common::{ready, sh, wait_for};
+use common::{ready, sh, wait_for, with_speaker_in};
 
 /// Namespace r (the speaker, 198.18.201.1 on a bridge) and two clients,
 /// c2 and c3 (.2, .3), on that bridge. Removed on drop, BIRDs killed.
@@ -148,35 +148,17 @@ fn strait_reflects_between_two_bird_clients() {
     let mut lab = Lab::new();
     lab.bird(2);
     lab.bird(3);
-    let ns = std::fs::File::open(format!("/run/netns/{}", lab.ns[0])).unwrap();
-    let lab = &lab;
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-            let sp = rt.block_on(async {
-                let mut cfg = SpeakerConfig::new(64512, Ipv4Addr::new(198, 18, 201, 1));
-                cfg.hold_time = 9;
-                cfg.cluster_id = Some(Ipv4Addr::new(244, 0, 0, 1));
-                Speaker::start(cfg, tx).await.unwrap()
-            });
-            for n in [2, 3] {
-                let mut p = PeerSpec::new(IpAddr::V4(Ipv4Addr::new(198, 18, 201, n)), 64512);
-                p.rr_client = true;
-                sp.add_peer(p);
-            }
-            sp.originate(BTreeSet::from(["198.19.1.0/26".parse().unwrap()]));
-            check(lab, &sp);
-            drop(sp);
-            rt.shutdown_timeout(Duration::from_secs(2));
-        })
-        .join()
-        .unwrap()
+    let mut cfg = SpeakerConfig::new(64512, Ipv4Addr::new(198, 18, 201, 1));
+    cfg.hold_time = 9;
+    cfg.cluster_id = Some(Ipv4Addr::new(244, 0, 0, 1));
+    with_speaker_in(&lab.ns[0], cfg, |sp, _fib| {
+        for n in [2, 3] {
+            let mut p = PeerSpec::new(IpAddr::V4(Ipv4Addr::new(198, 18, 201, n)), 64512);
+            p.rr_client = true;
+            sp.add_peer(p);
+        }
+        sp.originate(BTreeSet::from(["198.19.1.0/26".parse().unwrap()]));
+        check(&lab, sp);
     });
 }
 

@@ -92,13 +92,8 @@ fn bgp_full_mesh_carries_every_pod_to_every_pod() {
         assert!(std::time::Instant::now() < deadline, "{peers:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = std::process::Command::new(&lab.bins.strait)
-        .arg("status")
-        .arg("--socket")
-        .arg(lab.st.socket(lab.node("node-a")))
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout);
+    let sock = lab.st.socket(lab.node("node-a"));
+    let shown = lab.strait(&["status".as_ref(), "--socket".as_ref(), sock.as_os_str()]);
     assert!(
         shown.contains("BGP PEER") && shown.contains("198.18.0.4") && shown.contains("Established"),
         "{shown}"
@@ -301,18 +296,7 @@ spec: {cidr: 198.19.200.0/29, blockSize: 32}
 /// reflector with node-c as originator and next hop, and is installed;
 /// `strait lab bgp` prints both tables.
 fn bgp_verbs_show_the_reflection(lab: &Lab) {
-    let strait = |args: &[&str]| {
-        let out = std::process::Command::new(&lab.bins.strait)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let strait = |args: &[&str]| lab.strait(args);
     let sock = lab.st.socket(lab.node("node-b"));
     let sock = sock.to_str().unwrap();
     let json = strait(&["bgp", "routes", "-o", "json", "--socket", sock]);

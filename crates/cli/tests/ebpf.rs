@@ -194,17 +194,9 @@ fn spoofed_source_is_dropped_and_shows_in_monitor_and_metrics() {
     // Its own address still works.
     assert_eq!(lab.probe("a1", "a2").unwrap(), "a2");
     let strait = |args: &[&str]| {
-        let out = std::process::Command::new(&lab.bins.strait)
-            .args(["lab", "--lab", "t-spoof"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let mut full = vec!["lab", "--lab", "t-spoof"];
+        full.extend_from_slice(args);
+        lab.strait(&full)
     };
     let ev: serde_json::Value = serde_json::from_str(
         strait(&[

@@ -45,3 +45,39 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Run a speaker started with `cfg` inside namespace `ns` (on a thread of
+/// its own, whose runtime workers are in `ns` too), hand it and its FIB
+/// changes to `f`, then stop it.
+pub fn with_speaker_in<T: Send>(
+    ns: &str,
+    cfg: strait_bgp::speaker::SpeakerConfig,
+    f: impl FnOnce(
+            &strait_bgp::speaker::Speaker,
+            &mut tokio::sync::mpsc::UnboundedReceiver<strait_bgp::rib::FibChange>,
+        ) -> T
+        + Send,
+) -> T {
+    let ns = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            // Worker threads are spawned from this one: they are in ns.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let sp = rt
+                .block_on(strait_bgp::speaker::Speaker::start(cfg, tx))
+                .unwrap();
+            let out = f(&sp, &mut rx);
+            drop(sp);
+            rt.shutdown_timeout(Duration::from_secs(2));
+            out
+        })
+        .join()
+        .unwrap()
+    })
+}

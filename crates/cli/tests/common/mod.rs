@@ -151,6 +151,18 @@ impl Lab {
         }
     }
 
+    /// Run the strait binary with `args`; its stdout, or a panic with its
+    /// stderr.
+    pub fn strait<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(&self, args: &[S]) -> String {
+        let out = Command::new(&self.bins.strait).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "strait {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn status(&self, node: &str) -> strait_model::api::NodeStatus {
         labrun::agent_status(&self.st.socket(self.node(node))).unwrap()
     }
