@@ -251,7 +251,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     tasks.spawn(reconcile::run(Endpoints::new(bpf)?, agent.clone()));
     tasks.spawn(reconcile::run(NodeRoutes::new(cross_node)?, agent.clone()));
-    if agent.cross_node == "bgp" {
+    if matches!(agent.cross_node, "bgp" | "bgp-tor") {
         tasks.spawn(reconcile::run(
             reconcile::bgp::BgpRoutes::new()?,
             agent.clone(),

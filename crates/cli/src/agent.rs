@@ -61,8 +61,11 @@ pub struct Args {
     /// <uplink>.vxlan<VNI>, table 40000) or ipip (IP-in-IP done in eBPF:
     /// routes via each node on <uplink>.ipip; pinned maps in --bpf-dir) or
     /// bgp (Calico's BGP mode: a BGP full mesh between nodes, AS --bgp-as,
-    /// learned pod routes installed with protocol bgp).
-    #[arg(long, default_value = "routed", value_parser = ["routed", "vxlan", "ipip", "bgp"])]
+    /// learned pod routes installed with protocol bgp) or bgp-tor
+    /// (Hybridnet's BGP mode: each node peers with its top-of-rack router,
+    /// per BGPPeer objects; pod traffic leaves through table 10001, a
+    /// default route via the node's gateway).
+    #[arg(long, default_value = "routed", value_parser = ["routed", "vxlan", "ipip", "bgp", "bgp-tor"])]
     cross_node: String,
     /// bgp: the cluster's AS number (every node in it: iBGP full mesh).
     #[arg(long, default_value_t = 64512)]

@@ -49,9 +49,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             let Response::Status(s) = call(&a.socket, &Request::Status)? else {
                 anyhow::bail!("the agent answered something else");
             };
-            if s.cross_node != "bgp" {
+            if !matches!(s.cross_node.as_str(), "bgp" | "bgp-tor") {
                 anyhow::bail!(
-                    "this node runs no BGP speaker (cross-node mode {}; BGP is --cross-node bgp)",
+                    "this node runs no BGP speaker (cross-node mode {}; BGP is --cross-node bgp or bgp-tor)",
                     s.cross_node
                 );
             }

@@ -84,6 +84,14 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// A rack's router CLI (bgp-tor labs): `lab router r1` shows its BGP
+    /// sessions and routes; `lab router r1 -- CMD` runs one command in its
+    /// own CLI (birdc for BIRD, vtysh -c for FRR).
+    Router {
+        rack: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
     /// The pod echo server (run inside a pod's namespace by the lab).
     #[command(hide = true)]
     ServeEcho {
@@ -284,6 +292,38 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 return agent_verb(a.lab.as_deref(), &node, "bgp", &["routes".into()]);
             }
             agent_verb(a.lab.as_deref(), &node, "bgp", &args)
+        }
+        Verb::Router { rack, cmd } => {
+            let st = LabState::find(a.lab.as_deref())?;
+            let r = st
+                .plan
+                .racks
+                .iter()
+                .find(|r| r.name == rack || rack.strip_prefix("tor-") == Some(&r.name))
+                .with_context(|| {
+                    format!(
+                        "lab {} has no rack {rack:?} (racks: {})",
+                        st.plan.name,
+                        st.plan
+                            .racks
+                            .iter()
+                            .map(|r| r.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
+            let cmds: Vec<String> = if !cmd.is_empty() {
+                vec![cmd.join(" ")]
+            } else if r.router == strait_model::racks::Router::Bird {
+                vec!["show protocols".into(), "show route".into()]
+            } else {
+                vec!["show bgp summary".into(), "show ip route bgp".into()]
+            };
+            for c in cmds {
+                println!("# {} of rack {}: {c}", r.router, r.name);
+                print!("{}", strait_lab::racks::router_cli(&st, r, &c)?);
+            }
+            Ok(0)
         }
         Verb::Lb { node, args } => {
             let mut full = vec!["list".to_string()];

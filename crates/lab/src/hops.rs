@@ -185,6 +185,7 @@ pub fn path(
         iface: "eth0".into(),
     });
     if dnode.name != snode.name {
+        hops.extend(rack_hops(plan, snode, dnode));
         hops.push(Hop {
             label: format!("{} eth0", dnode.name),
             netns: dnode.netns.clone(),
@@ -209,6 +210,45 @@ pub fn path(
         iface: "eth0".into(),
     });
     Ok((hops, sip, dip, dpod.name.clone()))
+}
+
+/// Top-of-rack routers between two nodes (bgp-tor): the source rack's
+/// port to the source node and its router, both routers' uplinks (and the
+/// second router) when the racks differ, and the destination rack's port
+/// to the destination node.
+fn rack_hops(
+    plan: &LabPlan,
+    snode: &strait_model::lab::NodePlan,
+    dnode: &strait_model::lab::NodePlan,
+) -> Vec<Hop> {
+    let (Some(sr), Some(dr)) = (plan.rack_of(snode), plan.rack_of(dnode)) else {
+        return vec![];
+    };
+    let port = |r: &strait_model::racks::RackPlan, n: &strait_model::lab::NodePlan| Hop {
+        label: format!("tor-{} {} port", r.name, n.name),
+        netns: r.netns.clone(),
+        iface: n.fabric_port.clone(),
+    };
+    let uplink = |r: &strait_model::racks::RackPlan| Hop {
+        label: format!("tor-{} uplink", r.name),
+        netns: r.netns.clone(),
+        iface: "uplink".into(),
+    };
+    // The router's own side of the bridge sees only what it routes: a
+    // frame bridged straight from node to node never reaches it.
+    let router = |r: &strait_model::racks::RackPlan| Hop {
+        label: format!("tor-{} router", r.name),
+        netns: r.netns.clone(),
+        iface: "br0".into(),
+    };
+    let mut hops = vec![port(sr, snode), router(sr)];
+    if sr.name != dr.name {
+        hops.push(uplink(sr));
+        hops.push(uplink(dr));
+        hops.push(router(dr));
+    }
+    hops.push(port(dr, dnode));
+    hops
 }
 
 fn v4(ip: IpAddr) -> anyhow::Result<Ipv4Addr> {

@@ -15,6 +15,7 @@ pub mod hops;
 pub mod objects;
 pub mod probe;
 pub mod publish;
+pub mod racks;
 pub mod run;
 pub mod state;
 

@@ -44,6 +44,26 @@ fn identity(v: &serde_json::Value) -> (String, String, String) {
     )
 }
 
+/// The lab file's objects plus, for each rack, the BGPPeer that makes its
+/// nodes peer with its router (`tor-<rack>`; a BGPPeer of that name in the
+/// file wins, so a test or a user can shape the session).
+pub fn with_rack_peers(
+    plan: &strait_model::lab::LabPlan,
+    objects: &[ClusterObject],
+) -> Vec<ClusterObject> {
+    let mut out = objects.to_vec();
+    for r in &plan.racks {
+        let name = format!("tor-{}", r.name);
+        let given = objects.iter().any(
+            |o| matches!(o, ClusterObject::BgpPeer(p) if p.metadata.name.as_deref() == Some(&name)),
+        );
+        if !given {
+            out.push(strait_model::racks::rack_peer(r));
+        }
+    }
+    out
+}
+
 pub fn store(st: &LabState, objects: &[ClusterObject]) -> anyhow::Result<()> {
     let values: Vec<serde_json::Value> = objects.iter().filter_map(value).collect();
     crate::publish::write_yaml(&path(st), &values)

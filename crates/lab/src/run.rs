@@ -421,19 +421,25 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
         "-n", &fabric, "link", "add", "br0", "mtu", &mtu, "type", "bridge",
     ])?;
     ip(&["-n", &fabric, "link", "set", "br0", "up"])?;
+    crate::racks::plumb(st, step)?;
     for n in &plan.nodes {
+        // A node plugs into its rack's switch, or into the fabric.
+        let rack = plan.rack_of(n);
+        let switch = rack.map(|r| r.netns.clone()).unwrap_or(fabric.clone());
+        let prefix = plan.node_subnet(n).prefix_len();
         step(&format!(
-            "node {}: namespace {}, eth0 {}/{}",
+            "node {}: namespace {}, eth0 {}/{prefix}{}",
             n.name,
             n.netns,
             n.ip,
-            plan.fabric.prefix_len()
+            rack.map(|r| format!(" in rack {} (gateway {})", r.name, r.gateway))
+                .unwrap_or_default()
         ));
         ip(&["netns", "add", &n.netns])?;
         ip(&["-n", &n.netns, "link", "set", "lo", "up"])?;
         ip(&[
             "-n",
-            &fabric,
+            &switch,
             "link",
             "add",
             &n.fabric_port,
@@ -449,7 +455,7 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
         ])?;
         ip(&[
             "-n",
-            &fabric,
+            &switch,
             "link",
             "set",
             &n.fabric_port,
@@ -462,11 +468,24 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
             &n.netns,
             "addr",
             "add",
-            &format!("{}/{}", n.ip, plan.fabric.prefix_len()),
+            &format!("{}/{prefix}", n.ip),
             "dev",
             "eth0",
         ])?;
         ip(&["-n", &n.netns, "link", "set", "eth0", "up"])?;
+        if let Some(r) = rack {
+            // The rack's router is the node's gateway (and, in bgp-tor
+            // mode, table 10001's).
+            ip(&[
+                "-n",
+                &n.netns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &r.gateway.to_string(),
+            ])?;
+        }
         std::fs::create_dir_all(st.node_dir(n).join("state"))?;
         if let Some(cg) = crate::cgroup::node_cgroup(&plan.name, &n.name) {
             if let Err(e) = std::fs::create_dir_all(&cg) {
@@ -501,12 +520,17 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
         "eth0",
     ])?;
     ip(&["-n", &ext, "link", "set", "eth0", "up"])?;
+    crate::racks::route_from_fabric(plan, &ext)?;
     if st.plan.control_plane != strait_model::lab::ControlPlane::Files {
         crate::control_plane::up(st, step)?;
+        crate::racks::route_from_fabric(plan, &strait_model::lab::control_plane_netns(&plan.name))?;
     }
-    // The cluster source: Node objects for the plan, then the user's manifests.
+    crate::racks::start_routers(st, step)?;
+    // The cluster source: Node objects for the plan, the racks' BGPPeers,
+    // then the user's manifests.
     write_node_manifests(st)?;
-    crate::objects::store(st, objects)?;
+    let objects = crate::objects::with_rack_peers(plan, objects);
+    crate::objects::store(st, &objects)?;
     crate::objects::publish_all(st)?;
     for n in &plan.nodes {
         let pid = start_agent(st, bins, n, &[])?;
@@ -849,6 +873,14 @@ pub fn target_netns(plan: &LabPlan, target: &str) -> anyhow::Result<String> {
     if target == "external" {
         return Ok(external_netns(&plan.name));
     }
+    // A rack's router: `tor-r1` (or the rack's name).
+    if let Some(r) = plan
+        .racks
+        .iter()
+        .find(|r| target == r.name || target.strip_prefix("tor-") == Some(&r.name))
+    {
+        return Ok(r.netns.clone());
+    }
     bail!(
         "{target:?} is neither a node ({}) nor a pod ({}) of lab {}",
         plan.nodes
@@ -878,6 +910,30 @@ pub fn status(st: &LabState) -> String {
         plan.mtu,
         plan.pod_mtu()
     ));
+    if !plan.racks.is_empty() {
+        out.push_str(&format!(
+            "{:<10} {:<18} {:<14} {:<8} {:<7} {}\n",
+            "RACK", "SUBNET", "ROUTER", "", "AS", "NODES"
+        ));
+        for r in &plan.racks {
+            let nodes: Vec<&str> = plan
+                .nodes
+                .iter()
+                .filter(|n| n.rack.as_deref() == Some(r.name.as_str()))
+                .map(|n| n.name.as_str())
+                .collect();
+            out.push_str(&format!(
+                "{:<10} {:<18} {:<14} {:<8} {:<7} {}\n",
+                r.name,
+                r.subnet.to_string(),
+                r.gateway.to_string(),
+                r.router.to_string(),
+                r.asn,
+                nodes.join(", ")
+            ));
+        }
+        out.push('\n');
+    }
     out.push_str(&format!(
         "{:<12} {:<14} {:<16} {:<8} {:<6} {}\n",
         "NODE", "IP", "POD CIDR", "AGENT", "READY", "PODS"

@@ -193,8 +193,15 @@ fn node_selected(p: &BGPPeerSpec, n: &Node) -> Result<bool, String> {
 
 /// The sessions `me` should run, from the cluster's BGP objects. The
 /// node-to-node mesh uses each node's InternalIP of the family of
-/// `me`'s (IPv4 first).
-pub fn plan_peers(snap: &ClusterSnapshot, me: &str, default_as: u32) -> PeerPlan {
+/// `me`'s (IPv4 first); it runs unless `BGPConfiguration default` says
+/// otherwise or, when it says nothing, `mesh_by_default` is false
+/// (top-of-rack mode: nodes peer with their router, not each other).
+pub fn plan_peers(
+    snap: &ClusterSnapshot,
+    me: &str,
+    default_as: u32,
+    mesh_by_default: bool,
+) -> PeerPlan {
     let config = snap
         .bgp_configurations
         .iter()
@@ -249,7 +256,7 @@ pub fn plan_peers(snap: &ClusterSnapshot, me: &str, default_as: u32) -> PeerPlan
             by_addr.entry(p.address).or_insert(p);
         }
     };
-    if config.node_to_node_mesh_enabled.unwrap_or(true) {
+    if config.node_to_node_mesh_enabled.unwrap_or(mesh_by_default) {
         for n in &snap.nodes {
             add(node_peer(n, "mesh".into(), None));
         }

@@ -49,7 +49,7 @@ spec:
 #[test]
 fn full_mesh_by_default() {
     let s = cluster(&[], "");
-    let p = plan_peers(&s, "n2", 64512);
+    let p = plan_peers(&s, "n2", 64512, true);
     assert_eq!(p.local_as, 64512);
     assert_eq!(p.cluster_id, None);
     assert_eq!(addrs(&p), ["198.18.0.1", "198.18.0.3", "198.18.0.4"]);
@@ -61,12 +61,12 @@ fn full_mesh_by_default() {
 fn route_reflectors_replace_the_mesh() {
     let s = cluster(&["n1"], &format!("{NO_MESH}{TO_RRS}"));
     // A client peers with the reflector only, in the configured AS.
-    let c = plan_peers(&s, "n3", 64512);
+    let c = plan_peers(&s, "n3", 64512, true);
     assert_eq!(c.local_as, 65010);
     assert_eq!(addrs(&c), ["198.18.0.1"]);
     assert_eq!(c.peers[0].why, "BGPPeer to-rrs");
     // The reflector peers back with every node, all its clients.
-    let r = plan_peers(&s, "n1", 64512);
+    let r = plan_peers(&s, "n1", 64512, true);
     assert_eq!(r.cluster_id, Some("244.0.0.1".parse().unwrap()));
     assert_eq!(
         addrs(&r),
@@ -81,12 +81,12 @@ fn route_reflectors_replace_the_mesh() {
 #[test]
 fn reflectors_of_one_cluster_are_not_each_others_clients() {
     let s = cluster(&["n1", "n2"], &format!("{NO_MESH}{TO_RRS}"));
-    let r = plan_peers(&s, "n1", 64512);
+    let r = plan_peers(&s, "n1", 64512, true);
     assert_eq!(
         addrs(&r),
         ["198.18.0.2", "198.18.0.3 client", "198.18.0.4 client"]
     );
-    let c = plan_peers(&s, "n4", 64512);
+    let c = plan_peers(&s, "n4", 64512, true);
     assert_eq!(addrs(&c), ["198.18.0.1", "198.18.0.2"]);
 }
 
@@ -104,7 +104,7 @@ metadata: {name: v6-tor}
 spec: {peerIP: 'fd00::1', asNumber: 65002}
 ";
     let s = cluster(&[], &format!("{NO_MESH}---\n{objs}"));
-    let p = plan_peers(&s, "n2", 64512);
+    let p = plan_peers(&s, "n2", 64512, true);
     assert_eq!(addrs(&p), ["198.18.9.1", "fd00::1"]);
     let tor = &p.peers[0];
     assert_eq!(
@@ -113,7 +113,7 @@ spec: {peerIP: 'fd00::1', asNumber: 65002}
     );
     assert_eq!(p.peers[1].asn, 65002);
     // Only the one node named runs the session.
-    assert_eq!(addrs(&plan_peers(&s, "n3", 64512)), ["fd00::1"]);
+    assert_eq!(addrs(&plan_peers(&s, "n3", 64512, true)), ["fd00::1"]);
 }
 
 #[test]
@@ -140,7 +140,7 @@ spec: {peerIP: 'router-1', maxRestartTime: 5 minutes}
         .annotations
         .get_or_insert_with(Default::default)
         .insert(RR_CLUSTER_ID_ANNOTATION.into(), "rr-one".into());
-    let p = plan_peers(&s, "n2", 64512);
+    let p = plan_peers(&s, "n2", 64512, true);
     // The mesh still stands.
     assert_eq!(p.peers.len(), 3);
     let text = p.problems.join("\n");
@@ -163,4 +163,22 @@ fn durations() {
     assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
     assert!(parse_duration("2d").is_err());
     assert!(parse_duration("").is_err());
+}
+
+#[test]
+fn top_of_rack_mode_has_no_mesh_unless_asked() {
+    let tor = "
+apiVersion: strait.dev/v1alpha1
+kind: BGPPeer
+metadata: {name: tor}
+spec: {peerIP: 198.18.9.1, asNumber: 65101}
+";
+    let s = cluster(&[], tor);
+    assert_eq!(addrs(&plan_peers(&s, "n1", 64512, false)), ["198.18.9.1"]);
+    // An explicit BGPConfiguration still turns the mesh on.
+    let on = format!(
+        "{tor}---\napiVersion: strait.dev/v1alpha1\nkind: BGPConfiguration\nmetadata: {{name: default}}\nspec: {{nodeToNodeMeshEnabled: true}}\n"
+    );
+    let s = cluster(&[], &on);
+    assert_eq!(plan_peers(&s, "n1", 64512, false).peers.len(), 4);
 }

@@ -76,6 +76,11 @@ pub enum CrossNodeMode {
     /// Calico's BGP mode: nodes exchange pod routes over a BGP full mesh
     /// and forward natively.
     Bgp,
+    /// Hybridnet's BGP mode: nodes in different subnets (racks) announce
+    /// their pods to their top-of-rack router and send pod traffic to it
+    /// through table 10001.
+    #[serde(rename = "bgp-tor")]
+    BgpTor,
 }
 
 impl CrossNodeMode {
@@ -85,13 +90,14 @@ impl CrossNodeMode {
             CrossNodeMode::Vxlan => "vxlan",
             CrossNodeMode::Ipip => "ipip",
             CrossNodeMode::Bgp => "bgp",
+            CrossNodeMode::BgpTor => "bgp-tor",
         }
     }
 
     /// Bytes of encapsulation a pod's packets carry across nodes.
     pub fn overhead(self) -> u32 {
         match self {
-            CrossNodeMode::Routed | CrossNodeMode::Bgp => 0,
+            CrossNodeMode::Routed | CrossNodeMode::Bgp | CrossNodeMode::BgpTor => 0,
             CrossNodeMode::Vxlan => crate::overlay::VXLAN_OVERHEAD_V4,
             CrossNodeMode::Ipip => crate::overlay::IPIP_OVERHEAD_V4,
         }
@@ -123,6 +129,11 @@ pub struct LabSpec {
     #[serde(default)]
     pub address_plan: AddressPlan,
     pub nodes: Vec<LabNodeSpec>,
+    /// Top-of-rack topology (crossNode bgp-tor): each rack a subnet behind
+    /// a router running BIRD 2 or FRR. Without racks, nodes share the
+    /// fabric.
+    #[serde(default)]
+    pub racks: Vec<crate::racks::RackSpec>,
     /// ebpf mode: take the older host-veth path (the seed's "Aliyun2"
     /// column) even where the kernel has bpf_redirect_peer.
     #[serde(default)]
@@ -172,6 +183,9 @@ pub struct LabNodeSpec {
     /// The Node object's annotations (e.g. a route reflector's cluster id).
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// The rack the node sits in (when the lab has racks).
+    #[serde(default)]
+    pub rack: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -190,6 +204,8 @@ pub struct LabPlan {
     pub no_redirect_peer: bool,
     pub mtu: u32,
     pub fabric: Ipv4Net,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub racks: Vec<crate::racks::RackPlan>,
     pub nodes: Vec<NodePlan>,
     pub pods: Vec<PodPlan>,
 }
@@ -198,6 +214,17 @@ impl LabPlan {
     /// The pods' MTU: the fabric's, less the cross-node encapsulation.
     pub fn pod_mtu(&self) -> u32 {
         self.mtu - self.cross_node.overhead()
+    }
+
+    /// The node's rack, if the lab has racks.
+    pub fn rack_of(&self, n: &NodePlan) -> Option<&crate::racks::RackPlan> {
+        let r = n.rack.as_deref()?;
+        self.racks.iter().find(|x| x.name == r)
+    }
+
+    /// The L3 subnet of the node's eth0: its rack's, or the fabric.
+    pub fn node_subnet(&self, n: &NodePlan) -> Ipv4Net {
+        self.rack_of(n).map(|r| r.subnet).unwrap_or(self.fabric)
     }
 }
 
@@ -213,6 +240,9 @@ pub struct NodePlan {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// The node's rack (its subnet and gateway are the rack's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -415,6 +445,8 @@ impl LabFile {
                 ap.fabric, ap.pod_cidr
             )));
         }
+        let racks = self.plan_racks()?;
+        let mut per_rack: BTreeMap<&str, usize> = BTreeMap::new();
         let mut nodes = vec![];
         for (i, n) in spec.nodes.iter().enumerate() {
             if !valid_name(&n.name, 20) {
@@ -429,15 +461,47 @@ impl LabFile {
                     n.name
                 )));
             }
-            let ip = ap.fabric.hosts().nth(i).expect("checked above");
+            let mut labels = n.labels.clone();
+            let ip = match (&n.rack, racks.is_empty()) {
+                (None, true) => ap.fabric.hosts().nth(i).expect("checked above"),
+                (None, false) => {
+                    return Err(LabError::Invalid(format!(
+                        "node {}: the lab has racks; give it one (rack: {})",
+                        n.name, racks[0].name
+                    )))
+                }
+                (Some(r), _) => {
+                    let rack = racks.iter().find(|x| &x.name == r).ok_or_else(|| {
+                        LabError::Invalid(format!(
+                            "node {}: rack {r:?} is not in spec.racks ({})",
+                            n.name,
+                            racks
+                                .iter()
+                                .map(|x| x.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    })?;
+                    let k = per_rack.entry(r).or_default();
+                    *k += 1;
+                    labels.insert(crate::racks::RACK_LABEL.into(), r.clone());
+                    crate::racks::node_address(rack, *k - 1).ok_or_else(|| {
+                        LabError::Invalid(format!(
+                            "rack {r}: subnet {} has no room for another node",
+                            rack.subnet
+                        ))
+                    })?
+                }
+            };
             nodes.push(NodePlan {
                 name: n.name.clone(),
                 ip,
                 pod_cidr: IpNet::V4(blocks[i]),
                 netns: node_netns(name, &n.name),
                 fabric_port: format!("n{i}"),
-                labels: n.labels.clone(),
+                labels,
                 annotations: n.annotations.clone(),
+                rack: n.rack.clone(),
             });
         }
         let mut pods: Vec<PodPlan> = vec![];
@@ -458,9 +522,40 @@ impl LabFile {
             no_redirect_peer: spec.no_redirect_peer,
             mtu: spec.mtu,
             fabric: ap.fabric,
+            racks,
             nodes,
             pods,
         })
+    }
+
+    /// The racks, checked against the cross-node mode and the address plan.
+    fn plan_racks(&self) -> Result<Vec<crate::racks::RackPlan>, LabError> {
+        let spec = &self.spec;
+        let ap = &spec.address_plan;
+        match (spec.racks.is_empty(), spec.cross_node) {
+            (true, CrossNodeMode::BgpTor) => {
+                return Err(LabError::Invalid(
+                    "crossNode bgp-tor needs spec.racks (each a subnet with a top-of-rack router)"
+                        .into(),
+                ))
+            }
+            (false, CrossNodeMode::BgpTor) | (true, _) => {}
+            (false, other) => {
+                return Err(LabError::Invalid(format!(
+                    "spec.racks needs crossNode bgp-tor (nodes in different subnets reach each other through their racks' routers); crossNode is {other}"
+                )))
+            }
+        }
+        crate::racks::plan_racks(
+            &self.name,
+            &spec.racks,
+            ap.fabric,
+            &[
+                ("pod CIDR", IpNet::V4(ap.pod_cidr)),
+                ("service CIDR", IpNet::V4(ap.service_cidr)),
+            ],
+        )
+        .map_err(LabError::Invalid)
     }
 }
 
@@ -824,5 +919,49 @@ spec: {containers: [{name: echo}]}
         );
         let same = plan(&LAB.replace("mode: routed", "mode: ebpf\n  datapath: ebpf"));
         assert_eq!(same.mode, Mode::Ebpf);
+    }
+
+    #[test]
+    fn racks_give_nodes_their_subnet_label_and_gateway() {
+        let racked = LAB
+            .replace(
+                "mode: routed\n  nodes: [{name: node-a}, {name: node-b}]",
+                "crossNode: bgp-tor\n  racks:\n  - {name: r1, subnet: 198.18.1.0/24, asn: 65101}\n  - {name: r2, subnet: 198.18.2.0/24, asn: 65102, router: frr}\n  nodes: [{name: node-a, rack: r1}, {name: node-b, rack: r2}, {name: node-c, rack: r1}]",
+            );
+        let plan = parse_lab_file(&racked).unwrap().plan().unwrap();
+        let ip = |n: &str| plan.node(n).unwrap().ip.to_string();
+        assert_eq!(
+            (ip("node-a"), ip("node-b"), ip("node-c")),
+            (
+                "198.18.1.2".into(),
+                "198.18.2.2".into(),
+                "198.18.1.3".into()
+            )
+        );
+        let b = plan.node("node-b").unwrap();
+        assert_eq!(
+            b.labels.get(crate::racks::RACK_LABEL).map(String::as_str),
+            Some("r2")
+        );
+        assert_eq!(plan.node_subnet(b).to_string(), "198.18.2.0/24");
+        assert_eq!(plan.rack_of(b).unwrap().router, crate::racks::Router::Frr);
+        let err = |text: &str| {
+            parse_lab_file(text)
+                .unwrap()
+                .plan()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&racked.replace("crossNode: bgp-tor", "crossNode: bgp"))
+            .contains("needs crossNode bgp-tor"));
+        assert!(err(&racked.replace("rack: r2}", "rack: r9}"))
+            .contains("rack \"r9\" is not in spec.racks (r1, r2)"));
+        assert!(
+            err(&racked.replace("{name: node-c, rack: r1}", "{name: node-c}"))
+                .contains("give it one")
+        );
+        assert!(
+            err(&LAB.replace("mode: routed", "crossNode: bgp-tor")).contains("needs spec.racks")
+        );
     }
 }

@@ -17,6 +17,7 @@ pub mod naming;
 pub mod nft;
 pub mod overlay;
 pub mod policy;
+pub mod racks;
 
 pub mod routes;
 pub mod services;

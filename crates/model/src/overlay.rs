@@ -39,6 +39,13 @@ pub const LOCAL_POD_RULE_PRIORITY: u32 = 1998;
 /// The rule that sends lookups through [`OVERLAY_TABLE`] (before main, so
 /// a stale main-table route cannot shadow the overlay).
 pub const OVERLAY_RULE_PRIORITY: u32 = 1999;
+/// Hybridnet's underlay table (the seed's "10001 路由表"): in top-of-rack
+/// BGP mode it holds the default route to the rack's router, and traffic
+/// from this node's pods looks it up.
+pub const UNDERLAY_TABLE: u32 = 10001;
+/// The rules `from <this node's pod block> lookup 10001`: after table
+/// 39999 (a local pod stays on the node), before main.
+pub const UNDERLAY_RULE_PRIORITY: u32 = 1999;
 
 /// The VXLAN device on `uplink`: `eth0.vxlan20`, as in the seed. Refused
 /// when it would not fit the kernel's 15 characters.

@@ -22,8 +22,9 @@ impl CrossNode for Bgp {
         &'a mut self,
         nl: &'a Netlink,
         peers: &'a [NodeRoute],
+        local: &'a [ipnet::IpNet],
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
-        self.routed.prepare(nl, peers)
+        self.routed.prepare(nl, peers, local)
     }
 
     fn routes(&self, _peers: &[NodeRoute]) -> Vec<Route> {

@@ -136,6 +136,7 @@ impl CrossNode for Ipip {
         &'a mut self,
         nl: &'a Netlink,
         peers: &'a [NodeRoute],
+        _local: &'a [ipnet::IpNet],
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             let (uplink, local) = super::uplink_address(nl, &self.uplink, "IP-in-IP").await?;

@@ -6,23 +6,27 @@
 pub mod bgp;
 pub mod ipip;
 pub mod routed;
+pub mod tor;
 pub mod vxlan;
 
 use futures::future::BoxFuture;
+use strait_model::naming::ROUTE_PROTOCOL;
 use strait_model::routes::NodeRoute;
-use strait_netlink::{Netlink, Route};
+use strait_netlink::{Netlink, Route, Rule};
 
 pub trait CrossNode: Send + Sync {
     /// The mode's name, as in `--cross-node` and `strait status`.
     fn name(&self) -> &'static str;
 
     /// Kernel objects other than main-table routes (devices, FDB,
-    /// neighbours, rules, other tables): make them match `peers`. Returns
-    /// per-object problems. Routed mode has none.
+    /// neighbours, rules, other tables): make them match `peers` and this
+    /// node's own pod blocks (`local`). Returns per-object problems.
+    /// Routed mode has none.
     fn prepare<'a>(
         &'a mut self,
         _nl: &'a Netlink,
         _peers: &'a [NodeRoute],
+        _local: &'a [ipnet::IpNet],
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async { Ok(vec![]) })
     }
@@ -32,7 +36,7 @@ pub trait CrossNode: Send + Sync {
 }
 
 /// The cross-node modes strait has, by name.
-pub const MODES: &[&str] = &["routed", "vxlan", "ipip", "bgp"];
+pub const MODES: &[&str] = &["routed", "vxlan", "ipip", "bgp", "bgp-tor"];
 
 pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
     match cfg.cross_node.as_str() {
@@ -43,6 +47,10 @@ pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
             routed: routed::Routed {
                 ipip: IpipLeftovers::new(cfg),
             },
+        })),
+        "bgp-tor" => Ok(Box::new(tor::BgpTor {
+            ipip: IpipLeftovers::new(cfg),
+            uplink: cfg.uplink.clone(),
         })),
         "vxlan" => {
             strait_model::overlay::vxlan_device(&cfg.uplink, cfg.vxlan_vni)
@@ -63,6 +71,50 @@ pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
             MODES.join(", ")
         ),
     }
+}
+
+/// Make strait's policy rules of one family exactly `want`: others of
+/// strait's go (another mode's), missing ones are added.
+pub(crate) async fn sync_rules(nl: &Netlink, v4: bool, want: &[Rule]) -> anyhow::Result<()> {
+    let rules = nl.rules(v4).await?;
+    for r in rules
+        .iter()
+        .filter(|r| r.protocol == ROUTE_PROTOCOL && !want.contains(r))
+    {
+        nl.delete_rule(r).await?;
+        tracing::info!(rule = ?r, "policy rule removed");
+    }
+    for rule in want {
+        if !rules.contains(rule) {
+            nl.add_rule(rule).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Make strait's routes in `table` exactly `want` (all in that table).
+/// Routes the kernel refuses are returned as problems.
+pub(crate) async fn sync_table(
+    nl: &Netlink,
+    table: u32,
+    v4: bool,
+    want: &[Route],
+) -> anyhow::Result<Vec<String>> {
+    let mut problems = vec![];
+    let have = nl.routes_in(table, v4).await?;
+    for r in have.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
+        if !want.contains(r) {
+            nl.delete_route(r).await?;
+        }
+    }
+    for r in want {
+        if !have.contains(r) {
+            if let Err(e) = nl.replace_route(r).await {
+                problems.push(format!("route {} in table {table}: {e}", r.dst));
+            }
+        }
+    }
+    Ok(problems)
 }
 
 /// The uplink and its first address of the family the overlay runs on:

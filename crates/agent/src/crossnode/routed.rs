@@ -4,7 +4,7 @@
 use super::CrossNode;
 use futures::future::BoxFuture;
 use strait_model::naming::ROUTE_PROTOCOL;
-use strait_model::overlay::OVERLAY_TABLE;
+use strait_model::overlay::{OVERLAY_TABLE, UNDERLAY_TABLE};
 use strait_model::routes::NodeRoute;
 use strait_netlink::{Netlink, Route, RouteKind};
 
@@ -25,6 +25,7 @@ impl CrossNode for Routed {
         &'a mut self,
         nl: &'a Netlink,
         _peers: &'a [NodeRoute],
+        _local: &'a [ipnet::IpNet],
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             self.ipip.remove(nl).await?;
@@ -40,7 +41,10 @@ impl CrossNode for Routed {
                 return Ok(vec![]);
             }
             // Routes first: the rules are what says there is more to do.
-            for r in nl.routes_in(OVERLAY_TABLE, true).await? {
+            for r in nl
+                .routes_in_tables(&[OVERLAY_TABLE, UNDERLAY_TABLE], true)
+                .await?
+            {
                 if r.protocol == ROUTE_PROTOCOL {
                     nl.delete_route(&r).await?;
                 }

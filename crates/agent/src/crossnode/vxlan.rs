@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use strait_model::naming::ROUTE_PROTOCOL;
 use strait_model::overlay::{
     vtep_mac, vtep_peers, vxlan_device, LOCAL_POD_RULE_PRIORITY, LOCAL_POD_TABLE,
-    OVERLAY_RULE_PRIORITY, OVERLAY_TABLE, VXLAN_OVERHEAD_V4,
+    OVERLAY_RULE_PRIORITY, OVERLAY_TABLE, UNDERLAY_TABLE, VXLAN_OVERHEAD_V4,
 };
 use strait_model::routes::NodeRoute;
 use strait_netlink::{FdbEntry, Netlink, Route, RouteKind, Rule};
@@ -101,6 +101,7 @@ impl CrossNode for Vxlan {
         &'a mut self,
         nl: &'a Netlink,
         peers: &'a [NodeRoute],
+        _local: &'a [ipnet::IpNet],
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             self.ipip.remove(nl).await?;
@@ -169,34 +170,12 @@ impl CrossNode for Vxlan {
                     multipath: vec![],
                 })
                 .collect();
-            let have = nl.routes_in(OVERLAY_TABLE, local.is_ipv4()).await?;
-            for r in have.iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
-                if !want.contains(r) {
-                    nl.delete_route(r).await?;
-                }
-            }
-            for r in &want {
-                if !have.contains(r) {
-                    if let Err(e) = nl.replace_route(r).await {
-                        problems.push(format!("route {} in table {OVERLAY_TABLE}: {e}", r.dst));
-                    }
-                }
-            }
-
+            problems.extend(super::sync_table(nl, OVERLAY_TABLE, local.is_ipv4(), &want).await?);
+            // No underlay table in this mode (top-of-rack mode's, if it
+            // ran before).
+            problems.extend(super::sync_table(nl, UNDERLAY_TABLE, local.is_ipv4(), &[]).await?);
             // The rules, once each.
-            let want = Self::rules();
-            let rules = nl.rules(local.is_ipv4()).await?;
-            for r in rules
-                .iter()
-                .filter(|r| r.protocol == ROUTE_PROTOCOL && !want.contains(r))
-            {
-                nl.delete_rule(r).await?;
-            }
-            for rule in &want {
-                if !rules.contains(rule) {
-                    nl.add_rule(rule).await?;
-                }
-            }
+            super::sync_rules(nl, local.is_ipv4(), &Self::rules()).await?;
             Ok(problems)
         })
     }

@@ -136,7 +136,10 @@ impl Reconciler for BgpRoutes {
         // One dump per pass: it says whether this is a restart (first pass)
         // and is what the routes are made to match.
         let actual = self.nl.routes(true).await?;
-        let plan = plan_peers(snap, me, agent.cfg.bgp_as);
+        // Top-of-rack mode: nodes peer with their rack's router, not with
+        // each other (unless a BGPConfiguration asks for the mesh).
+        let mesh = agent.cfg.cross_node == "bgp";
+        let plan = plan_peers(snap, me, agent.cfg.bgp_as, mesh);
         rep.problems.extend(plan.problems.iter().cloned());
         let identity = (plan.local_as, plan.cluster_id);
         if self.started_as.is_some_and(|s| s != identity) {

@@ -38,8 +38,15 @@ impl Reconciler for NodeRoutes {
         let mut rep = Report::default();
         let (peers, rejected) = plan_node_routes_checked(snap, &agent.cfg.node_name);
         rep.problems.extend(rejected);
+        // This node's blocks: the pod CIDR and its IPPool blocks.
+        let local: Vec<ipnet::IpNet> = agent
+            .ipam
+            .cidr()
+            .into_iter()
+            .chain(agent.ipam.blocks().into_keys())
+            .collect();
         rep.problems
-            .extend(self.mode.prepare(&self.nl, &peers).await?);
+            .extend(self.mode.prepare(&self.nl, &peers, &local).await?);
         let mut desired = self.mode.routes(&peers);
         let links = self.nl.links().await?;
         if let Some(cidr) = agent.cfg.service_cidr {
