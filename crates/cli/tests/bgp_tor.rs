@@ -171,3 +171,37 @@ fn bgp_tor_racks_route_pods_through_their_top_of_rack_routers() {
         |o| o.trim().is_empty(),
     );
 }
+
+/// The eBPF datapath on racks: the FIB lookup in from-container honours
+/// the from-block rule, so the fast path sends pod traffic to the rack's
+/// router (bpf_redirect_neigh) and delivers arrivals with
+/// bpf_redirect_peer: the host veths see only what the stack handles.
+#[test]
+fn bgp_tor_racks_on_the_ebpf_datapath() {
+    if !require_root("bgp_tor_racks_on_the_ebpf_datapath") {
+        return;
+    }
+    let yaml = include_str!("../../../examples/racks-bgp-tor.yaml")
+        .replace(
+            "metadata:\n  name: tor\n",
+            "metadata:\n  name: t-tor-ebpf\n",
+        )
+        .replace("datapath: kernel", "datapath: ebpf");
+    let lab = Lab::up(&yaml);
+    sessions_up(&lab);
+    for src in PODS {
+        for dst in PODS.iter().filter(|d| **d != src) {
+            assert_eq!(lab.probe(src, dst).unwrap(), *dst, "{src} -> {dst}");
+        }
+    }
+    let h = strait_lab::hops::trace(&lab.st, "a1", "c1").unwrap();
+    for hop in ["tor-r1 router", "tor-r1 uplink", "tor-r2 router"] {
+        assert!(h.seen(hop).request > 0, "{hop}:\n{}", h.table());
+    }
+    // Redirected past the host veths: the request skips c1's, the reply
+    // a1's.
+    assert_eq!(h.seen("c1 host veth").request, 0, "{}", h.table());
+    assert_eq!(h.seen("a1 host veth").reply, 0, "{}", h.table());
+    let h = strait_lab::hops::trace(&lab.st, "a1", "b1").unwrap();
+    assert!(h.seen("tor-r1 router").request >= 2, "{}", h.table());
+}

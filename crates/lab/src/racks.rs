@@ -265,3 +265,35 @@ pub fn router_cli(st: &LabState, r: &RackPlan, cmd: &str) -> anyhow::Result<Stri
     }
     Ok(text)
 }
+
+/// Wait until every rack's router forwards to every node's pod block (its
+/// kernel has a route for each): BGP has converged and pods can talk.
+pub fn wait_converged(st: &LabState, timeout: Duration) -> anyhow::Result<()> {
+    let plan = &st.plan;
+    let deadline = Instant::now() + timeout;
+    for r in &plan.racks {
+        loop {
+            let table = ip(&["-n", &r.netns, "route", "show"])?;
+            let missing: Vec<String> = plan
+                .nodes
+                .iter()
+                .map(|n| n.pod_cidr.to_string())
+                .filter(|c| !table.lines().any(|l| l.starts_with(&format!("{c} "))))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "rack {}: its router has no route to {} after {:?}; see `strait lab router {}` and the agents' logs",
+                    r.name,
+                    missing.join(", "),
+                    timeout,
+                    r.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}

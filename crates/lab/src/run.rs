@@ -543,6 +543,14 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
     for n in &plan.nodes {
         wait_agent_ready(st, n, Duration::from_secs(20))?;
     }
+    if !plan.racks.is_empty() {
+        let t = Instant::now();
+        crate::racks::wait_converged(st, Duration::from_secs(20))?;
+        step(&format!(
+            "BGP converged in {:.1}s: every rack's router routes every node's pod block",
+            t.elapsed().as_secs_f64()
+        ));
+    }
     for p in &plan.pods {
         add_pod(st, bins, p)?;
         step(&format!(
