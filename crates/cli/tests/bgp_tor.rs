@@ -159,6 +159,34 @@ fn bgp_tor_racks_route_pods_through_their_top_of_rack_routers() {
         st.bgp_peers
     );
 
+    // r2's sessions carry MD5 with the password from the Secret: a wrong
+    // one (the Secret changed) is refused by FRR's kernel, the right one
+    // brings the session back.
+    let secret = |pw: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: tor-r2, namespace: strait-secrets}}\nstringData: {{password: {pw}}}\n"
+        )
+    };
+    let node_c_session = |want_up: bool, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let p = lab.status("node-c").bgp_peers;
+            if (p.len() == 1 && p[0].state == "Established") == want_up {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {p:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let mut st = strait_lab::LabState::load(lab.name()).unwrap();
+    strait_lab::objects::apply(&mut st, &lab.bins, &secret("wrong")).unwrap();
+    node_c_session(false, "session down with the wrong password");
+    std::thread::sleep(Duration::from_secs(3));
+    node_c_session(false, "still refused");
+    strait_lab::objects::apply(&mut st, &lab.bins, &secret("s3cret-r2")).unwrap();
+    node_c_session(true, "back with the right password");
+    assert_eq!(lab.probe("a1", "c1").unwrap(), "c1");
+
     // Another cross-node mode takes the rules and table 10001 away.
     lab.restart_agents_with(strait_model::lab::CrossNodeMode::Routed);
     lab.until("node-a", &["ip", "rule"], "rules gone", |o| {
@@ -172,10 +200,13 @@ fn bgp_tor_racks_route_pods_through_their_top_of_rack_routers() {
     );
 }
 
-/// The eBPF datapath on racks: the FIB lookup in from-container honours
-/// the from-block rule, so the fast path sends pod traffic to the rack's
-/// router (bpf_redirect_neigh) and delivers arrivals with
-/// bpf_redirect_peer: the host veths see only what the stack handles.
+/// The eBPF datapath on racks, with the cluster in a real kube-apiserver:
+/// the agents reach it through their racks' routers, read the rack
+/// BGPPeers and r2's password Secret (stringData stored as data, read
+/// through the secrets namespace's Role). The FIB lookup in
+/// from-container honours the from-block rule, so the fast path sends pod
+/// traffic to the rack's router (bpf_redirect_neigh) and delivers arrivals
+/// with bpf_redirect_peer: the host veths see only what the stack handles.
 #[test]
 fn bgp_tor_racks_on_the_ebpf_datapath() {
     if !require_root("bgp_tor_racks_on_the_ebpf_datapath") {
@@ -186,7 +217,10 @@ fn bgp_tor_racks_on_the_ebpf_datapath() {
             "metadata:\n  name: tor\n",
             "metadata:\n  name: t-tor-ebpf\n",
         )
-        .replace("datapath: kernel", "datapath: ebpf");
+        .replace(
+            "datapath: kernel",
+            "datapath: ebpf\n  controlPlane: kube-apiserver",
+        );
     let lab = Lab::up(&yaml);
     sessions_up(&lab);
     for src in PODS {

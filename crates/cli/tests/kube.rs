@@ -206,6 +206,9 @@ fn deploy_manifests_validate_against_the_apiserver() {
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Namespace",
+            "Role",
+            "RoleBinding",
             "ConfigMap",
             "DaemonSet"
         ]
@@ -213,11 +216,16 @@ fn deploy_manifests_validate_against_the_apiserver() {
     let refused = publish::dry_run(&lab.st, objects.clone()).unwrap();
     assert!(refused.is_empty(), "{refused:#?}");
     // A broken one is refused: the dry run does validate.
-    let mut bad = objects[4].clone();
+    let mut bad = objects.last().unwrap().clone();
     bad["spec"]["template"]["spec"]["containers"][0]["image"] = serde_json::Value::Null;
     assert_eq!(publish::dry_run(&lab.st, vec![bad]).unwrap().len(), 1);
     let shipped = objects.iter().find(|o| o["kind"] == "ClusterRole").unwrap();
-    assert_eq!(publish::agent_rbac()[0]["rules"], shipped["rules"]);
+    let rbac = publish::agent_rbac();
+    let lab_role = |kind: &str| rbac.iter().find(|o| o["kind"] == kind).unwrap().clone();
+    assert_eq!(lab_role("ClusterRole")["rules"], shipped["rules"]);
+    let secrets = objects.iter().find(|o| o["kind"] == "Role").unwrap();
+    assert_eq!(lab_role("Role")["rules"], secrets["rules"]);
+    assert_eq!(secrets["metadata"]["namespace"], "strait-secrets");
 }
 
 /// `strait lab apply` / `strait lab delete` change a running lab through

@@ -27,6 +27,7 @@ fn value(o: &ClusterObject) -> Option<serde_json::Value> {
         ClusterObject::IpPool(x) => serde_json::to_value(x).ok(),
         ClusterObject::BgpConfiguration(x) => serde_json::to_value(x).ok(),
         ClusterObject::BgpPeer(x) => serde_json::to_value(x).ok(),
+        ClusterObject::Secret(x) => serde_json::to_value(x).ok(),
         // Blocks are the agents' to claim, not the lab file's.
         ClusterObject::IpamBlock(_) | ClusterObject::Other { .. } => None,
     }
@@ -45,8 +46,9 @@ fn identity(v: &serde_json::Value) -> (String, String, String) {
 }
 
 /// The lab file's objects plus, for each rack, the BGPPeer that makes its
-/// nodes peer with its router (`tor-<rack>`; a BGPPeer of that name in the
-/// file wins, so a test or a user can shape the session).
+/// nodes peer with its router (`tor-<rack>`, and the Secret with its
+/// password; a BGPPeer of that name in the file wins, so a test or a user
+/// can shape the session).
 pub fn with_rack_peers(
     plan: &strait_model::lab::LabPlan,
     objects: &[ClusterObject],
@@ -58,7 +60,7 @@ pub fn with_rack_peers(
             |o| matches!(o, ClusterObject::BgpPeer(p) if p.metadata.name.as_deref() == Some(&name)),
         );
         if !given {
-            out.push(strait_model::racks::rack_peer(r));
+            out.extend(strait_model::racks::rack_objects(r));
         }
     }
     out
@@ -88,7 +90,7 @@ pub fn publish_all(st: &LabState) -> anyhow::Result<Vec<Service>> {
     let objects = load(st)?;
     let (mut pods, mut services, mut slices, mut policies, mut namespaces) =
         (vec![], vec![], vec![], vec![], vec![]);
-    let (mut pools, mut bgp_configs, mut bgp_peers) = (vec![], vec![], vec![]);
+    let (mut pools, mut bgp_configs, mut bgp_peers, mut secrets) = (vec![], vec![], vec![], vec![]);
     for o in &objects {
         match o {
             ClusterObject::Pod(p) => {
@@ -121,12 +123,15 @@ pub fn publish_all(st: &LabState) -> anyhow::Result<Vec<Service>> {
             ClusterObject::IpPool(p) => pools.push((**p).clone()),
             ClusterObject::BgpConfiguration(c) => bgp_configs.push((**c).clone()),
             ClusterObject::BgpPeer(p) => bgp_peers.push((**p).clone()),
+            ClusterObject::Secret(s) => secrets.push((**s).clone()),
             ClusterObject::Node(_) | ClusterObject::IpamBlock(_) | ClusterObject::Other { .. } => {}
         }
     }
     use crate::publish::put;
     // Pools before pods: a pod's annotation may name one.
     put(st, "ippools", &pools)?;
+    // Secrets before the peers whose passwords they hold.
+    put(st, "secrets", &secrets)?;
     put(st, "bgpconfigurations", &bgp_configs)?;
     put(st, "bgppeers", &bgp_peers)?;
     put(st, "namespaces", &namespaces)?;

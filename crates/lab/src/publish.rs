@@ -70,6 +70,9 @@ fn resource(api_version: &str, kind: &str) -> anyhow::Result<(ApiResource, bool)
         "DaemonSet" => ("daemonsets", true),
         "ClusterRole" => ("clusterroles", false),
         "ClusterRoleBinding" => ("clusterrolebindings", false),
+        "Role" => ("roles", true),
+        "RoleBinding" => ("rolebindings", true),
+        "Secret" => ("secrets", true),
         "CustomResourceDefinition" => ("customresourcedefinitions", false),
         "IPPool" => ("ippools", false),
         "IPAMBlock" => ("ipamblocks", false),
@@ -392,12 +395,26 @@ pub fn deploy_objects() -> Vec<Value> {
 /// The agent's ClusterRole exactly as deploy/ ships it, bound to the lab
 /// agents' token user (a real cluster binds the ServiceAccount).
 pub fn agent_rbac() -> Vec<Value> {
-    let role = deploy_objects()
-        .into_iter()
-        .find(|v| v["kind"] == "ClusterRole")
-        .expect("deploy/strait.yaml has the agent's ClusterRole");
+    let deploy = deploy_objects();
+    let find = |kind: &str| {
+        deploy
+            .iter()
+            .find(|v| v["kind"] == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("deploy/strait.yaml has the agent's {kind}"))
+    };
+    let secrets_ns = strait_model::bgp::SECRETS_NAMESPACE;
     vec![
-        role,
+        // The one Role in the secrets namespace (BGP passwords); the
+        // namespace is created with it.
+        find("Role"),
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "strait-agent-lab", "namespace": secrets_ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "strait-agent-secrets"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "strait-agent"}]
+        }),
+        find("ClusterRole"),
         serde_json::json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": "strait-agent-lab"},

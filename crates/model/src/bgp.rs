@@ -99,6 +99,84 @@ pub struct BGPPeerSpec {
     /// time it asks for (e.g. "120s", "2m").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_restart_time: Option<String>,
+    /// TCP MD5 password (RFC 2385), from a key of a Secret in strait's
+    /// secrets namespace (`strait-secrets`), as Calico's BGPPeer names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<BgpPassword>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BgpPassword {
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in [`SECRETS_NAMESPACE`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// The namespace whose Secrets the agents read (and only those: its RBAC
+/// Role is all the agents get on Secrets).
+pub const SECRETS_NAMESPACE: &str = "strait-secrets";
+
+/// A password that never shows in logs or Debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<password>")
+    }
+}
+
+/// The password a BGPPeer names, from the snapshot's Secrets.
+fn resolve_password(snap: &ClusterSnapshot, r: &SecretKeyRef) -> Result<Password, String> {
+    let s = snap
+        .secrets
+        .iter()
+        .find(|s| {
+            s.metadata.namespace.as_deref() == Some(SECRETS_NAMESPACE)
+                && s.metadata.name.as_deref() == Some(r.name.as_str())
+        })
+        .ok_or_else(|| {
+            format!(
+                "password: Secret {SECRETS_NAMESPACE}/{} not found (the agents read Secrets only from {SECRETS_NAMESPACE})",
+                r.name
+            )
+        })?;
+    let bytes = s
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&r.key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            s.string_data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|v| v.clone().into_bytes())
+        })
+        .ok_or_else(|| {
+            format!(
+                "password: Secret {SECRETS_NAMESPACE}/{} has no key {:?}",
+                r.name, r.key
+            )
+        })?;
+    let pw = String::from_utf8(bytes).map_err(|_| {
+        format!(
+            "password: key {:?} of Secret {SECRETS_NAMESPACE}/{} is not UTF-8 text",
+            r.key, r.name
+        )
+    })?;
+    if pw.is_empty() || pw.len() > 80 {
+        return Err(format!(
+            "password: key {:?} of Secret {SECRETS_NAMESPACE}/{} must be 1 to 80 bytes (TCP MD5)",
+            r.key, r.name
+        ));
+    }
+    Ok(Password(pw))
 }
 
 /// One session a node should run.
@@ -110,6 +188,8 @@ pub struct DesiredPeer {
     /// We reflect routes to it (we are a reflector, it is not one of ours).
     pub rr_client: bool,
     pub max_restart_time: Option<Duration>,
+    /// TCP MD5 password.
+    pub password: Option<Password>,
     /// Why: "mesh", or "BGPPeer NAME".
     pub why: String,
 }
@@ -247,6 +327,7 @@ pub fn plan_peers(
             asn: local_as,
             rr_client: cid.is_some() && other_id != cid,
             max_restart_time: max,
+            password: None,
             why,
         })
     };
@@ -275,6 +356,20 @@ pub fn plan_peers(
             }
             None => None,
         };
+        // A peer whose password cannot be read is not run without one.
+        let password = match p
+            .spec
+            .password
+            .as_ref()
+            .map(|pw| resolve_password(snap, &pw.secret_key_ref))
+        {
+            Some(Err(e)) => {
+                plan.problems.push(format!("BGPPeer {pname}: {e}"));
+                continue;
+            }
+            Some(Ok(pw)) => Some(pw),
+            None => None,
+        };
         let sel_me = match node_selected(&p.spec, me_node) {
             Ok(b) => b,
             Err(e) => {
@@ -301,6 +396,7 @@ pub fn plan_peers(
                             asn: p.spec.as_number.unwrap_or(local_as),
                             rr_client: false,
                             max_restart_time: max,
+                            password: password.clone(),
                             why: why.clone(),
                         }));
                     }
@@ -321,7 +417,10 @@ pub fn plan_peers(
                     };
                     let back = peer_me && node_selected(&p.spec, n).unwrap_or(false);
                     if (sel_me && picked) || back {
-                        add(node_peer(n, why.clone(), max));
+                        add(node_peer(n, why.clone(), max).map(|mut d| {
+                            d.password = password.clone();
+                            d
+                        }));
                     }
                 }
             }

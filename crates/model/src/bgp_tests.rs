@@ -182,3 +182,50 @@ spec: {peerIP: 198.18.9.1, asNumber: 65101}
     let s = cluster(&[], &on);
     assert_eq!(plan_peers(&s, "n1", 64512, false).peers.len(), 4);
 }
+
+#[test]
+fn a_peer_password_comes_from_the_secrets_namespace_or_the_peer_does_not_run() {
+    let peer = "
+apiVersion: strait.dev/v1alpha1
+kind: BGPPeer
+metadata: {name: tor}
+spec:
+  peerIP: 198.18.9.1
+  asNumber: 65101
+  password: {secretKeyRef: {name: bgp, key: tor}}
+";
+    // Missing: a problem, and no session without the password.
+    let p = plan_peers(&cluster(&[], peer), "n1", 64512, false);
+    assert!(p.peers.is_empty());
+    assert!(
+        p.problems[0].contains("Secret strait-secrets/bgp not found"),
+        "{:?}",
+        p.problems
+    );
+    // In another namespace: not read.
+    let elsewhere = format!(
+        "{peer}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: bgp, namespace: default}}\nstringData: {{tor: s3cret}}\n"
+    );
+    assert!(plan_peers(&cluster(&[], &elsewhere), "n1", 64512, false)
+        .peers
+        .is_empty());
+    // data (base64, as the API stores it) and stringData both work.
+    for secret in ["data: {tor: czNjcmV0}", "stringData: {tor: s3cret}"] {
+        let objs = format!(
+            "{peer}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: bgp, namespace: strait-secrets}}\n{secret}\n"
+        );
+        let p = plan_peers(&cluster(&[], &objs), "n1", 64512, false);
+        assert_eq!(p.peers.len(), 1, "{:?}", p.problems);
+        assert_eq!(p.peers[0].password, Some(Password("s3cret".into())));
+        assert!(!format!("{p:?}").contains("s3cret"), "never in Debug");
+    }
+    let wrong_key = format!(
+        "{peer}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: bgp, namespace: strait-secrets}}\nstringData: {{other: x}}\n"
+    );
+    let p = plan_peers(&cluster(&[], &wrong_key), "n1", 64512, false);
+    assert!(
+        p.problems[0].contains("has no key \"tor\""),
+        "{:?}",
+        p.problems
+    );
+}

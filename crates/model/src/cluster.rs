@@ -6,7 +6,7 @@ use crate::bgp::{BGPConfiguration, BGPPeer};
 use crate::ippool::{IPAMBlock, IPPool};
 use crate::slice::Slice;
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use std::sync::Arc;
 /// One consistent view of the cluster objects strait cares about. Objects
 /// are shared (`Arc`) with the source's stores: a new snapshot after one
 /// change copies pointers, not 20 000 objects.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct ClusterSnapshot {
     pub nodes: Vec<Arc<Node>>,
     pub pods: Vec<Arc<Pod>>,
@@ -31,6 +31,30 @@ pub struct ClusterSnapshot {
     /// BGP mode's topology (see [`crate::bgp`]).
     pub bgp_configurations: Vec<Arc<BGPConfiguration>>,
     pub bgp_peers: Vec<Arc<BGPPeer>>,
+    /// Secrets of strait's secrets namespace ([`crate::bgp::SECRETS_NAMESPACE`]):
+    /// BGP passwords. Never logged (see [`ClusterSnapshot`]'s Debug).
+    pub secrets: Vec<Arc<Secret>>,
+}
+
+/// Every field but the secrets' contents, which are named only.
+impl std::fmt::Debug for ClusterSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secrets: Vec<(&str, &str)> =
+            self.secrets.iter().map(|s| meta_key(&s.metadata)).collect();
+        f.debug_struct("ClusterSnapshot")
+            .field("nodes", &self.nodes)
+            .field("pods", &self.pods)
+            .field("services", &self.services)
+            .field("endpoint_slices", &self.endpoint_slices)
+            .field("network_policies", &self.network_policies)
+            .field("namespaces", &self.namespaces)
+            .field("ip_pools", &self.ip_pools)
+            .field("ipam_blocks", &self.ipam_blocks)
+            .field("bgp_configurations", &self.bgp_configurations)
+            .field("bgp_peers", &self.bgp_peers)
+            .field("secrets (contents withheld)", &secrets)
+            .finish()
+    }
 }
 
 impl ClusterSnapshot {
@@ -57,6 +81,7 @@ impl ClusterSnapshot {
             ClusterObject::IpamBlock(b) => self.ipam_blocks.push(Arc::from(b)),
             ClusterObject::BgpConfiguration(c) => self.bgp_configurations.push(Arc::from(c)),
             ClusterObject::BgpPeer(p) => self.bgp_peers.push(Arc::from(p)),
+            ClusterObject::Secret(s) => self.secrets.push(Arc::from(s)),
             ClusterObject::Other { .. } => {}
         }
     }
@@ -79,6 +104,7 @@ impl ClusterSnapshot {
             .sort_unstable_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         sort(&mut self.network_policies);
         sort(&mut self.namespaces);
+        sort(&mut self.secrets);
         self.ip_pools
             .sort_unstable_by(|a, b| meta_key(&a.metadata).cmp(&meta_key(&b.metadata)));
         self.ipam_blocks
@@ -186,6 +212,7 @@ pub enum Kind {
     IpamBlocks,
     BgpConfigurations,
     BgpPeers,
+    Secrets,
 }
 
 impl ClusterSnapshot {
@@ -208,6 +235,7 @@ impl ClusterSnapshot {
             Kind::IpamBlocks => differ(&self.ipam_blocks, &other.ipam_blocks),
             Kind::BgpConfigurations => differ(&self.bgp_configurations, &other.bgp_configurations),
             Kind::BgpPeers => differ(&self.bgp_peers, &other.bgp_peers),
+            Kind::Secrets => differ(&self.secrets, &other.secrets),
         }
     }
 }
@@ -224,6 +252,7 @@ pub enum ClusterObject {
     IpamBlock(Box<IPAMBlock>),
     BgpConfiguration(Box<BGPConfiguration>),
     BgpPeer(Box<BGPPeer>),
+    Secret(Box<Secret>),
     Other { api_version: String, kind: String },
 }
 
@@ -300,6 +329,7 @@ fn decode_value(
             ClusterObject::NetworkPolicy(de(index, &kind, &name, v)?)
         }
         ("v1", "Namespace") => ClusterObject::Namespace(de(index, &kind, &name, v)?),
+        ("v1", "Secret") => ClusterObject::Secret(de(index, &kind, &name, v)?),
         (crate::ippool::API_VERSION, "IPPool") => {
             ClusterObject::IpPool(de(index, &kind, &name, v)?)
         }

@@ -6,6 +6,7 @@
 //! ```text
 //! <prefix><resource>/<name>               cluster-scoped (nodes, namespaces,
 //!                                         ippools, ipamblocks, bgpconfigurations, bgppeers)
+//! <prefix>secrets/strait-secrets/<name>   BGP passwords (only that namespace is read)
 //! <prefix><resource>/<namespace>/<name>   namespaced (pods, services, ...)
 //! ```
 //!
@@ -17,7 +18,7 @@
 use crate::bgp::{BGPConfiguration, BGPPeer};
 use crate::cluster::{ClusterObject, ClusterSnapshot, Kind};
 use crate::ippool::{IPAMBlock, IPPool};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use std::collections::BTreeMap;
@@ -27,7 +28,7 @@ pub const DEFAULT_PREFIX: &str = "/strait/v1/";
 
 /// Every resource in the datastore: its path segment, kind, and whether it
 /// is namespaced.
-pub const RESOURCES: [(&str, Kind, bool); 10] = [
+pub const RESOURCES: [(&str, Kind, bool); 11] = [
     ("nodes", Kind::Nodes, false),
     ("namespaces", Kind::Namespaces, false),
     ("pods", Kind::Pods, true),
@@ -38,13 +39,14 @@ pub const RESOURCES: [(&str, Kind, bool); 10] = [
     ("ipamblocks", Kind::IpamBlocks, false),
     ("bgpconfigurations", Kind::BgpConfigurations, false),
     ("bgppeers", Kind::BgpPeers, false),
+    ("secrets", Kind::Secrets, true),
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
     #[error("key {0:?} is not under the prefix {1:?}")]
     Prefix(String, String),
-    #[error("key {0:?}: unknown resource {1:?} (known: nodes, namespaces, pods, services, endpointslices, networkpolicies, ippools, ipamblocks, bgpconfigurations, bgppeers)")]
+    #[error("key {0:?}: unknown resource {1:?} (known: nodes, namespaces, pods, services, endpointslices, networkpolicies, ippools, ipamblocks, bgpconfigurations, bgppeers, secrets)")]
     Resource(String, String),
     #[error("key {0:?}: expected {1}")]
     Shape(String, &'static str),
@@ -71,6 +73,7 @@ fn kind_named(kind: &str) -> Option<Kind> {
         "IPAMBlock" => Kind::IpamBlocks,
         "BGPConfiguration" => Kind::BgpConfigurations,
         "BGPPeer" => Kind::BgpPeers,
+        "Secret" => Kind::Secrets,
         _ => return None,
     })
 }
@@ -115,6 +118,7 @@ pub fn key(prefix: &str, obj: &ClusterObject) -> Option<String> {
         ClusterObject::IpamBlock(o) => (Kind::IpamBlocks, &o.metadata),
         ClusterObject::BgpConfiguration(o) => (Kind::BgpConfigurations, &o.metadata),
         ClusterObject::BgpPeer(o) => (Kind::BgpPeers, &o.metadata),
+        ClusterObject::Secret(o) => (Kind::Secrets, &o.metadata),
         ClusterObject::Other { .. } => return None,
     };
     let (resource, namespaced) = resource_of(kind);
@@ -171,6 +175,7 @@ enum Obj {
     IpamBlock(Arc<IPAMBlock>),
     BgpConfiguration(Arc<BGPConfiguration>),
     BgpPeer(Arc<BGPPeer>),
+    Secret(Arc<Secret>),
 }
 
 /// Decode a value stored at `key`. The object's kind, namespace and name
@@ -194,6 +199,7 @@ fn decode(k: &KeyRef, value: &[u8]) -> Result<Obj, String> {
         Kind::IpamBlocks => (crate::ippool::API_VERSION, "IPAMBlock"),
         Kind::BgpConfigurations => (crate::ippool::API_VERSION, "BGPConfiguration"),
         Kind::BgpPeers => (crate::ippool::API_VERSION, "BGPPeer"),
+        Kind::Secrets => ("v1", "Secret"),
     };
     let got = (
         v["apiVersion"].as_str().unwrap_or_default(),
@@ -234,6 +240,7 @@ fn decode(k: &KeyRef, value: &[u8]) -> Result<Obj, String> {
         Kind::IpamBlocks => Obj::IpamBlock(de(value)?),
         Kind::BgpConfigurations => Obj::BgpConfiguration(de(value)?),
         Kind::BgpPeers => Obj::BgpPeer(de(value)?),
+        Kind::Secrets => Obj::Secret(de(value)?),
     })
 }
 
@@ -391,6 +398,7 @@ impl Store {
                 Obj::IpamBlock(x) => s.ipam_blocks.push(x.clone()),
                 Obj::BgpConfiguration(x) => s.bgp_configurations.push(x.clone()),
                 Obj::BgpPeer(x) => s.bgp_peers.push(x.clone()),
+                Obj::Secret(x) => s.secrets.push(x.clone()),
             }
         }
         s.normalize();
@@ -410,6 +418,7 @@ fn same(a: &Obj, b: &Obj) -> bool {
         (Obj::IpamBlock(x), Obj::IpamBlock(y)) => x == y,
         (Obj::BgpConfiguration(x), Obj::BgpConfiguration(y)) => x == y,
         (Obj::BgpPeer(x), Obj::BgpPeer(y)) => x == y,
+        (Obj::Secret(x), Obj::Secret(y)) => x == y,
         _ => false,
     }
 }

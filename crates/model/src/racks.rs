@@ -49,6 +49,10 @@ pub struct RackSpec {
     pub asn: u32,
     #[serde(default)]
     pub router: Router,
+    /// TCP MD5 password of the sessions between the rack's router and its
+    /// nodes (the lab keeps it in a Secret the rack's BGPPeer names).
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 /// A rack with its addresses resolved.
@@ -64,6 +68,8 @@ pub struct RackPlan {
     /// The router's address on the fabric (the spine).
     pub fabric_ip: Ipv4Addr,
     pub netns: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 pub fn tor_netns(lab: &str, rack: &str) -> String {
@@ -99,6 +105,19 @@ pub fn plan_racks(
                 "rack {}: subnet {} is too small (at most /29: a router and nodes)",
                 r.name, r.subnet
             ));
+        }
+        if let Some(pw) = &r.password {
+            if pw.is_empty()
+                || pw.len() > 80
+                || pw
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+            {
+                return Err(format!(
+                    "rack {}: password must be 1-80 characters without spaces, quotes or backslashes",
+                    r.name
+                ));
+            }
         }
         if r.asn == 0 || r.asn == CLUSTER_AS {
             return Err(format!(
@@ -136,6 +155,7 @@ pub fn plan_racks(
             gateway: r.subnet.hosts().next().expect("at most /29"),
             fabric_ip,
             netns: tor_netns(lab, &r.name),
+            password: r.password.clone(),
         });
     }
     Ok(out)
@@ -146,8 +166,36 @@ pub fn node_address(rack: &RackPlan, index: usize) -> Option<Ipv4Addr> {
     rack.subnet.hosts().nth(index + 1)
 }
 
+/// The BGPPeer that makes a rack's nodes peer with its router, and the
+/// Secret holding its password when it has one.
+pub fn rack_objects(rack: &RackPlan) -> Vec<ClusterObject> {
+    let name = format!("tor-{}", rack.name);
+    let mut out = vec![];
+    let mut peer = rack_peer(rack);
+    if let (Some(pw), ClusterObject::BgpPeer(p)) = (&rack.password, &mut peer) {
+        p.spec.password = Some(crate::bgp::BgpPassword {
+            secret_key_ref: crate::bgp::SecretKeyRef {
+                name: name.clone(),
+                key: "password".into(),
+            },
+        });
+        let secret = k8s_openapi::api::core::v1::Secret {
+            metadata: ObjectMeta {
+                name: Some(name),
+                namespace: Some(crate::bgp::SECRETS_NAMESPACE.into()),
+                ..Default::default()
+            },
+            string_data: Some([("password".to_string(), pw.clone())].into()),
+            ..Default::default()
+        };
+        out.push(ClusterObject::Secret(Box::new(secret)));
+    }
+    out.push(peer);
+    out
+}
+
 /// The BGPPeer that makes a rack's nodes peer with its router.
-pub fn rack_peer(rack: &RackPlan) -> ClusterObject {
+fn rack_peer(rack: &RackPlan) -> ClusterObject {
     let spec = BGPPeerSpec {
         node_selector: Some(LabelSelector {
             match_labels: Some([(RACK_LABEL.to_string(), rack.name.clone())].into()),
@@ -184,13 +232,18 @@ fn ident(s: &str) -> String {
 /// router over the fabric (everything, next hop self); learned routes go
 /// into the router's kernel, where it forwards.
 pub fn bird_config(rack: &RackPlan, nodes: &[RackNode], racks: &[RackPlan]) -> String {
+    let password = rack
+        .password
+        .as_ref()
+        .map(|p| format!("  password \"{p}\";\n"))
+        .unwrap_or_default();
     let mut c = format!(
         "# {} for rack {}, written by strait lab\nrouter id {};\n\
          protocol device {{}}\n\
          protocol direct {{ ipv4; interface \"br0\", \"uplink\"; }}\n\
          protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; merge paths on; }}\n\
          template bgp rack_node {{\n  local {} as {};\n  hold time 9;\n  connect retry time 1;\n  \
-         graceful restart on;\n  ipv4 {{ import all; export none; }};\n}}\n\
+         graceful restart on;\n{password}  ipv4 {{ import all; export none; }};\n}}\n\
          template bgp spine {{\n  local {} as {};\n  hold time 9;\n  connect retry time 1;\n  \
          ipv4 {{ import all; export all; next hop self; }};\n}}\n",
         Router::Bird,
@@ -237,6 +290,9 @@ pub fn frr_config(rack: &RackPlan, nodes: &[RackNode], racks: &[RackPlan]) -> St
             " neighbor {ip} remote-as {CLUSTER_AS}\n neighbor {ip} timers 3 9\n neighbor {ip} timers connect 1\n",
             ip = n.ip
         ));
+        if let Some(pw) = &rack.password {
+            c.push_str(&format!(" neighbor {} password {pw}\n", n.ip));
+        }
     }
     let spine: Vec<&RackPlan> = racks.iter().filter(|r| r.name != rack.name).collect();
     for r in &spine {
@@ -268,12 +324,14 @@ mod tests {
                 subnet: "198.18.1.0/24".parse().unwrap(),
                 asn: 65101,
                 router: Router::Bird,
+                password: None,
             },
             RackSpec {
                 name: "r2".into(),
                 subnet: "198.18.2.0/24".parse().unwrap(),
                 asn: 65102,
                 router: Router::Frr,
+                password: None,
             },
         ]
     }
@@ -331,6 +389,10 @@ mod tests {
         assert!(f.contains("router bgp 65102\n"));
         assert!(f.contains(" neighbor 198.18.0.1 remote-as 65101\n"));
         assert!(f.contains("  neighbor 198.18.1.2 route-map NOTHING out\n"));
+        match &rack_objects(&r[0])[..] {
+            [ClusterObject::BgpPeer(p)] => assert!(p.spec.password.is_none()),
+            _ => panic!("one BGPPeer, no Secret, without a password"),
+        }
         match rack_peer(&r[0]) {
             ClusterObject::BgpPeer(p) => {
                 assert_eq!(p.spec.peer_ip.as_deref(), Some("198.18.1.1"));
@@ -339,5 +401,38 @@ mod tests {
             }
             _ => panic!("not a BGPPeer"),
         }
+    }
+
+    #[test]
+    fn a_rack_password_goes_to_both_routers_configs_and_into_a_secret() {
+        let fabric = "198.18.0.0/24".parse().unwrap();
+        let mut s = specs();
+        s[0].password = Some("s3cret".into());
+        s[1].password = Some("s3cret".into());
+        let r = plan_racks("t", &s, fabric, &[]).unwrap();
+        let nodes = [RackNode {
+            name: "node-a",
+            ip: Ipv4Addr::new(198, 18, 1, 2),
+        }];
+        assert!(bird_config(&r[0], &nodes, &r).contains("  password \"s3cret\";\n"));
+        assert!(frr_config(&r[1], &nodes, &r).contains(" neighbor 198.18.1.2 password s3cret\n"));
+        let objs = rack_objects(&r[0]);
+        let (ClusterObject::Secret(sec), ClusterObject::BgpPeer(p)) = (&objs[0], &objs[1]) else {
+            panic!("a Secret, then the BGPPeer");
+        };
+        assert_eq!(
+            sec.metadata.namespace.as_deref(),
+            Some(crate::bgp::SECRETS_NAMESPACE)
+        );
+        let r#ref = &p.spec.password.as_ref().unwrap().secret_key_ref;
+        assert_eq!(
+            (r#ref.name.as_str(), r#ref.key.as_str()),
+            ("tor-r1", "password")
+        );
+        assert_eq!(sec.string_data.as_ref().unwrap()["password"], "s3cret");
+        s[0].password = Some("two words".into());
+        assert!(plan_racks("t", &s, fabric, &[])
+            .unwrap_err()
+            .contains("without spaces"));
     }
 }

@@ -118,6 +118,7 @@ impl Reconciler for BgpRoutes {
         Kind::IpamBlocks,
         Kind::BgpConfigurations,
         Kind::BgpPeers,
+        Kind::Secrets,
     ];
 
     fn wakeups(&mut self) -> Option<watch::Receiver<u64>> {
@@ -162,6 +163,7 @@ impl Reconciler for BgpRoutes {
                 p.local_address = d.address.is_ipv4().then_some(IpAddr::V4(router_id));
                 p.rr_client = d.rr_client;
                 p.max_restart_time = d.max_restart_time;
+                p.password = d.password.as_ref().map(|pw| pw.0.clone());
                 (d.address, p)
             })
             .collect();

@@ -11,7 +11,7 @@
 
 use super::{now_ms, ClusterSource, SharedHealth};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -51,6 +51,8 @@ struct Stores {
     blocks: Store<IPAMBlock>,
     bgp_configs: Store<BGPConfiguration>,
     bgp_peers: Store<BGPPeer>,
+    /// Of strait's secrets namespace only.
+    secrets: Store<Secret>,
 }
 
 /// Drive one kind's reflector stream on its own task.
@@ -237,6 +239,7 @@ impl Stores {
             ipam_blocks: self.blocks.state(),
             bgp_configurations: self.bgp_configs.state(),
             bgp_peers: self.bgp_peers.state(),
+            secrets: self.secrets.state(),
         };
         s.normalize();
         s
@@ -259,7 +262,7 @@ async fn slice_version(client: &kube::Client) -> anyhow::Result<&'static str> {
     }
 }
 
-const KINDS: [&str; 10] = [
+const KINDS: [&str; 11] = [
     "nodes",
     "pods",
     "services",
@@ -270,7 +273,25 @@ const KINDS: [&str; 10] = [
     "ipamblocks",
     "bgpconfigurations",
     "bgppeers",
+    "secrets",
 ];
+
+/// Whether the agent may list Secrets of strait's secrets namespace (the
+/// Role deploy/strait.yaml grants). Without it BGP passwords cannot be
+/// read, which is no reason to stay unready.
+async fn secrets_readable(client: &kube::Client) -> bool {
+    let api: Api<Secret> = Api::namespaced(client.clone(), strait_model::bgp::SECRETS_NAMESPACE);
+    match api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(namespace = strait_model::bgp::SECRETS_NAMESPACE, error = %e, "cannot list Secrets there: BGPPeer passwords will not be found (apply deploy/strait.yaml's Role strait-agent-secrets)");
+            false
+        }
+    }
+}
 
 /// The kinds strait's CRDs serve.
 const CRD_KINDS: [&str; 4] = ["ippools", "ipamblocks", "bgpconfigurations", "bgppeers"];
@@ -392,6 +413,14 @@ impl KubeSource {
             all()
         );
         let bgp_peers = watch_kind!("bgppeers", Api::<BGPPeer>::all(c.clone()), all());
+        if !secrets_readable(c).await {
+            listed.lock().unwrap().insert("secrets", 0);
+        }
+        let secrets = watch_kind!(
+            "secrets",
+            Api::<Secret>::namespaced(c.clone(), strait_model::bgp::SECRETS_NAMESPACE),
+            all()
+        );
         let stores = Stores {
             nodes,
             pods,
@@ -403,6 +432,7 @@ impl KubeSource {
             blocks,
             bgp_configs,
             bgp_peers,
+            secrets,
         };
         // Every kind listed once, or no snapshot: a partial view would make
         // the agent release pods or drop services that exist.
