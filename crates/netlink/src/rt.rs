@@ -376,15 +376,14 @@ impl Netlink {
             .map_err(nl(format!("replace route {}", route.dst)))
     }
 
-    /// Delete a route. Returns false when it did not exist.
+    /// Delete a route (false when there was none): the first one that matches its destination, table,
+    /// protocol and, where given, next hops (any scope: a route given
+    /// without its next hop, to delete whatever the protocol put there,
+    /// must not be taken for a link-scope route).
     pub async fn delete_route(&self, route: &Route) -> Result<bool> {
-        match self
-            .handle
-            .route()
-            .del(Self::route_message(route))
-            .execute()
-            .await
-        {
+        let mut msg = Self::route_message(route);
+        msg.header.scope = RouteScope::NoWhere;
+        match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(true),
             Err(e) => {
                 let e = nl(format!("delete route {}", route.dst))(e);

@@ -198,6 +198,28 @@ fn multipath_routes_round_trip() {
                 .collect();
             assert_eq!(got, vec![route.clone()]);
             assert!(nl.delete_route(&route).await.unwrap());
+            // A route given by destination and protocol only deletes the
+            // protocol's route whatever its next hop (how BGP withdraws);
+            // another protocol's route to the same place stays.
+            let one_hop = Route {
+                via: Some("198.18.9.2".parse().unwrap()),
+                multipath: vec![],
+                ..route.clone()
+            };
+            nl.replace_route(&one_hop).await.unwrap();
+            let bare = Route {
+                via: None,
+                multipath: vec![],
+                protocol: 99,
+                ..route.clone()
+            };
+            assert!(!nl.delete_route(&bare).await.unwrap(), "not protocol 99's");
+            let bare = Route {
+                protocol: 186,
+                ..bare
+            };
+            assert!(nl.delete_route(&bare).await.unwrap());
+            assert!(!nl.delete_route(&bare).await.unwrap());
         })
     })
     .unwrap();

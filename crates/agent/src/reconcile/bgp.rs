@@ -6,6 +6,12 @@
 //! puts what it learned in the main table with the kernel's "bgp" route
 //! protocol. The speaker wakes the reconciler when its table changes.
 //!
+//! Routes: the speaker's FIB changes are applied one by one as they come
+//! (a peer's 100 000 routes never mean a dump of the kernel table per
+//! pass); a full comparison with the kernel runs when the speaker starts,
+//! during and after a restart, after a failed change, and every
+//! [`FULL_SYNC`] to heal drift.
+//!
 //! Restarts: if the kernel already holds bgp routes when the agent starts,
 //! the agent restarted. It tells its peers so (graceful restart's R bit:
 //! they keep its routes), and keeps those kernel routes until every peer
@@ -14,8 +20,10 @@
 
 use super::{apply_routes, Reconciler, Report};
 use crate::daemon::Agent;
-use std::collections::{BTreeMap, BTreeSet};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strait_bgp::speaker::{PeerSpec, Speaker, SpeakerConfig};
 use strait_model::bgp::plan_peers;
@@ -27,6 +35,13 @@ use tokio::sync::watch;
 /// How long peers keep our routes while we restart, and how long we keep
 /// theirs.
 const RESTART_TIME: u16 = 120;
+
+/// How often the kernel's bgp routes are compared in full with the FIB.
+const FULL_SYNC: Duration = Duration::from_secs(30);
+
+/// The speaker's FIB changes not applied yet: the latest next hops per
+/// prefix (None: withdrawn).
+type Pending = Arc<Mutex<HashMap<IpNet, Option<Vec<IpAddr>>>>>;
 
 pub struct BgpRoutes {
     nl: Netlink,
@@ -41,6 +56,10 @@ pub struct BgpRoutes {
     wake_rx: Option<watch::Receiver<u64>>,
     /// The port peers are reached and listened on (179; tests may move it).
     port: u16,
+    pending: Pending,
+    /// When the kernel was last compared in full with the FIB; None: it
+    /// must be next pass.
+    last_full: Option<Instant>,
 }
 
 impl BgpRoutes {
@@ -55,6 +74,8 @@ impl BgpRoutes {
             wake_tx,
             wake_rx: Some(wake_rx),
             port: strait_bgp::session::BGP_PORT,
+            pending: Pending::default(),
+            last_full: None,
         })
     }
 
@@ -95,10 +116,25 @@ impl BgpRoutes {
             )
         })?;
         let wake = self.wake_tx.clone();
+        // A new speaker starts from a full comparison; what an old one
+        // left queued is covered by it.
+        self.pending.lock().unwrap().clear();
+        self.last_full = None;
+        let pending = self.pending.clone();
         tokio::spawn(async move {
-            while rx.recv().await.is_some() {
+            use strait_bgp::rib::FibChange;
+            while let Some(first) = rx.recv().await {
+                let mut p = pending.lock().unwrap();
+                let mut put = |c: FibChange| match c {
+                    FibChange::Set { prefix, next_hops } => p.insert(prefix, Some(next_hops)),
+                    FibChange::Remove { prefix } => p.insert(prefix, None),
+                };
+                put(first);
                 // Many changes in a row wake one pass.
-                while rx.try_recv().is_ok() {}
+                while let Ok(c) = rx.try_recv() {
+                    put(c);
+                }
+                drop(p);
                 wake.send_modify(|n| *n = n.wrapping_add(1));
             }
         });
@@ -134,9 +170,6 @@ impl Reconciler for BgpRoutes {
         let Some(IpAddr::V4(router_id)) = node_internal_ip(node, true) else {
             anyhow::bail!("BGP: node {me} has no IPv4 InternalIP (the router id and next hop)");
         };
-        // One dump per pass: it says whether this is a restart (first pass)
-        // and is what the routes are made to match.
-        let actual = self.nl.routes(true).await?;
         // Top-of-rack mode: nodes peer with their rack's router, not with
         // each other (unless a BGPConfiguration asks for the mesh).
         let mesh = agent.cfg.cross_node == "bgp";
@@ -150,6 +183,9 @@ impl Reconciler for BgpRoutes {
             self.started_as = None;
         }
         if self.speaker.is_none() {
+            // Whether the kernel holds bgp routes says whether this is a
+            // restart.
+            let actual = self.nl.routes(true).await?;
             self.start(agent, router_id, plan.local_as, plan.cluster_id, &actual)
                 .await?;
         }
@@ -216,26 +252,10 @@ impl Reconciler for BgpRoutes {
             .is_some_and(|t| all_synced || Instant::now() >= t)
         {
             self.keep_until = None;
+            // The comparison that takes the stale ones away.
+            self.last_full = None;
             tracing::info!("BGP resynchronised after the restart; stale kernel routes go");
         }
-        let desired: Vec<Route> = speaker
-            .fib()
-            .into_iter()
-            .filter_map(|(dst, hops)| {
-                let ecmp = hops.len() > 1;
-                Some(Route {
-                    dst,
-                    // Equal paths from several peers: one route, every hop.
-                    via: if ecmp { None } else { Some(*hops.first()?) },
-                    oif: None,
-                    kind: RouteKind::Unicast,
-                    protocol: BGP_ROUTE_PROTOCOL,
-                    table: strait_netlink::MAIN_TABLE,
-                    onlink: false,
-                    multipath: if ecmp { hops } else { vec![] },
-                })
-            })
-            .collect();
         let keeping = self.keep_until.is_some();
         if keeping {
             // Shown, and retried until it clears.
@@ -245,15 +265,35 @@ impl Reconciler for BgpRoutes {
                 self.peers.len()
             ));
         }
-        apply_routes(
-            &self.nl,
-            &actual,
-            // During a restart, routes not re-learned yet are not stale.
-            |r| r.protocol == BGP_ROUTE_PROTOCOL && !keeping,
-            &desired,
-            &mut rep,
-        )
-        .await;
+        let full = keeping || self.last_full.is_none_or(|t| t.elapsed() >= FULL_SYNC);
+        let before = rep.problems.len();
+        if full {
+            // fib() below holds whatever is queued now.
+            self.pending.lock().unwrap().clear();
+            let desired: Vec<Route> = speaker
+                .fib()
+                .into_iter()
+                .filter_map(|(dst, hops)| fib_route(dst, hops))
+                .collect();
+            let actual = self.nl.routes(true).await?;
+            apply_routes(
+                &self.nl,
+                &actual,
+                // During a restart, routes not re-learned yet are not stale.
+                |r| r.protocol == BGP_ROUTE_PROTOCOL && !keeping,
+                &desired,
+                &mut rep,
+            )
+            .await;
+            self.last_full = Some(Instant::now());
+        } else {
+            let changes = std::mem::take(&mut *self.pending.lock().unwrap());
+            apply_changes(&self.nl, changes, &mut rep).await;
+        }
+        if rep.problems.len() > before {
+            // A change the kernel refused: compare in full next pass.
+            self.last_full = None;
+        }
         if rep.changed >= TRIM_AFTER {
             // A peer's full table came or went: the parse buffers, the
             // dump and the plan of this pass are free now, but glibc keeps
@@ -267,3 +307,70 @@ impl Reconciler for BgpRoutes {
 
 /// Kernel route changes in one pass after which the heap is trimmed.
 const TRIM_AFTER: usize = 1000;
+
+/// The kernel route for a FIB entry: via its one next hop, or one route
+/// with every hop when several peers offer equal paths (ECMP).
+fn fib_route(dst: IpNet, hops: Vec<IpAddr>) -> Option<Route> {
+    let ecmp = hops.len() > 1;
+    Some(Route {
+        dst,
+        via: if ecmp { None } else { Some(*hops.first()?) },
+        oif: None,
+        kind: RouteKind::Unicast,
+        protocol: BGP_ROUTE_PROTOCOL,
+        table: strait_netlink::MAIN_TABLE,
+        onlink: false,
+        multipath: if ecmp { hops } else { vec![] },
+    })
+}
+
+/// Apply queued FIB changes one by one: a set replaces the prefix's bgp
+/// route, a withdrawal deletes it (only a route of protocol bgp: another
+/// protocol's route to the same prefix is never touched).
+async fn apply_changes(
+    nl: &Netlink,
+    changes: HashMap<IpNet, Option<Vec<IpAddr>>>,
+    rep: &mut Report,
+) {
+    const LOGGED: usize = 10;
+    let (mut set, mut gone) = (0usize, 0usize);
+    for (dst, hops) in changes {
+        match hops.and_then(|h| fib_route(dst, h)) {
+            Some(r) => match nl.replace_route(&r).await {
+                Ok(()) => {
+                    set += 1;
+                    if set <= LOGGED {
+                        tracing::info!(dst = %r.dst, via = ?r.via, "route programmed");
+                    }
+                }
+                Err(e) => rep.problems.push(format!("route {dst}: {e}")),
+            },
+            None => {
+                let r = Route {
+                    dst,
+                    via: None,
+                    oif: None,
+                    kind: RouteKind::Unicast,
+                    protocol: BGP_ROUTE_PROTOCOL,
+                    table: strait_netlink::MAIN_TABLE,
+                    onlink: false,
+                    multipath: vec![],
+                };
+                match nl.delete_route(&r).await {
+                    Ok(true) => {
+                        gone += 1;
+                        if gone <= LOGGED {
+                            tracing::info!(dst = %dst, "route removed");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => rep.problems.push(format!("route {dst}: {e}")),
+                }
+            }
+        }
+    }
+    rep.changed += set + gone;
+    if set > LOGGED || gone > LOGGED {
+        tracing::info!(programmed = set, removed = gone, "BGP routes applied");
+    }
+}
