@@ -103,7 +103,7 @@ pub struct PeerStatus {
 #[derive(Clone, Debug)]
 pub struct StatusHandle {
     status: Arc<Mutex<BTreeMap<IpAddr, PeerStatus>>>,
-    queries: mpsc::UnboundedSender<tokio::sync::oneshot::Sender<RouteView>>,
+    queries: mpsc::UnboundedSender<Query>,
 }
 
 impl StatusHandle {
@@ -115,9 +115,15 @@ impl StatusHandle {
     /// once it has stopped). Blocks: call it off the async runtime.
     pub fn routes_blocking(&self) -> Option<RouteView> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.queries.send(tx).ok()?;
+        self.queries.send(Query::Routes(tx)).ok()?;
         rx.blocking_recv().ok()
     }
+}
+
+/// A question for the running speaker, answered from its own state.
+enum Query {
+    Routes(tokio::sync::oneshot::Sender<RouteView>),
+    Fib(tokio::sync::oneshot::Sender<BTreeMap<IpNet, Vec<IpAddr>>>),
 }
 
 enum Ctl {
@@ -129,10 +135,8 @@ enum Ctl {
 /// A handle on the running speaker; dropping it stops the speaker.
 pub struct Speaker {
     ctl: mpsc::UnboundedSender<Ctl>,
-    queries: mpsc::UnboundedSender<tokio::sync::oneshot::Sender<RouteView>>,
+    queries: mpsc::UnboundedSender<Query>,
     status: Arc<Mutex<BTreeMap<IpAddr, PeerStatus>>>,
-    /// The forwarding table the RIB wants (for status and tests).
-    fib: Arc<Mutex<BTreeMap<IpNet, Vec<IpAddr>>>>,
 }
 
 impl Speaker {
@@ -146,7 +150,6 @@ impl Speaker {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (q_tx, q_rx) = mpsc::unbounded_channel();
         let status = Arc::new(Mutex::new(BTreeMap::new()));
-        let table = Arc::new(Mutex::new(BTreeMap::new()));
         let listener = match cfg.listen {
             Some(a) => {
                 let sock = match a {
@@ -168,7 +171,6 @@ impl Speaker {
             origin: BTreeSet::new(),
             fib,
             status: status.clone(),
-            table: table.clone(),
             events: ev_tx,
             stale_until: HashMap::new(),
             listener_fd: listener.as_ref().map(|l| {
@@ -181,7 +183,6 @@ impl Speaker {
             ctl,
             queries: q_tx,
             status,
-            fib: table,
         })
     }
 
@@ -211,8 +212,23 @@ impl Speaker {
         }
     }
 
-    pub fn fib(&self) -> BTreeMap<IpNet, Vec<IpAddr>> {
-        self.fib.lock().unwrap().clone()
+    /// The forwarding table the RIB wants, asked of the speaker (it keeps
+    /// the one copy; empty once it has stopped).
+    pub async fn fib(&self) -> BTreeMap<IpNet, Vec<IpAddr>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.queries.send(Query::Fib(tx)).is_err() {
+            return BTreeMap::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// [`Speaker::fib`], off the async runtime.
+    pub fn fib_blocking(&self) -> BTreeMap<IpNet, Vec<IpAddr>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.queries.send(Query::Fib(tx)).is_err() {
+            return BTreeMap::new();
+        }
+        rx.blocking_recv().unwrap_or_default()
     }
 }
 
@@ -249,7 +265,6 @@ struct Core {
     origin: BTreeSet<IpNet>,
     fib: mpsc::UnboundedSender<FibChange>,
     status: Arc<Mutex<BTreeMap<IpAddr, PeerStatus>>>,
-    table: Arc<Mutex<BTreeMap<IpNet, Vec<IpAddr>>>>,
     events: mpsc::UnboundedSender<SessionEvent>,
     /// Peers in graceful restart, and when their stale routes go.
     stale_until: HashMap<IpAddr, Instant>,
@@ -261,7 +276,7 @@ impl Core {
         mut self,
         mut ctl: mpsc::UnboundedReceiver<Ctl>,
         mut events: mpsc::UnboundedReceiver<SessionEvent>,
-        mut queries: mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<RouteView>>,
+        mut queries: mpsc::UnboundedReceiver<Query>,
         listener: Option<TcpListener>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -292,7 +307,10 @@ impl Core {
                 },
                 Some(e) = events.recv() => self.session_event(e),
                 Some(q) = queries.recv() => {
-                    let _ = q.send(self.route_view());
+                    match q {
+                        Query::Routes(tx) => { let _ = tx.send(self.route_view()); }
+                        Query::Fib(tx) => { let _ = tx.send(self.rib.installed().clone()); }
+                    }
                     continue;
                 }
                 // Uptimes move on without events.
@@ -641,16 +659,7 @@ impl Core {
         if changes.is_empty() {
             return;
         }
-        let mut t = self.table.lock().unwrap();
         for c in changes {
-            match &c {
-                FibChange::Set { prefix, next_hops } => {
-                    t.insert(*prefix, next_hops.clone());
-                }
-                FibChange::Remove { prefix } => {
-                    t.remove(prefix);
-                }
-            }
             let _ = self.fib.send(c);
         }
     }

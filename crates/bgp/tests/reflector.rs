@@ -200,7 +200,12 @@ fn check(lab: &Lab, sp: &Speaker) {
         "198.18.201.2".parse().unwrap(),
         "198.18.201.3".parse().unwrap(),
     ];
-    assert_eq!(sp.fib().get(&anycast), Some(&two), "{:?}", sp.fib());
+    assert_eq!(
+        sp.fib_blocking().get(&anycast),
+        Some(&two),
+        "{:?}",
+        sp.fib_blocking()
+    );
     // Client 2 withdraws (its session ends with a Cease): client 3 loses
     // the route, and keeps ours.
     lab.birdc(2, "disable reflector");
@@ -213,7 +218,7 @@ fn check(lab: &Lab, sp: &Speaker) {
     wait_for(
         "the anycast prefix down to one next hop",
         Duration::from_secs(10),
-        || sp.fib().get(&anycast) == Some(&vec![two[1]]),
+        || sp.fib_blocking().get(&anycast) == Some(&vec![two[1]]),
     );
     // Back: reflected again.
     lab.birdc(2, "enable reflector");

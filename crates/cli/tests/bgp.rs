@@ -63,6 +63,19 @@ fn bgp_full_mesh_carries_every_pod_to_every_pod() {
         !strait_routes.contains(&format!("{} via", lab.node("node-b").pod_cidr)),
         "{strait_routes}"
     );
+    // The seed's walk across nodes: out of node-a's eth0 and in at
+    // node-b's as the pods' own packet (no outer header), both ways.
+    let h = strait_lab::hops::trace(&lab.st, "a1", "b1").unwrap();
+    for hop in ["node-a eth0", "node-b eth0", "b1 host veth"] {
+        let s = h.seen(hop);
+        assert!(s.request > 0 && s.reply > 0, "{hop}:\n{}", h.table());
+        assert_eq!(
+            (s.request_outer, s.reply_outer),
+            (None, None),
+            "{}",
+            h.table()
+        );
+    }
     let st = lab.status("node-a");
     assert_eq!(st.cross_node, "bgp");
     let bgp = st
@@ -156,6 +169,20 @@ fn bgp_full_mesh_carries_every_pod_to_every_pod() {
     assert_eq!(lab.probe("c1", "a1").unwrap(), "a1");
 
     switch_to_route_reflector(&lab);
+
+    // The seed's walk on one node: a second pod on node-a is reached
+    // through the host veths only; node-a's eth0 never sees it.
+    let mut st = strait_lab::LabState::load(lab.name()).unwrap();
+    strait_lab::objects::apply(
+        &mut st,
+        &lab.bins,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a2, namespace: default}\nspec: {nodeName: node-a, containers: [{name: echo}]}\n",
+    )
+    .unwrap();
+    let h = strait_lab::hops::trace(&st, "a1", "a2").unwrap();
+    assert!(h.seen("a2 host veth").request > 0, "{}", h.table());
+    let s = h.seen("node-a eth0");
+    assert_eq!((s.request, s.reply), (0, 0), "{}", h.table());
 }
 
 const RR_NODE: &str = "  - name: node-a

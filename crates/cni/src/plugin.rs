@@ -478,16 +478,17 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
                 }
                 // In main, or in the overlay modes' pod table (the agent
                 // moves it there).
-                let routes = nl
-                    .routes_in_tables(
-                        &[
-                            strait_netlink::MAIN_TABLE,
-                            strait_model::overlay::LOCAL_POD_TABLE,
-                        ],
-                        true,
-                    )
-                    .await
-                    .map_err(kernel("dump routes"))?;
+                let mut routes = vec![];
+                for table in [
+                    strait_netlink::MAIN_TABLE,
+                    strait_model::overlay::LOCAL_POD_TABLE,
+                ] {
+                    routes.extend(
+                        nl.routes_of(table, true, strait_model::naming::ROUTE_PROTOCOL)
+                            .await
+                            .map_err(kernel("dump routes"))?,
+                    );
+                }
                 if !routes
                     .iter()
                     .any(|r| r.dst == want && r.oif == Some(l.index))

@@ -14,7 +14,7 @@ mod sysctl;
 
 pub use netns::{in_netns, NetnsFile, NetnsId};
 pub use overlay::{FdbEntry, Rule, Vxlan};
-pub use rt::{block_on, Link, Netlink, Route, RouteKind, MAIN_TABLE};
+pub use rt::{block_on, Link, Netlink, Route, RouteFilter, RouteKind, MAIN_TABLE};
 pub use sysctl::write_sysctl;
 
 #[derive(Debug, thiserror::Error)]

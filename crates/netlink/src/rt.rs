@@ -24,9 +24,34 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// Which routes a dump returns: one table, optionally one protocol's, or
+/// those out of one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteFilter {
+    pub table: u32,
+    pub protocol: Option<u8>,
+    pub oif: Option<u32>,
+}
+
+impl RouteFilter {
+    pub fn table(table: u32) -> Self {
+        RouteFilter {
+            table,
+            protocol: None,
+            oif: None,
+        }
+    }
+}
+
 /// A route-netlink connection in the namespace it was opened in.
 pub struct Netlink {
     pub(crate) handle: Handle,
+    /// A second socket with strict checking (NETLINK_GET_STRICT_CHK): its
+    /// route dumps are filtered by the kernel (by table and protocol), so
+    /// reading strait's own routes never copies a 100 000-route BGP table.
+    /// Strict checking is not turned on for `handle`: it changes what
+    /// every other dump accepts.
+    strict: Handle,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,12 +195,15 @@ impl Netlink {
     /// Open a connection in the calling thread's network namespace. Must be
     /// called inside a tokio runtime (the connection task is spawned on it).
     pub fn connect() -> Result<Self> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| KernelError::Io {
+        let io = |source| KernelError::Io {
             what: "open a netlink socket".into(),
             source,
-        })?;
+        };
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(io)?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        let (conn, strict, _) = rtnetlink::new_connection_with_strict_check().map_err(io)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle, strict })
     }
 
     /// Open a connection in the namespace `ns` from the calling thread's
@@ -183,17 +211,22 @@ impl Netlink {
     /// the socket stays bound to `ns` for its whole life.
     pub fn connect_in(ns: &crate::NetnsFile) -> Result<Self> {
         let rt = tokio::runtime::Handle::current();
-        let (conn, handle, _) = crate::in_netns(ns, move || {
-            // The socket registers with the caller's reactor.
+        let ((conn, handle, _), strict) = crate::in_netns(ns, move || {
+            // The sockets register with the caller's reactor.
             let _enter = rt.enter();
-            rtnetlink::new_connection()
+            Ok::<_, std::io::Error>((
+                rtnetlink::new_connection()?,
+                rtnetlink::new_connection_with_strict_check()?,
+            ))
         })?
         .map_err(|source| KernelError::Io {
             what: "open a netlink socket in the pod namespace".into(),
             source,
         })?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        let (conn, strict, _) = strict;
+        tokio::spawn(conn);
+        Ok(Netlink { handle, strict })
     }
 
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
@@ -366,6 +399,18 @@ impl Netlink {
     }
 
     /// Add or replace a route in its table (idempotent).
+    /// Add a route where the table has none to its destination (same
+    /// prefix and metric): fails with EEXIST ([`KernelError::is_exists`])
+    /// rather than replace someone else's.
+    pub async fn add_route(&self, route: &Route) -> Result<()> {
+        self.handle
+            .route()
+            .add(Self::route_message(route))
+            .execute()
+            .await
+            .map_err(nl(format!("add route {}", route.dst)))
+    }
+
     pub async fn replace_route(&self, route: &Route) -> Result<()> {
         self.handle
             .route()
@@ -401,31 +446,69 @@ impl Netlink {
         self.routes_in(MAIN_TABLE, v4).await
     }
 
-    /// Routes of one table for one address family.
-    pub async fn routes_in(&self, table: u32, v4: bool) -> Result<Vec<Route>> {
-        self.routes_in_tables(&[table], v4).await
-    }
-
-    /// Routes of several tables for one address family, in one dump.
-    pub async fn routes_in_tables(&self, tables: &[u32], v4: bool) -> Result<Vec<Route>> {
-        let req = if v4 {
-            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+    /// Routes matching `f`, filtered by the kernel (a strict-checking
+    /// dump): reading one table, or one protocol's routes, never copies a
+    /// 100 000-route BGP table along. A table that does not exist yet is
+    /// empty.
+    pub async fn routes_where(&self, v4: bool, f: RouteFilter) -> Result<Vec<Route>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = if v4 {
+            AddressFamily::Inet
         } else {
-            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+            AddressFamily::Inet6
         };
-        let msgs: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(req)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("dump routes"))?;
+        req.header.protocol = RouteProtocol::from(f.protocol.unwrap_or(0));
+        // Tables past 255 only fit the attribute.
+        req.header.table = u8::try_from(f.table).unwrap_or(0);
+        req.attributes.push(RouteAttribute::Table(f.table));
+        if let Some(oif) = f.oif {
+            req.attributes.push(RouteAttribute::Oif(oif));
+        }
+        let dumped: std::result::Result<Vec<RouteMessage>, _> =
+            self.strict.route().get(req).execute().try_collect().await;
+        let msgs = match dumped {
+            Ok(m) => m,
+            Err(e) => {
+                let e = nl("dump routes")(e);
+                if e.errno() == Some(libc::ENOENT) {
+                    return Ok(vec![]);
+                }
+                return Err(e);
+            }
+        };
+        // The kernel filtered; this keeps to `f` whatever it sent.
         Ok(msgs
             .into_iter()
             .filter_map(route_from)
-            .filter(|r| tables.contains(&r.table))
+            .filter(|r| {
+                r.table == f.table
+                    && f.protocol.is_none_or(|p| r.protocol == p)
+                    && f.oif.is_none_or(|o| r.oif == Some(o))
+            })
             .collect())
+    }
+
+    /// Routes of one table for one address family.
+    pub async fn routes_in(&self, table: u32, v4: bool) -> Result<Vec<Route>> {
+        self.routes_where(v4, RouteFilter::table(table)).await
+    }
+
+    /// Routes of several tables for one address family.
+    pub async fn routes_in_tables(&self, tables: &[u32], v4: bool) -> Result<Vec<Route>> {
+        let mut out = vec![];
+        for t in tables {
+            out.extend(self.routes_in(*t, v4).await?);
+        }
+        Ok(out)
+    }
+
+    /// One protocol's routes in one table.
+    pub async fn routes_of(&self, table: u32, v4: bool, protocol: u8) -> Result<Vec<Route>> {
+        let f = RouteFilter {
+            protocol: Some(protocol),
+            ..RouteFilter::table(table)
+        };
+        self.routes_where(v4, f).await
     }
 
     /// Add or replace a permanent neighbour entry.

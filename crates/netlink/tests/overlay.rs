@@ -229,3 +229,66 @@ fn multipath_routes_round_trip() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&shown.stdout).contains("198.19.7.0"));
 }
+
+/// Filtered dumps: the kernel returns one table, one protocol's routes or
+/// those out of one interface (a node with 100 000 BGP routes reads its
+/// own few without copying the rest); a table not made yet is empty. And
+/// an exclusive add refuses a destination that has another's route.
+#[test]
+fn route_dumps_are_filtered_by_the_kernel() {
+    if !root("route_dumps_are_filtered_by_the_kernel") {
+        return;
+    }
+    let ns = Ns::new("strait-t-nl-filter");
+    ns.ip("link add v0 type veth peer name v1");
+    ns.ip("addr add 198.18.9.1/24 dev v0");
+    ns.ip("link set v0 up");
+    ns.ip("link set v1 up");
+    for i in 0..50 {
+        ns.ip(&format!(
+            "route add 198.19.{i}.0/24 via 198.18.9.2 proto 186"
+        ));
+    }
+    ns.ip("route add 198.19.200.0/24 via 198.18.9.3 proto 90");
+    ns.ip("route add 198.19.201.0/24 dev v1 proto 90");
+    ns.ip("route add default via 198.18.9.2 table 40000 proto 90");
+    let file = NetnsFile::open(&std::path::PathBuf::from("/run/netns/strait-t-nl-filter")).unwrap();
+    in_netns(&file, || {
+        block_on(async {
+            let nl = Netlink::connect().unwrap();
+            let main = strait_netlink::MAIN_TABLE;
+            let ours = nl.routes_of(main, true, 90).await.unwrap();
+            let dsts: Vec<String> = ours.iter().map(|r| r.dst.to_string()).collect();
+            assert_eq!(dsts, ["198.19.200.0/24", "198.19.201.0/24"]);
+            assert_eq!(nl.routes_of(main, true, 186).await.unwrap().len(), 50);
+            // Every protocol of main: the connected route too, no table 40000.
+            assert_eq!(nl.routes_in(main, true).await.unwrap().len(), 53);
+            let t = nl.routes_in(40000, true).await.unwrap();
+            assert_eq!(t.len(), 1);
+            assert!(nl.routes_in(10001, true).await.unwrap().is_empty());
+            let v1 = nl.link("v1").await.unwrap().unwrap().index;
+            let out_v1 = strait_netlink::RouteFilter {
+                oif: Some(v1),
+                ..strait_netlink::RouteFilter::table(main)
+            };
+            let r = nl.routes_where(true, out_v1).await.unwrap();
+            assert_eq!(r.len(), 1, "{r:?}");
+            assert_eq!(r[0].dst.to_string(), "198.19.201.0/24");
+            // Exclusive add: refused where protocol 186 has the prefix.
+            let clash = Route {
+                protocol: 90,
+                kind: RouteKind::Blackhole,
+                via: None,
+                oif: None,
+                ..ours[0].clone()
+            };
+            let clash = Route {
+                dst: "198.19.7.0/24".parse().unwrap(),
+                ..clash
+            };
+            let e = nl.add_route(&clash).await.unwrap_err();
+            assert!(e.is_exists(), "{e}");
+        })
+    })
+    .unwrap();
+}

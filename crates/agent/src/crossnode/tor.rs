@@ -92,8 +92,12 @@ impl CrossNode for BgpTor {
                 )
             })?;
             // The rack's router: where the node's own default route goes.
+            let out_of_uplink = strait_netlink::RouteFilter {
+                oif: Some(uplink.index),
+                ..strait_netlink::RouteFilter::table(strait_netlink::MAIN_TABLE)
+            };
             let gateway = nl
-                .routes(true)
+                .routes_where(true, out_of_uplink)
                 .await?
                 .into_iter()
                 .find(|r| r.dst.prefix_len() == 0 && r.oif == Some(uplink.index))

@@ -60,6 +60,8 @@ pub struct BgpRoutes {
     /// When the kernel was last compared in full with the FIB; None: it
     /// must be next pass.
     last_full: Option<Instant>,
+    /// Kernel route changes since the heap was last trimmed.
+    untrimmed: usize,
 }
 
 impl BgpRoutes {
@@ -76,6 +78,7 @@ impl BgpRoutes {
             port: strait_bgp::session::BGP_PORT,
             pending: Pending::default(),
             last_full: None,
+            untrimmed: 0,
         })
     }
 
@@ -185,7 +188,10 @@ impl Reconciler for BgpRoutes {
         if self.speaker.is_none() {
             // Whether the kernel holds bgp routes says whether this is a
             // restart.
-            let actual = self.nl.routes(true).await?;
+            let actual = self
+                .nl
+                .routes_of(strait_netlink::MAIN_TABLE, true, BGP_ROUTE_PROTOCOL)
+                .await?;
             self.start(agent, router_id, plan.local_as, plan.cluster_id, &actual)
                 .await?;
         }
@@ -272,10 +278,14 @@ impl Reconciler for BgpRoutes {
             self.pending.lock().unwrap().clear();
             let desired: Vec<Route> = speaker
                 .fib()
+                .await
                 .into_iter()
                 .filter_map(|(dst, hops)| fib_route(dst, hops))
                 .collect();
-            let actual = self.nl.routes(true).await?;
+            let actual = self
+                .nl
+                .routes_of(strait_netlink::MAIN_TABLE, true, BGP_ROUTE_PROTOCOL)
+                .await?;
             apply_routes(
                 &self.nl,
                 &actual,
@@ -294,10 +304,12 @@ impl Reconciler for BgpRoutes {
             // A change the kernel refused: compare in full next pass.
             self.last_full = None;
         }
-        if rep.changed >= TRIM_AFTER {
-            // A peer's full table came or went: the parse buffers, the
-            // dump and the plan of this pass are free now, but glibc keeps
-            // them (tens of MiB at 100 000 routes) unless asked.
+        // A peer's full table came or went (over several passes): once
+        // nothing is queued, the parse buffers and queues are free, but
+        // glibc keeps them (tens of MiB at 100 000 routes) unless asked.
+        self.untrimmed += rep.changed;
+        if self.untrimmed >= TRIM_AFTER && self.pending.lock().unwrap().is_empty() {
+            self.untrimmed = 0;
             // SAFETY: malloc_trim only releases free memory; any thread may call it.
             tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) });
         }
@@ -305,7 +317,7 @@ impl Reconciler for BgpRoutes {
     }
 }
 
-/// Kernel route changes in one pass after which the heap is trimmed.
+/// Kernel route changes after which the heap is trimmed.
 const TRIM_AFTER: usize = 1000;
 
 /// The kernel route for a FIB entry: via its one next hop, or one route

@@ -98,16 +98,14 @@ impl Reconciler for Endpoints {
         // Both tables are read whatever the mode, so routes left in the
         // other one (the mode changed) are moved back too.
         let pod_table = agent.cfg.pod_table();
-        let routes = self
-            .nl
-            .routes_in_tables(
-                &[
-                    strait_netlink::MAIN_TABLE,
-                    strait_model::overlay::LOCAL_POD_TABLE,
-                ],
-                true,
-            )
-            .await?;
+        let mut routes = vec![];
+        for table in [
+            strait_netlink::MAIN_TABLE,
+            strait_model::overlay::LOCAL_POD_TABLE,
+        ] {
+            // strait's routes only: never a BGP table's 100 000.
+            routes.extend(self.nl.routes_of(table, true, ROUTE_PROTOCOL).await?);
+        }
         let veths: HashMap<&str, &Link> = links
             .iter()
             .filter(|l| is_host_veth(&l.name))

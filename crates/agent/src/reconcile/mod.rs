@@ -186,10 +186,13 @@ pub fn satisfies(actual: &Route, desired: &Route) -> bool {
         && (desired.oif.is_none() || actual.oif == desired.oif)
 }
 
-/// Make the routes a reconciler owns (`owned` picks them out of `actual`,
-/// the whole main table) equal `desired`. A destination that already has a
-/// route strait did not make is left alone and reported: replacing it would
-/// adopt it, and a later pass would delete it.
+/// Make the routes a reconciler owns (`owned` picks them out of `actual`:
+/// the table, or only the reconciler's protocol's routes in it) equal
+/// `desired`. A destination that already has a route strait did not make
+/// is left alone and reported: replacing it would adopt it, and a later
+/// pass would delete it. Where `actual` has none of ours, the route is
+/// added exclusively, so the kernel itself refuses (EEXIST) when another
+/// route, one `actual` did not show, is there.
 pub async fn apply_routes(
     nl: &Netlink,
     actual: &[Route],
@@ -225,7 +228,17 @@ pub async fn apply_routes(
             ));
             continue;
         }
-        match nl.replace_route(d).await {
+        let ours_here = here.iter().any(|a| owned(a));
+        let done = if ours_here {
+            nl.replace_route(d).await
+        } else {
+            nl.add_route(d).await
+        };
+        match done {
+            Err(e) if e.is_exists() => rep.problems.push(format!(
+                "route {}: table {} already has a route to it that this reconciler did not make; strait leaves it alone — remove it or change the pod CIDR",
+                d.dst, d.table
+            )),
             Ok(()) => {
                 rep.changed += 1;
                 added += 1;

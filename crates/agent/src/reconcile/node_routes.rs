@@ -110,7 +110,11 @@ impl Reconciler for NodeRoutes {
         let owned = |r: &Route| {
             r.protocol == ROUTE_PROTOCOL && !r.oif.is_some_and(|i| veth_index.contains(&i))
         };
-        let actual = self.nl.routes(true).await?;
+        // strait's routes only (a BGP table of 100 000 routes is not read).
+        let actual = self
+            .nl
+            .routes_of(strait_netlink::MAIN_TABLE, true, ROUTE_PROTOCOL)
+            .await?;
         apply_routes(&self.nl, &actual, owned, &desired, &mut rep).await;
         agent.published.lock().unwrap().node_routes = peers;
         Ok(rep)
