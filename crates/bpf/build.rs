@@ -19,7 +19,13 @@ fn main() {
         Ok("aarch64") => "aarch64-linux-gnu",
         _ => "x86_64-linux-gnu",
     };
-    for name in ["bpf_lxc", "bpf_netdev", "bpf_sock", "bpf_tunnel"] {
+    for name in [
+        "bpf_lxc",
+        "bpf_netdev",
+        "bpf_sock",
+        "bpf_tunnel",
+        "bpf_vlan",
+    ] {
         let src = root.join(format!("{name}.c"));
         let obj = out.join(format!("{name}.o"));
         let status = Command::new(&clang)

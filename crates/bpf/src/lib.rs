@@ -8,7 +8,7 @@
 //! an earlier attachment atomically on restart or upgrade.
 //!
 //! [`tunnel`] loads the IP-in-IP programs on their own (the kernel
-//! datapath has no other eBPF). [`maps`] has a typed wrapper for every map; [`reason`] names every
+//! datapath has no other eBPF); [`vlan`] the 802.1Q tagging programs. [`maps`] has a typed wrapper for every map; [`reason`] names every
 //! verdict code; [`testrun`] runs a program on a crafted packet with
 //! BPF_PROG_TEST_RUN.
 
@@ -19,6 +19,7 @@ pub mod reason;
 pub mod testrun;
 pub mod tunnel;
 pub mod upgrade;
+pub mod vlan;
 
 pub use datapath::{Datapath, DatapathError, Features};
 
@@ -32,6 +33,12 @@ static NETDEV: &Aligned<[u8]> =
 static SOCK: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/bpf_sock.o")));
 static TUNNEL: &Aligned<[u8]> =
     &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/bpf_tunnel.o")));
+
+static VLAN: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/bpf_vlan.o")));
+
+pub fn vlan_object() -> &'static [u8] {
+    &VLAN.0
+}
 
 pub fn tunnel_object() -> &'static [u8] {
     &TUNNEL.0

@@ -58,6 +58,7 @@ pub fn declared() -> Vec<Layout> {
         crate::netdev_object(),
         crate::sock_object(),
         crate::tunnel_object(),
+        crate::vlan_object(),
     ] {
         let obj = aya_obj::Object::parse(data).expect("embedded BPF objects parse");
         for (name, m) in &obj.maps {

@@ -1,0 +1,191 @@
+//! 802.1Q tagging done in eBPF (bpf/bpf_vlan.c; the design is in
+//! bpf/lib/vlan.h): this kernel has no 8021q module and no bridge VLAN
+//! filtering, so a node's (or the VLAN gateway's) uplink pushes and pops
+//! tags at tc by the packet's addresses. [`Vlan`] loads the programs with
+//! their map pinned by name, attaches them to an uplink and keeps
+//! strait_vlan_subnets equal to the underlay subnets the node carries.
+
+use crate::datapath::{attach_classifier, is_bpffs, DatapathError};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::MapData;
+use aya::programs::tc::TcAttachType;
+use aya::programs::SchedClassifier;
+use aya::{Ebpf, EbpfLoader};
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const EGRESS: &str = "vlan_egress";
+pub const INGRESS: &str = "vlan_ingress";
+const MAP: &str = "strait_vlan_subnets";
+
+/// `struct vlan_info`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VlanInfo {
+    pub vid: u16,
+    pub flags: u16,
+    pub _pad: u32,
+}
+unsafe impl aya::Pod for VlanInfo {}
+
+/// strait_vlan_subnets: subnet (IPv4 as IPv4-mapped IPv6) -> VLAN.
+pub type VlanMap = LpmTrie<MapData, [u8; 16], VlanInfo>;
+
+/// Who tags: a node tags by a packet's source (its pods' VLAN), the VLAN
+/// gateway by its destination (where it routes the packet to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Node,
+    Router,
+}
+
+/// The trie key of a subnet: IPv4 as IPv4-mapped IPv6 (prefix + 96).
+pub fn subnet_key(net: IpNet) -> Key<[u8; 16]> {
+    match net {
+        IpNet::V4(n) => Key::new(
+            96 + n.prefix_len() as u32,
+            n.network().to_ipv6_mapped().octets(),
+        ),
+        IpNet::V6(n) => Key::new(n.prefix_len() as u32, n.network().octets()),
+    }
+}
+
+pub struct Vlan {
+    pin_dir: PathBuf,
+    ebpf: Ebpf,
+}
+
+impl Vlan {
+    /// Load both programs; the map is created pinned in `pin_dir` (in the
+    /// versioned maps directory, beside the datapath's), or reused.
+    pub fn load(pin_dir: &Path, role: Role) -> Result<Vlan, DatapathError> {
+        let io = |what: String| move |source| DatapathError::Io { what, source };
+        let maps_dir = crate::upgrade::maps_dir(pin_dir);
+        std::fs::create_dir_all(&maps_dir).map_err(io(format!("create {}", maps_dir.display())))?;
+        if !is_bpffs(pin_dir) {
+            return Err(DatapathError::NotBpffs {
+                path: pin_dir.display().to_string(),
+            });
+        }
+        let router = (role == Role::Router) as u32;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .override_global("VLAN_ROUTER", &router, true)
+            .load(crate::vlan_object())
+            .map_err(|e| DatapathError::Load {
+                object: "bpf_vlan.o",
+                source: Box::new(e),
+            })?;
+        for name in [EGRESS, INGRESS] {
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|e| DatapathError::Program {
+                    program: name,
+                    source: Box::new(e),
+                })?;
+        }
+        Ok(Vlan {
+            pin_dir: pin_dir.to_path_buf(),
+            ebpf,
+        })
+    }
+
+    /// vlan_egress and vlan_ingress on the uplink's tc hooks (replacing
+    /// an earlier attachment of strait's). Must run in the uplink's
+    /// network namespace.
+    pub fn attach(&mut self, uplink: &str) -> Result<(), DatapathError> {
+        for (name, hook) in [
+            (EGRESS, TcAttachType::Egress),
+            (INGRESS, TcAttachType::Ingress),
+        ] {
+            let p = classifier(&mut self.ebpf, name)?;
+            attach_classifier(p, name, uplink, hook)?;
+        }
+        Ok(())
+    }
+
+    /// Make strait_vlan_subnets hold exactly `subnets` (subnet -> VLAN
+    /// id). Returns how many entries changed.
+    pub fn set_subnets(&self, subnets: &BTreeMap<IpNet, u16>) -> Result<usize, DatapathError> {
+        set_subnets(&self.pin_dir, subnets)
+    }
+}
+
+/// Make a pin directory's strait_vlan_subnets hold exactly `subnets`.
+pub fn set_subnets(pin_dir: &Path, subnets: &BTreeMap<IpNet, u16>) -> Result<usize, DatapathError> {
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |e: aya::maps::MapError| DatapathError::Io {
+            what,
+            source: std::io::Error::other(e),
+        }
+    };
+    if let Some((net, vid)) = subnets.iter().find(|(_, v)| **v == 0 || **v > 4094) {
+        return Err(DatapathError::Io {
+            what: format!("VLAN id {vid} of subnet {net}"),
+            source: std::io::Error::other("a VLAN id is 1 to 4094"),
+        });
+    }
+    let mut m: VlanMap =
+        crate::maps::open(pin_dir, MAP).map_err(err("open strait_vlan_subnets"))?;
+    let want: BTreeMap<(u32, [u8; 16]), u16> = subnets
+        .iter()
+        .map(|(n, v)| {
+            let k = subnet_key(n.trunc());
+            ((k.prefix_len(), k.data()), *v)
+        })
+        .collect();
+    let have: BTreeMap<(u32, [u8; 16]), u16> = m
+        .iter()
+        .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v.vid)))
+        .collect::<Result<_, _>>()
+        .map_err(err("read strait_vlan_subnets"))?;
+    let mut changed = 0;
+    for k in have.keys().filter(|k| !want.contains_key(k)) {
+        m.remove(&Key::new(k.0, k.1))
+            .map_err(err("remove from strait_vlan_subnets"))?;
+        changed += 1;
+    }
+    for (k, vid) in want.iter().filter(|(k, v)| have.get(k) != Some(v)) {
+        let info = VlanInfo {
+            vid: *vid,
+            ..Default::default()
+        };
+        m.insert(&Key::new(k.0, k.1), info, 0)
+            .map_err(err("write strait_vlan_subnets"))?;
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| DatapathError::Program {
+            program: name,
+            source: Box::new(aya::programs::ProgramError::NotLoaded),
+        })?;
+    p.try_into().map_err(|e| DatapathError::Program {
+        program: name,
+        source: Box::new(e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_subnets_are_keyed_as_ipv4_mapped_ipv6() {
+        let k = subnet_key("198.18.20.0/24".parse().unwrap());
+        assert_eq!(k.prefix_len(), 120);
+        assert_eq!(&k.data()[10..], &[0xff, 0xff, 198, 18, 20, 0]);
+        let k = subnet_key("fd00:20::/64".parse().unwrap());
+        assert_eq!(k.prefix_len(), 64);
+        assert_eq!(std::mem::size_of::<VlanInfo>(), 8);
+    }
+}
