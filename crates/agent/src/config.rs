@@ -63,7 +63,7 @@ impl AgentConfig {
     /// modes (as the seed shows), main otherwise.
     pub fn pod_table(&self) -> u32 {
         match self.cross_node.as_str() {
-            "vxlan" | "bgp-tor" => strait_model::overlay::LOCAL_POD_TABLE,
+            "vxlan" | "bgp-tor" | "vlan" => strait_model::overlay::LOCAL_POD_TABLE,
             _ => strait_netlink::MAIN_TABLE,
         }
     }

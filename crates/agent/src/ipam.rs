@@ -178,6 +178,13 @@ impl NodeIpam {
         }
     }
 
+    /// Addresses of `pool` never to hand out (see `Pool::reserved`).
+    pub fn set_reserved(&self, pool: &str, addrs: std::collections::BTreeSet<std::net::IpAddr>) {
+        if let Some(s) = self.state.lock().unwrap().as_mut() {
+            s.reserved.insert(pool.to_string(), addrs);
+        }
+    }
+
     /// The IPPool blocks this node holds (block -> pool).
     pub fn blocks(&self) -> std::collections::BTreeMap<IpNet, String> {
         self.state

@@ -70,6 +70,9 @@ pub fn allocate(
     req: AllocationRequest,
     pool: Option<&Pool>,
 ) -> Result<Allocation, ApiError> {
+    if let Some(p) = pool {
+        agent.ipam.set_reserved(&p.name, p.reserved());
+    }
     let wanted = match agent.ipam.allocate(req.clone()) {
         Err(AllocError::NeedBlock(p)) => p,
         Err(AllocError::Api(e)) => return Err(e),

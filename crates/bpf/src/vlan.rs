@@ -175,6 +175,42 @@ fn classifier<'a>(
     })
 }
 
+/// Undo VLAN tagging on a node that no longer runs vlan mode: the programs
+/// leave the uplink's tc hooks (`detach_from`: on the kernel datapath;
+/// the eBPF datapath's own programs replace them there) and the map's pin
+/// goes. Returns whether there was anything to undo (the pin is the
+/// mark; nothing is looked up when it is absent).
+pub fn retire(pin_dir: &Path, detach_from: Option<&str>) -> Result<bool, DatapathError> {
+    use crate::datapath::{TC_HANDLE, TC_PRIORITY};
+    use aya::programs::links::Link;
+    use aya::programs::tc::SchedClassifierLink;
+    let pin = crate::upgrade::maps_dir(pin_dir).join(MAP);
+    if !pin.exists() {
+        return Ok(false);
+    }
+    if let Some(uplink) = detach_from {
+        for (hook, program) in [
+            (TcAttachType::Egress, EGRESS),
+            (TcAttachType::Ingress, INGRESS),
+        ] {
+            if let Ok(link) =
+                SchedClassifierLink::attached(uplink, hook, TC_PRIORITY, TC_HANDLE, None)
+            {
+                link.detach().map_err(|e| DatapathError::Attach {
+                    program,
+                    iface: uplink.to_string(),
+                    message: format!("detach: {e}"),
+                })?;
+            }
+        }
+    }
+    std::fs::remove_file(&pin).map_err(|source| DatapathError::Io {
+        what: format!("remove {}", pin.display()),
+        source,
+    })?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

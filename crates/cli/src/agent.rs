@@ -64,8 +64,10 @@ pub struct Args {
     /// learned pod routes installed with protocol bgp) or bgp-tor
     /// (Hybridnet's BGP mode: each node peers with its top-of-rack router,
     /// per BGPPeer objects; pod traffic leaves through table 10001, a
-    /// default route via the node's gateway).
-    #[arg(long, default_value = "routed", value_parser = ["routed", "vxlan", "ipip", "bgp", "bgp-tor"])]
+    /// default route via the node's gateway) or vlan (Hybridnet's VLAN
+    /// mode: pods of IPPools with vlanID and gateway sit on that VLAN,
+    /// tagged in eBPF on --uplink; tables 39999 and 10001+; kernel datapath).
+    #[arg(long, default_value = "routed", value_parser = ["routed", "vxlan", "ipip", "bgp", "bgp-tor", "vlan"])]
     cross_node: String,
     /// bgp: the cluster's AS number (every node in it: iBGP full mesh).
     #[arg(long, default_value_t = 64512)]

@@ -185,6 +185,13 @@ fn bgp_tor_racks_route_pods_through_their_top_of_rack_routers() {
     node_c_session(false, "still refused");
     strait_lab::objects::apply(&mut st, &lab.bins, &secret("s3cret-r2")).unwrap();
     node_c_session(true, "back with the right password");
+    // r2 re-learns node-c's block and passes it on to r1.
+    lab.until(
+        "tor-r1",
+        &["ip", "route", "show", "proto", "bird"],
+        "node-c's block back at r1",
+        |o| o.contains(&format!("{} via 198.18.0.2", c.pod_cidr)),
+    );
     assert_eq!(lab.probe("a1", "c1").unwrap(), "c1");
 
     // Another cross-node mode takes the rules and table 10001 away.

@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod control_plane;
 
 pub mod echo;
+pub mod gateway;
 pub mod hops;
 pub mod objects;
 pub mod probe;

@@ -45,7 +45,8 @@ fn identity(v: &serde_json::Value) -> (String, String, String) {
     )
 }
 
-/// The lab file's objects plus, for each rack, the BGPPeer that makes its
+/// The lab file's objects plus, for each underlay subnet, its IPPool and,
+/// for each rack, the BGPPeer that makes its
 /// nodes peer with its router (`tor-<rack>`, and the Secret with its
 /// password; a BGPPeer of that name in the file wins, so a test or a user
 /// can shape the session).
@@ -54,6 +55,15 @@ pub fn with_rack_peers(
     objects: &[ClusterObject],
 ) -> Vec<ClusterObject> {
     let mut out = objects.to_vec();
+    // The underlay subnets' IPPools (an IPPool of that name in the file wins).
+    for s in &plan.underlay {
+        let given = objects.iter().any(
+            |o| matches!(o, ClusterObject::IpPool(p) if p.metadata.name.as_deref() == Some(&s.name)),
+        );
+        if !given {
+            out.push(strait_model::underlay::lab_pool(s));
+        }
+    }
     for r in &plan.racks {
         let name = format!("tor-{}", r.name);
         let given = objects.iter().any(

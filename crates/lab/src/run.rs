@@ -526,6 +526,7 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
         crate::racks::route_from_fabric(plan, &strait_model::lab::control_plane_netns(&plan.name))?;
     }
     crate::racks::start_routers(st, step)?;
+    crate::gateway::up(st, step)?;
     // The cluster source: Node objects for the plan, the racks' BGPPeers,
     // then the user's manifests.
     write_node_manifests(st)?;
@@ -541,7 +542,9 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
         ));
     }
     for n in &plan.nodes {
-        wait_agent_ready(st, n, Duration::from_secs(20))?;
+        // Generous: on a loaded 2-core machine the verifier alone can take
+        // seconds per program.
+        wait_agent_ready(st, n, Duration::from_secs(60))?;
     }
     if !plan.racks.is_empty() {
         let t = Instant::now();
@@ -880,6 +883,9 @@ pub fn target_netns(plan: &LabPlan, target: &str) -> anyhow::Result<String> {
     }
     if target == "external" {
         return Ok(external_netns(&plan.name));
+    }
+    if matches!(target, "gateway" | "gw") && !plan.underlay.is_empty() {
+        return Ok(strait_model::underlay::gateway_netns(&plan.name));
     }
     // A rack's router: `tor-r1` (or the rack's name).
     if let Some(r) = plan

@@ -135,6 +135,11 @@ pub struct IpamState {
     /// CIDR.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub blocks: BTreeMap<IpNet, String>,
+    /// Per pool, addresses never handed out (an underlay subnet's network,
+    /// broadcast and gateway): set from the pool before each allocation,
+    /// so not stored.
+    #[serde(skip)]
+    pub reserved: BTreeMap<String, std::collections::BTreeSet<IpAddr>>,
 }
 
 fn to_u128(ip: IpAddr) -> u128 {
@@ -174,6 +179,7 @@ impl IpamState {
             cooling: BTreeMap::new(),
             last: None,
             blocks: BTreeMap::new(),
+            reserved: BTreeMap::new(),
         }
     }
 
@@ -291,6 +297,12 @@ impl IpamState {
             };
         }
         let ranges = self.ranges(req.pool.as_deref());
+        let reserved = req
+            .pool
+            .as_ref()
+            .and_then(|p| self.reserved.get(p))
+            .cloned()
+            .unwrap_or_default();
         if ranges.is_empty() {
             return Err(match &req.pool {
                 Some(pool) => IpamError::PoolNeedsBlock { pool: pool.clone() },
@@ -302,9 +314,10 @@ impl IpamState {
             // runtime re-adding a container with its old address (podman
             // network reload) is the usual reason to ask for one.
             let v = to_u128(ip);
-            let inside = ranges.iter().any(|(n, lo, hi)| {
-                n.contains(&ip) && ip.is_ipv4() == n.addr().is_ipv4() && v >= *lo && v <= *hi
-            });
+            let inside = !reserved.contains(&ip)
+                && ranges.iter().any(|(n, lo, hi)| {
+                    n.contains(&ip) && ip.is_ipv4() == n.addr().is_ipv4() && v >= *lo && v <= *hi
+                });
             if !inside {
                 return Err(IpamError::OutsidePool {
                     ip,
@@ -322,7 +335,7 @@ impl IpamState {
             return Ok(self.insert(ip, req, now_ms));
         }
         for (net, lo, hi) in &ranges {
-            if let Some(ip) = self.scan(*net, *lo, *hi, now_ms, cooldown_ms) {
+            if let Some(ip) = self.scan(*net, *lo, *hi, now_ms, cooldown_ms, &reserved) {
                 self.cooling.remove(&ip);
                 let alloc = self.insert(ip, req, now_ms);
                 self.last = Some(ip);
@@ -357,6 +370,7 @@ impl IpamState {
         hi: u128,
         now_ms: u64,
         cooldown_ms: u64,
+        reserved: &std::collections::BTreeSet<IpAddr>,
     ) -> Option<IpAddr> {
         let span = hi - lo + 1;
         let start = match self.last {
@@ -378,7 +392,9 @@ impl IpamState {
         (0..probes)
             .map(|i| from_u128(like, lo + (start + i) % span))
             .find(|ip| {
-                !self.allocations.contains_key(ip) && !self.is_cooling(ip, now_ms, cooldown_ms)
+                !self.allocations.contains_key(ip)
+                    && !self.is_cooling(ip, now_ms, cooldown_ms)
+                    && !reserved.contains(ip)
             })
     }
 

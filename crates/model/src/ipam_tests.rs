@@ -300,3 +300,29 @@ fn state_from_before_pools_loads() {
     let s: IpamState = serde_json::from_str(old).unwrap();
     assert!(s.blocks.is_empty());
 }
+
+#[test]
+fn an_underlay_pools_network_gateway_and_broadcast_are_never_handed_out() {
+    let mut s = IpamState::new("10.0.0.0/24".parse().unwrap());
+    s.blocks
+        .insert("198.18.20.0/30".parse().unwrap(), "vlan20".into());
+    s.reserved.insert(
+        "vlan20".into(),
+        [ip("198.18.20.0"), ip("198.18.20.1"), ip("198.18.20.255")].into(),
+    );
+    let a = s.allocate(in_pool("a", "vlan20"), 0, 0).unwrap();
+    let b = s.allocate(in_pool("b", "vlan20"), 0, 0).unwrap();
+    assert_eq!((a.ip, b.ip), (ip("198.18.20.2"), ip("198.18.20.3")));
+    assert!(matches!(
+        s.allocate(in_pool("c", "vlan20"), 0, 0),
+        Err(IpamError::PoolNeedsBlock { .. })
+    ));
+    let gw = AllocationRequest {
+        requested: Some(ip("198.18.20.1")),
+        ..in_pool("d", "vlan20")
+    };
+    assert!(matches!(
+        s.allocate(gw, 0, 0),
+        Err(IpamError::OutsidePool { .. })
+    ));
+}

@@ -61,6 +61,15 @@ pub struct IPPoolSpec {
     /// them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+    /// An underlay subnet (Hybridnet's VLAN mode): the pool is a subnet of
+    /// the datacenter's VLAN with this id (1-4094); its pods' traffic
+    /// leaves the nodes tagged.
+    #[serde(default, rename = "vlanID", skip_serializing_if = "Option::is_none")]
+    pub vlan_id: Option<u16>,
+    /// With vlanID: the subnet's gateway (the router between VLANs), an
+    /// address inside cidr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// A block of a pool, held by one node.
@@ -160,9 +169,25 @@ pub struct Pool {
     pub block_prefix: u8,
     pub node_selector: Option<LabelSelector>,
     pub disabled: bool,
+    /// An underlay subnet's gateway (the pool is a link's subnet then).
+    pub gateway: Option<std::net::IpAddr>,
 }
 
 impl Pool {
+    /// Addresses never handed out: on an underlay subnet (a real link's
+    /// subnet, unlike routed blocks) its network and broadcast addresses
+    /// and its gateway's.
+    pub fn reserved(&self) -> std::collections::BTreeSet<std::net::IpAddr> {
+        let Some(gw) = self.gateway else {
+            return Default::default();
+        };
+        let mut out = std::collections::BTreeSet::from([gw, self.cidr.network()]);
+        if self.cidr.addr().is_ipv4() {
+            out.insert(self.cidr.broadcast());
+        }
+        out
+    }
+
     pub fn from_crd(p: &IPPool) -> Result<Pool, PoolError> {
         let name = p.metadata.name.clone().unwrap_or_default();
         let cidr: IpNet = p.spec.cidr.parse().map_err(|_| PoolError::Cidr {
@@ -196,6 +221,11 @@ impl Pool {
             block_prefix: size,
             node_selector: p.spec.node_selector.clone(),
             disabled: p.spec.disabled,
+            gateway: p
+                .spec
+                .vlan_id
+                .and(p.spec.gateway.as_deref())
+                .and_then(|g| g.parse().ok()),
         })
     }
 

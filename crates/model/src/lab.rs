@@ -81,6 +81,9 @@ pub enum CrossNodeMode {
     /// through table 10001.
     #[serde(rename = "bgp-tor")]
     BgpTor,
+    /// Hybridnet's VLAN mode: pods of underlay subnets sit on the
+    /// datacenter's VLANs, tagged in eBPF; a gateway routes between VLANs.
+    Vlan,
 }
 
 impl CrossNodeMode {
@@ -91,13 +94,17 @@ impl CrossNodeMode {
             CrossNodeMode::Ipip => "ipip",
             CrossNodeMode::Bgp => "bgp",
             CrossNodeMode::BgpTor => "bgp-tor",
+            CrossNodeMode::Vlan => "vlan",
         }
     }
 
     /// Bytes of encapsulation a pod's packets carry across nodes.
     pub fn overhead(self) -> u32 {
         match self {
-            CrossNodeMode::Routed | CrossNodeMode::Bgp | CrossNodeMode::BgpTor => 0,
+            CrossNodeMode::Routed
+            | CrossNodeMode::Bgp
+            | CrossNodeMode::BgpTor
+            | CrossNodeMode::Vlan => 0,
             CrossNodeMode::Vxlan => crate::overlay::VXLAN_OVERHEAD_V4,
             CrossNodeMode::Ipip => crate::overlay::IPIP_OVERHEAD_V4,
         }
@@ -134,6 +141,10 @@ pub struct LabSpec {
     /// fabric.
     #[serde(default)]
     pub racks: Vec<crate::racks::RackSpec>,
+    /// Underlay subnets (crossNode vlan): each a VLAN with a CIDR and a
+    /// gateway; the lab makes the gateway and an IPPool per subnet.
+    #[serde(default)]
+    pub underlay: Vec<crate::underlay::LabSubnet>,
     /// ebpf mode: take the older host-veth path (the seed's "Aliyun2"
     /// column) even where the kernel has bpf_redirect_peer.
     #[serde(default)]
@@ -206,6 +217,8 @@ pub struct LabPlan {
     pub fabric: Ipv4Net,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub racks: Vec<crate::racks::RackPlan>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub underlay: Vec<crate::underlay::LabSubnet>,
     pub nodes: Vec<NodePlan>,
     pub pods: Vec<PodPlan>,
 }
@@ -523,9 +536,46 @@ impl LabFile {
             mtu: spec.mtu,
             fabric: ap.fabric,
             racks,
+            underlay: self.plan_underlay()?,
             nodes,
             pods,
         })
+    }
+
+    /// The underlay subnets, checked against the cross-node mode and the
+    /// address plan.
+    fn plan_underlay(&self) -> Result<Vec<crate::underlay::LabSubnet>, LabError> {
+        let spec = &self.spec;
+        let ap = &spec.address_plan;
+        match (spec.underlay.is_empty(), spec.cross_node) {
+            (true, CrossNodeMode::Vlan) => return Err(LabError::Invalid(
+                "crossNode vlan needs spec.underlay (subnets with a vlan, a cidr and a gateway)"
+                    .into(),
+            )),
+            (false, CrossNodeMode::Vlan) | (true, _) => {}
+            (false, other) => {
+                return Err(LabError::Invalid(format!(
+                    "spec.underlay needs crossNode vlan; crossNode is {other}"
+                )))
+            }
+        }
+        if spec.cross_node == CrossNodeMode::Vlan
+            && matches!(spec.datapath.or(spec.mode), Some(Mode::Ebpf))
+        {
+            return Err(LabError::Invalid(
+                "crossNode vlan runs on the kernel datapath for now (datapath: kernel)".into(),
+            ));
+        }
+        crate::underlay::check_lab_subnets(
+            &spec.underlay,
+            &[
+                ("fabric", IpNet::V4(ap.fabric)),
+                ("pod CIDR", IpNet::V4(ap.pod_cidr)),
+                ("service CIDR", IpNet::V4(ap.service_cidr)),
+            ],
+        )
+        .map_err(LabError::Invalid)?;
+        Ok(spec.underlay.clone())
     }
 
     /// The racks, checked against the cross-node mode and the address plan.

@@ -22,3 +22,4 @@ pub mod racks;
 pub mod routes;
 pub mod services;
 pub mod slice;
+pub mod underlay;

@@ -4,7 +4,7 @@
 //! Like routed mode, it forwards natively, so it clears an overlay's
 //! leftovers the same way.
 
-use super::CrossNode;
+use super::{CrossNode, Plan};
 use futures::future::BoxFuture;
 use strait_model::routes::NodeRoute;
 use strait_netlink::{Netlink, Route};
@@ -21,10 +21,9 @@ impl CrossNode for Bgp {
     fn prepare<'a>(
         &'a mut self,
         nl: &'a Netlink,
-        peers: &'a [NodeRoute],
-        local: &'a [ipnet::IpNet],
+        plan: &'a Plan<'a>,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
-        self.routed.prepare(nl, peers, local)
+        self.routed.prepare(nl, plan)
     }
 
     fn routes(&self, _peers: &[NodeRoute]) -> Vec<Route> {

@@ -16,7 +16,7 @@
 //! differs, the tunnel's map entry and the peer set are rewritten when they
 //! drift, and a node that leaves loses its route and its peer entry.
 
-use super::CrossNode;
+use super::{CrossNode, Plan};
 use futures::future::BoxFuture;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -39,6 +39,8 @@ pub struct Ipip {
     /// Where the programs were attached (device index, uplink index).
     encap_on: Option<u32>,
     decap_on: Option<u32>,
+    /// What vlan mode may have left (its device check is not used).
+    vlan_leftovers: super::IpipLeftovers,
 }
 
 impl Ipip {
@@ -51,6 +53,7 @@ impl Ipip {
             index: None,
             encap_on: None,
             decap_on: None,
+            vlan_leftovers: super::IpipLeftovers::new(cfg),
         }
     }
 
@@ -135,10 +138,11 @@ impl CrossNode for Ipip {
     fn prepare<'a>(
         &'a mut self,
         nl: &'a Netlink,
-        peers: &'a [NodeRoute],
-        _local: &'a [ipnet::IpNet],
+        plan: &'a Plan<'a>,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
+            // Before tunnel_decap goes on the uplink's ingress.
+            self.vlan_leftovers.remove_vlan()?;
             let (uplink, local) = super::uplink_address(nl, &self.uplink, "IP-in-IP").await?;
             let IpAddr::V4(local4) = local else {
                 unreachable!("uplink_address returns IPv4")
@@ -156,7 +160,8 @@ impl CrossNode for Ipip {
                 tunnel.configure(&want)?;
                 tracing::info!(device = %dev.name, %local, "IP-in-IP tunnel configured");
             }
-            let nodes: BTreeSet<IpAddr> = peers
+            let nodes: BTreeSet<IpAddr> = plan
+                .peers
                 .iter()
                 .filter(|p| p.via.is_ipv4() && p.pod_cidr.addr().is_ipv4())
                 .map(|p| p.via)

@@ -7,6 +7,7 @@ pub mod bgp;
 pub mod ipip;
 pub mod routed;
 pub mod tor;
+pub mod vlan;
 pub mod vxlan;
 
 use futures::future::BoxFuture;
@@ -14,19 +15,27 @@ use strait_model::naming::ROUTE_PROTOCOL;
 use strait_model::routes::NodeRoute;
 use strait_netlink::{Netlink, Route, Rule};
 
+/// What a cross-node mode makes the kernel match on one pass.
+pub struct Plan<'a> {
+    /// The other nodes: their pod CIDRs and addresses.
+    pub peers: &'a [NodeRoute],
+    /// This node's blocks: its pod CIDR and IPPool blocks.
+    pub local: &'a [ipnet::IpNet],
+    /// The cluster's underlay (VLAN) subnets.
+    pub underlay: &'a [strait_model::underlay::Underlay],
+}
+
 pub trait CrossNode: Send + Sync {
     /// The mode's name, as in `--cross-node` and `strait status`.
     fn name(&self) -> &'static str;
 
     /// Kernel objects other than main-table routes (devices, FDB,
-    /// neighbours, rules, other tables): make them match `peers` and this
-    /// node's own pod blocks (`local`). Returns per-object problems.
-    /// Routed mode has none.
+    /// neighbours, rules, other tables, tc programs): make them match the
+    /// plan. Returns per-object problems. Routed mode has none.
     fn prepare<'a>(
         &'a mut self,
         _nl: &'a Netlink,
-        _peers: &'a [NodeRoute],
-        _local: &'a [ipnet::IpNet],
+        _plan: &'a Plan<'a>,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async { Ok(vec![]) })
     }
@@ -36,7 +45,7 @@ pub trait CrossNode: Send + Sync {
 }
 
 /// The cross-node modes strait has, by name.
-pub const MODES: &[&str] = &["routed", "vxlan", "ipip", "bgp", "bgp-tor"];
+pub const MODES: &[&str] = &["routed", "vxlan", "ipip", "bgp", "bgp-tor", "vlan"];
 
 pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
     match cfg.cross_node.as_str() {
@@ -48,6 +57,16 @@ pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
                 ipip: IpipLeftovers::new(cfg),
             },
         })),
+        "vlan" => {
+            if cfg.mode == strait_model::lab::Mode::Ebpf {
+                anyhow::bail!("cross-node mode vlan runs on the kernel datapath for now (--datapath kernel): the eBPF datapath's uplink programs do not tag VLANs yet");
+            }
+            Ok(Box::new(vlan::VlanMode::new(
+                IpipLeftovers::new(cfg),
+                cfg.uplink.clone(),
+                cfg.bpf_dir.clone(),
+            )))
+        }
         "bgp-tor" => Ok(Box::new(tor::BgpTor {
             ipip: IpipLeftovers::new(cfg),
             uplink: cfg.uplink.clone(),
@@ -74,15 +93,32 @@ pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
 }
 
 /// Make strait's policy rules of one family exactly `want`: others of
-/// strait's go (another mode's), missing ones are added.
+/// strait's go (another mode's, or a VLAN subnet's that is gone) with
+/// strait's routes in their tables (unless a wanted rule still uses the
+/// table; main and the pods' 39999 are never emptied here), missing ones
+/// are added.
 pub(crate) async fn sync_rules(nl: &Netlink, v4: bool, want: &[Rule]) -> anyhow::Result<()> {
     let rules = nl.rules(v4).await?;
+    let keep: std::collections::BTreeSet<u32> = want
+        .iter()
+        .map(|r| r.table)
+        .chain([
+            strait_netlink::MAIN_TABLE,
+            strait_model::overlay::LOCAL_POD_TABLE,
+        ])
+        .collect();
+    let mut emptied = std::collections::BTreeSet::new();
     for r in rules
         .iter()
         .filter(|r| r.protocol == ROUTE_PROTOCOL && !want.contains(r))
     {
         nl.delete_rule(r).await?;
         tracing::info!(rule = ?r, "policy rule removed");
+        if !keep.contains(&r.table) && emptied.insert(r.table) {
+            for route in nl.routes_of(r.table, v4, ROUTE_PROTOCOL).await? {
+                nl.delete_route(&route).await?;
+            }
+        }
     }
     for rule in want {
         if !rules.contains(rule) {
@@ -158,6 +194,16 @@ impl IpipLeftovers {
             bpf_dir: cfg.bpf_dir.clone(),
             kernel_datapath: cfg.mode != strait_model::lab::Mode::Ebpf,
         }
+    }
+
+    /// What vlan mode leaves: its tc programs on the uplink (kernel
+    /// datapath) and its pinned map. One file check when there is none.
+    pub(crate) fn remove_vlan(&self) -> anyhow::Result<()> {
+        let detach = self.kernel_datapath.then_some(self.uplink.as_str());
+        if strait_bpf::vlan::retire(&self.bpf_dir, detach)? {
+            tracing::info!(uplink = %self.uplink, "VLAN tagging removed (another cross-node mode runs now)");
+        }
+        Ok(())
     }
 
     pub(crate) async fn remove(&self, nl: &Netlink) -> anyhow::Result<()> {

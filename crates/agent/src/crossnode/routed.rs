@@ -1,7 +1,7 @@
 //! Routed: each peer's pod CIDR via its node IP (Terway VPC routes,
 //! flannel host-gw). Needs an underlay that delivers to node IPs directly.
 
-use super::CrossNode;
+use super::{CrossNode, Plan};
 use futures::future::BoxFuture;
 use strait_model::naming::ROUTE_PROTOCOL;
 use strait_model::overlay::{OVERLAY_TABLE, UNDERLAY_TABLE};
@@ -24,11 +24,11 @@ impl CrossNode for Routed {
     fn prepare<'a>(
         &'a mut self,
         nl: &'a Netlink,
-        _peers: &'a [NodeRoute],
-        _local: &'a [ipnet::IpNet],
+        _plan: &'a Plan<'a>,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             self.ipip.remove(nl).await?;
+            self.ipip.remove_vlan()?;
             // The rules mark an overlay's leftovers; without them (the usual
             // case) there is nothing to look for, and no route dump.
             let ours: Vec<_> = nl
@@ -40,18 +40,13 @@ impl CrossNode for Routed {
             if ours.is_empty() {
                 return Ok(vec![]);
             }
-            // Routes first: the rules are what says there is more to do.
-            for r in nl
-                .routes_in_tables(&[OVERLAY_TABLE, UNDERLAY_TABLE], true)
-                .await?
-            {
-                if r.protocol == ROUTE_PROTOCOL {
+            // The rules' tables are the overlay's and underlay's; their
+            // routes go with them.
+            super::sync_rules(nl, true, &[]).await?;
+            for t in [OVERLAY_TABLE, UNDERLAY_TABLE] {
+                for r in nl.routes_of(t, true, ROUTE_PROTOCOL).await? {
                     nl.delete_route(&r).await?;
                 }
-            }
-            for r in &ours {
-                nl.delete_rule(r).await?;
-                tracing::info!(rule = ?r, "overlay rule removed (routed mode)");
             }
             Ok(vec![])
         })

@@ -16,7 +16,7 @@
 //! destination, and the router's BGP routes (learned from every node) send
 //! it on, as the seed's "交换机上匹配到pod2所对应的特定路由" says.
 
-use super::CrossNode;
+use super::{CrossNode, Plan};
 use futures::future::BoxFuture;
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -79,11 +79,11 @@ impl CrossNode for BgpTor {
     fn prepare<'a>(
         &'a mut self,
         nl: &'a Netlink,
-        _peers: &'a [NodeRoute],
-        local: &'a [IpNet],
+        plan: &'a Plan<'a>,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             self.ipip.remove(nl).await?;
+            self.ipip.remove_vlan()?;
             let mut problems = vec![];
             let uplink = nl.link(&self.uplink).await?.ok_or_else(|| {
                 anyhow::anyhow!(
@@ -117,7 +117,7 @@ impl CrossNode for BgpTor {
             problems.extend(
                 super::sync_table(nl, strait_model::overlay::OVERLAY_TABLE, true, &[]).await?,
             );
-            super::sync_rules(nl, true, &rules(local, true)).await?;
+            super::sync_rules(nl, true, &rules(plan.local, true)).await?;
             Ok(problems)
         })
     }

@@ -13,7 +13,7 @@
 //! VTEP MACs derive from node IPs (`strait_model::overlay::vtep_mac`), so
 //! nothing has to be published on the Node objects.
 
-use super::CrossNode;
+use super::{CrossNode, Plan};
 use futures::future::BoxFuture;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -100,15 +100,15 @@ impl CrossNode for Vxlan {
     fn prepare<'a>(
         &'a mut self,
         nl: &'a Netlink,
-        peers: &'a [NodeRoute],
-        _local: &'a [ipnet::IpNet],
+        plan: &'a Plan<'a>,
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             self.ipip.remove(nl).await?;
+            self.ipip.remove_vlan()?;
             let mut problems = vec![];
             let (uplink, local) = super::uplink_address(nl, &self.uplink, "VXLAN").await?;
             let index = self.device(nl, local, &uplink).await?;
-            let vteps = vtep_peers(peers, local.is_ipv4());
+            let vteps = vtep_peers(plan.peers, local.is_ipv4());
 
             // FDB: exactly the peers' entries.
             let want: BTreeSet<FdbEntry> = vteps

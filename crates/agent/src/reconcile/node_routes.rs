@@ -32,7 +32,7 @@ impl NodeRoutes {
 
 impl Reconciler for NodeRoutes {
     const NAME: &'static str = "node-routes";
-    const READS: &'static [Kind] = &[Kind::Nodes, Kind::IpamBlocks];
+    const READS: &'static [Kind] = &[Kind::Nodes, Kind::IpamBlocks, Kind::IpPools];
 
     async fn pass(&mut self, agent: &Agent, snap: &ClusterSnapshot) -> anyhow::Result<Report> {
         let mut rep = Report::default();
@@ -45,8 +45,15 @@ impl Reconciler for NodeRoutes {
             .into_iter()
             .chain(agent.ipam.blocks().into_keys())
             .collect();
+        let (underlay, bad) = strait_model::underlay::underlay_subnets(snap);
+        rep.problems.extend(bad);
+        let plan = crate::crossnode::Plan {
+            peers: &peers,
+            local: &local,
+            underlay: &underlay,
+        };
         rep.problems
-            .extend(self.mode.prepare(&self.nl, &peers, &local).await?);
+            .extend(self.mode.prepare(&self.nl, &plan).await?);
         let mut desired = self.mode.routes(&peers);
         let links = self.nl.links().await?;
         if let Some(cidr) = agent.cfg.service_cidr {

@@ -9,6 +9,8 @@ fn pool(name: &str, cidr: &str, block: Option<u8>) -> IPPool {
             block_size: block,
             node_selector: None,
             disabled: false,
+            vlan_id: None,
+            gateway: None,
         },
     )
 }

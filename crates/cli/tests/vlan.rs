@@ -1,0 +1,186 @@
+//! Hybridnet's VLAN mode (seed 001 "VLAN模式") in the lab: two nodes, two
+//! VLAN subnets (20 and 30) with a gateway namespace routing between them,
+//! a pod of each VLAN on each node. The tags are asserted on the wire
+//! (tcpdump on the fabric's port of each node): same VLAN across nodes
+//! goes node to node tagged 20 both ways, never through the gateway; across
+//! VLANs the request leaves tagged 20 to the gateway and reaches the other
+//! node tagged 30 (and the reply the reverse); on one node table 39999
+//! keeps it off the uplink. With the gateway's forwarding off, only the
+//! VLAN's own traffic still flows (isolation).
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const PODS: [&str; 4] = ["a20", "a30", "b20", "b30"];
+
+/// One tagged frame seen: (VLAN id, "src > dst" without ports).
+type Tagged = (u16, String);
+
+/// The VLAN-tagged TCP frames on `iface` of namespace `ns` while `f` runs.
+fn tagged(ns: &str, iface: &str, f: impl FnOnce()) -> Vec<Tagged> {
+    let child = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "timeout", "3", "tcpdump", "-l", "-nn", "-e",
+        ])
+        .args(["-i", iface, "vlan and tcp port 8080"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    f();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let vid: u16 = l.split("vlan ").nth(1)?.split(',').next()?.parse().ok()?;
+            // "... ethertype IPv4 (0x0800), 198.18.20.2.35846 > 198.18.30.16.8080: ..."
+            let addrs = l.rsplit("(0x0800), ").next()?.split(':').next()?;
+            let strip = |a: &str| a.rsplit_once('.').map(|x| x.0.to_string());
+            let (s, d) = addrs.split_once(" > ")?;
+            Some((vid, format!("{} > {}", strip(s)?, strip(d)?)))
+        })
+        .collect()
+}
+
+/// TCP frames (tagged or not) on `iface` of `ns` while `f` runs.
+fn frames(ns: &str, iface: &str, f: impl FnOnce()) -> Vec<String> {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", "3", "tcpdump", "-l", "-nn"])
+        .args(["-i", iface, "tcp port 8080 or (vlan and tcp port 8080)"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    f();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn vlan_mode_tags_on_the_wire_routes_between_vlans_at_the_gateway_and_isolates() {
+    if !require_root("vlan_mode_tags_on_the_wire_routes_between_vlans_at_the_gateway_and_isolates")
+    {
+        return;
+    }
+    let yaml = include_str!("../../../examples/two-nodes-vlan.yaml")
+        .replace("metadata:\n  name: vlan\n", "metadata:\n  name: t-vlan\n");
+    let lab = Lab::up(&yaml);
+    let ip = |p: &str| {
+        lab.st
+            .pod_ip(lab.st.plan.pod(p).unwrap())
+            .unwrap()
+            .to_string()
+    };
+    // Addresses of their VLAN's subnet, never its network or gateway.
+    for p in PODS {
+        let want = if p.ends_with("20") {
+            "198.18.20."
+        } else {
+            "198.18.30."
+        };
+        let a = ip(p);
+        assert!(a.starts_with(want), "{p}: {a}");
+        assert!(!a.ends_with(".0") && !a.ends_with(".1"), "{p}: {a}");
+    }
+    for src in PODS {
+        for dst in PODS.iter().filter(|d| **d != src) {
+            assert_eq!(lab.probe(src, dst).unwrap(), *dst, "{src} -> {dst}");
+        }
+    }
+    let fabric = format!("strait-{}-fabric", lab.name());
+    let (a20, b20, b30) = (ip("a20"), ip("b20"), ip("b30"));
+
+    // Same VLAN across nodes: tagged 20 both ways on both nodes' ports,
+    // and the gateway never sees it.
+    let gw = strait_model::underlay::gateway_netns(lab.name());
+    let mut at_gw = vec![];
+    let seen = tagged(&fabric, "n0", || {
+        at_gw = frames(&gw, "eth0", || {
+            assert_eq!(lab.probe("a20", "b20").unwrap(), "b20")
+        });
+    });
+    assert!(seen.contains(&(20, format!("{a20} > {b20}"))), "{seen:?}");
+    assert!(seen.contains(&(20, format!("{b20} > {a20}"))), "{seen:?}");
+    assert!(seen.iter().all(|(v, _)| *v == 20), "{seen:?}");
+    assert!(
+        at_gw.is_empty(),
+        "same-VLAN traffic must not pass the gateway: {at_gw:#?}"
+    );
+
+    // Across VLANs: leaves node-a tagged 20 (its source's VLAN), reaches
+    // node-b tagged 30 (the gateway tags by destination); replies the
+    // other way round.
+    let mut at_b = vec![];
+    let at_a = tagged(&fabric, "n0", || {
+        at_b = tagged(&fabric, "n1", || {
+            assert_eq!(lab.probe("a20", "b30").unwrap(), "b30")
+        });
+    });
+    assert!(at_a.contains(&(20, format!("{a20} > {b30}"))), "{at_a:?}");
+    assert!(at_a.contains(&(20, format!("{b30} > {a20}"))), "{at_a:?}");
+    assert!(at_b.contains(&(30, format!("{a20} > {b30}"))), "{at_b:?}");
+    assert!(at_b.contains(&(30, format!("{b30} > {a20}"))), "{at_b:?}");
+
+    // One node, two VLANs: table 39999, never the uplink.
+    let h = strait_lab::hops::trace(&lab.st, "a20", "a30").unwrap();
+    let s = h.seen("node-a eth0");
+    assert_eq!((s.request, s.reply), (0, 0), "{}", h.table());
+
+    // The node side as the seed shows it.
+    let rules = lab.exec("node-a", &["ip", "rule"]);
+    assert!(rules.contains("1998:\tfrom all lookup 39999"), "{rules}");
+    assert!(
+        rules.contains("from 198.18.20.0/24 lookup 10001"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("from 198.18.30.0/24 lookup 10002"),
+        "{rules}"
+    );
+    let t = lab.exec("node-a", &["ip", "route", "show", "table", "10001"]);
+    assert!(t.contains("default via 198.18.20.1 dev eth0"), "{t}");
+    assert!(t.contains("198.18.20.0/24 dev eth0"), "{t}");
+
+    // Isolation: without the gateway's forwarding, a VLAN still reaches
+    // itself (across nodes) but not the other VLAN.
+    lab.exec("gw", &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    assert_eq!(lab.probe("a20", "b20").unwrap(), "b20");
+    assert!(
+        lab.probe("a20", "b30").is_err(),
+        "cross-VLAN without the gateway"
+    );
+    lab.exec("gw", &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    assert_eq!(lab.probe("a20", "b30").unwrap(), "b30");
+
+    // Another cross-node mode takes everything of vlan mode away: rules,
+    // tables, the tc programs on the uplink and the pinned map.
+    lab.restart_agents_with(strait_model::lab::CrossNodeMode::Routed);
+    lab.until("node-a", &["ip", "rule"], "rules gone", |o| {
+        !o.contains("proto 90")
+    });
+    for table in ["10001", "10002"] {
+        lab.until(
+            "node-a",
+            &["ip", "route", "show", "table", table],
+            "underlay tables emptied",
+            |o| o.trim().is_empty(),
+        );
+    }
+    let filters = lab.exec("node-a", &["tc", "filter", "show", "dev", "eth0", "egress"]);
+    assert!(!filters.contains("vlan_egress"), "{filters}");
+    let pin = std::path::PathBuf::from(strait_model::lab::bpf_dir(lab.name(), "node-a"));
+    assert!(
+        !strait_bpf::upgrade::maps_dir(&pin)
+            .join("strait_vlan_subnets")
+            .exists(),
+        "the VLAN map's pin is gone"
+    );
+}
