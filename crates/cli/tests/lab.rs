@@ -528,3 +528,23 @@ fn foreign_routes_are_never_adopted() {
                 .all(|r| r.problems.is_empty())
     });
 }
+
+/// Two labs whose names extend one another (`t-pfx`, `t-pfx-b`): taking
+/// the shorter one down (or up again) leaves the longer one's namespaces
+/// and agents alone. Its prefix `strait-t-pfx-` matches both; before the
+/// fix, `down t-pfx` killed `t-pfx-b`'s processes and deleted its
+/// namespaces.
+#[test]
+fn a_lab_whose_name_extends_another_survives_the_others_down() {
+    if !require_root("a_lab_whose_name_extends_another_survives_the_others_down") {
+        return;
+    }
+    let long = Lab::up(&lab_yaml("t-pfx-b", &["n1"], 24, &[("p1", "n1")]));
+    {
+        let _short = Lab::up(&lab_yaml("t-pfx", &["n1"], 24, &[("q1", "n1")]));
+    } // down t-pfx
+    assert!(long.status("n1").ready, "t-pfx-b's agent still runs");
+    assert_eq!(long.probe("n1", "p1").unwrap(), "p1");
+    let left = strait_lab::cmd::lab_netns("t-pfx-b");
+    assert!(left.iter().any(|n| n.ends_with("-fabric")), "{left:?}");
+}

@@ -36,6 +36,27 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The network namespaces of lab `lab`: those named with its prefix,
+/// except those of another lab that is up whose longer name extends it
+/// (lab `t-tor`'s prefix `strait-t-tor-` also matches lab `t-tor-ebpf`'s
+/// namespaces; cleaning one must not take the other down).
+pub fn lab_netns(lab: &str) -> Vec<String> {
+    let others = crate::state::list();
+    netns_with_prefix(&strait_model::lab::netns_prefix(lab))
+        .into_iter()
+        .filter(|ns| !of_longer_lab(ns, lab, &others))
+        .collect()
+}
+
+/// Whether `ns` belongs to one of `others` whose name extends `lab`'s.
+fn of_longer_lab(ns: &str, lab: &str, others: &[String]) -> bool {
+    others.iter().any(|o| {
+        o.len() > lab.len()
+            && o.starts_with(lab)
+            && ns.starts_with(&strait_model::lab::netns_prefix(o))
+    })
+}
+
 /// Pids of processes running in a named network namespace.
 pub fn netns_pids(name: &str) -> Vec<i32> {
     ip(&["netns", "pids", name])
@@ -75,5 +96,35 @@ pub fn stop(pids: &[i32], grace: std::time::Duration) {
         if alive(p) {
             let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_labs_namespaces_exclude_those_of_a_lab_whose_name_extends_it() {
+        let others = vec!["t-tor".to_string(), "t-tor-ebpf".to_string()];
+        assert!(super::of_longer_lab(
+            "strait-t-tor-ebpf-fabric",
+            "t-tor",
+            &others
+        ));
+        assert!(!super::of_longer_lab(
+            "strait-t-tor-fabric",
+            "t-tor",
+            &others
+        ));
+        assert!(!super::of_longer_lab(
+            "strait-t-tor-ebpf-fabric",
+            "t-tor-ebpf",
+            &others
+        ));
+        // Once the longer lab is gone, its leftovers are the shorter one's
+        // to clean (nothing else claims them).
+        assert!(!super::of_longer_lab(
+            "strait-t-tor-ebpf-fabric",
+            "t-tor",
+            &others[..1]
+        ));
     }
 }

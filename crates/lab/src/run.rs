@@ -1,6 +1,6 @@
 //! `lab up`, `lab down`, `lab status` and target resolution.
 
-use crate::cmd::{alive, ip, netns_pids, netns_with_prefix, stop};
+use crate::cmd::{alive, ip, netns_pids, stop};
 use crate::state::LabState;
 use anyhow::{bail, Context};
 use k8s_openapi::api::core::v1::Service;
@@ -10,9 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use strait_model::api::{NodeStatus, Request, Response};
 use strait_model::cluster::ClusterObject;
-use strait_model::lab::{
-    external_netns, fabric_netns, netns_prefix, parse_lab_file, LabPlan, NodePlan, PodPlan,
-};
+use strait_model::lab::{external_netns, fabric_netns, parse_lab_file, LabPlan, NodePlan, PodPlan};
 
 /// Binaries the lab runs: this `strait` and the `strait-cni` beside it.
 pub struct Binaries {
@@ -377,9 +375,7 @@ pub fn up(file: &Path, bins: &Binaries) -> anyhow::Result<LabState> {
         plan.mode,
         plan.cross_node
     );
-    if !netns_with_prefix(&netns_prefix(&plan.name)).is_empty()
-        || LabState::dir_for(&plan.name).exists()
-    {
+    if !crate::cmd::lab_netns(&plan.name).is_empty() || LabState::dir_for(&plan.name).exists() {
         step("cleaning up the leftovers of an earlier run of this lab");
         down(&plan.name, bins)?;
     }
@@ -820,12 +816,12 @@ pub fn down(name: &str, bins: &Binaries) -> anyhow::Result<()> {
         }
     }
     // Whatever else still runs in the lab's namespaces (crashed runs).
-    for ns in netns_with_prefix(&netns_prefix(name)) {
+    for ns in crate::cmd::lab_netns(name) {
         let pids = netns_pids(&ns);
         stop(&pids, Duration::from_secs(2));
     }
     // Pods first, then nodes (which takes their host veths), then the fabric.
-    let mut all = netns_with_prefix(&netns_prefix(name));
+    let mut all = crate::cmd::lab_netns(name);
     all.sort_by_key(|n| {
         if n.contains("-pod-") {
             0

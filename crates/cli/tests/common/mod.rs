@@ -202,7 +202,7 @@ impl Drop for Lab {
         if let Err(e) = labrun::down(&name, &self.bins) {
             eprintln!("lab {name} down failed: {e:#}");
         }
-        let left = strait_lab::cmd::netns_with_prefix(&strait_model::lab::netns_prefix(&name));
+        let left = strait_lab::cmd::lab_netns(&name);
         if !left.is_empty() && !std::thread::panicking() {
             panic!("lab {name} left namespaces behind: {left:?}");
         }
