@@ -7,11 +7,16 @@
  * the node itself sends to a pod never passes here: it takes the host
  * stack and the pod's host veth (seed scenario 1). */
 #include "lib/lb.h"
+#include "lib/vlan.h"
 
 SEC("classifier/from_netdev")
 int from_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
+	/* A VLAN's frame is untagged first (vlan mode; strait_vlan_subnets is
+	 * empty otherwise and only tagged frames are refused). */
+	if (vlan_untag(skb) != VLAN_PASS)
+		return drop(skb, DROP_VLAN_FOREIGN, PROG_FROM_NETDEV, &p.flow);
 	/* IP-in-IP from another node is opened first; the rest of the program
 	 * sees the packet inside. */
 	int t = ipip_open(skb, &p.flow);
@@ -63,16 +68,20 @@ int from_netdev(struct __sk_buff *skb)
 
 /* to-netdev: tc egress of the uplink. Replies of masqueraded external
  * connections leave here after the stack undid the masquerade: their
- * source goes back to the frontend the client connected to. */
+ * source goes back to the frontend the client connected to. Then what
+ * belongs to a VLAN subnet (vlan mode) gets its tag, the fast path's
+ * redirected packets and the stack's (ARP too) alike. */
 SEC("classifier/to_netdev")
 int to_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	if (parse_ipv4(skb, &p) != 1)
-		return TC_ACT_OK;
-	int lb = lb_revnat(skb, &p, PROG_TO_NETDEV);
-	if (lb == LB_ERROR)
-		return drop(skb, DROP_NAT_FAILED, PROG_TO_NETDEV, &p.flow);
+	if (parse_ipv4(skb, &p) == 1) {
+		int lb = lb_revnat(skb, &p, PROG_TO_NETDEV);
+		if (lb == LB_ERROR)
+			return drop(skb, DROP_NAT_FAILED, PROG_TO_NETDEV, &p.flow);
+	}
+	if (vlan_tag(skb) != VLAN_PASS)
+		return drop(skb, DROP_VLAN_PUSH_FAILED, PROG_TO_NETDEV, &p.flow);
 	return TC_ACT_OK;
 }
 

@@ -18,5 +18,8 @@ int vlan_ingress(struct __sk_buff *skb)
 {
 	return vlan_untag(skb) == VLAN_PASS ? TC_ACT_OK : TC_ACT_SHOT;
 }
+/* (No counters here: this object carries only the VLAN map. The eBPF
+ * datapath's from-netdev/to-netdev call the same helpers and count their
+ * drops as DROP_VLAN_FOREIGN / DROP_VLAN_PUSH_FAILED.) */
 
 char _license[] SEC("license") = "GPL";

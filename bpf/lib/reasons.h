@@ -43,5 +43,7 @@
 #define DROP_ENCAP_FAILED      139  /* the kernel refused to make room for the outer header */
 #define DROP_POLICY_INGRESS    140  /* NetworkPolicy: the destination is isolated for ingress and no rule admits this */
 #define DROP_POLICY_EGRESS     141  /* NetworkPolicy: the source is isolated for egress and no rule admits this */
+#define DROP_VLAN_FOREIGN      142  /* a tagged frame none of whose addresses belongs to its VLAN (or to a VLAN this node carries) */
+#define DROP_VLAN_PUSH_FAILED  143  /* the kernel refused to push a VLAN tag */
 
 #define REASON_COUNT           256

@@ -36,6 +36,8 @@ pub const DROP_TUNNEL_NO_ROUTE: u8 = 138;
 pub const DROP_ENCAP_FAILED: u8 = 139;
 pub const DROP_POLICY_INGRESS: u8 = 140;
 pub const DROP_POLICY_EGRESS: u8 = 141;
+pub const DROP_VLAN_FOREIGN: u8 = 142;
+pub const DROP_VLAN_PUSH_FAILED: u8 = 143;
 
 /// A short name and what it means, for tables and `monitor`.
 pub fn describe(code: u8) -> (&'static str, &'static str) {
@@ -168,6 +170,14 @@ pub fn describe(code: u8) -> (&'static str, &'static str) {
             "the pod sent from an address that is not its own",
         ),
         DROP_MALFORMED => ("drop-malformed", "truncated or invalid IPv4 header"),
+        DROP_VLAN_FOREIGN => (
+            "drop-vlan-foreign",
+            "a tagged frame none of whose addresses belongs to its VLAN (or to a VLAN this node carries)",
+        ),
+        DROP_VLAN_PUSH_FAILED => (
+            "drop-vlan-push-failed",
+            "the kernel refused to push a VLAN tag",
+        ),
         DROP_REDIRECT_FAILED => (
             "drop-redirect-failed",
             "the redirect helper refused the packet",

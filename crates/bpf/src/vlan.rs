@@ -175,6 +175,16 @@ fn classifier<'a>(
     })
 }
 
+/// Empty strait_vlan_subnets where it exists (the eBPF datapath leaving
+/// vlan mode: its programs stay, with nothing to tag). Returns whether
+/// there were entries.
+pub fn clear(pin_dir: &Path) -> Result<bool, DatapathError> {
+    if !crate::upgrade::maps_dir(pin_dir).join(MAP).exists() {
+        return Ok(false);
+    }
+    Ok(set_subnets(pin_dir, &BTreeMap::new())? > 0)
+}
+
 /// Undo VLAN tagging on a node that no longer runs vlan mode: the programs
 /// leave the uplink's tc hooks (`detach_from`: on the kernel datapath;
 /// the eBPF datapath's own programs replace them there) and the map's pin

@@ -184,3 +184,46 @@ fn vlan_mode_tags_on_the_wire_routes_between_vlans_at_the_gateway_and_isolates()
         "the VLAN map's pin is gone"
     );
 }
+
+/// The same VLANs on the eBPF datapath: from-netdev untags and to-netdev
+/// tags, so the fast path carries VLAN pods (redirect_neigh out of the
+/// uplink, tagged; redirect_peer in, past the host veth).
+#[test]
+fn vlan_mode_on_the_ebpf_datapath_tags_the_fast_path() {
+    if !require_root("vlan_mode_on_the_ebpf_datapath_tags_the_fast_path") {
+        return;
+    }
+    let yaml = include_str!("../../../examples/two-nodes-vlan.yaml")
+        .replace(
+            "metadata:\n  name: vlan\n",
+            "metadata:\n  name: t-vlan-ebpf\n",
+        )
+        .replace("datapath: kernel", "datapath: ebpf");
+    let lab = Lab::up(&yaml);
+    for src in PODS {
+        for dst in PODS.iter().filter(|d| **d != src) {
+            assert_eq!(lab.probe(src, dst).unwrap(), *dst, "{src} -> {dst}");
+        }
+    }
+    let ip = |p: &str| {
+        lab.st
+            .pod_ip(lab.st.plan.pod(p).unwrap())
+            .unwrap()
+            .to_string()
+    };
+    let fabric = format!("strait-{}-fabric", lab.name());
+    let mut at_b = vec![];
+    let at_a = tagged(&fabric, "n0", || {
+        at_b = tagged(&fabric, "n1", || {
+            assert_eq!(lab.probe("a20", "b30").unwrap(), "b30")
+        });
+    });
+    let (a20, b30) = (ip("a20"), ip("b30"));
+    assert!(at_a.contains(&(20, format!("{a20} > {b30}"))), "{at_a:?}");
+    assert!(at_b.contains(&(30, format!("{a20} > {b30}"))), "{at_b:?}");
+    // Same VLAN across nodes: the fast path, tagged on the wire, past the
+    // destination's host veth.
+    let h = strait_lab::hops::trace(&lab.st, "a20", "b20").unwrap();
+    assert!(h.seen("node-a eth0").request > 0, "{}", h.table());
+    assert_eq!(h.seen("b20 host veth").request, 0, "{}", h.table());
+}

@@ -559,13 +559,6 @@ impl LabFile {
                 )))
             }
         }
-        if spec.cross_node == CrossNodeMode::Vlan
-            && matches!(spec.datapath.or(spec.mode), Some(Mode::Ebpf))
-        {
-            return Err(LabError::Invalid(
-                "crossNode vlan runs on the kernel datapath for now (datapath: kernel)".into(),
-            ));
-        }
         crate::underlay::check_lab_subnets(
             &spec.underlay,
             &[

@@ -57,16 +57,12 @@ pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
                 ipip: IpipLeftovers::new(cfg),
             },
         })),
-        "vlan" => {
-            if cfg.mode == strait_model::lab::Mode::Ebpf {
-                anyhow::bail!("cross-node mode vlan runs on the kernel datapath for now (--datapath kernel): the eBPF datapath's uplink programs do not tag VLANs yet");
-            }
-            Ok(Box::new(vlan::VlanMode::new(
-                IpipLeftovers::new(cfg),
-                cfg.uplink.clone(),
-                cfg.bpf_dir.clone(),
-            )))
-        }
+        "vlan" => Ok(Box::new(vlan::VlanMode::new(
+            IpipLeftovers::new(cfg),
+            cfg.uplink.clone(),
+            cfg.bpf_dir.clone(),
+            cfg.mode == strait_model::lab::Mode::Ebpf,
+        ))),
         "bgp-tor" => Ok(Box::new(tor::BgpTor {
             ipip: IpipLeftovers::new(cfg),
             uplink: cfg.uplink.clone(),
@@ -196,11 +192,16 @@ impl IpipLeftovers {
         }
     }
 
-    /// What vlan mode leaves: its tc programs on the uplink (kernel
-    /// datapath) and its pinned map. One file check when there is none.
+    /// What vlan mode leaves: on the kernel datapath its tc programs on the
+    /// uplink and its pinned map (one file check when there is none); on
+    /// the eBPF datapath (whose own programs tag) the map's entries.
     pub(crate) fn remove_vlan(&self) -> anyhow::Result<()> {
-        let detach = self.kernel_datapath.then_some(self.uplink.as_str());
-        if strait_bpf::vlan::retire(&self.bpf_dir, detach)? {
+        let done = if self.kernel_datapath {
+            strait_bpf::vlan::retire(&self.bpf_dir, Some(self.uplink.as_str()))?
+        } else {
+            strait_bpf::vlan::clear(&self.bpf_dir)?
+        };
+        if done {
             tracing::info!(uplink = %self.uplink, "VLAN tagging removed (another cross-node mode runs now)");
         }
         Ok(())

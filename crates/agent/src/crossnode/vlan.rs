@@ -16,8 +16,10 @@
 //!   as Hybridnet does, so the switch and the gateway reach them at the
 //!   node's MAC.
 //!
-//! The eBPF datapath's uplink programs do not carry the VLAN helpers yet:
-//! this mode runs on the kernel datapath.
+//! On the kernel datapath strait's VLAN programs sit on the uplink's tc
+//! hooks; on the eBPF datapath from-netdev and to-netdev tag and untag
+//! themselves (the fast path's redirected packets included), and this
+//! backend only fills their map.
 
 use super::{CrossNode, Plan};
 use futures::future::BoxFuture;
@@ -35,18 +37,26 @@ pub struct VlanMode {
     pub(super) ipip: super::IpipLeftovers,
     pub uplink: String,
     pub bpf_dir: PathBuf,
-    /// The tagging programs, once loaded and attached.
+    /// The eBPF datapath tags in its own programs.
+    ebpf: bool,
+    /// The kernel datapath's tagging programs, once loaded and attached.
     tagger: Option<strait_bpf::vlan::Vlan>,
     /// Underlay tables written last pass (those past today's count go).
     tables: u32,
 }
 
 impl VlanMode {
-    pub(crate) fn new(ipip: super::IpipLeftovers, uplink: String, bpf_dir: PathBuf) -> Self {
+    pub(crate) fn new(
+        ipip: super::IpipLeftovers,
+        uplink: String,
+        bpf_dir: PathBuf,
+        ebpf: bool,
+    ) -> Self {
         VlanMode {
             ipip,
             uplink,
             bpf_dir,
+            ebpf,
             tagger: None,
             tables: 0,
         }
@@ -125,7 +135,7 @@ impl CrossNode for VlanMode {
                     self.uplink
                 )
             })?;
-            if self.tagger.is_none() {
+            if self.tagger.is_none() && !self.ebpf {
                 let mut t =
                     strait_bpf::vlan::Vlan::load(&self.bpf_dir, strait_bpf::vlan::Role::Node)?;
                 t.attach(&self.uplink)?;
@@ -134,11 +144,9 @@ impl CrossNode for VlanMode {
             }
             let subnets: BTreeMap<ipnet::IpNet, u16> =
                 plan.underlay.iter().map(|u| (u.cidr, u.vlan)).collect();
-            let changed = self
-                .tagger
-                .as_ref()
-                .expect("loaded above")
-                .set_subnets(&subnets)?;
+            // The map is pinned by name: the kernel datapath's VLAN
+            // programs and the eBPF datapath's netdev programs read it.
+            let changed = strait_bpf::vlan::set_subnets(&self.bpf_dir, &subnets)?;
             if changed > 0 {
                 tracing::info!(subnets = ?subnets, "VLAN subnets updated");
             }
