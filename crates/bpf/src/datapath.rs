@@ -282,6 +282,23 @@ impl Datapath {
 
 /// Attach a loaded classifier to `hook` of `iface` at strait's priority and
 /// handle, replacing whatever strait attached there before, atomically.
+/// A loaded object's classifier by name.
+pub(crate) fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| DatapathError::Program {
+            program: name,
+            source: Box::new(aya::programs::ProgramError::NotLoaded),
+        })?;
+    p.try_into().map_err(|e| DatapathError::Program {
+        program: name,
+        source: Box::new(e),
+    })
+}
+
 pub(crate) fn attach_classifier(
     p: &mut SchedClassifier,
     program: &'static str,

@@ -4,10 +4,9 @@
 //! and from-netdev wrap and open IP-in-IP inline). Their maps are pinned
 //! with the datapath's, by name, so both see one configuration.
 
-use crate::datapath::{attach_classifier, is_bpffs, load_object, DatapathError};
+use crate::datapath::{attach_classifier, classifier, is_bpffs, load_object, DatapathError};
 use crate::maps::{self, AddrKey, TunnelCfg, TunnelMap, TunnelPeer, TunnelPeerMap};
 use aya::programs::tc::TcAttachType;
-use aya::programs::SchedClassifier;
 use aya::Ebpf;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -100,22 +99,6 @@ pub fn sync_peers(pin_dir: &Path, nodes: &BTreeSet<IpAddr>) -> Result<usize, aya
 pub fn peers(pin_dir: &Path) -> Result<BTreeSet<IpAddr>, aya::maps::MapError> {
     let m: TunnelPeerMap = maps::open(pin_dir, "strait_tunnel_peers")?;
     m.keys().map(|k| k.map(|k| k.ip())).collect()
-}
-
-fn classifier<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, DatapathError> {
-    let p = ebpf
-        .program_mut(name)
-        .ok_or_else(|| DatapathError::Program {
-            program: name,
-            source: Box::new(aya::programs::ProgramError::NotLoaded),
-        })?;
-    p.try_into().map_err(|e| DatapathError::Program {
-        program: name,
-        source: Box::new(e),
-    })
 }
 
 /// Undo IP-in-IP on a node that no longer runs it: the tunnel's

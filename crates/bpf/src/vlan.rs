@@ -5,11 +5,10 @@
 //! their map pinned by name, attaches them to an uplink and keeps
 //! strait_vlan_subnets equal to the underlay subnets the node carries.
 
-use crate::datapath::{attach_classifier, is_bpffs, DatapathError};
+use crate::datapath::{attach_classifier, classifier, is_bpffs, DatapathError};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::MapData;
 use aya::programs::tc::TcAttachType;
-use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -157,22 +156,6 @@ pub fn set_subnets(pin_dir: &Path, subnets: &BTreeMap<IpNet, u16>) -> Result<usi
         changed += 1;
     }
     Ok(changed)
-}
-
-fn classifier<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, DatapathError> {
-    let p = ebpf
-        .program_mut(name)
-        .ok_or_else(|| DatapathError::Program {
-            program: name,
-            source: Box::new(aya::programs::ProgramError::NotLoaded),
-        })?;
-    p.try_into().map_err(|e| DatapathError::Program {
-        program: name,
-        source: Box::new(e),
-    })
 }
 
 /// Empty strait_vlan_subnets where it exists (the eBPF datapath leaving

@@ -88,6 +88,18 @@ pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
     }
 }
 
+/// A rule of strait's: `from <src> lookup <table>` (from all when None).
+pub(crate) fn strait_rule(priority: u32, src: Option<ipnet::IpNet>, table: u32) -> Rule {
+    Rule {
+        priority,
+        src,
+        dst: None,
+        iif: None,
+        table,
+        protocol: ROUTE_PROTOCOL,
+    }
+}
+
 /// Make strait's policy rules of one family exactly `want`: others of
 /// strait's go (another mode's, or a VLAN subnet's that is gone) with
 /// strait's routes in their tables (unless a wanted rule still uses the

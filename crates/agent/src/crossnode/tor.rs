@@ -35,14 +35,7 @@ pub struct BgpTor {
 /// The rules for this node's pod blocks (IPv4 ones; the family is a
 /// parameter so IPv6 is one more call).
 pub fn rules(local: &[IpNet], v4: bool) -> Vec<Rule> {
-    let rule = |priority, src, table| Rule {
-        priority,
-        src,
-        dst: None,
-        iif: None,
-        table,
-        protocol: ROUTE_PROTOCOL,
-    };
+    let rule = super::strait_rule;
     let mut out = vec![rule(LOCAL_POD_RULE_PRIORITY, None, LOCAL_POD_TABLE)];
     out.extend(
         local

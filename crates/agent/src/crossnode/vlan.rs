@@ -65,14 +65,7 @@ impl VlanMode {
 
 /// The rules: local pods first, then one per underlay subnet.
 pub fn rules(underlay: &[Underlay]) -> Vec<Rule> {
-    let rule = |priority, src, table| Rule {
-        priority,
-        src,
-        dst: None,
-        iif: None,
-        table,
-        protocol: ROUTE_PROTOCOL,
-    };
+    let rule = super::strait_rule;
     let mut out = vec![rule(LOCAL_POD_RULE_PRIORITY, None, LOCAL_POD_TABLE)];
     out.extend(underlay.iter().enumerate().map(|(i, u)| {
         rule(

@@ -35,14 +35,7 @@ pub struct Vxlan {
 impl Vxlan {
     /// Local pods first (table 39999), then the peers' subnets (40000).
     fn rules() -> [Rule; 2] {
-        let rule = |priority, table| Rule {
-            priority,
-            src: None,
-            dst: None,
-            iif: None,
-            table,
-            protocol: ROUTE_PROTOCOL,
-        };
+        let rule = |priority, table| super::strait_rule(priority, None, table);
         [
             rule(LOCAL_POD_RULE_PRIORITY, LOCAL_POD_TABLE),
             rule(OVERLAY_RULE_PRIORITY, OVERLAY_TABLE),
