@@ -60,7 +60,18 @@ fn reach(a: &str, b: &str, ip: &str) -> bool {
 fn capture(ns: &str, dev: &str, filter: &str, f: impl FnOnce()) -> String {
     let child = Command::new("ip")
         .args([
-            "netns", "exec", ns, "timeout", "5", "tcpdump", "-l", "-c", "1", "-nn", "-e",
+            "netns",
+            "exec",
+            ns,
+            "timeout",
+            "5",
+            "tcpdump",
+            "--immediate-mode",
+            "-l",
+            "-c",
+            "1",
+            "-nn",
+            "-e",
         ])
         .args(["-i", dev])
         .args(filter.split_whitespace())

@@ -22,7 +22,16 @@ type Tagged = (u16, String);
 fn tagged(ns: &str, iface: &str, f: impl FnOnce()) -> Vec<Tagged> {
     let child = Command::new("ip")
         .args([
-            "netns", "exec", ns, "timeout", "3", "tcpdump", "-l", "-nn", "-e",
+            "netns",
+            "exec",
+            ns,
+            "timeout",
+            "4",
+            "tcpdump",
+            "--immediate-mode",
+            "-l",
+            "-nn",
+            "-e",
         ])
         .args(["-i", iface, "vlan and tcp port 8080"])
         .stdout(Stdio::piped())
@@ -48,7 +57,17 @@ fn tagged(ns: &str, iface: &str, f: impl FnOnce()) -> Vec<Tagged> {
 /// TCP frames (tagged or not) on `iface` of `ns` while `f` runs.
 fn frames(ns: &str, iface: &str, f: impl FnOnce()) -> Vec<String> {
     let child = Command::new("ip")
-        .args(["netns", "exec", ns, "timeout", "3", "tcpdump", "-l", "-nn"])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "timeout",
+            "4",
+            "tcpdump",
+            "--immediate-mode",
+            "-l",
+            "-nn",
+        ])
         .args(["-i", iface, "tcp port 8080 or (vlan and tcp port 8080)"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -128,6 +147,24 @@ fn vlan_mode_tags_on_the_wire_routes_between_vlans_at_the_gateway_and_isolates()
     assert!(at_a.contains(&(20, format!("{b30} > {a20}"))), "{at_a:?}");
     assert!(at_b.contains(&(30, format!("{a20} > {b30}"))), "{at_b:?}");
     assert!(at_b.contains(&(30, format!("{b30} > {a20}"))), "{at_b:?}");
+
+    // `lab hops` shows the same from the capture's aux data: the tag at
+    // each node's uplink, both tags at the gateway's port, and no gateway
+    // on a same-VLAN path.
+    let h = strait_lab::hops::trace(&lab.st, "a20", "b30").unwrap();
+    assert_eq!(h.seen("node-a eth0").request_vlans, [20], "{}", h.table());
+    assert_eq!(h.seen("node-b eth0").request_vlans, [30], "{}", h.table());
+    assert_eq!(h.seen("node-b eth0").reply_vlans, [30], "{}", h.table());
+    assert_eq!(
+        h.seen("gateway eth0").request_vlans,
+        [20, 30],
+        "{}",
+        h.table()
+    );
+    assert!(h.table().contains("vlan 20,30"), "{}", h.table());
+    let h = strait_lab::hops::trace(&lab.st, "a20", "b20").unwrap();
+    assert!(h.hops.iter().all(|(hop, _)| hop.label != "gateway eth0"));
+    assert_eq!(h.seen("node-b eth0").request_vlans, [20], "{}", h.table());
 
     // One node, two VLANs: table 39999, never the uplink.
     let h = strait_lab::hops::trace(&lab.st, "a20", "a30").unwrap();

@@ -33,6 +33,11 @@ pub struct Seen {
     /// The request inside a tunnel: how, and the outer addresses.
     pub request_outer: Option<Outer>,
     pub reply_outer: Option<Outer>,
+    /// The 802.1Q tags the request / reply carried there (vlan mode; a
+    /// router's port sees a packet come in with one and leave with
+    /// another).
+    pub request_vlans: Vec<u16>,
+    pub reply_vlans: Vec<u16>,
 }
 
 /// The outer header a packet was seen inside.
@@ -69,15 +74,23 @@ impl HopReport {
             "{} -> {} (answered by {})\n\n",
             self.src, self.dst, self.answered_by
         );
-        let mark = |n: usize, outer: Option<Outer>| match (n, outer) {
-            (0, _) => "-".to_string(),
-            (n, None) => format!("seen ({n})"),
-            (n, Some(o)) => format!("{} ({n}) {}>{}", o.encap, o.src, o.dst),
+        let mark = |n: usize, outer: Option<Outer>, vlans: &[u16]| {
+            let tag = if vlans.is_empty() {
+                String::new()
+            } else {
+                let v: Vec<String> = vlans.iter().map(u16::to_string).collect();
+                format!(" vlan {}", v.join(","))
+            };
+            match (n, outer) {
+                (0, _) => "-".to_string(),
+                (n, None) => format!("seen ({n}){tag}"),
+                (n, Some(o)) => format!("{} ({n}) {}>{}{tag}", o.encap, o.src, o.dst),
+            }
         };
         let w = self
             .hops
             .iter()
-            .map(|(_, s)| mark(s.request, s.request_outer).len())
+            .map(|(_, s)| mark(s.request, s.request_outer, &s.request_vlans).len())
             .max()
             .unwrap_or(0)
             .max(10);
@@ -90,8 +103,8 @@ impl HopReport {
                 "{:<22} {:<18} {:<w$} {}\n",
                 h.label,
                 h.iface,
-                mark(s.request, s.request_outer),
-                mark(s.reply, s.reply_outer)
+                mark(s.request, s.request_outer, &s.request_vlans),
+                mark(s.reply, s.reply_outer, &s.reply_vlans)
             ));
         }
         let path = |f: &dyn Fn(&Seen) -> bool| {
@@ -186,6 +199,16 @@ pub fn path(
     });
     if dnode.name != snode.name {
         hops.extend(rack_hops(plan, snode, dnode));
+        // vlan mode: between VLANs, the gateway routes (its one port).
+        let vlan_of = |ip: Ipv4Addr| plan.underlay.iter().position(|s| s.cidr.contains(&ip));
+        if plan.cross_node == strait_model::lab::CrossNodeMode::Vlan && vlan_of(sip) != vlan_of(dip)
+        {
+            hops.push(Hop {
+                label: "gateway eth0".into(),
+                netns: strait_model::underlay::gateway_netns(&plan.name),
+                iface: "eth0".into(),
+            });
+        }
         hops.push(Hop {
             label: format!("{} eth0", dnode.name),
             netns: dnode.netns.clone(),
@@ -268,6 +291,9 @@ type Pairs = std::collections::HashMap<Pair, usize>;
 struct Captured {
     pairs: Pairs,
     outer: std::collections::HashMap<Pair, Outer>,
+    /// The VLAN tag a pair was seen with (from the capture's aux data: the
+    /// kernel keeps tags out of the frame bytes).
+    vlans: std::collections::HashMap<Pair, std::collections::BTreeSet<u16>>,
 }
 
 /// Where the steps of an eBPF tunnel happen, since a capture cannot show
@@ -380,11 +406,31 @@ fn capture(
                 &tv as *const _ as *const libc::c_void,
                 std::mem::size_of::<libc::timeval>() as u32,
             );
+            // VLAN tags travel beside the frame (skb->vlan_tci), not in it:
+            // the aux data of each frame carries them.
+            let on: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_AUXDATA,
+                &on as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
             ready.store(true, Ordering::SeqCst);
             let mut seen = Captured::default();
             let mut buf = [0u8; 2048];
+            let mut control = [0u64; 16];
             while !stop.load(Ordering::SeqCst) {
-                let n = libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
+                let mut iov = libc::iovec {
+                    iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+                    iov_len: buf.len(),
+                };
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+                msg.msg_controllen = std::mem::size_of_val(&control);
+                let n = libc::recvmsg(fd, &mut msg, 0);
                 if n < 34 {
                     continue;
                 }
@@ -394,6 +440,22 @@ fn capture(
                 *seen.pairs.entry(pair).or_default() += 1;
                 if let Some(o) = outer {
                     seen.outer.insert(pair, o);
+                }
+                let mut c = libc::CMSG_FIRSTHDR(&msg);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA
+                    {
+                        let aux = std::ptr::read_unaligned(
+                            libc::CMSG_DATA(c) as *const libc::tpacket_auxdata
+                        );
+                        if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
+                            seen.vlans
+                                .entry(pair)
+                                .or_default()
+                                .insert(aux.tp_vlan_tci & 0x0fff);
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(&msg, c);
                 }
             }
             libc::close(fd);
@@ -459,6 +521,16 @@ pub fn trace(st: &LabState, src: &str, dst: &str) -> anyhow::Result<HopReport> {
                 reply: c.pairs.get(&(dip, sip)).copied().unwrap_or(0),
                 request_outer: c.outer.get(&(sip, dip)).copied(),
                 reply_outer: c.outer.get(&(dip, sip)).copied(),
+                request_vlans: c
+                    .vlans
+                    .get(&(sip, dip))
+                    .map(|v| v.iter().copied().collect())
+                    .unwrap_or_default(),
+                reply_vlans: c
+                    .vlans
+                    .get(&(dip, sip))
+                    .map(|v| v.iter().copied().collect())
+                    .unwrap_or_default(),
             };
             (h, seen)
         })
