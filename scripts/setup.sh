@@ -13,6 +13,7 @@ PKGS=(
   clang llvm libbpf-dev bpftool # the eBPF datapath (built from C in build.rs)
   tcpdump                       # hop captures in the lab
   util-linux                    # nsenter, unshare, setpriv
+  procps                        # sysctl in the lab's router namespaces and tests
   etcd-server                   # the kube-apiserver labs' datastore (and the etcd source)
   openssl xz-utils              # the lab's apiserver keys; the prebuilt kube-apiserver
   bird2 frr                     # BGP peers the speaker is tested against (never started in the root namespace)
