@@ -282,6 +282,38 @@ impl Datapath {
 
 /// Attach a loaded classifier to `hook` of `iface` at strait's priority and
 /// handle, replacing whatever strait attached there before, atomically.
+/// An object's versioned maps directory under `pin_dir`, created, after
+/// checking that `pin_dir` is on a bpf filesystem.
+pub(crate) fn maps_dir_on_bpffs(pin_dir: &Path) -> Result<std::path::PathBuf, DatapathError> {
+    let maps_dir = crate::upgrade::maps_dir(pin_dir);
+    std::fs::create_dir_all(&maps_dir).map_err(|source| DatapathError::Io {
+        what: format!("create {}", maps_dir.display()),
+        source,
+    })?;
+    if !is_bpffs(pin_dir) {
+        return Err(DatapathError::NotBpffs {
+            path: pin_dir.display().to_string(),
+        });
+    }
+    Ok(maps_dir)
+}
+
+/// Load (verify) an object's classifiers by name.
+pub(crate) fn load_classifiers(
+    ebpf: &mut Ebpf,
+    names: &[&'static str],
+) -> Result<(), DatapathError> {
+    for name in names {
+        classifier(ebpf, name)?
+            .load()
+            .map_err(|e| DatapathError::Program {
+                program: name,
+                source: Box::new(e),
+            })?;
+    }
+    Ok(())
+}
+
 /// A loaded object's classifier by name.
 pub(crate) fn classifier<'a>(
     ebpf: &'a mut Ebpf,

@@ -4,7 +4,7 @@
 //! and from-netdev wrap and open IP-in-IP inline). Their maps are pinned
 //! with the datapath's, by name, so both see one configuration.
 
-use crate::datapath::{attach_classifier, classifier, is_bpffs, load_object, DatapathError};
+use crate::datapath::{attach_classifier, classifier, load_object, DatapathError};
 use crate::maps::{self, AddrKey, TunnelCfg, TunnelMap, TunnelPeer, TunnelPeerMap};
 use aya::programs::tc::TcAttachType;
 use aya::Ebpf;
@@ -24,23 +24,9 @@ impl Tunnel {
     /// Load both programs; their maps are created pinned in `pin_dir`, or
     /// reused from there.
     pub fn load(pin_dir: &Path) -> Result<Tunnel, DatapathError> {
-        let io = |what: String| move |source| DatapathError::Io { what, source };
-        let maps_dir = crate::upgrade::maps_dir(pin_dir);
-        std::fs::create_dir_all(&maps_dir).map_err(io(format!("create {}", maps_dir.display())))?;
-        if !is_bpffs(pin_dir) {
-            return Err(DatapathError::NotBpffs {
-                path: pin_dir.display().to_string(),
-            });
-        }
+        let maps_dir = crate::datapath::maps_dir_on_bpffs(pin_dir)?;
         let mut ebpf = load_object(&maps_dir, "bpf_tunnel.o", crate::tunnel_object(), 0)?;
-        for name in [ENCAP, DECAP] {
-            classifier(&mut ebpf, name)?
-                .load()
-                .map_err(|e| DatapathError::Program {
-                    program: name,
-                    source: Box::new(e),
-                })?;
-        }
+        crate::datapath::load_classifiers(&mut ebpf, &[ENCAP, DECAP])?;
         Ok(Tunnel {
             pin_dir: pin_dir.to_path_buf(),
             ebpf,

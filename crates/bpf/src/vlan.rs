@@ -5,7 +5,7 @@
 //! their map pinned by name, attaches them to an uplink and keeps
 //! strait_vlan_subnets equal to the underlay subnets the node carries.
 
-use crate::datapath::{attach_classifier, classifier, is_bpffs, DatapathError};
+use crate::datapath::{attach_classifier, classifier, DatapathError};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::MapData;
 use aya::programs::tc::TcAttachType;
@@ -59,14 +59,7 @@ impl Vlan {
     /// Load both programs; the map is created pinned in `pin_dir` (in the
     /// versioned maps directory, beside the datapath's), or reused.
     pub fn load(pin_dir: &Path, role: Role) -> Result<Vlan, DatapathError> {
-        let io = |what: String| move |source| DatapathError::Io { what, source };
-        let maps_dir = crate::upgrade::maps_dir(pin_dir);
-        std::fs::create_dir_all(&maps_dir).map_err(io(format!("create {}", maps_dir.display())))?;
-        if !is_bpffs(pin_dir) {
-            return Err(DatapathError::NotBpffs {
-                path: pin_dir.display().to_string(),
-            });
-        }
+        let maps_dir = crate::datapath::maps_dir_on_bpffs(pin_dir)?;
         let router = (role == Role::Router) as u32;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
@@ -76,14 +69,7 @@ impl Vlan {
                 object: "bpf_vlan.o",
                 source: Box::new(e),
             })?;
-        for name in [EGRESS, INGRESS] {
-            classifier(&mut ebpf, name)?
-                .load()
-                .map_err(|e| DatapathError::Program {
-                    program: name,
-                    source: Box::new(e),
-                })?;
-        }
+        crate::datapath::load_classifiers(&mut ebpf, &[EGRESS, INGRESS])?;
         Ok(Vlan {
             pin_dir: pin_dir.to_path_buf(),
             ebpf,

@@ -50,7 +50,7 @@ fn identity(v: &serde_json::Value) -> (String, String, String) {
 /// nodes peer with its router (`tor-<rack>`, and the Secret with its
 /// password; a BGPPeer of that name in the file wins, so a test or a user
 /// can shape the session).
-pub fn with_rack_peers(
+pub fn with_generated(
     plan: &strait_model::lab::LabPlan,
     objects: &[ClusterObject],
 ) -> Vec<ClusterObject> {

@@ -526,7 +526,7 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
     // The cluster source: Node objects for the plan, the racks' BGPPeers,
     // then the user's manifests.
     write_node_manifests(st)?;
-    let objects = crate::objects::with_rack_peers(plan, objects);
+    let objects = crate::objects::with_generated(plan, objects);
     crate::objects::store(st, &objects)?;
     crate::objects::publish_all(st)?;
     for n in &plan.nodes {

@@ -205,12 +205,7 @@ fn rack_peer(rack: &RackPlan) -> ClusterObject {
         as_number: Some(rack.asn),
         ..Default::default()
     };
-    let mut p = BGPPeer::new(&format!("tor-{}", rack.name), spec);
-    p.metadata = ObjectMeta {
-        name: Some(format!("tor-{}", rack.name)),
-        ..Default::default()
-    };
-    ClusterObject::BgpPeer(Box::new(p))
+    ClusterObject::BgpPeer(Box::new(BGPPeer::new(&format!("tor-{}", rack.name), spec)))
 }
 
 /// A node of a rack as its router sees it.

@@ -120,13 +120,15 @@ pub(crate) async fn sync_rules(nl: &Netlink, v4: bool, want: &[Rule]) -> anyhow:
         .iter()
         .filter(|r| r.protocol == ROUTE_PROTOCOL && !want.contains(r))
     {
-        nl.delete_rule(r).await?;
-        tracing::info!(rule = ?r, "policy rule removed");
+        // The table first: the rule is the mark that there is something
+        // to clean, so a crash in between leaves it for the next pass.
         if !keep.contains(&r.table) && emptied.insert(r.table) {
             for route in nl.routes_of(r.table, v4, ROUTE_PROTOCOL).await? {
                 nl.delete_route(&route).await?;
             }
         }
+        nl.delete_rule(r).await?;
+        tracing::info!(rule = ?r, "policy rule removed");
     }
     for rule in want {
         if !rules.contains(rule) {
@@ -161,6 +163,17 @@ pub(crate) async fn sync_table(
     Ok(problems)
 }
 
+/// The uplink, which the mode named `mode` needs.
+pub(crate) async fn uplink_link(
+    nl: &Netlink,
+    uplink: &str,
+    mode: &str,
+) -> anyhow::Result<strait_netlink::Link> {
+    nl.link(uplink)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("uplink {uplink} not found: {mode} needs it (--uplink)"))
+}
+
 /// The uplink and its first address of the family the overlay runs on:
 /// the outer source of an overlay's packets.
 pub(crate) async fn uplink_address(
@@ -168,10 +181,7 @@ pub(crate) async fn uplink_address(
     uplink: &str,
     mode: &str,
 ) -> anyhow::Result<(strait_netlink::Link, std::net::IpAddr)> {
-    let link = nl
-        .link(uplink)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("uplink {uplink} not found: {mode} needs it (--uplink)"))?;
+    let link = uplink_link(nl, uplink, mode).await?;
     let local = nl
         .addresses(link.index)
         .await?

@@ -4,7 +4,6 @@
 use super::{CrossNode, Plan};
 use futures::future::BoxFuture;
 use strait_model::naming::ROUTE_PROTOCOL;
-use strait_model::overlay::{OVERLAY_TABLE, UNDERLAY_TABLE};
 use strait_model::routes::NodeRoute;
 use strait_netlink::{Netlink, Route, RouteKind};
 
@@ -40,14 +39,9 @@ impl CrossNode for Routed {
             if ours.is_empty() {
                 return Ok(vec![]);
             }
-            // The rules' tables are the overlay's and underlay's; their
-            // routes go with them.
+            // Their tables (the overlay's, the underlay's) are emptied
+            // with them.
             super::sync_rules(nl, true, &[]).await?;
-            for t in [OVERLAY_TABLE, UNDERLAY_TABLE] {
-                for r in nl.routes_of(t, true, ROUTE_PROTOCOL).await? {
-                    nl.delete_route(&r).await?;
-                }
-            }
             Ok(vec![])
         })
     }

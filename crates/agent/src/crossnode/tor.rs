@@ -78,12 +78,7 @@ impl CrossNode for BgpTor {
             self.ipip.remove(nl).await?;
             self.ipip.remove_vlan()?;
             let mut problems = vec![];
-            let uplink = nl.link(&self.uplink).await?.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "uplink {} not found: bgp-tor needs it (--uplink)",
-                    self.uplink
-                )
-            })?;
+            let uplink = super::uplink_link(nl, &self.uplink, "bgp-tor").await?;
             // The rack's router: where the node's own default route goes.
             let out_of_uplink = strait_netlink::RouteFilter {
                 oif: Some(uplink.index),
@@ -106,10 +101,7 @@ impl CrossNode for BgpTor {
                 }
             };
             problems.extend(super::sync_table(nl, UNDERLAY_TABLE, true, &want).await?);
-            // An overlay's routes (vxlan ran before) go with its rule.
-            problems.extend(
-                super::sync_table(nl, strait_model::overlay::OVERLAY_TABLE, true, &[]).await?,
-            );
+            // Another mode's rules go, and the routes of their tables.
             super::sync_rules(nl, true, &rules(plan.local, true)).await?;
             Ok(problems)
         })

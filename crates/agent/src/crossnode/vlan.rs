@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use strait_model::naming::ROUTE_PROTOCOL;
 use strait_model::overlay::{
-    LOCAL_POD_RULE_PRIORITY, LOCAL_POD_TABLE, OVERLAY_TABLE, UNDERLAY_RULE_PRIORITY, UNDERLAY_TABLE,
+    LOCAL_POD_RULE_PRIORITY, LOCAL_POD_TABLE, UNDERLAY_RULE_PRIORITY, UNDERLAY_TABLE,
 };
 use strait_model::routes::NodeRoute;
 use strait_model::underlay::Underlay;
@@ -41,8 +41,6 @@ pub struct VlanMode {
     ebpf: bool,
     /// The kernel datapath's tagging programs, once loaded and attached.
     tagger: Option<strait_bpf::vlan::Vlan>,
-    /// Underlay tables written last pass (those past today's count go).
-    tables: u32,
 }
 
 impl VlanMode {
@@ -58,7 +56,6 @@ impl VlanMode {
             bpf_dir,
             ebpf,
             tagger: None,
-            tables: 0,
         }
     }
 }
@@ -122,12 +119,7 @@ impl CrossNode for VlanMode {
         Box::pin(async move {
             self.ipip.remove(nl).await?;
             let mut problems = vec![];
-            let uplink = nl.link(&self.uplink).await?.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "uplink {} not found: vlan mode needs it (--uplink)",
-                    self.uplink
-                )
-            })?;
+            let uplink = super::uplink_link(nl, &self.uplink, "vlan mode").await?;
             if self.tagger.is_none() && !self.ebpf {
                 let mut t =
                     strait_bpf::vlan::Vlan::load(&self.bpf_dir, strait_bpf::vlan::Role::Node)?;
@@ -146,17 +138,13 @@ impl CrossNode for VlanMode {
             // The node answers ARP for its pods, at once.
             write_sysctl(&["net", "ipv4", "conf", &self.uplink, "proxy_arp"], "1")?;
             write_sysctl(&["net", "ipv4", "neigh", &self.uplink, "proxy_delay"], "0")?;
-            let n = plan.underlay.len() as u32;
             for (i, u) in plan.underlay.iter().enumerate() {
                 let want = table(i, u, uplink.index);
                 problems
                     .extend(super::sync_table(nl, UNDERLAY_TABLE + i as u32, true, &want).await?);
             }
-            for t in n..self.tables.max(n) {
-                problems.extend(super::sync_table(nl, UNDERLAY_TABLE + t, true, &[]).await?);
-            }
-            self.tables = n;
-            problems.extend(super::sync_table(nl, OVERLAY_TABLE, true, &[]).await?);
+            // A subnet that went (or another mode's overlay) loses its rule,
+            // and its table is emptied with it.
             super::sync_rules(nl, true, &rules(plan.underlay)).await?;
             if plan.underlay.is_empty() {
                 problems.push(

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use strait_model::naming::ROUTE_PROTOCOL;
 use strait_model::overlay::{
     vtep_mac, vtep_peers, vxlan_device, LOCAL_POD_RULE_PRIORITY, LOCAL_POD_TABLE,
-    OVERLAY_RULE_PRIORITY, OVERLAY_TABLE, UNDERLAY_TABLE, VXLAN_OVERHEAD_V4,
+    OVERLAY_RULE_PRIORITY, OVERLAY_TABLE, VXLAN_OVERHEAD_V4,
 };
 use strait_model::routes::NodeRoute;
 use strait_netlink::{FdbEntry, Netlink, Route, RouteKind, Rule};
@@ -164,9 +164,6 @@ impl CrossNode for Vxlan {
                 })
                 .collect();
             problems.extend(super::sync_table(nl, OVERLAY_TABLE, local.is_ipv4(), &want).await?);
-            // No underlay table in this mode (top-of-rack mode's, if it
-            // ran before).
-            problems.extend(super::sync_table(nl, UNDERLAY_TABLE, local.is_ipv4(), &[]).await?);
             // The rules, once each.
             super::sync_rules(nl, local.is_ipv4(), &Self::rules()).await?;
             Ok(problems)
