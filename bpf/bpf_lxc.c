@@ -106,6 +106,15 @@ int from_container(struct __sk_buff *skb)
 	if (lb == LB_DONE && parse_ipv4(skb, &p) != 1)
 		return drop(skb, DROP_MALFORMED, PROG_FROM_CONTAINER, &p.flow);
 
+	/* Bifrost's service veth (macvlan mode): the pod's data path is its
+	 * macvlan, which never touches the host; only service traffic and
+	 * traffic for the node come this way. The host stack forwards it and
+	 * the agent's nftables rule masquerades what leaves from a service
+	 * veth, so the backend answers the node, the reply comes back through
+	 * this veth and to-container puts the frontend back. */
+	if (me->flags & LXC_F_SVC_VETH)
+		return verdict(skb, REASON_SVC_VETH, PROG_FROM_CONTAINER, &p.flow, 0, TC_ACT_OK);
+
 	__u32 daddr = p.flow.daddr;
 	struct endpoint *ep = bpf_map_lookup_elem(&strait_endpoints, &daddr);
 	/* NetworkPolicy: this pod's egress, and a local destination's ingress
@@ -163,6 +172,18 @@ int from_container(struct __sk_buff *skb)
 	if (ret != TC_ACT_REDIRECT)
 		return drop(skb, DROP_REDIRECT_FAILED, PROG_FROM_CONTAINER, &f);
 	return verdict(skb, REASON_NEIGH_REMOTE, PROG_FROM_CONTAINER, &f, fib.ifindex, TC_ACT_REDIRECT);
+}
+
+/* to-container: tc egress of a macvlan pod's service veth. A backend's
+ * reply, its masquerade undone by the host stack, gets the frontend back
+ * (the reverse entry from-container made when it translated). */
+SEC("classifier/to_container")
+int to_container(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	if (parse_ipv4(skb, &p) == 1 && lb_revnat(skb, &p, PROG_TO_CONTAINER) == LB_ERROR)
+		return drop(skb, DROP_NAT_FAILED, PROG_TO_CONTAINER, &p.flow);
+	return TC_ACT_OK;
 }
 
 char _license[] SEC("license") = "GPL";

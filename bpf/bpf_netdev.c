@@ -15,7 +15,10 @@ int from_netdev(struct __sk_buff *skb)
 	struct pkt p = {};
 	/* A VLAN's frame is untagged first (vlan mode; strait_vlan_subnets is
 	 * empty otherwise and only tagged frames are refused). */
-	if (vlan_untag(skb) != VLAN_PASS)
+	int v = vlan_untag(skb);
+	if (v == VLAN_REDIRECT) /* macvlan mode: into the VLAN's port */
+		return verdict(skb, REASON_VLAN_PORT, PROG_FROM_NETDEV, &p.flow, 0, TC_ACT_REDIRECT);
+	if (v != VLAN_PASS)
 		return drop(skb, DROP_VLAN_FOREIGN, PROG_FROM_NETDEV, &p.flow);
 	/* IP-in-IP from another node is opened first; the rest of the program
 	 * sees the packet inside. */

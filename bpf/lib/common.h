@@ -38,6 +38,7 @@ struct lxc {
 };
 
 #define LXC_F_HOSTPORTS 1  /* the pod publishes hostPorts (strait_hostport has them) */
+#define LXC_F_SVC_VETH 2   /* macvlan mode: a pod's service veth (bifrXXX), not its data path */
 
 /* Per-reason counters (per CPU). */
 struct metric {
@@ -79,6 +80,7 @@ struct event {
 #define PROG_TO_NETDEV 3
 #define PROG_TUNNEL_ENCAP 4
 #define PROG_TUNNEL_DECAP 5
+#define PROG_TO_CONTAINER 6
 
 /* skb->mark bit that asks the agent's nftables rule to masquerade. */
 #define MARK_MASQUERADE 0x00005a00

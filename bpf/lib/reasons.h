@@ -26,6 +26,8 @@
 #define REASON_MTU_TO_STACK      20 /* too big for the egress (a GSO packet's segments, say): host stack sends ICMP */
 #define REASON_IPIP_ENCAP        21 /* other node over IP-in-IP: outer node-to-node header added in eBPF, out of the uplink */
 #define REASON_IPIP_DECAP        22 /* IP-in-IP from a known node: outer header removed in eBPF */
+#define REASON_VLAN_PORT         23 /* macvlan mode: a VLAN's frame from the uplink, untagged, into its macvlan port */
+#define REASON_SVC_VETH          24 /* macvlan mode: from a pod's service veth to the host stack (a translated connection is masqueraded there) */
 
 #define REASON_MAX_FORWARD       127
 

@@ -74,16 +74,19 @@ static __always_inline int vlan_addr(struct __sk_buff *skb, int which, struct vl
  * VLAN, whatever the destination). */
 volatile const __u32 VLAN_ROUTER = 0;
 
-/* The VLAN of the packet's addresses (source first; destination first on
- * a router), or NULL. */
+/* The VLAN of the packet's addresses (source first, then destination),
+ * or NULL. A router goes by the destination alone: what it routes from a
+ * VLAN to a host outside every VLAN (a node, untagged on the fabric) must
+ * leave untagged. */
 static __always_inline const struct vlan_info *vlan_classify(struct __sk_buff *skb)
 {
 	struct vlan_key k;
 	const struct vlan_info *v = NULL;
-	int first = VLAN_ROUTER ? 1 : 0;
-	if (vlan_addr(skb, first, &k) == 0)
+	if (VLAN_ROUTER)
+		return vlan_addr(skb, 1, &k) == 0 ? bpf_map_lookup_elem(&strait_vlan_subnets, &k) : NULL;
+	if (vlan_addr(skb, 0, &k) == 0)
 		v = bpf_map_lookup_elem(&strait_vlan_subnets, &k);
-	if (!v && vlan_addr(skb, !first, &k) == 0)
+	if (!v && vlan_addr(skb, 1, &k) == 0)
 		v = bpf_map_lookup_elem(&strait_vlan_subnets, &k);
 	return v;
 }
@@ -104,6 +107,56 @@ static __always_inline int vlan_addr_in(struct __sk_buff *skb, __u16 vid)
 
 #define VLAN_PASS 0
 #define VLAN_DROP -1
+#define VLAN_REDIRECT 1
+
+/* Bifrost's macvlan mode: a VLAN this node's macvlan pods use has a
+ * "port", a veth pair standing in for the seed's eth0-<vid> sub-interface.
+ * Its near end (<uplink>-<vid>) is the pods' macvlan parent; its far end
+ * (trunk<vid>) is joined to the uplink here: what the pods send comes out
+ * of the far end, gets the tag and goes out of the uplink
+ * (vlan_port_in); a frame of that VLAN arriving on the uplink loses its
+ * tag and goes into the far end (vlan_to_port), so the parent receives
+ * it untagged and macvlan delivers it by MAC. One value, two maps: by VLAN
+ * id for the uplink's ingress, by the far end's ifindex for its own. */
+struct vlan_port {
+	__u32 ifindex;  /* the far end, trunk<vid> */
+	__u32 uplink;   /* where tagged frames leave */
+	__u16 vid;
+	__u16 _pad;
+	__u32 _pad2;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);  /* VLAN id */
+	__type(value, struct vlan_port);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_vlan_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);  /* ifindex of trunk<vid> */
+	__type(value, struct vlan_port);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} strait_vlan_trunks SEC(".maps");
+
+/* Ingress: a tagged frame of a VLAN with a port here goes into the port,
+ * untagged (VLAN_REDIRECT); PASS when there is no port for its VLAN. */
+static __always_inline int vlan_to_port(struct __sk_buff *skb)
+{
+	__u32 vid = skb->vlan_tci & 0x0fff;
+	const struct vlan_port *p = bpf_map_lookup_elem(&strait_vlan_ports, &vid);
+	if (!p)
+		return VLAN_PASS;
+	__u32 port = p->ifindex;
+	if (bpf_skb_vlan_pop(skb) < 0)
+		return VLAN_DROP;
+	if (bpf_redirect(port, 0) != TC_ACT_REDIRECT)
+		return VLAN_DROP;
+	return VLAN_REDIRECT;
+}
 
 /* Egress: tag what belongs to a VLAN. */
 static __always_inline int vlan_tag(struct __sk_buff *skb)
@@ -118,11 +171,15 @@ static __always_inline int vlan_tag(struct __sk_buff *skb)
 	return VLAN_PASS;
 }
 
-/* Ingress: untag what belongs to the VLAN it came in; drop other tags. */
+/* Ingress: a macvlan port's VLAN goes to the port (VLAN_REDIRECT); else
+ * untag what belongs to the VLAN it came in; drop other tags. */
 static __always_inline int vlan_untag(struct __sk_buff *skb)
 {
 	if (!skb->vlan_present)
 		return VLAN_PASS;
+	int r = vlan_to_port(skb);
+	if (r != VLAN_PASS)
+		return r;
 	__u16 vid = skb->vlan_tci & 0x0fff;
 	/* One of its addresses must be of this VLAN: a pod's own traffic by
 	 * its source, what the gateway routed in from another VLAN by its

@@ -143,10 +143,13 @@ async fn handle_conn(agent: Arc<Agent>, conn: UnixStream) -> std::io::Result<()>
         let resp = match serde_json::from_slice::<Request>(&buf) {
             // ADD waits here until its pod is programmed (bounded).
             Ok(Request::Wired { attachment }) => {
-                let veth = strait_model::naming::host_veth_name(
-                    &attachment.container_id,
-                    &attachment.ifname,
-                );
+                let veth = match agent.ipam.get(&attachment) {
+                    Some(a) => a.host_veth,
+                    None => strait_model::naming::host_veth_name(
+                        &attachment.container_id,
+                        &attachment.ifname,
+                    ),
+                };
                 match agent.wait_programmed(&veth, WIRED_WAIT).await {
                     Ok(()) => Response::Programmed {},
                     Err(message) => Response::Error(ApiError {
@@ -212,8 +215,13 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 host_ports,
                 pool: pool.as_ref().map(|p| p.name.clone()),
             };
-            match crate::pools::allocate(agent, req, pool.as_ref()) {
-                Ok(allocation) => {
+            let allocated = match &agent.macvlan {
+                Some(ports) => crate::macvlan::allocate(agent, ports, req, pool.clone())
+                    .map(|(a, w)| (a, Some(w))),
+                None => crate::pools::allocate(agent, req, pool.as_ref()).map(|a| (a, None)),
+            };
+            match allocated {
+                Ok((allocation, macvlan)) => {
                     tracing::info!(ip = %allocation.ip, pod = %allocation.pod, container = %allocation.attachment.container_id, pool = allocation.pool.as_deref().unwrap_or("-"), "allocated");
                     pause_point("after-allocate");
                     let prefix = match &pool {
@@ -223,6 +231,7 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                     Response::Allocated {
                         cidr_prefix: prefix,
                         allocation,
+                        macvlan,
                     }
                 }
                 Err(e) => {
@@ -235,6 +244,14 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
             Ok(allocation) => {
                 if let Some(a) = &allocation {
                     tracing::info!(ip = %a.ip, pod = %a.pod, "released");
+                }
+                if let (Some(ports), Some(_)) = (&agent.macvlan, &allocation) {
+                    // The VLAN's port goes with its last pod, before DEL
+                    // returns.
+                    if let Err(e) = ports.sweep_blocking(agent) {
+                        tracing::warn!(error = %format!("{e:#}"), "VLAN ports not swept; the reconciler retries");
+                        agent.nudge();
+                    }
                 }
                 Response::Released { allocation }
             }

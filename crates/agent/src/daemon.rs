@@ -38,6 +38,8 @@ pub struct Agent {
     pub bgp: std::sync::OnceLock<strait_bgp::speaker::StatusHandle>,
     pub service_backend: &'static str,
     pub policy_backend: &'static str,
+    /// macvlan mode's VLAN ports (ADD makes a missing one).
+    pub macvlan: Option<Arc<crate::macvlan::Ports>>,
 }
 
 /// What the reconcilers last programmed.
@@ -149,9 +151,12 @@ pub fn pause_point(step: &str) {
 /// here. from-netdev (or the nftables backend) marks them; this rule (one
 /// atomic nftables transaction, idempotent) does the masquerade, except
 /// towards a local pod's host veth: a local backend sees the real client in
-/// both backends.
+/// both backends. In macvlan mode everything a pod sends through its
+/// service veth (`bifr…`) and the node forwards is masqueraded too: the
+/// backend's reply must come back to this node, not straight to the pod's
+/// macvlan, for the translation to be undone.
 fn install_masquerade() -> anyhow::Result<()> {
-    nft_apply("add table ip strait\ndelete table ip strait\ntable ip strait {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    meta mark & 0x00005a00 == 0x00005a00 oifname != \"strt*\" masquerade\n  }\n}\n")
+    nft_apply("add table ip strait\ndelete table ip strait\ntable ip strait {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    meta mark & 0x00005a00 == 0x00005a00 oifname != \"strt*\" masquerade\n    iifname \"bifr*\" masquerade\n  }\n}\n")
 }
 
 /// Run an nft script (one atomic transaction).
@@ -189,7 +194,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let ipam = NodeIpam::load(cfg.state_dir.join("ipam.json"), cfg.ip_cooldown)
         .context("load IPAM state")?;
     // Backends by name: every choice is checked before anything is loaded.
-    let cross_node = crate::crossnode::by_name(&cfg)?;
+    let macvlan = (cfg.cross_node == "macvlan").then(|| {
+        Arc::new(crate::macvlan::Ports::new(
+            cfg.uplink.clone(),
+            cfg.bpf_dir.clone(),
+        ))
+    });
+    let cross_node = crate::crossnode::by_name(&cfg, macvlan.clone())?;
     let svc_name = match cfg.mode {
         strait_model::lab::Mode::Routed => "nftables",
         strait_model::lab::Mode::Ebpf => "ebpf",
@@ -240,6 +251,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         bgp: Default::default(),
         service_backend: services.name(),
         policy_backend: policy.name(),
+        macvlan,
         cfg,
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -254,6 +266,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     if matches!(agent.cross_node, "bgp" | "bgp-tor") {
         tasks.spawn(reconcile::run(
             reconcile::bgp::BgpRoutes::new()?,
+            agent.clone(),
+        ));
+    }
+    if let Some(ports) = &agent.macvlan {
+        tasks.spawn(reconcile::run(
+            reconcile::macvlan_ports::MacvlanPorts::new(ports.clone())?,
             agent.clone(),
         ));
     }

@@ -93,7 +93,7 @@ impl BpfState {
         let bpf = self;
         use strait_bpf::datapath::Prog;
         use strait_bpf::maps::{self, Endpoint, EndpointMap, Lxc, LxcMap};
-        use strait_model::naming::{host_veth_mac, pod_veth_mac};
+        use strait_model::naming::{host_veth_mac, is_svc_veth, pod_veth_mac};
         let mut want_ep: HashMap<u32, Endpoint> = HashMap::new();
         let mut want_lxc: HashMap<u32, Lxc> = HashMap::new();
         let mut want_hp: HashMap<maps::HostportKey, u32> = HashMap::new();
@@ -124,15 +124,18 @@ impl BpfState {
                     );
                 }
             }
+            let mut flags = 0;
+            if !a.host_ports.is_empty() {
+                flags |= maps::LXC_F_HOSTPORTS;
+            }
+            if is_svc_veth(&a.host_veth) {
+                flags |= maps::LXC_F_SVC_VETH;
+            }
             want_lxc.insert(
                 idx,
                 Lxc {
                     ip4: maps::ip_key(ip),
-                    flags: if a.host_ports.is_empty() {
-                        0
-                    } else {
-                        maps::LXC_F_HOSTPORTS
-                    },
+                    flags,
                     ip6: [0; 16],
                 },
             );
@@ -149,7 +152,15 @@ impl BpfState {
         for a in allocs {
             if veth_index.contains_key(a.host_veth.as_str()) && !bpf.attached.contains(&a.host_veth)
             {
-                match bpf.dp.attach(Prog::FromContainer, &a.host_veth) {
+                // A service veth also translates replies back on egress.
+                let mut progs = vec![Prog::FromContainer];
+                if is_svc_veth(&a.host_veth) {
+                    progs.push(Prog::ToContainer);
+                }
+                match progs
+                    .into_iter()
+                    .try_for_each(|p| bpf.dp.attach(p, &a.host_veth))
+                {
                     Ok(()) => {
                         tracing::info!(link = %a.host_veth, pod = %a.pod, "from-container attached");
                         bpf.attached.insert(a.host_veth.clone());

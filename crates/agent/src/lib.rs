@@ -18,6 +18,7 @@ pub mod crossnode;
 pub mod daemon;
 pub mod datapath;
 pub mod ipam;
+pub mod macvlan;
 pub mod policybackend;
 pub mod pools;
 pub mod readiness;

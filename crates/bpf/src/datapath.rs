@@ -123,6 +123,8 @@ pub enum Prog {
     FromContainer,
     FromNetdev,
     ToNetdev,
+    /// Egress of a macvlan pod's service veth.
+    ToContainer,
 }
 
 impl Prog {
@@ -131,6 +133,7 @@ impl Prog {
             Prog::FromContainer => "from_container",
             Prog::FromNetdev => "from_netdev",
             Prog::ToNetdev => "to_netdev",
+            Prog::ToContainer => "to_container",
         }
     }
 }
@@ -200,10 +203,12 @@ impl Datapath {
         let peer = features.redirect_peer as u32;
         let mut lxc = load_object(&maps_dir, "bpf_lxc.o", crate::lxc_object(), peer)?;
         let mut netdev = load_object(&maps_dir, "bpf_netdev.o", crate::netdev_object(), peer)?;
-        for (ebpf, prog) in [
-            (&mut lxc, Prog::FromContainer),
-            (&mut netdev, Prog::FromNetdev),
-        ] {
+        for prog in [Prog::FromContainer, Prog::ToContainer, Prog::FromNetdev] {
+            let ebpf = if prog == Prog::FromNetdev {
+                &mut netdev
+            } else {
+                &mut lxc
+            };
             program(ebpf, prog)?
                 .load()
                 .map_err(|e| DatapathError::Program {
@@ -261,17 +266,17 @@ impl Datapath {
 
     pub fn program(&mut self, prog: Prog) -> Result<&mut SchedClassifier, DatapathError> {
         match prog {
-            Prog::FromContainer => program(&mut self.lxc, prog),
+            Prog::FromContainer | Prog::ToContainer => program(&mut self.lxc, prog),
             Prog::FromNetdev | Prog::ToNetdev => program(&mut self.netdev, prog),
         }
     }
 
-    /// Attach `prog` to tc ingress (to-netdev: egress) of `iface` (in the
+    /// Attach `prog` to tc ingress (to-*: egress) of `iface` (in the
     /// calling thread's namespace), replacing our earlier filter atomically
     /// if there is one. The attachment belongs to the device, not to this
     /// process: it stays when the agent exits.
     pub fn attach(&mut self, prog: Prog, iface: &str) -> Result<(), DatapathError> {
-        let hook = if prog == Prog::ToNetdev {
+        let hook = if matches!(prog, Prog::ToNetdev | Prog::ToContainer) {
             TcAttachType::Egress
         } else {
             TcAttachType::Ingress

@@ -29,6 +29,8 @@ unsafe impl aya::Pod for Lxc {}
 /// `Lxc::flags`: the pod publishes hostPorts (only then does from-container
 /// look in strait_hostport).
 pub const LXC_F_HOSTPORTS: u32 = 1;
+/// macvlan mode: the pod's service veth (`bifrXXX`), not its data path.
+pub const LXC_F_SVC_VETH: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -22,6 +22,8 @@ pub const CT_INSERT_FAILED: u8 = 19;
 pub const MTU_TO_STACK: u8 = 20;
 pub const IPIP_ENCAP: u8 = 21;
 pub const IPIP_DECAP: u8 = 22;
+pub const VLAN_PORT: u8 = 23;
+pub const SVC_VETH: u8 = 24;
 pub const DROP_SOURCE_SPOOF: u8 = 128;
 pub const DROP_MALFORMED: u8 = 129;
 pub const DROP_REDIRECT_FAILED: u8 = 130;
@@ -121,6 +123,14 @@ pub fn describe(code: u8) -> (&'static str, &'static str) {
             "ipip-decap",
             "IP-in-IP from a known node: outer header removed in eBPF",
         ),
+        VLAN_PORT => (
+            "vlan-port",
+            "macvlan mode: a VLAN's frame from the uplink, untagged, into its macvlan port",
+        ),
+        SVC_VETH => (
+            "svc-veth",
+            "macvlan mode: from a pod's service veth to the host stack (translated connections are masqueraded there)",
+        ),
         DROP_IPIP_UNKNOWN_PEER => (
             "drop-ipip-unknown-peer",
             "IP-in-IP whose outer source is not a node of the cluster",
@@ -194,6 +204,7 @@ pub fn program(code: u8) -> &'static str {
         3 => "to-netdev",
         4 => "tunnel-encap",
         5 => "tunnel-decap",
+        6 => "to-container",
         _ => "?",
     }
 }

@@ -16,7 +16,27 @@ use std::path::{Path, PathBuf};
 
 pub const EGRESS: &str = "vlan_egress";
 pub const INGRESS: &str = "vlan_ingress";
+/// tc ingress of a macvlan port's far end (`trunk<vid>`).
+pub const PORT_IN: &str = "vlan_port_in";
 const MAP: &str = "strait_vlan_subnets";
+const PORTS: &str = "strait_vlan_ports";
+const TRUNKS: &str = "strait_vlan_trunks";
+
+/// `struct vlan_port`: a macvlan port (Bifrost's `eth0-<vid>`), in
+/// strait_vlan_ports by VLAN id and in strait_vlan_trunks by its far end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VlanPort {
+    /// The far end, `trunk<vid>`.
+    pub ifindex: u32,
+    pub uplink: u32,
+    pub vid: u16,
+    pub _pad: u16,
+    pub _pad2: u32,
+}
+unsafe impl aya::Pod for VlanPort {}
+
+type PortMap = aya::maps::HashMap<MapData, u32, VlanPort>;
 
 /// `struct vlan_info`.
 #[repr(C)]
@@ -69,7 +89,7 @@ impl Vlan {
                 object: "bpf_vlan.o",
                 source: Box::new(e),
             })?;
-        crate::datapath::load_classifiers(&mut ebpf, &[EGRESS, INGRESS])?;
+        crate::datapath::load_classifiers(&mut ebpf, &[EGRESS, INGRESS, PORT_IN])?;
         Ok(Vlan {
             pin_dir: pin_dir.to_path_buf(),
             ebpf,
@@ -90,6 +110,19 @@ impl Vlan {
         Ok(())
     }
 
+    /// Attach only vlan_ingress to the uplink (macvlan mode: the ports tag
+    /// what the pods send; the node's own traffic is untagged).
+    pub fn attach_ingress(&mut self, uplink: &str) -> Result<(), DatapathError> {
+        let p = classifier(&mut self.ebpf, INGRESS)?;
+        attach_classifier(p, INGRESS, uplink, TcAttachType::Ingress)
+    }
+
+    /// vlan_port_in on a port's far end.
+    pub fn attach_port(&mut self, far_end: &str) -> Result<(), DatapathError> {
+        let p = classifier(&mut self.ebpf, PORT_IN)?;
+        attach_classifier(p, PORT_IN, far_end, TcAttachType::Ingress)
+    }
+
     /// Make strait_vlan_subnets hold exactly `subnets` (subnet -> VLAN
     /// id). Returns how many entries changed.
     pub fn set_subnets(&self, subnets: &BTreeMap<IpNet, u16>) -> Result<usize, DatapathError> {
@@ -99,13 +132,7 @@ impl Vlan {
 
 /// Make a pin directory's strait_vlan_subnets hold exactly `subnets`.
 pub fn set_subnets(pin_dir: &Path, subnets: &BTreeMap<IpNet, u16>) -> Result<usize, DatapathError> {
-    let err = |what: &str| {
-        let what = what.to_string();
-        move |e: aya::maps::MapError| DatapathError::Io {
-            what,
-            source: std::io::Error::other(e),
-        }
-    };
+    let err = map_err;
     if let Some((net, vid)) = subnets.iter().find(|(_, v)| **v == 0 || **v > 4094) {
         return Err(DatapathError::Io {
             what: format!("VLAN id {vid} of subnet {net}"),
@@ -142,6 +169,56 @@ pub fn set_subnets(pin_dir: &Path, subnets: &BTreeMap<IpNet, u16>) -> Result<usi
         changed += 1;
     }
     Ok(changed)
+}
+
+fn map_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    let what = what.to_string();
+    move |e| DatapathError::Io {
+        what,
+        source: std::io::Error::other(e),
+    }
+}
+
+/// Make strait_vlan_ports and strait_vlan_trunks hold exactly `ports`.
+/// Returns how many entries changed.
+pub fn set_ports(pin_dir: &Path, ports: &[VlanPort]) -> Result<usize, DatapathError> {
+    let mut changed = 0;
+    for (name, key) in [
+        (PORTS, (|p: &VlanPort| p.vid as u32) as fn(&VlanPort) -> u32),
+        (TRUNKS, |p: &VlanPort| p.ifindex),
+    ] {
+        let mut m: PortMap =
+            crate::maps::open(pin_dir, name).map_err(map_err(&format!("open {name}")))?;
+        let want: BTreeMap<u32, VlanPort> = ports.iter().map(|p| (key(p), *p)).collect();
+        let have: BTreeMap<u32, VlanPort> = m
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(&format!("read {name}")))?;
+        for k in have.keys().filter(|k| !want.contains_key(k)) {
+            m.remove(k)
+                .map_err(map_err(&format!("remove from {name}")))?;
+            changed += 1;
+        }
+        for (k, v) in want.iter().filter(|(k, v)| have.get(k) != Some(v)) {
+            m.insert(k, v, 0)
+                .map_err(map_err(&format!("write {name}")))?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// The macvlan ports in strait_vlan_ports (none when it is not pinned).
+pub fn ports(pin_dir: &Path) -> Result<Vec<VlanPort>, DatapathError> {
+    if !crate::upgrade::maps_dir(pin_dir).join(PORTS).exists() {
+        return Ok(vec![]);
+    }
+    let m: PortMap =
+        crate::maps::open(pin_dir, PORTS).map_err(map_err("open strait_vlan_ports"))?;
+    m.iter()
+        .map(|r| r.map(|(_, v)| v))
+        .collect::<Result<_, _>>()
+        .map_err(map_err("read strait_vlan_ports"))
 }
 
 /// Empty strait_vlan_subnets where it exists (the eBPF datapath leaving
@@ -183,10 +260,19 @@ pub fn retire(pin_dir: &Path, detach_from: Option<&str>) -> Result<bool, Datapat
             }
         }
     }
-    std::fs::remove_file(&pin).map_err(|source| DatapathError::Io {
-        what: format!("remove {}", pin.display()),
-        source,
-    })?;
+    for name in [MAP, PORTS, TRUNKS] {
+        let pin = crate::upgrade::maps_dir(pin_dir).join(name);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(DatapathError::Io {
+                    what: format!("remove {}", pin.display()),
+                    source,
+                })
+            }
+        }
+    }
     Ok(true)
 }
 
@@ -202,5 +288,6 @@ mod tests {
         let k = subnet_key("fd00:20::/64".parse().unwrap());
         assert_eq!(k.prefix_len(), 64);
         assert_eq!(std::mem::size_of::<VlanInfo>(), 8);
+        assert_eq!(std::mem::size_of::<VlanPort>(), 16);
     }
 }

@@ -66,8 +66,11 @@ pub struct Args {
     /// per BGPPeer objects; pod traffic leaves through table 10001, a
     /// default route via the node's gateway) or vlan (Hybridnet's VLAN
     /// mode: pods of IPPools with vlanID and gateway sit on that VLAN,
-    /// tagged in eBPF on --uplink; tables 39999 and 10001+; kernel datapath).
-    #[arg(long, default_value = "routed", value_parser = ["routed", "vxlan", "ipip", "bgp", "bgp-tor", "vlan"])]
+    /// tagged in eBPF on --uplink; tables 39999 and 10001+) or macvlan
+    /// (Bifrost: each pod's eth0 is a macvlan on its VLAN's port
+    /// <uplink>-<vid>, tagged in eBPF; a service veth bifrXXX carries
+    /// service traffic through the host).
+    #[arg(long, default_value = "routed", value_parser = ["routed", "vxlan", "ipip", "bgp", "bgp-tor", "vlan", "macvlan"])]
     cross_node: String,
     /// bgp: the cluster's AS number (every node in it: iBGP full mesh).
     #[arg(long, default_value_t = 64512)]

@@ -190,7 +190,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<serde_json::Value, CniError> {
         }
         out
     });
-    let (allocation, pod_mac) = match wired {
+    let (allocation, wired) = match wired {
         Ok(v) => v,
         Err(e) => {
             let _ = client::call(
@@ -203,41 +203,57 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<serde_json::Value, CniError> {
         }
     };
     let ip = allocation.ip;
+    let (interfaces, ip_config, routes) = match wired {
+        Wired::Macvlan(i, c, r) => (i, c, r),
+        Wired::Veth(pod_mac) => (
+            vec![
+                Interface {
+                    name: host_veth,
+                    mac: format_mac(&host_mac),
+                    mtu: Some(conf.mtu),
+                    sandbox: None,
+                },
+                Interface {
+                    name: env.ifname.clone(),
+                    mac: format_mac(&pod_mac),
+                    mtu: Some(conf.mtu),
+                    sandbox: Some(env.netns.clone()),
+                },
+            ],
+            IpConfig {
+                version: (!version_at_least(&conf.cni_version, "1.0.0"))
+                    .then(|| if ip.is_ipv4() { "4" } else { "6" }.to_string()),
+                address: IpNet::from(ip).to_string(),
+                gateway: Some(POD_GATEWAY_V4.into()),
+                interface: Some(1),
+            },
+            vec![RouteConfig {
+                dst: "0.0.0.0/0".into(),
+                gw: Some(POD_GATEWAY_V4.into()),
+            }],
+        ),
+    };
     let res = CniResult {
         cni_version: conf.cni_version.clone(),
-        interfaces: vec![
-            Interface {
-                name: host_veth,
-                mac: format_mac(&host_mac),
-                mtu: Some(conf.mtu),
-                sandbox: None,
-            },
-            Interface {
-                name: env.ifname.clone(),
-                mac: format_mac(&pod_mac),
-                mtu: Some(conf.mtu),
-                sandbox: Some(env.netns.clone()),
-            },
-        ],
-        ips: vec![IpConfig {
-            version: (!version_at_least(&conf.cni_version, "1.0.0"))
-                .then(|| if ip.is_ipv4() { "4" } else { "6" }.to_string()),
-            address: IpNet::from(ip).to_string(),
-            gateway: Some(POD_GATEWAY_V4.into()),
-            interface: Some(1),
-        }],
-        routes: vec![RouteConfig {
-            dst: "0.0.0.0/0".into(),
-            gw: Some(POD_GATEWAY_V4.into()),
-        }],
+        interfaces,
+        ips: vec![ip_config],
+        routes,
         dns: serde_json::json!({}),
     };
     let merged = res.merged_onto(prev);
     Ok(serde_json::to_value(merged).expect("results serialise"))
 }
 
-/// Create and configure both ends. Returns the allocation and the pod
-/// interface's MAC.
+/// How ADD wired the pod.
+enum Wired {
+    /// A veth pair: the pod end's MAC.
+    Veth(Vec<u8>),
+    /// macvlan mode: the result's interfaces, address and routes.
+    Macvlan(Vec<Interface>, IpConfig, Vec<RouteConfig>),
+}
+
+/// Create and configure both ends. Returns the allocation and how the pod
+/// was wired.
 #[allow(clippy::too_many_arguments)]
 async fn wire(
     env: &CniEnv,
@@ -248,7 +264,7 @@ async fn wire(
     host_veth: &str,
     host_mac: [u8; 6],
     t: &mut PhaseTimer,
-) -> Result<(Allocation, Vec<u8>), CniError> {
+) -> Result<(Allocation, Wired), CniError> {
     let pod_mac = pod_veth_mac(&env.container_id, &env.ifname);
     // One lookup after creation gives both the host end's index and, from
     // IFLA_LINK, the pod end's index inside the pod namespace.
@@ -272,13 +288,34 @@ async fn wire(
     let resp = pending.wait();
     let host_link = host_link?;
     let resp = resp?;
-    let Response::Allocated { allocation, .. } = resp else {
+    let Response::Allocated {
+        allocation,
+        macvlan,
+        ..
+    } = resp
+    else {
         return Err(CniError::new(
             ErrorCode::IoFailure,
             format!("unexpected answer from the agent: {resp:?}"),
         ));
     };
     t.mark("agent reply");
+    if let Some(w) = macvlan {
+        // macvlan mode: the veth pair made while the agent worked is not
+        // this pod's shape.
+        host.delete_link(host_veth)
+            .await
+            .map_err(kernel("remove the veth pair"))?;
+        let out = crate::macvlan::wire(env, conf, ns, host, &allocation, &w).await;
+        if out.is_err() {
+            let _ = crate::macvlan::del(host, env).await;
+        }
+        let (i, c, r) = out?;
+        t.mark("macvlan wired");
+        programmed(&mut pending, &allocation)?;
+        t.mark("agent programmed");
+        return Ok((allocation, Wired::Macvlan(i, c, r)));
+    }
     pause_point("after-allocate");
     let IpAddr::V4(_) = allocation.ip else {
         return Err(CniError::new(
@@ -328,16 +365,21 @@ async fn wire(
         .await
         .map_err(kernel("add host route to pod"))?;
     t.mark("host route");
-    // Return only once the agent has programmed the pod (its spoof check,
-    // service translation): before that, its first packets would be
-    // treated as a stranger's.
+    programmed(&mut pending, &allocation)?;
+    t.mark("agent programmed");
+    Ok((allocation, Wired::Veth(pod_mac.to_vec())))
+}
+
+/// Return only once the agent has programmed the pod (its spoof check,
+/// service translation): before that, its first packets would be treated
+/// as a stranger's.
+fn programmed(pending: &mut client::Pending, allocation: &Allocation) -> Result<(), CniError> {
     pending
         .ask(&Request::Wired {
             attachment: allocation.attachment.clone(),
         })
         .map_err(|e| CniError::new(e.code, format!("pod wired, but not programmed: {}", e.msg)))?;
-    t.mark("agent programmed");
-    Ok((allocation, pod_mac.to_vec()))
+    Ok(())
 }
 
 /// `lo` is always the first device of a network namespace.
@@ -405,9 +447,15 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     // while a link still routes to it.
     block_on(async {
         let nl = Netlink::connect().map_err(kernel("netlink"))?;
-        nl.delete_link(&host_veth)
+        if !nl
+            .delete_link(&host_veth)
             .await
-            .map_err(kernel("delete host veth"))
+            .map_err(kernel("delete host veth"))?
+        {
+            // No veth pair: a macvlan pod's, or already deleted.
+            crate::macvlan::del(&nl, env).await?;
+        }
+        Ok::<(), CniError>(())
     })?;
     client::call(
         &conf.agent_socket,
@@ -464,6 +512,14 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let host_mac = host_veth_mac(&env.container_id, &env.ifname);
     let ns = NetnsFile::open(env.netns.as_ref())
         .map_err(|e| CniError::new(ErrorCode::UnknownContainer, format!("CNI_NETNS: {e}")))?;
+    if strait_model::naming::is_svc_veth(&alloc.host_veth) {
+        let gw = prev.ips.first().and_then(|i| i.gateway);
+        problems.extend(block_on(async {
+            let nl = Netlink::connect().map_err(kernel("netlink"))?;
+            crate::macvlan::check(&nl, &ns, env, alloc.ip, gw).await
+        })?);
+        return check_verdict(problems);
+    }
     block_on(async {
         let nl = Netlink::connect().map_err(kernel("netlink"))?;
         match nl
@@ -548,6 +604,10 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     })
     .map_err(kernel("enter pod namespace"))??;
     problems.extend(pod_problems);
+    check_verdict(problems)
+}
+
+fn check_verdict(problems: Vec<String>) -> Result<(), CniError> {
     if problems.is_empty() {
         Ok(())
     } else {

@@ -8,7 +8,9 @@
 //! bridge carries the tagged frames untouched; its MAC learning is
 //! VLAN-blind, which is harmless while every MAC lives in one VLAN (each
 //! node's uplink MAC is shared by its VLANs, and the bridge only learns
-//! which port a MAC is behind).
+//! which port a MAC is behind). In macvlan mode it also has an untagged
+//! fabric address, through which the nodes and the external client reach
+//! the pods.
 
 use crate::cmd::{ip, run};
 use crate::state::LabState;
@@ -16,6 +18,13 @@ use anyhow::Context;
 use std::collections::BTreeMap;
 use strait_model::lab::fabric_netns;
 use strait_model::underlay::gateway_netns;
+
+/// The gateway's own fabric address in macvlan mode (third from the top:
+/// the external client and the control plane have the two above it).
+pub fn fabric_address(plan: &strait_model::lab::LabPlan) -> std::net::Ipv4Addr {
+    let hosts: Vec<std::net::Ipv4Addr> = plan.fabric.hosts().collect();
+    hosts[hosts.len() - 3]
+}
 
 /// Where the gateway's VLAN map is pinned.
 pub fn pin_dir(lab: &str) -> std::path::PathBuf {
@@ -57,6 +66,41 @@ pub fn up(st: &LabState, step: impl Fn(&str)) -> anyhow::Result<()> {
         ])?;
     }
     ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+    if plan.cross_node == strait_model::lab::CrossNodeMode::Macvlan {
+        // Bifrost's nodes route none of their pods' traffic, but reach
+        // pods (a service's backend on another node, the answer to a
+        // masqueraded connection) like any host in the datacenter: through
+        // the gateway, untagged on the fabric.
+        let gw = fabric_address(plan);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{gw}/{}", plan.fabric.prefix_len()),
+            "dev",
+            "eth0",
+        ])?;
+        let ext = strait_model::lab::external_netns(&plan.name);
+        for netns in plan
+            .nodes
+            .iter()
+            .map(|n| n.netns.as_str())
+            .chain([ext.as_str()])
+        {
+            for s in &plan.underlay {
+                ip(&[
+                    "-n",
+                    netns,
+                    "route",
+                    "add",
+                    &s.cidr.to_string(),
+                    "via",
+                    &gw.to_string(),
+                ])?;
+            }
+        }
+    }
     // A router on a stick: it forwards out of the port a packet came in
     // by, and must not send redirects for that.
     for (k, v) in [

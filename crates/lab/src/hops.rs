@@ -139,6 +139,9 @@ pub fn path(
     dst: &str,
 ) -> anyhow::Result<(Vec<Hop>, Ipv4Addr, Ipv4Addr, String)> {
     let plan: &LabPlan = &st.plan;
+    if plan.cross_node == strait_model::lab::CrossNodeMode::Macvlan {
+        return crate::hops_macvlan::path(st, src, dst);
+    }
     let dpod = plan
         .pod(dst)
         .with_context(|| format!("{dst} is not a pod of lab {}", plan.name))?;

@@ -985,7 +985,11 @@ pub fn status(st: &LabState) -> String {
             st.pod_ip(p)
                 .map(|i| i.to_string())
                 .unwrap_or_else(|| "-".into()),
-            strait_model::naming::host_veth_name(&st.container_id(p), "eth0"),
+            if st.plan.cross_node == strait_model::lab::CrossNodeMode::Macvlan {
+                strait_model::naming::svc_veth_name(&st.container_id(p), "eth0")
+            } else {
+                strait_model::naming::host_veth_name(&st.container_id(p), "eth0")
+            },
             if echo { "up" } else { "down" },
         ));
     }

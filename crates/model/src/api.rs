@@ -58,6 +58,10 @@ pub enum Response {
         allocation: Allocation,
         /// Prefix length of the pod CIDR, for information; the pod gets a /32.
         cidr_prefix: u8,
+        /// macvlan mode: how to wire the pod (its eth0 is a macvlan on its
+        /// VLAN's port); absent in the veth modes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        macvlan: Option<MacvlanWiring>,
     },
     Released {
         allocation: Option<Allocation>,
@@ -320,4 +324,20 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r);
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
     }
+}
+
+/// macvlan mode (Bifrost): what the CNI plugin needs to wire a pod. The
+/// pod's eth0 is a macvlan (bridge mode) on `parent`, with the address in
+/// its subnet (`prefix_len`) and a default route via the VLAN's gateway;
+/// its service veth (host end `bifrXXX`, pod end `veth0`) carries the
+/// service CIDR and the node's own address through the host.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MacvlanWiring {
+    pub vlan: u16,
+    /// The VLAN's port, e.g. `eth0-10`.
+    pub parent: String,
+    pub gateway: std::net::IpAddr,
+    pub prefix_len: u8,
+    /// Routed through the service veth.
+    pub via_host: Vec<ipnet::IpNet>,
 }

@@ -84,6 +84,10 @@ pub enum CrossNodeMode {
     /// Hybridnet's VLAN mode: pods of underlay subnets sit on the
     /// datacenter's VLANs, tagged in eBPF; a gateway routes between VLANs.
     Vlan,
+    /// Bifrost: each pod's eth0 is a macvlan on its VLAN's port (tagged in
+    /// eBPF); the switch and the VLAN's gateway carry all pod traffic, a
+    /// service veth carries service traffic through the host.
+    Macvlan,
 }
 
 impl CrossNodeMode {
@@ -95,6 +99,7 @@ impl CrossNodeMode {
             CrossNodeMode::Bgp => "bgp",
             CrossNodeMode::BgpTor => "bgp-tor",
             CrossNodeMode::Vlan => "vlan",
+            CrossNodeMode::Macvlan => "macvlan",
         }
     }
 
@@ -104,7 +109,8 @@ impl CrossNodeMode {
             CrossNodeMode::Routed
             | CrossNodeMode::Bgp
             | CrossNodeMode::BgpTor
-            | CrossNodeMode::Vlan => 0,
+            | CrossNodeMode::Vlan
+            | CrossNodeMode::Macvlan => 0,
             CrossNodeMode::Vxlan => crate::overlay::VXLAN_OVERHEAD_V4,
             CrossNodeMode::Ipip => crate::overlay::IPIP_OVERHEAD_V4,
         }
@@ -547,15 +553,22 @@ impl LabFile {
     fn plan_underlay(&self) -> Result<Vec<crate::underlay::LabSubnet>, LabError> {
         let spec = &self.spec;
         let ap = &spec.address_plan;
-        match (spec.underlay.is_empty(), spec.cross_node) {
-            (true, CrossNodeMode::Vlan) => return Err(LabError::Invalid(
-                "crossNode vlan needs spec.underlay (subnets with a vlan, a cidr and a gateway)"
-                    .into(),
-            )),
-            (false, CrossNodeMode::Vlan) | (true, _) => {}
-            (false, other) => {
+        let l2 = matches!(
+            spec.cross_node,
+            CrossNodeMode::Vlan | CrossNodeMode::Macvlan
+        );
+        match (spec.underlay.is_empty(), l2) {
+            (true, true) => {
                 return Err(LabError::Invalid(format!(
-                    "spec.underlay needs crossNode vlan; crossNode is {other}"
+                    "crossNode {} needs spec.underlay (subnets with a vlan, a cidr and a gateway)",
+                    spec.cross_node
+                )))
+            }
+            (false, true) | (true, false) => {}
+            (false, false) => {
+                return Err(LabError::Invalid(format!(
+                    "spec.underlay needs crossNode vlan or macvlan; crossNode is {}",
+                    spec.cross_node
                 )))
             }
         }

@@ -6,6 +6,10 @@ use sha2::{Digest, Sha256};
 
 /// Prefix of every host-side pod veth, like Calico's `cali`.
 pub const HOST_VETH_PREFIX: &str = "strt";
+/// macvlan mode (Bifrost): the host end of a pod's service veth.
+pub const SVC_VETH_PREFIX: &str = "bifr";
+/// macvlan mode: the pod end of its service veth, as Bifrost names it.
+pub const POD_SVC_VETH: &str = "veth0";
 
 /// Link-local gateway every pod routes through (Calico's 169.254.1.1). The pod
 /// has a permanent neighbour entry for it, so the host never answers ARP for it.
@@ -29,9 +33,39 @@ fn digest(container_id: &str, ifname: &str) -> [u8; 32] {
 /// Host end of the pod's veth: prefix plus 11 hex characters of a hash of the
 /// container id and interface name. 15 characters, the kernel's limit.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    prefixed(HOST_VETH_PREFIX, container_id, ifname)
+}
+
+/// macvlan mode: the host end of the pod's service veth (Bifrost's
+/// `bifrXXX`), named like [`host_veth_name`] with its own prefix.
+pub fn svc_veth_name(container_id: &str, ifname: &str) -> String {
+    prefixed(SVC_VETH_PREFIX, container_id, ifname)
+}
+
+fn prefixed(prefix: &str, container_id: &str, ifname: &str) -> String {
     let d = digest(container_id, ifname);
     let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{HOST_VETH_PREFIX}{}", &hex[..11])
+    format!("{prefix}{}", &hex[..11])
+}
+
+/// macvlan mode: a VLAN's port, the stand-in for the seed's `eth0-<vid>`
+/// sub-interface: the parent of the VLAN's macvlan pods (`<uplink>-<vid>`,
+/// `vlan<vid>` when that would not fit IFNAMSIZ) and its veth peer, which
+/// eBPF joins to the uplink (`trunk<vid>`).
+pub fn vlan_port_names(uplink: &str, vid: u16) -> (String, String) {
+    let parent = format!("{uplink}-{vid}");
+    let parent = if parent.len() <= 15 {
+        parent
+    } else {
+        format!("vlan{vid}")
+    };
+    (parent, format!("trunk{vid}"))
+}
+
+/// The VLAN id of a port's far end (`trunk<vid>`).
+pub fn trunk_vid(name: &str) -> Option<u16> {
+    let v: u16 = name.strip_prefix("trunk")?.parse().ok()?;
+    (1..=4094).contains(&v).then_some(v)
 }
 
 /// MAC address of the host end: locally administered, unicast, derived from
@@ -56,12 +90,18 @@ pub fn format_mac(mac: &[u8]) -> String {
         .join(":")
 }
 
+/// A pod's host veth: its data path (`strt…`) or, in macvlan mode, its
+/// service veth (`bifr…`).
 pub fn is_host_veth(name: &str) -> bool {
-    name.len() == HOST_VETH_PREFIX.len() + 11
-        && name.starts_with(HOST_VETH_PREFIX)
-        && name[HOST_VETH_PREFIX.len()..]
-            .chars()
-            .all(|c| c.is_ascii_hexdigit())
+    [HOST_VETH_PREFIX, SVC_VETH_PREFIX].iter().any(|p| {
+        name.len() == p.len() + 11
+            && name.starts_with(p)
+            && name[p.len()..].chars().all(|c| c.is_ascii_hexdigit())
+    })
+}
+
+pub fn is_svc_veth(name: &str) -> bool {
+    is_host_veth(name) && name.starts_with(SVC_VETH_PREFIX)
 }
 
 #[cfg(test)]
@@ -76,6 +116,22 @@ mod tests {
         assert!(is_host_veth(&n));
         assert!(!is_host_veth("eth0"));
         assert!(!is_host_veth("strtZZZZZZZZZZZ"));
+        let b = svc_veth_name("abc123", "eth0");
+        assert!(b.starts_with("bifr") && b.len() == 15 && is_host_veth(&b) && is_svc_veth(&b));
+        assert!(!is_svc_veth(&n));
+    }
+
+    #[test]
+    fn vlan_ports_are_named_like_the_seeds_sub_interfaces() {
+        assert_eq!(
+            vlan_port_names("eth0", 10),
+            ("eth0-10".to_string(), "trunk10".to_string())
+        );
+        assert_eq!(vlan_port_names("enp129s0f0np0", 4094).0, "vlan4094");
+        assert_eq!(trunk_vid("trunk10"), Some(10));
+        assert_eq!(trunk_vid("trunk0"), None);
+        assert_eq!(trunk_vid("trunk4095"), None);
+        assert_eq!(trunk_vid("eth0"), None);
     }
 
     #[test]

@@ -87,6 +87,34 @@ impl Netlink {
             .map_err(nl(format!("create vxlan device {name}")))
     }
 
+    /// Create a macvlan of `lower` (a link in this namespace) in bridge
+    /// mode, made directly in the namespace `netns_fd` under `name` (the
+    /// pod's eth0 in macvlan mode), with a MAC of our choosing; left down.
+    pub async fn create_macvlan_in(
+        &self,
+        name: &str,
+        lower: u32,
+        mac: [u8; 6],
+        mtu: u32,
+        netns_fd: i32,
+    ) -> Result<()> {
+        let msg = rtnetlink::LinkMacVlan::new(
+            name,
+            lower,
+            rtnetlink::packet_route::link::MacVlanMode::Bridge,
+        )
+        .address(mac.to_vec())
+        .mtu(mtu)
+        .setns_by_fd(netns_fd)
+        .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("create macvlan {name} on link #{lower}")))
+    }
+
     /// Create a stand-in device for a tunnel done in eBPF: a macvlan of
     /// `lower` in source mode with no sources listed, so it receives
     /// nothing; no ARP (its neighbours need no resolution); up. Routes point

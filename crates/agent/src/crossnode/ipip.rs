@@ -142,7 +142,7 @@ impl CrossNode for Ipip {
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             // Before tunnel_decap goes on the uplink's ingress.
-            self.vlan_leftovers.remove_vlan()?;
+            self.vlan_leftovers.remove_vlan(nl).await?;
             let (uplink, local) = super::uplink_address(nl, &self.uplink, "IP-in-IP").await?;
             let IpAddr::V4(local4) = local else {
                 unreachable!("uplink_address returns IPv4")

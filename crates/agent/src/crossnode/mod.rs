@@ -5,6 +5,7 @@
 
 pub mod bgp;
 pub mod ipip;
+pub mod macvlan;
 pub mod routed;
 pub mod tor;
 pub mod vlan;
@@ -45,10 +46,22 @@ pub trait CrossNode: Send + Sync {
 }
 
 /// The cross-node modes strait has, by name.
-pub const MODES: &[&str] = &["routed", "vxlan", "ipip", "bgp", "bgp-tor", "vlan"];
+pub const MODES: &[&str] = &[
+    "routed", "vxlan", "ipip", "bgp", "bgp-tor", "vlan", "macvlan",
+];
 
-pub fn by_name(cfg: &crate::AgentConfig) -> anyhow::Result<Box<dyn CrossNode>> {
+/// `ports`: macvlan mode's VLAN ports, shared with the agent's API.
+pub fn by_name(
+    cfg: &crate::AgentConfig,
+    ports: Option<std::sync::Arc<crate::macvlan::Ports>>,
+) -> anyhow::Result<Box<dyn CrossNode>> {
     match cfg.cross_node.as_str() {
+        "macvlan" => Ok(Box::new(macvlan::MacvlanMode::new(
+            IpipLeftovers::new(cfg),
+            cfg.uplink.clone(),
+            ports.expect("macvlan mode has its ports"),
+            cfg.mode == strait_model::lab::Mode::Ebpf,
+        ))),
         "routed" => Ok(Box::new(routed::Routed {
             ipip: IpipLeftovers::new(cfg),
         })),
@@ -201,7 +214,7 @@ pub(crate) async fn uplink_address(
 /// nothing.
 pub(crate) struct IpipLeftovers {
     uplink: String,
-    bpf_dir: std::path::PathBuf,
+    pub(crate) bpf_dir: std::path::PathBuf,
     kernel_datapath: bool,
 }
 
@@ -214,10 +227,32 @@ impl IpipLeftovers {
         }
     }
 
-    /// What vlan mode leaves: on the kernel datapath its tc programs on the
-    /// uplink and its pinned map (one file check when there is none); on
-    /// the eBPF datapath (whose own programs tag) the map's entries.
-    pub(crate) fn remove_vlan(&self) -> anyhow::Result<()> {
+    /// What macvlan mode leaves: its VLAN ports (the links, which take
+    /// any macvlan pods along) and their map entries. One file check when
+    /// there are none.
+    pub(crate) async fn remove_macvlan(&self, nl: &Netlink) -> anyhow::Result<()> {
+        let ports = strait_bpf::vlan::ports(&self.bpf_dir)?;
+        if ports.is_empty() {
+            return Ok(());
+        }
+        for p in &ports {
+            let (_, trunk) = strait_model::naming::vlan_port_names(&self.uplink, p.vid);
+            nl.delete_link(&trunk).await?;
+        }
+        strait_bpf::vlan::set_ports(&self.bpf_dir, &[])?;
+        tracing::info!(
+            ports = ports.len(),
+            "macvlan VLAN ports removed (another cross-node mode runs now)"
+        );
+        Ok(())
+    }
+
+    /// What vlan and macvlan modes leave: the ports; on the kernel datapath
+    /// the tc programs on the uplink and the pinned maps (one file check
+    /// when there are none); on the eBPF datapath (whose own programs tag)
+    /// the maps' entries.
+    pub(crate) async fn remove_vlan(&self, nl: &Netlink) -> anyhow::Result<()> {
+        self.remove_macvlan(nl).await?;
         let done = if self.kernel_datapath {
             strait_bpf::vlan::retire(&self.bpf_dir, Some(self.uplink.as_str()))?
         } else {

@@ -27,7 +27,7 @@ impl CrossNode for Routed {
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             self.ipip.remove(nl).await?;
-            self.ipip.remove_vlan()?;
+            self.ipip.remove_vlan(nl).await?;
             // The rules mark an overlay's leftovers; without them (the usual
             // case) there is nothing to look for, and no route dump.
             let ours: Vec<_> = nl

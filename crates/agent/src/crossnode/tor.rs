@@ -76,7 +76,7 @@ impl CrossNode for BgpTor {
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             self.ipip.remove(nl).await?;
-            self.ipip.remove_vlan()?;
+            self.ipip.remove_vlan(nl).await?;
             let mut problems = vec![];
             let uplink = super::uplink_link(nl, &self.uplink, "bgp-tor").await?;
             // The rack's router: where the node's own default route goes.

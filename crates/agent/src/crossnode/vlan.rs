@@ -118,6 +118,7 @@ impl CrossNode for VlanMode {
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             self.ipip.remove(nl).await?;
+            self.ipip.remove_macvlan(nl).await?;
             let mut problems = vec![];
             let uplink = super::uplink_link(nl, &self.uplink, "vlan mode").await?;
             if self.tagger.is_none() && !self.ebpf {

@@ -97,7 +97,7 @@ impl CrossNode for Vxlan {
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             self.ipip.remove(nl).await?;
-            self.ipip.remove_vlan()?;
+            self.ipip.remove_vlan(nl).await?;
             let mut problems = vec![];
             let (uplink, local) = super::uplink_address(nl, &self.uplink, "VXLAN").await?;
             let index = self.device(nl, local, &uplink).await?;

@@ -16,6 +16,8 @@
 //!   kept in step; idle blocks and those of gone nodes given back;
 //! - [`bgp`] (cross-node mode bgp): the BGP speaker's peers and
 //!   originated blocks, and the routes it learns in the kernel;
+//! - [`macvlan_ports`] (cross-node mode macvlan): one VLAN port per VLAN
+//!   with a pod here, none for the others;
 //! - [`health`]: healthCheckNodePort servers;
 //! - [`conntrack`] (eBPF datapath): GC of service connections, map
 //!   pressure.
@@ -30,6 +32,7 @@ pub mod conntrack;
 pub mod endpoints;
 pub mod health;
 pub mod ipam_blocks;
+pub mod macvlan_ports;
 pub mod node_routes;
 pub mod policy;
 pub mod services;
