@@ -237,26 +237,27 @@ pub fn clear(pin_dir: &Path) -> Result<bool, DatapathError> {
 /// goes. Returns whether there was anything to undo (the pin is the
 /// mark; nothing is looked up when it is absent).
 pub fn retire(pin_dir: &Path, detach_from: Option<&str>) -> Result<bool, DatapathError> {
-    use crate::datapath::{TC_HANDLE, TC_PRIORITY};
-    use aya::programs::links::Link;
-    use aya::programs::tc::SchedClassifierLink;
     let pin = crate::upgrade::maps_dir(pin_dir).join(MAP);
     if !pin.exists() {
         return Ok(false);
     }
     if let Some(uplink) = detach_from {
+        // By name: macvlan mode has only the ingress program there.
         for (hook, program) in [
             (TcAttachType::Egress, EGRESS),
             (TcAttachType::Ingress, INGRESS),
         ] {
-            if let Ok(link) =
-                SchedClassifierLink::attached(uplink, hook, TC_PRIORITY, TC_HANDLE, None)
-            {
-                link.detach().map_err(|e| DatapathError::Attach {
-                    program,
-                    iface: uplink.to_string(),
-                    message: format!("detach: {e}"),
-                })?;
+            match aya::programs::tc::qdisc_detach_program(uplink, hook, program) {
+                Ok(()) => {}
+                Err(aya::programs::tc::TcError::IoError(e))
+                    if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(DatapathError::Attach {
+                        program,
+                        iface: uplink.to_string(),
+                        message: format!("detach: {e}"),
+                    })
+                }
             }
         }
     }

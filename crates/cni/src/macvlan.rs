@@ -77,13 +77,15 @@ pub async fn wire(
         Err(e) if e.is_exists() && stale_macvlan(&pod, ifname).await? => {
             create().await.map_err(kernel("create macvlan"))?
         }
-        Err(e) if e.is_exists() => return Err(CniError::new(
-            ErrorCode::Kernel,
-            format!(
+        Err(e) if e.is_exists() => {
+            return Err(CniError::new(
+                ErrorCode::Kernel,
+                format!(
                 "cannot create the pod interface: an interface named {ifname} already exists in {}",
                 env.netns
             ),
-        )),
+            ))
+        }
         Err(e) => return Err(kernel("create macvlan")(e)),
     }
     let out = configure(env, conf, ns, host, &pod, alloc, w).await;

@@ -502,7 +502,7 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     if !prev
         .ips
         .iter()
-        .any(|i| i.address.parse::<IpNet>().ok() == Some(want))
+        .any(|i| i.address.parse::<IpNet>().ok().map(|n| n.addr()) == Some(alloc.ip))
     {
         problems.push(format!(
             "prevResult does not list the agent's address {want}"
