@@ -11,14 +11,13 @@
 //! Usage: datapath [--seconds S] [--rounds N] [--out FILE]   (root)
 
 use anyhow::bail;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::process::Command;
+use strait_bench::labs::Cleanup;
 use strait_bench::rr::{measure, Rr, MSG, PORT};
 use strait_lab::cmd::ip;
-use strait_lab::run::{self as labrun, netns_path, Binaries};
+use strait_lab::run::Binaries;
 
 struct Row {
     scope: &'static str,
@@ -35,41 +34,14 @@ fn lab_yaml(name: &str, mode: &str, cross: &str, pods: &[(&str, &str)]) -> Strin
     s
 }
 
-struct Cleanup {
-    labs: Vec<String>,
-    netns: Vec<String>,
-    bins: Binaries,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for n in &self.netns {
-            let _ = ip(&["netns", "del", n]);
-        }
-        for l in &self.labs {
-            let _ = labrun::down(l, &self.bins);
-        }
-        let _ = std::fs::remove_dir_all("/run/strait-bench-dp");
-    }
-}
-
 fn up(
     name: &str,
     mode: &str,
     cross: &str,
     pods: &[(&str, &str)],
-    bins: &Binaries,
     c: &mut Cleanup,
 ) -> anyhow::Result<strait_lab::LabState> {
-    let _ = labrun::down(name, bins);
-    std::fs::create_dir_all("/run/strait-bench-dp")?;
-    let f = PathBuf::from(format!("/run/strait-bench-dp/{name}.yaml"));
-    std::fs::write(&f, lab_yaml(name, mode, cross, pods))?;
-    c.labs.push(name.to_string());
-    let st = labrun::up(&f, bins)?;
-    // Let the agents program the datapath (ebpf) before measuring.
-    std::thread::sleep(Duration::from_millis(500));
-    Ok(st)
+    c.lab(name, &lab_yaml(name, mode, cross, pods))
 }
 
 fn pod_addr(st: &strait_lab::LabState, pod: &str) -> SocketAddr {
@@ -85,7 +57,6 @@ fn bridge_pods(
     flannel: bool,
 ) -> anyhow::Result<Vec<(String, SocketAddr)>> {
     let mut out = vec![];
-    let plugin = Path::new("/usr/lib/cni/bridge");
     for (i, (pod, node)) in [
         ("br-a1", "node-a"),
         ("br-a2", "node-a"),
@@ -110,28 +81,13 @@ fn bridge_pods(
                      "dataDir": format!("/run/strait-bench-dp/hl-{}-{node}", st.plan.name),
                      "routes": [{"dst": "0.0.0.0/0"}]}
         });
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", netns_path(&n.netns).display()))
-            .arg("--")
-            .arg(plugin)
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", format!("bench{i}"))
-            .env("CNI_NETNS", netns_path(&nsname))
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/usr/lib/cni")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())?;
-        let o = child.wait_with_output()?;
-        if !o.status.success() {
-            bail!("bridge plugin: {}", String::from_utf8_lossy(&o.stdout));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+        let v = strait_bench::labs::reference_add(
+            "bridge",
+            &n.netns,
+            &format!("bench{i}"),
+            &nsname,
+            &conf,
+        )?;
         let addr = v["ips"][0]["address"]
             .as_str()
             .unwrap()
@@ -270,14 +226,7 @@ fn main() -> anyhow::Result<()> {
         bail!("datapath needs root (it creates network namespaces)");
     }
     let bins = Binaries::locate()?;
-    let mut c = Cleanup {
-        labs: vec![],
-        netns: vec![],
-        bins: Binaries {
-            strait: bins.strait.clone(),
-            cni: bins.cni.clone(),
-        },
-    };
+    let mut c = Cleanup::new("/run/strait-bench-dp", &bins);
     let pods = [("a1", "node-a"), ("a2", "node-a"), ("b1", "node-b")];
     // Every setup stays up; rounds interleave them so drift hits all alike.
     let (l1, l2) = (
@@ -313,14 +262,7 @@ fn main() -> anyhow::Result<()> {
         ("routed", "ipip"),
     ] {
         let short = &cross[..1];
-        let st = up(
-            &format!("benchdp{mode}{short}"),
-            mode,
-            cross,
-            &pods,
-            &bins,
-            &mut c,
-        )?;
+        let st = up(&format!("benchdp{mode}{short}"), mode, cross, &pods, &mut c)?;
         let netns = |p: &str| st.plan.pod(p).unwrap().netns.clone();
         let datapath = if mode == "ebpf" { "ebpf" } else { "kernel" };
         if cross != "routed" {
@@ -361,7 +303,7 @@ fn main() -> anyhow::Result<()> {
             ));
         }
     }
-    let st = up("benchdpbridge", "routed", "routed", &[], &bins, &mut c)?;
+    let st = up("benchdpbridge", "routed", "routed", &[], &mut c)?;
     let br = bridge_pods(&st, &mut c, false)?;
     pairs.push((
         "same node",
@@ -378,7 +320,7 @@ fn main() -> anyhow::Result<()> {
         br[2].1,
     ));
 
-    let st = up("benchdpflannel", "routed", "routed", &[], &bins, &mut c)?;
+    let st = up("benchdpflannel", "routed", "routed", &[], &mut c)?;
     let fl = bridge_pods(&st, &mut c, true)?;
     pairs.push((
         "across nodes",

@@ -1,5 +1,6 @@
 //! Shared pieces of strait's benchmark programs.
 
+pub mod labs;
 pub mod rr;
 
 /// The machine a benchmark ran on, for its report: kernel, CPU count and

@@ -10,9 +10,8 @@
 //! VLAN's last pod.
 
 mod common;
+use common::capture::{frames, tagged};
 use common::*;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 const PODS: [&str; 5] = ["a5", "a5b", "a10", "b5", "b10"];
 
@@ -23,40 +22,6 @@ fn yaml(name: &str, datapath: &str) -> String {
             &format!("metadata:\n  name: {name}\n"),
         )
         .replace("datapath: kernel", &format!("datapath: {datapath}"))
-}
-
-/// tcpdump's lines (link-level headers shown) for `filter` on `iface` of
-/// namespace `ns` while `f` runs.
-fn frames(ns: &str, iface: &str, filter: &str, f: impl FnOnce()) -> Vec<String> {
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns, "timeout", "4", "tcpdump"])
-        .args(["--immediate-mode", "-l", "-nn", "-e", "-i", iface, filter])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
-    f();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect()
-}
-
-/// (VLAN id, "src > dst") of the tagged TCP frames to or from port 8080.
-fn tagged(ns: &str, iface: &str, f: impl FnOnce()) -> Vec<(u16, String)> {
-    frames(ns, iface, "vlan and tcp port 8080", f)
-        .iter()
-        .filter_map(|l| {
-            let vid: u16 = l.split("vlan ").nth(1)?.split(',').next()?.parse().ok()?;
-            let addrs = l.rsplit("(0x0800), ").next()?.split(':').next()?;
-            let strip = |a: &str| a.rsplit_once('.').map(|x| x.0.to_string());
-            let (s, d) = addrs.split_once(" > ")?;
-            Some((vid, format!("{} > {}", strip(s)?, strip(d)?)))
-        })
-        .collect()
 }
 
 fn ip(lab: &Lab, p: &str) -> String {
@@ -266,7 +231,7 @@ fn macvlan_mode_walks_the_seeds_paths_serves_services_and_cleans_up() {
         links(&lab, "node-a").lines().count(),
         before.lines().count()
     );
-    let in_fresh = Command::new("ip")
+    let in_fresh = std::process::Command::new("ip")
         .args(["-n", ns, "-o", "link"])
         .output()
         .unwrap();
@@ -353,6 +318,15 @@ fn macvlan_mode_walks_the_seeds_paths_serves_services_and_cleans_up() {
     );
     lab.exec("gw", &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     assert_eq!(lab.probe("a5", "b10").unwrap(), "b10");
+
+    // A restarted agent keeps the ports it finds (the same links, still
+    // programmed) and the pods keep talking.
+    let trunk_index = |lab: &Lab| lab.exec("node-a", &["cat", "/sys/class/net/trunk5/ifindex"]);
+    let before = trunk_index(&lab);
+    lab.restart_agents_with(strait_model::lab::CrossNodeMode::Macvlan);
+    assert_eq!(lab.probe("a5", "b10").unwrap(), "b10");
+    assert_eq!(lab.probe("b10", "a5b").unwrap(), "a5b");
+    assert_eq!(trunk_index(&lab), before, "the port was made again");
 
     // Another cross-node mode takes the ports and their programs away.
     lab.restart_agents_with(strait_model::lab::CrossNodeMode::Routed);

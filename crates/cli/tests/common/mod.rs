@@ -11,6 +11,7 @@ use std::time::Duration;
 use strait_lab::run::{self as labrun, Binaries};
 use strait_lab::LabState;
 
+pub mod capture;
 pub mod svc;
 
 /// Root tests need root. Outside CI they skip loudly; under CI=true a skip is
