@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod bgp;
+pub mod cloud;
 pub mod cluster;
 pub mod cniconf;
 pub mod datastore;
