@@ -548,3 +548,31 @@ fn a_lab_whose_name_extends_another_survives_the_others_down() {
     let left = strait_lab::cmd::lab_netns("t-pfx-b");
     assert!(left.iter().any(|n| n.ends_with("-fabric")), "{left:?}");
 }
+
+/// An agent that exits at once (here: a binary that is not strait) fails
+/// `lab up` at once, saying so, instead of after the 60 s readiness wait;
+/// the half-made lab is removed.
+#[test]
+fn lab_up_fails_fast_when_an_agent_exits() {
+    if !require_root("lab_up_fails_fast_when_an_agent_exits") {
+        return;
+    }
+    let yaml = lab_yaml("t-exits", &["n1"], 24, &[]);
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut f, yaml.as_bytes()).unwrap();
+    let bins = strait_lab::run::Binaries {
+        strait: "/bin/false".into(),
+        cni: bins().cni,
+    };
+    let err = match strait_lab::run::up(f.path(), &bins) {
+        Ok(_) => panic!("lab up with an agent that exits succeeded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("exited before it was ready"), "{err}");
+    let left = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.contains("strait-t-exits-"), "{left}");
+}

@@ -289,11 +289,17 @@ pub fn start_agent(
 pub fn wait_agent_ready(st: &LabState, n: &NodePlan, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no answer yet");
+    let mut exited = false;
     while Instant::now() < deadline {
         match agent_status(&st.socket(n)) {
             Ok(s) if s.ready => return Ok(()),
             Ok(s) => last = s.reason.unwrap_or_else(|| "not ready".into()),
             Err(e) => last = e.to_string(),
+        }
+        // An agent that exited will not become ready: say so at once.
+        if LabState::read_pid(&st.agent_pid(n)).is_some_and(|pid| !process_alive(pid)) {
+            exited = true;
+            break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -308,11 +314,30 @@ pub fn wait_agent_ready(st: &LabState, n: &NodePlan, timeout: Duration) -> anyho
         .rev()
         .map(|l| format!("\n    {l}"))
         .collect();
+    if exited {
+        bail!(
+            "agent on node {} exited before it was ready\n  last lines of {}:{tail}",
+            n.name,
+            log.display()
+        )
+    }
     bail!(
         "agent on node {} not ready after {timeout:?}: {last}\n  last lines of {}:{tail}",
         n.name,
         log.display()
     )
+}
+
+/// Whether a process runs (a zombie does not).
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 pub fn cni_conf(st: &LabState, n: &NodePlan) -> Vec<u8> {
