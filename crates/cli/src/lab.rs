@@ -51,6 +51,12 @@ enum Verb {
     /// one request/response crosses: which interface saw the request, which
     /// the reply.
     Hops { src: String, dst: String },
+    /// The lab cloud's records (a lab with a `cloud:` section): every ENI,
+    /// its node and device, MAC, vSwitch and addresses.
+    Cloud,
+    /// Run the lab's VPC emulator (lab up starts it in the VPC namespace).
+    #[command(hide = true)]
+    CloudServe,
     /// `strait monitor` for a node (ebpf mode), run in the node's namespace.
     Monitor {
         node: String,
@@ -252,6 +258,24 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                     Ok(1)
                 }
             }
+        }
+        Verb::Cloud => {
+            let st = LabState::find(a.lab.as_deref())?;
+            anyhow::ensure!(
+                st.plan.cloud.is_some(),
+                "lab {} has no cloud (add a cloud: section to its file)",
+                st.plan.name
+            );
+            let c = strait_lab::cloud::client::LabCloud {
+                socket: strait_lab::cloud::socket(&st),
+            };
+            print!("{}", strait_lab::cloud::table(&c.list()?));
+            Ok(0)
+        }
+        Verb::CloudServe => {
+            let st = LabState::find(a.lab.as_deref())?;
+            strait_lab::cloud::server::serve(&st)?;
+            Ok(0)
         }
         Verb::Hops { src, dst } if dst.starts_with("svc/") => {
             let st = LabState::find(a.lab.as_deref())?;

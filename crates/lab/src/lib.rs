@@ -7,6 +7,7 @@
 //! node or pod.
 
 pub mod cgroup;
+pub mod cloud;
 pub mod cmd;
 pub mod control_plane;
 

@@ -548,6 +548,7 @@ fn build(st: &LabState, bins: &Binaries, objects: &[ClusterObject]) -> anyhow::R
     }
     crate::racks::start_routers(st, step)?;
     crate::gateway::up(st, step)?;
+    crate::cloud::up(st, bins, step)?;
     // The cluster source: Node objects for the plan, the racks' BGPPeers,
     // then the user's manifests.
     write_node_manifests(st)?;

@@ -155,6 +155,10 @@ pub struct LabSpec {
     /// column) even where the kernel has bpf_redirect_peer.
     #[serde(default)]
     pub no_redirect_peer: bool,
+    /// A cloud VPC around the nodes (Terway's ENI modes): vSwitches,
+    /// security groups, ENI quotas. The lab runs its emulator.
+    #[serde(default)]
+    pub cloud: Option<crate::cloud::VpcSpec>,
 }
 
 fn default_mtu() -> u32 {
@@ -225,6 +229,8 @@ pub struct LabPlan {
     pub racks: Vec<crate::racks::RackPlan>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub underlay: Vec<crate::underlay::LabSubnet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<crate::cloud::VpcSpec>,
     pub nodes: Vec<NodePlan>,
     pub pods: Vec<PodPlan>,
 }
@@ -543,9 +549,40 @@ impl LabFile {
             fabric: ap.fabric,
             racks,
             underlay: self.plan_underlay()?,
+            cloud: self.plan_cloud()?,
             nodes,
             pods,
         })
+    }
+
+    /// The VPC, checked on its own and against the address plan.
+    fn plan_cloud(&self) -> Result<Option<crate::cloud::VpcSpec>, LabError> {
+        let Some(c) = &self.spec.cloud else {
+            return Ok(None);
+        };
+        c.check().map_err(LabError::Invalid)?;
+        let ap = &self.spec.address_plan;
+        let taken = [
+            ("fabric", IpNet::V4(ap.fabric)),
+            ("pod CIDR", IpNet::V4(ap.pod_cidr)),
+            ("service CIDR", IpNet::V4(ap.service_cidr)),
+        ];
+        for v in &c.vswitches {
+            let under = self
+                .spec
+                .underlay
+                .iter()
+                .map(|u| ("underlay subnet", IpNet::V4(u.cidr)));
+            for (what, net) in taken.iter().copied().chain(under) {
+                if net.contains(&v.cidr.network()) || v.cidr.contains(&net.network()) {
+                    return Err(LabError::Invalid(format!(
+                        "vSwitch {} ({}) overlaps the {what} {net}",
+                        v.id, v.cidr
+                    )));
+                }
+            }
+        }
+        Ok(Some(c.clone()))
     }
 
     /// The underlay subnets, checked against the cross-node mode and the

@@ -116,6 +116,34 @@ impl Vpc {
         self.new_eni(Some(node), vswitch, groups, EniKind::Primary, Some(0))
     }
 
+    /// A node whose primary ENI the VPC did not allocate (the lab's
+    /// nodes sit on the fabric): recorded with its address, so it counts
+    /// against the node's ENI quota as eth0 does.
+    pub fn adopt_node(&mut self, node: &str, ip: IpAddr) -> Eni {
+        if let Some(e) = self
+            .enis
+            .values()
+            .find(|e| e.node.as_deref() == Some(node) && e.kind == EniKind::Primary)
+        {
+            return e.clone();
+        }
+        let n = self.next;
+        self.next += 1;
+        let eni = Eni {
+            id: format!("eni-{n:08x}"),
+            mac: String::new(),
+            node: Some(node.into()),
+            vswitch: String::new(),
+            primary_ip: ip,
+            secondary_ips: vec![],
+            security_groups: vec![],
+            kind: EniKind::Primary,
+            device_index: Some(0),
+        };
+        self.enis.insert(eni.id.clone(), eni.clone());
+        eni
+    }
+
     /// A node is released: every ENI attached to it is deleted with its
     /// addresses (and a trunk's members with it).
     pub fn remove_node(&mut self, node: &str) -> Vec<Eni> {
@@ -440,6 +468,19 @@ securityGroups: [{{id: sg-1}}, {{id: sg-2, kind: enterprise}}]
         assert_eq!(gone.len(), 4);
         assert!(v.enis.is_empty());
         assert!(v.used("vsw-a").is_empty() && v.used("vsw-b").is_empty());
+    }
+
+    #[test]
+    fn an_adopted_node_counts_its_eth0_against_the_quota() {
+        let mut v = vpc("quota: {enis: 2, ipsPerEni: 4, membersPerTrunk: 2}");
+        let p = v.adopt_node("n1", "198.18.0.1".parse().unwrap());
+        assert_eq!(v.adopt_node("n1", "198.18.0.9".parse().unwrap()).id, p.id);
+        assert!(v.used("vsw-a").is_empty(), "the fabric is no vSwitch");
+        v.create_eni("n1", "vsw-a", &[], false).unwrap();
+        assert!(matches!(
+            v.create_eni("n1", "vsw-a", &[], false).unwrap_err(),
+            CloudError::EniQuota { limit: 2, .. }
+        ));
     }
 
     #[test]

@@ -1,0 +1,151 @@
+//! The VPC's records as kernel objects. The VPC namespace holds every
+//! vSwitch's gateway (a /32 on its `lo`: it answers ARP for it on every
+//! ENI), a port on the fabric (the nodes' primary network) and, per
+//! attached ENI, the VPC end `eni-…` of a veth pair whose other end is
+//! `eth<device index>` in the node, with the ENI's MAC. The VPC routes
+//! each of the ENI's addresses to its end and answers ARP for what it
+//! routes elsewhere (proxy ARP), so addresses of one vSwitch on different
+//! ENIs reach each other through it, as in a VPC.
+
+use crate::cmd::ip;
+use crate::state::LabState;
+use std::collections::BTreeSet;
+use strait_model::cloud::provider::{Eni, EniKind};
+use strait_model::cloud::vpc::Vpc;
+
+/// Route protocol of the VPC's per-address routes.
+pub const PROTO: &str = "91";
+
+/// Make the VPC namespace (before the emulator starts).
+pub fn up(st: &LabState) -> anyhow::Result<()> {
+    let plan = &st.plan;
+    let Some(cloud) = &plan.cloud else {
+        return Ok(());
+    };
+    let ns = super::netns(&plan.name);
+    let fabric = strait_model::lab::fabric_netns(&plan.name);
+    ip(&["netns", "add", &ns])?;
+    ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+    for v in &cloud.vswitches {
+        let gw = strait_model::cloud::gateway(v.cidr);
+        ip(&["-n", &ns, "addr", "add", &format!("{gw}/32"), "dev", "lo"])?;
+    }
+    let mtu = plan.mtu.to_string();
+    ip(&[
+        "-n", &fabric, "link", "add", "vpc", "mtu", &mtu, "type", "veth", "peer", "name", "eth0",
+        "netns", &ns,
+    ])?;
+    ip(&["-n", &fabric, "link", "set", "vpc", "master", "br0", "up"])?;
+    let addr = format!(
+        "{}/{}",
+        super::fabric_address(plan),
+        plan.fabric.prefix_len()
+    );
+    ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+    ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+    crate::cmd::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+    )?;
+    Ok(())
+}
+
+/// The VPC end of an ENI: its id (12 characters, within IFNAMSIZ).
+pub fn vpc_end(e: &Eni) -> &str {
+    &e.id
+}
+
+/// ENIs that are links: attached secondary and trunk ENIs (the primary
+/// ENI is the node's eth0 on the fabric; members ride their trunk).
+fn linked(vpc: &Vpc) -> Vec<&Eni> {
+    vpc.enis
+        .values()
+        .filter(|e| e.node.is_some() && matches!(e.kind, EniKind::Secondary | EniKind::Trunk))
+        .collect()
+}
+
+/// Make the VPC namespace's links and routes match the records. Runs in
+/// the VPC namespace (the emulator's own). Returns what it changed.
+pub fn sync(st: &LabState, vpc: &Vpc) -> anyhow::Result<Vec<String>> {
+    let mut changed = vec![];
+    let have: BTreeSet<String> = links()?;
+    let want = linked(vpc);
+    let want_names: BTreeSet<&str> = want.iter().map(|e| vpc_end(e)).collect();
+    for name in have.iter().filter(|n| !want_names.contains(n.as_str())) {
+        ip(&["link", "del", name])?;
+        changed.push(format!("removed {name}"));
+    }
+    for e in &want {
+        let name = vpc_end(e);
+        if !have.contains(name) {
+            let node = e.node.as_deref().unwrap();
+            let n = st
+                .plan
+                .node(node)
+                .ok_or_else(|| anyhow::anyhow!("ENI {} is on node {node}, not in the lab", e.id))?;
+            let dev = format!("eth{}", e.device_index.unwrap_or(1));
+            let mtu = st.plan.mtu.to_string();
+            ip(&[
+                "link", "add", name, "mtu", &mtu, "type", "veth", "peer", "name", &dev, "address",
+                &e.mac, "mtu", &mtu, "netns", &n.netns,
+            ])?;
+            crate::cmd::run(
+                "sysctl",
+                &["-qw", &format!("net.ipv4.conf.{name}.proxy_arp=1")],
+            )?;
+            ip(&["link", "set", name, "up"])?;
+            changed.push(format!("{name} <-> {node} {dev}"));
+        }
+    }
+    // Every address of a linked ENI is routed to its end.
+    let want_routes: BTreeSet<(String, String)> = want
+        .iter()
+        .flat_map(|e| {
+            std::iter::once(e.primary_ip)
+                .chain(e.secondary_ips.iter().copied())
+                .map(move |ip| (ip.to_string(), vpc_end(e).to_string()))
+        })
+        .collect();
+    let have_routes = routes()?;
+    for (dst, dev) in have_routes.difference(&want_routes) {
+        ip(&["route", "del", dst, "dev", dev, "proto", PROTO])?;
+    }
+    for (dst, dev) in want_routes.difference(&have_routes) {
+        ip(&["route", "replace", dst, "dev", dev, "proto", PROTO])?;
+        changed.push(format!("route {dst} dev {dev}"));
+    }
+    Ok(changed)
+}
+
+/// The VPC ends present.
+fn links() -> anyhow::Result<BTreeSet<String>> {
+    let out = ip(&["-j", "link", "show"])?;
+    let v: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+    Ok(v.iter()
+        .filter_map(|l| l["ifname"].as_str())
+        .filter(|n| n.starts_with("eni-"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The VPC's per-address routes: (destination, device).
+fn routes() -> anyhow::Result<BTreeSet<(String, String)>> {
+    let out = ip(&["-j", "route", "show", "proto", PROTO])?;
+    let v: Vec<serde_json::Value> =
+        serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out })?;
+    Ok(v.iter()
+        .filter_map(|r| {
+            Some((
+                r["dst"].as_str()?.to_string(),
+                r["dev"].as_str()?.to_string(),
+            ))
+        })
+        .collect())
+}
