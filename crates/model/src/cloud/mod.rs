@@ -8,6 +8,7 @@
 //! Address-family generic: vSwitch CIDRs, ENI addresses and security-group
 //! peers are `IpNet`/`IpAddr`.
 
+pub mod eniip;
 pub mod provider;
 pub mod sg;
 pub mod vpc;
