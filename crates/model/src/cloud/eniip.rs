@@ -67,7 +67,7 @@ pub fn pick(enis: &[Eni], in_use: &BTreeSet<IpAddr>) -> Option<(String, IpAddr)>
 }
 
 /// The ENI that holds `ip`, if one of the node's does.
-pub fn eni_of<'a>(enis: &'a [Eni], ip: IpAddr) -> Option<&'a Eni> {
+pub fn eni_of(enis: &[Eni], ip: IpAddr) -> Option<&Eni> {
     enis.iter().find(|e| e.secondary_ips.contains(&ip))
 }
 
