@@ -96,6 +96,22 @@ fn enis_become_nics_quotas_hold_and_records_survive_the_emulator() {
         "{table}"
     );
 
+    // A malformed call is answered with an error, and the cloud serves on
+    // (an error answer once could not be written and stopped it).
+    {
+        use std::io::{BufRead, Write};
+        let mut s =
+            std::os::unix::net::UnixStream::connect(strait_lab::cloud::socket(&lab.st)).unwrap();
+        s.write_all(b"{\"call\":\"bogus\"}\n").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        assert!(
+            line.contains("\"kind\":\"invalid\"") && line.contains("bogus"),
+            "{line}"
+        );
+    }
+    assert_eq!(cloud.describe("node-b").unwrap().len(), 3);
+
     // Kill the emulator and remove an ENI's VPC end by hand: the records
     // survive, and the restarted emulator puts the kernel back.
     let pid = strait_lab::LabState::read_pid(&strait_lab::cloud::pid_file(&lab.st)).unwrap();
@@ -126,4 +142,116 @@ fn enis_become_nics_quotas_hold_and_records_survive_the_emulator() {
         left.iter().all(|e| e.node.as_deref() == Some("node-a")),
         "{left:?}"
     );
+}
+
+/// Configure an ENI's NIC the way the agent will: its primary address on
+/// eth<N>, up, and `extra` routes.
+fn configure(
+    lab: &Lab,
+    node: &str,
+    eni: &strait_model::cloud::provider::Eni,
+    prefix: u8,
+    extra: &[&str],
+) {
+    let dev = format!("eth{}", eni.device_index.unwrap());
+    lab.exec(
+        node,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/{prefix}", eni.primary_ip),
+            "dev",
+            &dev,
+        ],
+    );
+    lab.exec(node, &["ip", "link", "set", &dev, "up"]);
+    if !extra.is_empty() {
+        let mut args = vec!["ip", "route", "add"];
+        args.extend(extra);
+        args.extend(["dev", dev.as_str()]);
+        lab.exec(node, &args);
+    }
+}
+
+/// Whether a TCP connection from `node` to `to` is accepted.
+fn connects(lab: &Lab, node: &str, to: std::net::SocketAddr) -> bool {
+    let ns = strait_netlink::NetnsFile::open(&strait_lab::run::netns_path(&lab.node(node).netns))
+        .unwrap();
+    strait_netlink::in_netns(&ns, || {
+        std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_millis(1500)).is_ok()
+    })
+    .unwrap()
+}
+
+/// Security groups decide what crosses the VPC, by their rules in order:
+/// a server ENI whose group admits TCP 8080 from one vSwitch only accepts
+/// a client ENI there and refuses one in the other vSwitch; replies pass
+/// (the groups are stateful).
+#[test]
+fn security_groups_decide_what_crosses_the_vpc() {
+    if !require_root("security_groups_decide_what_crosses_the_vpc") {
+        return;
+    }
+    let yaml = YAML
+        .replace("name: t-cloud", "name: t-cloud-sg")
+        .replace(
+            "    - {id: sg-web}\n",
+            "    - {id: sg-web, rules: [{direction: ingress, protocol: tcp, ports: 8080/8080, cidr: 198.18.32.0/28, action: accept}]}\n    - {id: sg-client}\n",
+        )
+        .replace("  - name: node-b\n", "  - name: node-b\n  - name: node-c\n");
+    let lab = Lab::up(&yaml);
+    let cloud = strait_lab::cloud::client::LabCloud {
+        socket: strait_lab::cloud::socket(&lab.st),
+    };
+    let g = |s: &str| vec![s.to_string()];
+    let server = cloud
+        .create_eni("node-b", "vsw-a", &g("sg-web"), false)
+        .unwrap();
+    let near = cloud
+        .create_eni("node-a", "vsw-a", &g("sg-client"), false)
+        .unwrap();
+    let far = cloud
+        .create_eni("node-c", "vsw-b", &g("sg-client"), false)
+        .unwrap();
+    configure(
+        &lab,
+        "node-b",
+        &server,
+        28,
+        &["198.18.33.0/24", "via", "198.18.32.1"],
+    );
+    configure(&lab, "node-a", &near, 28, &[]);
+    configure(
+        &lab,
+        "node-c",
+        &far,
+        24,
+        &["198.18.32.0/28", "via", "198.18.33.1"],
+    );
+    let listen =
+        strait_netlink::NetnsFile::open(&strait_lab::run::netns_path(&lab.node("node-b").netns))
+            .unwrap();
+    let l = strait_netlink::in_netns(&listen, || {
+        std::net::TcpListener::bind("0.0.0.0:8080").unwrap()
+    })
+    .unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            drop(c)
+        }
+    });
+    let to = std::net::SocketAddr::new(server.primary_ip, 8080);
+    assert!(connects(&lab, "node-a", to), "sg-web rule 1 admits vsw-a");
+    assert!(
+        !connects(&lab, "node-c", to),
+        "nothing admits vsw-b: inbound dropped by default"
+    );
+    let rules = strait_lab::cloud::sgnft::script(
+        &serde_json::from_str(
+            &std::fs::read_to_string(strait_lab::cloud::records(&lab.st)).unwrap(),
+        )
+        .unwrap(),
+    );
+    assert!(rules.contains("sg-web rule 1"), "{rules}");
 }

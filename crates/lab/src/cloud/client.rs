@@ -14,8 +14,8 @@ pub struct LabCloud {
 
 impl LabCloud {
     pub fn call(&self, call: &Call) -> Result<Answer, CloudError> {
-        let down = |e: std::io::Error| {
-            CloudError::Unavailable(format!("lab cloud at {}: {e}", self.socket.display()))
+        let down = |e: std::io::Error| CloudError::Unavailable {
+            message: format!("lab cloud at {}: {e}", self.socket.display()),
         };
         let mut s = UnixStream::connect(&self.socket).map_err(down)?;
         let mut line = serde_json::to_vec(call).expect("calls serialise");
@@ -26,7 +26,9 @@ impl LabCloud {
         match serde_json::from_str(&answer) {
             Ok(Answer::Error { error }) => Err(error),
             Ok(a) => Ok(a),
-            Err(e) => Err(CloudError::Unavailable(format!("answer {answer:?}: {e}"))),
+            Err(e) => Err(CloudError::Unavailable {
+                message: format!("answer {answer:?}: {e}"),
+            }),
         }
     }
 
@@ -63,7 +65,9 @@ impl LabCloud {
 }
 
 fn unexpected(a: Answer) -> CloudError {
-    CloudError::Unavailable(format!("unexpected answer {a:?}"))
+    CloudError::Unavailable {
+        message: format!("unexpected answer {a:?}"),
+    }
 }
 
 impl EniProvider for LabCloud {

@@ -121,6 +121,8 @@ pub fn sync(st: &LabState, vpc: &Vpc) -> anyhow::Result<Vec<String>> {
         ip(&["route", "replace", dst, "dev", dev, "proto", PROTO])?;
         changed.push(format!("route {dst} dev {dev}"));
     }
+    // The security groups follow the ENIs and their addresses.
+    super::sgnft::apply(vpc)?;
     Ok(changed)
 }
 

@@ -15,6 +15,7 @@
 pub mod client;
 pub mod kernel;
 pub mod server;
+pub mod sgnft;
 
 use crate::state::LabState;
 use serde::{Deserialize, Serialize};
@@ -139,7 +140,11 @@ pub fn table(enis: &[Eni]) -> String {
 
 /// One call, as it crosses the socket (a JSON line each way).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "call")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "call"
+)]
 pub enum Call {
     Describe {
         node: String,

@@ -89,7 +89,9 @@ fn handle(st: &LabState, vpc: &mut Vpc, call: Call) -> Answer {
             answer
         }
         Err(e) => Answer::Error {
-            error: CloudError::Unavailable(format!("{e:#}")),
+            error: CloudError::Unavailable {
+                message: format!("{e:#}"),
+            },
         },
     }
 }
@@ -116,10 +118,16 @@ pub fn serve(st: &LabState) -> anyhow::Result<()> {
                     handle(st, &mut vpc, call)
                 }
                 Err(e) => Answer::Error {
-                    error: CloudError::Invalid(format!("not a call: {e}")),
+                    error: CloudError::Invalid {
+                        message: format!("not a call: {e}"),
+                    },
                 },
             };
-            let mut out = serde_json::to_vec(&answer)?;
+            // An answer always goes back; a bad one never stops the cloud.
+            let mut out = serde_json::to_vec(&answer).unwrap_or_else(|e| {
+                format!("{{\"result\":\"error\",\"error\":{{\"kind\":\"unavailable\",\"message\":\"answer: {e}\"}}}}")
+                    .into_bytes()
+            });
             out.push(b'\n');
             if w.write_all(&out).is_err() {
                 break;

@@ -60,11 +60,11 @@ pub enum CloudError {
     NotFound { what: String, id: String },
     /// The request contradicts the ENI's state (detaching a primary ENI,
     /// deleting an attached one, ...).
-    #[error("{0}")]
-    Invalid(String),
+    #[error("{message}")]
+    Invalid { message: String },
     /// The cloud could not be reached or failed inside.
-    #[error("cloud API: {0}")]
-    Unavailable(String),
+    #[error("cloud API: {message}")]
+    Unavailable { message: String },
 }
 
 /// The calls strait makes. Each is one cloud API request; the real API's
@@ -106,4 +106,32 @@ pub trait EniProvider: Send + Sync {
         vswitch: &str,
         security_groups: &[String],
     ) -> Result<Eni, CloudError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_crosses_json_and_back() {
+        for e in [
+            CloudError::EniQuota {
+                node: "n1".into(),
+                limit: 3,
+            },
+            CloudError::IpNotEnough {
+                vswitch: "vsw-a".into(),
+                cidr: "198.18.32.0/28".into(),
+            },
+            CloudError::Invalid {
+                message: "no".into(),
+            },
+            CloudError::Unavailable {
+                message: "down".into(),
+            },
+        ] {
+            let j = serde_json::to_string(&e).unwrap();
+            assert_eq!(serde_json::from_str::<CloudError>(&j).unwrap(), e, "{j}");
+        }
+    }
 }

@@ -209,9 +209,9 @@ impl Vpc {
         let e = self.enis.get(id).ok_or_else(|| not_found("ENI", id))?;
         match &e.kind {
             EniKind::Primary => {
-                return Err(CloudError::Invalid(format!(
-                    "ENI {id} is its node's primary ENI; it goes with the node"
-                )))
+                return Err(CloudError::Invalid {
+                    message: format!("ENI {id} is its node's primary ENI; it goes with the node"),
+                })
             }
             EniKind::Trunk => {
                 if let Some(m) = self
@@ -219,10 +219,12 @@ impl Vpc {
                     .values()
                     .find(|m| matches!(&m.kind, EniKind::Member { trunk, .. } if trunk == id))
                 {
-                    return Err(CloudError::Invalid(format!(
-                        "trunk ENI {id} still carries member ENI {}; delete the members first",
-                        m.id
-                    )));
+                    return Err(CloudError::Invalid {
+                        message: format!(
+                            "trunk ENI {id} still carries member ENI {}; delete the members first",
+                            m.id
+                        ),
+                    });
                 }
             }
             _ => {}
@@ -235,9 +237,11 @@ impl Vpc {
         let limit = self.spec.quota.ips_per_eni;
         let e = self.enis.get(id).ok_or_else(|| not_found("ENI", id))?;
         if e.kind == EniKind::Trunk || matches!(e.kind, EniKind::Member { .. }) {
-            return Err(CloudError::Invalid(format!(
-                "ENI {id} is a trunk or member ENI; secondary addresses are for secondary ENIs"
-            )));
+            return Err(CloudError::Invalid {
+                message: format!(
+                    "ENI {id} is a trunk or member ENI; secondary addresses are for secondary ENIs"
+                ),
+            });
         }
         if 1 + e.secondary_ips.len() + count > limit {
             return Err(CloudError::IpQuota {
@@ -271,9 +275,9 @@ impl Vpc {
     pub fn unassign_ips(&mut self, id: &str, ips: &[IpAddr]) -> Result<(), CloudError> {
         let e = self.eni_mut(id)?;
         if let Some(ip) = ips.iter().find(|ip| !e.secondary_ips.contains(ip)) {
-            return Err(CloudError::Invalid(format!(
-                "{ip} is not a secondary address of ENI {id}"
-            )));
+            return Err(CloudError::Invalid {
+                message: format!("{ip} is not a secondary address of ENI {id}"),
+            });
         }
         e.secondary_ips.retain(|ip| !ips.contains(ip));
         Ok(())
@@ -290,9 +294,9 @@ impl Vpc {
             .get(trunk)
             .ok_or_else(|| not_found("ENI", trunk))?;
         if t.kind != EniKind::Trunk {
-            return Err(CloudError::Invalid(format!(
-                "ENI {trunk} is not a trunk ENI"
-            )));
+            return Err(CloudError::Invalid {
+                message: format!("ENI {trunk} is not a trunk ENI"),
+            });
         }
         let vlans: BTreeSet<u16> = self
             .enis
