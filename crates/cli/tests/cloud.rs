@@ -255,3 +255,126 @@ fn security_groups_decide_what_crosses_the_vpc() {
     );
     assert!(rules.contains("sg-web rule 1"), "{rules}");
 }
+
+/// ENI-Trunking's cloud side (seed 002): member ENIs ride their node's
+/// trunk ENI, told apart by VLAN id. The VPC routes a member's address to
+/// the trunk and tags it with the member's VLAN; the member's own groups,
+/// not the trunk's, decide what reaches it. The node side's tagging is
+/// what strait's agent will do; here the test attaches strait's VLAN
+/// programs to the trunk NIC itself.
+#[test]
+fn member_enis_ride_their_trunk_tagged_and_answer_to_their_own_groups() {
+    if !require_root("member_enis_ride_their_trunk_tagged_and_answer_to_their_own_groups") {
+        return;
+    }
+    let yaml = YAML.replace("name: t-cloud", "name: t-cloud-trunk").replace(
+        "    - {id: sg-web}\n",
+        "    - {id: sg-open, rules: [{direction: ingress, protocol: tcp, ports: 8080/8080, cidr: 0.0.0.0/0, action: accept}]}\n    - {id: sg-closed, kind: enterprise}\n    - {id: sg-client}\n",
+    );
+    let lab = Lab::up(&yaml);
+    let cloud = strait_lab::cloud::client::LabCloud {
+        socket: strait_lab::cloud::socket(&lab.st),
+    };
+    let g = |s: &str| vec![s.to_string()];
+    let client = cloud
+        .create_eni("node-a", "vsw-a", &g("sg-client"), false)
+        .unwrap();
+    let trunk = cloud
+        .create_eni("node-b", "vsw-b", &g("sg-open"), true)
+        .unwrap();
+    let open = cloud
+        .create_member(&trunk.id, "vsw-b", &g("sg-open"))
+        .unwrap();
+    let closed = cloud
+        .create_member(&trunk.id, "vsw-b", &g("sg-closed"))
+        .unwrap();
+    let vlan = |e: &strait_model::cloud::provider::Eni| match &e.kind {
+        strait_model::cloud::provider::EniKind::Member { vlan, .. } => *vlan,
+        k => panic!("{k:?}"),
+    };
+    assert_ne!(vlan(&open), vlan(&closed));
+    configure(
+        &lab,
+        "node-a",
+        &client,
+        28,
+        &["198.18.33.0/24", "via", "198.18.32.1"],
+    );
+    // The node's side of the trunk: the members' addresses on eth1 and
+    // their tags pushed and popped by address.
+    let eth1 = format!("eth{}", trunk.device_index.unwrap());
+    for m in [&open, &closed] {
+        lab.exec(
+            "node-b",
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/32", m.primary_ip),
+                "dev",
+                &eth1,
+            ],
+        );
+    }
+    lab.exec("node-b", &["ip", "link", "set", &eth1, "up"]);
+    lab.exec(
+        "node-b",
+        &[
+            "ip",
+            "route",
+            "add",
+            "198.18.32.0/28",
+            "via",
+            "198.18.33.1",
+            "dev",
+            &eth1,
+            "onlink",
+        ],
+    );
+    let pins =
+        std::path::PathBuf::from(strait_model::lab::lab_bpf_dir(lab.name())).join("_test-node-b");
+    let subnets: std::collections::BTreeMap<ipnet::IpNet, u16> = [&open, &closed]
+        .iter()
+        .map(|m| (ipnet::IpNet::from(m.primary_ip), vlan(m)))
+        .collect();
+    let nb =
+        strait_netlink::NetnsFile::open(&strait_lab::run::netns_path(&lab.node("node-b").netns))
+            .unwrap();
+    let dev = eth1.clone();
+    strait_netlink::in_netns(&nb, move || {
+        let mut v = strait_bpf::vlan::Vlan::load(&pins, strait_bpf::vlan::Role::Node).unwrap();
+        v.attach(&dev).unwrap();
+        v.set_subnets(&subnets).unwrap();
+    })
+    .unwrap();
+    let l = strait_netlink::in_netns(&nb, || std::net::TcpListener::bind("0.0.0.0:8080").unwrap())
+        .unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            drop(c)
+        }
+    });
+
+    // To the open member: tagged with its VLAN on the trunk, both ways.
+    let vpc_ns = strait_lab::cloud::netns(lab.name());
+    let to_open = std::net::SocketAddr::new(open.primary_ip, 8080);
+    let seen = common::capture::tagged(&vpc_ns, &trunk.id, || {
+        assert!(connects(&lab, "node-a", to_open), "sg-open admits 8080");
+    });
+    let (c, o) = (client.primary_ip.to_string(), open.primary_ip.to_string());
+    assert!(
+        seen.contains(&(vlan(&open), format!("{c} > {o}"))),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&(vlan(&open), format!("{o} > {c}"))),
+        "{seen:?}"
+    );
+    // The closed member's enterprise group refuses, though the trunk's
+    // own group would admit it.
+    let to_closed = std::net::SocketAddr::new(closed.primary_ip, 8080);
+    assert!(
+        !connects(&lab, "node-a", to_closed),
+        "the member's group decides"
+    );
+}

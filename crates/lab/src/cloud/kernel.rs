@@ -105,7 +105,7 @@ pub fn sync(st: &LabState, vpc: &Vpc) -> anyhow::Result<Vec<String>> {
         }
     }
     // Every address of a linked ENI is routed to its end.
-    let want_routes: BTreeSet<(String, String)> = want
+    let mut want_routes: BTreeSet<(String, String)> = want
         .iter()
         .flat_map(|e| {
             std::iter::once(e.primary_ip)
@@ -113,6 +113,14 @@ pub fn sync(st: &LabState, vpc: &Vpc) -> anyhow::Result<Vec<String>> {
                 .map(move |ip| (ip.to_string(), vpc_end(e).to_string()))
         })
         .collect();
+    // A member's address goes to its trunk's end (see `members`).
+    for e in vpc.enis.values() {
+        if let EniKind::Member { trunk, .. } = &e.kind {
+            if want.iter().any(|t| t.id == *trunk) {
+                want_routes.insert((e.primary_ip.to_string(), trunk.clone()));
+            }
+        }
+    }
     let have_routes = routes()?;
     for (dst, dev) in have_routes.difference(&want_routes) {
         ip(&["route", "del", dst, "dev", dev, "proto", PROTO])?;
@@ -121,8 +129,55 @@ pub fn sync(st: &LabState, vpc: &Vpc) -> anyhow::Result<Vec<String>> {
         ip(&["route", "replace", dst, "dev", dev, "proto", PROTO])?;
         changed.push(format!("route {dst} dev {dev}"));
     }
+    changed.extend(members(st, vpc)?);
     // The security groups follow the ENIs and their addresses.
     super::sgnft::apply(vpc)?;
+    Ok(changed)
+}
+
+/// Where the VPC's trunk programs pin their map.
+pub fn pin_dir(lab: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(strait_model::lab::lab_bpf_dir(lab)).join("_vpc")
+}
+
+/// Member ENIs ride their trunk: the VPC routes a member's address to the
+/// trunk's end and tags it there with the member's VLAN id (strait's VLAN
+/// programs in the router role: by destination on egress; on ingress a tag
+/// is taken off only when the packet's address is that VLAN's member's).
+fn members(st: &LabState, vpc: &Vpc) -> anyhow::Result<Vec<String>> {
+    let mut changed = vec![];
+    let mut by_trunk: std::collections::BTreeMap<
+        &str,
+        std::collections::BTreeMap<ipnet::IpNet, u16>,
+    > = Default::default();
+    for e in vpc.enis.values() {
+        if let EniKind::Member { trunk, vlan } = &e.kind {
+            by_trunk
+                .entry(trunk.as_str())
+                .or_default()
+                .insert(ipnet::IpNet::from(e.primary_ip), *vlan);
+        }
+    }
+    let trunks: Vec<&Eni> = linked(vpc)
+        .into_iter()
+        .filter(|e| e.kind == EniKind::Trunk)
+        .collect();
+    if trunks.is_empty() {
+        return Ok(changed);
+    }
+    let pins = pin_dir(&st.plan.name);
+    strait_bpf::datapath::ensure_bpffs(std::path::Path::new("/sys/fs/bpf"))?;
+    std::fs::create_dir_all(&pins)?;
+    // One map for the VPC: every trunk's members (their addresses differ).
+    let all: std::collections::BTreeMap<ipnet::IpNet, u16> =
+        by_trunk.values().flat_map(|m| m.clone()).collect();
+    let mut v = strait_bpf::vlan::Vlan::load(&pins, strait_bpf::vlan::Role::Router)?;
+    for t in &trunks {
+        v.attach(vpc_end(t))?;
+    }
+    if v.set_subnets(&all)? > 0 {
+        changed.push(format!("member VLANs {all:?}"));
+    }
     Ok(changed)
 }
 

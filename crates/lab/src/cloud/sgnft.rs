@@ -116,24 +116,66 @@ pub fn script(vpc: &Vpc) -> String {
         .values()
         .filter(|e| e.node.is_some() && matches!(e.kind, EniKind::Secondary | EniKind::Trunk))
         .collect();
+    // Member ENIs are judged by their own groups, told apart on their
+    // trunk's link by their address (seed 002: the member's groups, not
+    // the trunk's, decide a pod's traffic).
+    let members: Vec<(&Eni, &str)> = vpc
+        .enis
+        .values()
+        .filter_map(|e| match &e.kind {
+            EniKind::Member { trunk, .. } if linked.iter().any(|t| &t.id == trunk) => {
+                Some((e, trunk.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
     let mut s =
         format!("add table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
-    for e in &linked {
+    for e in linked
+        .iter()
+        .copied()
+        .chain(members.iter().map(|(e, _)| *e))
+    {
         s.push_str(&chain(vpc, Direction::Egress, e));
         s.push_str(&chain(vpc, Direction::Ingress, e));
     }
     s.push_str("  chain forward {\n    type filter hook forward priority filter; policy accept;\n    ct state established,related accept\n");
+    for (m, trunk) in &members {
+        let fam = if m.primary_ip.is_ipv4() { "ip" } else { "ip6" };
+        s.push_str(&format!(
+            "    iifname \"{trunk}\" {fam} saddr {} jump {}\n    oifname \"{trunk}\" {fam} daddr {} jump {}\n",
+            m.primary_ip,
+            chain_name(Direction::Egress, m),
+            m.primary_ip,
+            chain_name(Direction::Ingress, m),
+        ));
+    }
+    // A trunk's own groups judge its own traffic, not its members'.
+    let not_members = |e: &Eni, dir: &str| {
+        let m: Vec<String> = members
+            .iter()
+            .filter(|(m, t)| *t == e.id && m.primary_ip.is_ipv4())
+            .map(|(m, _)| m.primary_ip.to_string())
+            .collect();
+        if m.is_empty() {
+            String::new()
+        } else {
+            format!(" ip {dir} != {{ {} }}", m.join(", "))
+        }
+    };
     for e in &linked {
         s.push_str(&format!(
-            "    iifname \"{}\" jump {}\n",
+            "    iifname \"{}\"{} jump {}\n",
             e.id,
+            not_members(e, "saddr"),
             chain_name(Direction::Egress, e)
         ));
     }
     for e in &linked {
         s.push_str(&format!(
-            "    oifname \"{}\" jump {}\n",
+            "    oifname \"{}\"{} jump {}\n",
             e.id,
+            not_members(e, "daddr"),
             chain_name(Direction::Ingress, e)
         ));
     }
