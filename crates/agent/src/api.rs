@@ -358,6 +358,7 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                         })
                         .collect()
                 },
+                vlan_ports: vlan_ports(agent, &snap),
                 bgp_peers: agent
                     .bgp
                     .get()
@@ -466,4 +467,40 @@ fn bgp_routes(v: strait_bgp::view::RouteView) -> strait_model::api::BgpRoutes {
             })
             .collect(),
     }
+}
+
+/// macvlan mode's ports, from the pinned map (what the datapath uses),
+/// with the pods of each VLAN.
+fn vlan_ports(
+    agent: &Agent,
+    snap: &strait_model::cluster::ClusterSnapshot,
+) -> Vec<strait_model::api::VlanPortStatus> {
+    if agent.macvlan.is_none() {
+        return vec![];
+    }
+    let (underlay, _) = strait_model::underlay::underlay_subnets(snap);
+    let allocs = agent.ipam.allocations();
+    let mut out: Vec<_> = strait_bpf::vlan::ports(&agent.cfg.bpf_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let (parent, trunk) = strait_model::naming::vlan_port_names(&agent.cfg.uplink, p.vid);
+            let pods = allocs
+                .iter()
+                .filter(|a| {
+                    underlay
+                        .iter()
+                        .any(|u| u.vlan == p.vid && u.cidr.contains(&a.ip))
+                })
+                .count();
+            strait_model::api::VlanPortStatus {
+                vlan: p.vid,
+                parent,
+                trunk,
+                pods,
+            }
+        })
+        .collect();
+    out.sort_by_key(|p| p.vlan);
+    out
 }

@@ -38,6 +38,23 @@ pub fn render(s: &NodeStatus) -> String {
             .collect();
         out.push_str(&format!("IPPool blocks {}\n", blocks.join(", ")));
     }
+    if !s.vlan_ports.is_empty() {
+        let ports: Vec<String> = s
+            .vlan_ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} (vlan {}, {} in eBPF, {} pod{})",
+                    p.parent,
+                    p.vlan,
+                    p.trunk,
+                    p.pods,
+                    if p.pods == 1 { "" } else { "s" }
+                )
+            })
+            .collect();
+        out.push_str(&format!("VLAN ports {}\n", ports.join(", ")));
+    }
     if let Some(src) = &s.source {
         let ago = src.last_event_ms.map(|t| {
             let now = std::time::SystemTime::now()

@@ -103,6 +103,14 @@ fn macvlan_mode_walks_the_seeds_paths_serves_services_and_cleans_up() {
         assert!(node_links.contains(l), "{l} missing: {node_links}");
     }
     matrix(&lab);
+    // `strait status` lists the node's ports and their pods.
+    let ports: Vec<(u16, usize)> = lab
+        .status("node-a")
+        .vlan_ports
+        .iter()
+        .map(|p| (p.vlan, p.pods))
+        .collect();
+    assert_eq!(ports, [(5, 2), (10, 1)]);
 
     let fabric = format!("strait-{}-fabric", lab.name());
     let (a5, a10, b5, b10) = (
@@ -254,6 +262,13 @@ fn macvlan_mode_walks_the_seeds_paths_serves_services_and_cleans_up() {
         assert!(!l.contains(gone), "{gone} left after DEL: {l}");
     }
     assert!(l.contains("eth0-5@") && l.contains("trunk5@"), "{l}");
+    let ports: Vec<u16> = lab
+        .status("node-a")
+        .vlan_ports
+        .iter()
+        .map(|p| p.vlan)
+        .collect();
+    assert_eq!(ports, [5]);
     for prev in [false, true] {
         let mut conf = conf.clone();
         if prev {

@@ -194,6 +194,21 @@ pub struct NodeStatus {
     /// BGP sessions (cross-node mode bgp).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bgp_peers: Vec<BgpPeerStatus>,
+    /// macvlan mode's VLAN ports on this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vlan_ports: Vec<VlanPortStatus>,
+}
+
+/// One VLAN port (macvlan mode), as `strait status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VlanPortStatus {
+    pub vlan: u16,
+    /// The macvlan parent, e.g. `eth0-5`.
+    pub parent: String,
+    /// Its far end, joined to the uplink in eBPF, e.g. `trunk5`.
+    pub trunk: String,
+    /// Pods of the VLAN on this node.
+    pub pods: usize,
 }
 
 /// One BGP session, as `strait status` shows it.
