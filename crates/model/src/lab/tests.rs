@@ -119,9 +119,7 @@ fn rejects_bad_lab_files_with_a_reason() {
     );
     let both = LAB.replace("mode: routed", "mode: routed\n  datapath: ebpf");
     assert!(plan_err(&both).contains("disagree"), "{}", plan_err(&both));
-    assert!(
-        plan_err(&LAB.replace("mode: routed", "crossNode: gre")).contains("unknown variant")
-    );
+    assert!(plan_err(&LAB.replace("mode: routed", "crossNode: gre")).contains("unknown variant"));
 }
 
 #[test]
@@ -185,10 +183,7 @@ fn racks_give_nodes_their_subnet_label_and_gateway() {
     assert!(err(&racked.replace("rack: r2}", "rack: r9}"))
         .contains("rack \"r9\" is not in spec.racks (r1, r2)"));
     assert!(
-        err(&racked.replace("{name: node-c, rack: r1}", "{name: node-c}"))
-            .contains("give it one")
+        err(&racked.replace("{name: node-c, rack: r1}", "{name: node-c}")).contains("give it one")
     );
-    assert!(
-        err(&LAB.replace("mode: routed", "crossNode: bgp-tor")).contains("needs spec.racks")
-    );
+    assert!(err(&LAB.replace("mode: routed", "crossNode: bgp-tor")).contains("needs spec.racks"));
 }
