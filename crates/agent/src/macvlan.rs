@@ -110,6 +110,16 @@ impl Ports {
             .await?
             .with_context(|| format!("uplink {} not found (--uplink)", self.uplink))?;
         let (p, t) = (nl.link(&parent).await?, nl.link(&trunk).await?);
+        // The usual ADD: the port is whole (its map entry is written last,
+        // after the program is on the far end), nothing to redo.
+        if let (Some(p), Some(t)) = (&p, &t) {
+            let done = strait_bpf::vlan::ports(&self.bpf_dir)?
+                .iter()
+                .any(|e| e.vid == vid && e.ifindex == t.index && e.uplink == uplink.index);
+            if done && p.up && t.up {
+                return Ok(parent);
+            }
+        }
         if p.as_ref().and_then(|l| l.kind.as_deref()) != Some("veth") || t.is_none() {
             // A half-made port (a crash midway) goes first.
             for n in [&trunk, &parent] {
