@@ -181,6 +181,36 @@ async fn handle_conn(agent: Arc<Agent>, conn: UnixStream) -> std::io::Result<()>
     }
 }
 
+/// ADD in eni mode: an ENI's secondary address, the ENI wired and the
+/// pod's rules in place before the runtime hears of it. A failure after the
+/// address was taken gives it back.
+fn eni_allocate(
+    enis: &crate::eni::Enis,
+    agent: &Agent,
+    req: AllocationRequest,
+) -> Result<strait_model::ipam::Allocation, ApiError> {
+    let attachment = req.attachment.clone();
+    let _kernel = enis.kernel.blocking_lock();
+    let (a, eni) = enis.allocate(&agent.ipam, req)?;
+    let wired = tokio::runtime::Handle::current().block_on(async {
+        let nl = strait_netlink::Netlink::connect()?;
+        enis.wire_pod(&nl, a.ip, &eni).await
+    });
+    match wired {
+        Ok(()) => Ok(a),
+        Err(e) => {
+            let _ = agent.ipam.release(&attachment);
+            Err(ApiError {
+                kind: ApiErrorKind::Internal,
+                message: format!(
+                    "address {} of ENI {eni} could not be wired, nothing was kept: {e:#}",
+                    a.ip
+                ),
+            })
+        }
+    }
+}
+
 pub fn handle(agent: &Agent, req: Request) -> Response {
     match req {
         Request::Allocate {
@@ -215,10 +245,13 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 host_ports,
                 pool: pool.as_ref().map(|p| p.name.clone()),
             };
-            let allocated = match &agent.macvlan {
-                Some(ports) => crate::macvlan::allocate(agent, ports, req, pool.clone())
+            let allocated = match (&agent.macvlan, &agent.eni) {
+                (Some(ports), _) => crate::macvlan::allocate(agent, ports, req, pool.clone())
                     .map(|(a, w)| (a, Some(w))),
-                None => crate::pools::allocate(agent, req, pool.as_ref()).map(|a| (a, None)),
+                (None, Some(enis)) => eni_allocate(enis, agent, req).map(|a| (a, None)),
+                (None, None) => {
+                    crate::pools::allocate(agent, req, pool.as_ref()).map(|a| (a, None))
+                }
             };
             match allocated {
                 Ok((allocation, macvlan)) => {
@@ -244,6 +277,18 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
             Ok(allocation) => {
                 if let Some(a) = &allocation {
                     tracing::info!(ip = %a.ip, pod = %a.pod, "released");
+                }
+                if let (Some(_), Some(a)) = (&agent.eni, &allocation) {
+                    // Terway's rules for the address go before DEL returns
+                    // (the pool takes the address back on its next pass).
+                    let done = tokio::runtime::Handle::current().block_on(async {
+                        crate::eni::Enis::unwire_pod(&strait_netlink::Netlink::connect()?, a.ip)
+                            .await
+                    });
+                    if let Err(e) = done {
+                        tracing::warn!(error = %format!("{e:#}"), "pod rules not removed; the eni-pool reconciler retries");
+                    }
+                    agent.nudge();
                 }
                 if let (Some(ports), Some(_)) = (&agent.macvlan, &allocation) {
                     // The VLAN's port goes with its last pod, before DEL
@@ -271,6 +316,25 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 message: "the BGP speaker has stopped (see the agent's log)".into(),
             }),
             Some(Some(v)) => Response::BgpRoutes(Box::new(bgp_routes(v))),
+        },
+        Request::EniMapping => match &agent.eni {
+            None => Response::Error(ApiError {
+                kind: ApiErrorKind::Invalid,
+                message: format!(
+                    "this node does not run ENI multi-IP (cross-node mode {}; it is --cross-node eni)",
+                    agent.cross_node
+                ),
+            }),
+            Some(enis) => {
+                let snap = agent.snapshot.borrow().clone();
+                match enis.mapping(&agent.ipam, &snap) {
+                    Ok(m) => Response::EniMapping(Box::new(m)),
+                    Err(e) => Response::Error(ApiError {
+                        kind: ApiErrorKind::Internal,
+                        message: format!("the cloud could not describe the node's ENIs: {e}"),
+                    }),
+                }
+            }
         },
         Request::PolicyList => Response::Policy {
             pods: agent.published.lock().unwrap().policy.clone(),

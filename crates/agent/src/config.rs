@@ -45,6 +45,16 @@ pub struct AgentConfig {
     pub cni_version: String,
     /// MTU of pod interfaces, in that conflist.
     pub mtu: u32,
+    /// eni: the cloud and the warm pool.
+    pub eni: Option<EniConfig>,
+}
+
+/// ENI multi-IP: where the cloud's API is and what the pool asks of it.
+#[derive(Clone, Debug)]
+pub struct EniConfig {
+    /// The cloud API socket (the lab's VPC emulator).
+    pub cloud_socket: PathBuf,
+    pub pool: strait_model::cloud::eniip::PoolConfig,
 }
 
 /// The cluster source.

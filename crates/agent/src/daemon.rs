@@ -40,6 +40,8 @@ pub struct Agent {
     pub policy_backend: &'static str,
     /// macvlan mode's VLAN ports (ADD makes a missing one).
     pub macvlan: Option<Arc<crate::macvlan::Ports>>,
+    /// eni mode's ENIs and warm pool (ADD takes addresses from it).
+    pub eni: Option<Arc<crate::eni::Enis>>,
 }
 
 /// What the reconcilers last programmed.
@@ -201,6 +203,19 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         ))
     });
     let cross_node = crate::crossnode::by_name(&cfg, macvlan.clone())?;
+    let eni = match (cfg.cross_node == "eni", &cfg.eni) {
+        (false, _) => None,
+        (true, None) => {
+            anyhow::bail!("cross-node mode eni needs the cloud: --cloud-socket and --eni-vswitch")
+        }
+        (true, Some(e)) => Some(Arc::new(crate::eni::Enis::new(
+            cfg.node_name.clone(),
+            Box::new(strait_model::cloud::wire::SocketCloud {
+                socket: e.cloud_socket.clone(),
+            }),
+            e.pool.clone(),
+        ))),
+    };
     let svc_name = match cfg.mode {
         strait_model::lab::Mode::Routed => "nftables",
         strait_model::lab::Mode::Ebpf => "ebpf",
@@ -252,6 +267,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         service_backend: services.name(),
         policy_backend: policy.name(),
         macvlan,
+        eni,
         cfg,
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -272,6 +288,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     if let Some(ports) = &agent.macvlan {
         tasks.spawn(reconcile::run(
             reconcile::macvlan_ports::MacvlanPorts::new(ports.clone())?,
+            agent.clone(),
+        ));
+    }
+    if let Some(enis) = &agent.eni {
+        tasks.spawn(reconcile::run(
+            reconcile::eni_pool::EniPool::new(enis.clone())?,
             agent.clone(),
         ));
     }

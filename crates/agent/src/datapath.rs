@@ -16,9 +16,10 @@ pub struct BpfState {
     /// An older map layout is still pinned until every host veth carries
     /// this build's program.
     pub retire_pending: bool,
-    /// The tunnel device's index when from-netdev/to-netdev were attached
-    /// to it (a recreated device has a new index and is attached again).
-    pub tunnel: Option<u32>,
+    /// Devices besides the uplink that carry from-netdev/to-netdev (the
+    /// overlay's tunnel device, eni mode's ENIs), by name, with the index
+    /// they had when attached (a recreated device is attached again).
+    pub netdevs: std::collections::BTreeMap<String, u32>,
 }
 
 /// A pin directory under /sys/fs/bpf needs a bpffs there (mounted if not).
@@ -55,7 +56,7 @@ pub fn load(cfg: &crate::AgentConfig) -> anyhow::Result<BpfState> {
         dp,
         attached: Default::default(),
         endpoints: 0,
-        tunnel: None,
+        netdevs: Default::default(),
     })
 }
 
@@ -63,23 +64,23 @@ pub fn load(cfg: &crate::AgentConfig) -> anyhow::Result<BpfState> {
 /// every pod's host veth carries from-container. Maps first, so a freshly
 /// attached program finds its pod.
 impl BpfState {
-    /// from-netdev and to-netdev on the overlay's device, as on the uplink:
-    /// decapsulated traffic for a local pod goes in with bpf_redirect_peer,
-    /// and replies of services with a backend on another node are restored
-    /// to the service address there.
-    pub fn attach_tunnel(&mut self, dev: &str, index: u32) -> anyhow::Result<bool> {
+    /// from-netdev and to-netdev on another device, as on the uplink (the
+    /// overlay's tunnel device, an ENI): traffic for a local pod goes in
+    /// with bpf_redirect_peer, and replies of services with a backend on
+    /// another node are restored to the service address there.
+    pub fn attach_netdev(&mut self, dev: &str, index: u32) -> anyhow::Result<bool> {
         use strait_bpf::datapath::Prog;
-        if self.tunnel == Some(index) {
+        if self.netdevs.get(dev) == Some(&index) {
             return Ok(false);
         }
         self.dp
             .attach(Prog::FromNetdev, dev)
-            .with_context(|| format!("attach from-netdev to the tunnel {dev}"))?;
+            .with_context(|| format!("attach from-netdev to {dev}"))?;
         self.dp
             .attach(Prog::ToNetdev, dev)
-            .with_context(|| format!("attach to-netdev to the tunnel {dev}"))?;
-        tracing::info!(device = dev, "from-netdev/to-netdev attached to the tunnel");
-        self.tunnel = Some(index);
+            .with_context(|| format!("attach to-netdev to {dev}"))?;
+        tracing::info!(device = dev, "from-netdev/to-netdev attached");
+        self.netdevs.insert(dev.to_string(), index);
         Ok(true)
     }
 

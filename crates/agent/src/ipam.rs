@@ -185,6 +185,14 @@ impl NodeIpam {
         }
     }
 
+    /// The cloud's addresses of this node, by ENI (see
+    /// `IpamState::external`).
+    pub fn set_external(&self, addrs: std::collections::BTreeMap<std::net::IpAddr, String>) {
+        if let Some(s) = self.state.lock().unwrap().as_mut() {
+            s.external = addrs;
+        }
+    }
+
     /// The IPPool blocks this node holds (block -> pool).
     pub fn blocks(&self) -> std::collections::BTreeMap<IpNet, String> {
         self.state

@@ -17,6 +17,7 @@ pub mod config;
 pub mod crossnode;
 pub mod daemon;
 pub mod datapath;
+pub mod eni;
 pub mod ipam;
 pub mod macvlan;
 pub mod policybackend;

@@ -69,9 +69,26 @@ pub struct Args {
     /// tagged in eBPF on --uplink; tables 39999 and 10001+) or macvlan
     /// (Bifrost: each pod's eth0 is a macvlan on its VLAN's port
     /// <uplink>-<vid>, tagged in eBPF; a service veth bifrXXX carries
-    /// service traffic through the host).
-    #[arg(long, default_value = "routed", value_parser = ["routed", "vxlan", "ipip", "bgp", "bgp-tor", "vlan", "macvlan"])]
+    /// service traffic through the host) or eni (Terway's ENI multi-IP:
+    /// pods take secondary addresses of the node's ENIs from the cloud at
+    /// --cloud-socket; rules 512/2048 and a table per ENI).
+    #[arg(long, default_value = "routed", value_parser = ["routed", "vxlan", "ipip", "bgp", "bgp-tor", "vlan", "macvlan", "eni"])]
     cross_node: String,
+    /// eni: the cloud API's socket (the lab's VPC emulator).
+    #[arg(long, required_if_eq("cross_node", "eni"))]
+    cloud_socket: Option<PathBuf>,
+    /// eni: the vSwitch new ENIs go into.
+    #[arg(long, required_if_eq("cross_node", "eni"))]
+    eni_vswitch: Option<String>,
+    /// eni: security groups of new ENIs (repeat for several).
+    #[arg(long)]
+    eni_security_group: Vec<String>,
+    /// eni: below this many idle pod addresses, more are asked of the cloud.
+    #[arg(long, default_value_t = 2)]
+    eni_min_idle: usize,
+    /// eni: above this many, idle addresses are given back to the cloud.
+    #[arg(long, default_value_t = 5)]
+    eni_max_idle: usize,
     /// bgp: the cluster's AS number (every node in it: iBGP full mesh).
     #[arg(long, default_value_t = 64512)]
     bgp_as: u32,
@@ -146,6 +163,26 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         cni_conf_dir: a.cni_conf_dir,
         cni_version: a.cni_version,
         mtu: a.mtu,
+        eni: match (a.cloud_socket, a.eni_vswitch) {
+            (Some(cloud_socket), Some(vswitch)) => {
+                anyhow::ensure!(
+                    a.eni_min_idle <= a.eni_max_idle,
+                    "--eni-min-idle {} is above --eni-max-idle {}",
+                    a.eni_min_idle,
+                    a.eni_max_idle
+                );
+                Some(strait_agent::config::EniConfig {
+                    cloud_socket,
+                    pool: strait_model::cloud::eniip::PoolConfig {
+                        vswitch,
+                        security_groups: a.eni_security_group,
+                        min_idle: a.eni_min_idle,
+                        max_idle: a.eni_max_idle,
+                    },
+                })
+            }
+            _ => None,
+        },
     };
     // glibc gives every thread that allocates its own heap arena, and a
     // large service table then leaves most of them fragmented: two arenas

@@ -266,7 +266,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 "lab {} has no cloud (add a cloud: section to its file)",
                 st.plan.name
             );
-            let c = strait_lab::cloud::client::LabCloud {
+            let c = strait_lab::cloud::LabCloud {
                 socket: strait_lab::cloud::socket(&st),
             };
             print!("{}", strait_lab::cloud::table(&c.list()?));

@@ -4,6 +4,7 @@ mod agent;
 mod bgp;
 mod lab;
 mod lb;
+mod mapping;
 mod metrics;
 mod monitor;
 mod policy;
@@ -42,6 +43,9 @@ enum Cmd {
     Policy(policy::Args),
     /// This node's BGP sessions and routes (cross-node mode bgp).
     Bgp(bgp::Args),
+    /// eni mode: each ENI's MAC, addresses and pods, checked pod ↔ agent ↔
+    /// cloud (as terway-cli mapping); exits 1 on a mismatch.
+    Mapping(mapping::Args),
     /// Print strait's CustomResourceDefinitions (IPPool, IPAMBlock,
     /// BGPConfiguration, BGPPeer) as
     /// deploy/crds.yaml ships them.
@@ -70,6 +74,7 @@ fn main() {
         Cmd::Lb(a) => lb::run(a),
         Cmd::Policy(a) => policy::run(a),
         Cmd::Bgp(a) => bgp::run(a),
+        Cmd::Mapping(a) => mapping::run(a),
         Cmd::Crds => {
             print!("{}", strait_model::ippool::crds_yaml());
             Ok(0)

@@ -47,7 +47,7 @@ fn enis_become_nics_quotas_hold_and_records_survive_the_emulator() {
         return;
     }
     let lab = Lab::up(YAML);
-    let cloud = strait_lab::cloud::client::LabCloud {
+    let cloud = strait_lab::cloud::LabCloud {
         socket: strait_lab::cloud::socket(&lab.st),
     };
     let web = vec!["sg-web".to_string()];
@@ -201,7 +201,7 @@ fn security_groups_decide_what_crosses_the_vpc() {
         )
         .replace("  - name: node-b\n", "  - name: node-b\n  - name: node-c\n");
     let lab = Lab::up(&yaml);
-    let cloud = strait_lab::cloud::client::LabCloud {
+    let cloud = strait_lab::cloud::LabCloud {
         socket: strait_lab::cloud::socket(&lab.st),
     };
     let g = |s: &str| vec![s.to_string()];
@@ -272,7 +272,7 @@ fn member_enis_ride_their_trunk_tagged_and_answer_to_their_own_groups() {
         "    - {id: sg-open, rules: [{direction: ingress, protocol: tcp, ports: 8080/8080, cidr: 0.0.0.0/0, action: accept}]}\n    - {id: sg-closed, kind: enterprise}\n    - {id: sg-client}\n",
     );
     let lab = Lab::up(&yaml);
-    let cloud = strait_lab::cloud::client::LabCloud {
+    let cloud = strait_lab::cloud::LabCloud {
         socket: strait_lab::cloud::socket(&lab.st),
     };
     let g = |s: &str| vec![s.to_string()];

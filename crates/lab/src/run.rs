@@ -270,6 +270,25 @@ pub fn start_agent(
             args.extend(["--uplink", "eth0"]);
         }
     }
+    let cloud_socket = crate::cloud::socket(st).display().to_string();
+    let (min_idle, max_idle);
+    if let Some(pool) = &st.plan.eni_pool {
+        min_idle = pool.min_idle.to_string();
+        max_idle = pool.max_idle.to_string();
+        args.extend([
+            "--cloud-socket",
+            &cloud_socket,
+            "--eni-vswitch",
+            &pool.vswitch,
+            "--eni-min-idle",
+            &min_idle,
+            "--eni-max-idle",
+            &max_idle,
+        ]);
+        for g in &pool.security_groups {
+            args.extend(["--eni-security-group", g]);
+        }
+    }
     // IP-in-IP is eBPF on either datapath: its maps need a home (and an
     // agent switched away from it finds them there to clear).
     if st.plan.mode != strait_model::lab::Mode::Ebpf {

@@ -49,6 +49,9 @@ pub enum Request {
     },
     /// The BGP speaker's routes: learned, and advertised to each peer.
     BgpRoutes,
+    /// eni mode: the node's ENIs, their addresses and pods, checked pod ↔
+    /// agent ↔ cloud (`strait mapping`).
+    EniMapping,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -80,6 +83,7 @@ pub enum Response {
     },
     PolicyVerdict(Box<PolicyExplanation>),
     BgpRoutes(Box<BgpRoutes>),
+    EniMapping(Box<crate::cloud::eniip::EniMapping>),
     Error(ApiError),
 }
 

@@ -140,6 +140,11 @@ pub struct IpamState {
     /// so not stored.
     #[serde(skip)]
     pub reserved: BTreeMap<String, std::collections::BTreeSet<IpAddr>>,
+    /// Addresses the cloud assigned to this node, each under the name of
+    /// the pool it counts as (its ENI's id): a pool of single addresses.
+    /// Set from the cloud's description before allocating, so not stored.
+    #[serde(skip)]
+    pub external: BTreeMap<IpAddr, String>,
 }
 
 fn to_u128(ip: IpAddr) -> u128 {
@@ -180,6 +185,7 @@ impl IpamState {
             last: None,
             blocks: BTreeMap::new(),
             reserved: BTreeMap::new(),
+            external: BTreeMap::new(),
         }
     }
 
@@ -260,7 +266,14 @@ impl IpamState {
                 .blocks
                 .iter()
                 .filter(|(_, bp)| bp.as_str() == p)
-                .map(|(b, _)| (*b, to_u128(b.network()), to_u128(b.broadcast())))
+                .map(|(b, _)| *b)
+                .chain(
+                    self.external
+                        .iter()
+                        .filter(|(_, bp)| bp.as_str() == p)
+                        .map(|(ip, _)| IpNet::from(*ip)),
+                )
+                .map(|b| (b, to_u128(b.network()), to_u128(b.broadcast())))
                 .collect(),
         }
     }
@@ -404,6 +417,7 @@ impl IpamState {
             .iter()
             .find(|(b, _)| b.contains(&ip))
             .map(|(_, p)| p.clone())
+            .or_else(|| self.external.get(&ip).cloned())
     }
 
     /// Blocks with no address in use or cooling down: the node may give

@@ -326,3 +326,32 @@ fn an_underlay_pools_network_gateway_and_broadcast_are_never_handed_out() {
         Err(IpamError::OutsidePool { .. })
     ));
 }
+
+#[test]
+fn cloud_addresses_are_a_pool_of_single_addresses_per_eni() {
+    let mut s = IpamState::new("10.9.0.0/24".parse().unwrap());
+    s.external = [("198.18.32.3", "eni-1"), ("198.18.32.4", "eni-1")]
+        .into_iter()
+        .chain([("198.18.32.9", "eni-2")])
+        .map(|(a, e)| (ip(a), e.to_string()))
+        .collect();
+    let a = s.allocate(in_pool("a", "eni-1"), 0, 0).unwrap();
+    let b = s.allocate(in_pool("b", "eni-1"), 0, 0).unwrap();
+    assert_eq!((a.ip, b.ip), (ip("198.18.32.3"), ip("198.18.32.4")));
+    assert_eq!(s.pool_of(a.ip).as_deref(), Some("eni-1"));
+    // eni-1 is full: the caller picks another ENI or asks the cloud.
+    assert!(matches!(
+        s.allocate(in_pool("c", "eni-1"), 0, 0),
+        Err(IpamError::PoolNeedsBlock { .. })
+    ));
+    // A requested address must be one of that ENI's.
+    let mut r = in_pool("d", "eni-2");
+    r.requested = Some(ip("198.18.32.3"));
+    assert!(s.allocate(r.clone(), 0, 0).is_err());
+    r.requested = Some(ip("198.18.32.9"));
+    assert_eq!(s.allocate(r, 0, 0).unwrap().ip, ip("198.18.32.9"));
+    // Not stored: the cloud says again after a restart.
+    let back: IpamState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert!(back.external.is_empty());
+    assert_eq!(back.allocations.len(), 3);
+}

@@ -1,9 +1,9 @@
 //! Cross-node modes: how pod traffic reaches other nodes. One backend per
 //! mode behind [`CrossNode`], chosen by name; the node-routes reconciler
-//! drives whichever is configured. Routed, VXLAN, IP-in-IP and BGP are
-//! here; VLAN slots in beside them.
+//! drives whichever is configured.
 
 pub mod bgp;
+pub mod eni;
 pub mod ipip;
 pub mod macvlan;
 pub mod routed;
@@ -47,7 +47,7 @@ pub trait CrossNode: Send + Sync {
 
 /// The cross-node modes strait has, by name.
 pub const MODES: &[&str] = &[
-    "routed", "vxlan", "ipip", "bgp", "bgp-tor", "vlan", "macvlan",
+    "routed", "vxlan", "ipip", "bgp", "bgp-tor", "vlan", "macvlan", "eni",
 ];
 
 /// `ports`: macvlan mode's VLAN ports, shared with the agent's API.
@@ -62,6 +62,9 @@ pub fn by_name(
             ports.expect("macvlan mode has its ports"),
             cfg.mode == strait_model::lab::Mode::Ebpf,
         ))),
+        "eni" => Ok(Box::new(eni::EniMode {
+            ipip: IpipLeftovers::new(cfg),
+        })),
         "routed" => Ok(Box::new(routed::Routed {
             ipip: IpipLeftovers::new(cfg),
         })),

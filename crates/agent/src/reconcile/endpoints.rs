@@ -241,16 +241,26 @@ impl Reconciler for Endpoints {
             let p = tokio::task::block_in_place(|| bpf.sync_endpoints(&allocs, &veth_index))?;
             rep.changed += p.0;
             rep.problems.extend(p.1);
-            // The overlay's device, once the node-routes reconciler made it.
-            if let Some(dev) = agent.cfg.tunnel_device() {
-                if let Some(l) = links.iter().find(|l| l.name == dev) {
-                    match tokio::task::block_in_place(|| bpf.attach_tunnel(&dev, l.index)) {
-                        Ok(true) => rep.changed += 1,
-                        Ok(false) => {}
-                        Err(e) => rep.problems.push(format!("{e:#}")),
-                    }
+            // The overlay's device, once the node-routes reconciler made it;
+            // the ENIs, once the eni-pool reconciler wired them.
+            let mut netdevs: Vec<(String, u32)> = agent
+                .cfg
+                .tunnel_device()
+                .into_iter()
+                .filter_map(|dev| links.iter().find(|l| l.name == dev).map(|l| (dev, l.index)))
+                .collect();
+            if let Some(enis) = &agent.eni {
+                netdevs.extend(enis.links());
+            }
+            for (dev, index) in &netdevs {
+                match tokio::task::block_in_place(|| bpf.attach_netdev(dev, *index)) {
+                    Ok(true) => rep.changed += 1,
+                    Ok(false) => {}
+                    Err(e) => rep.problems.push(format!("{e:#}")),
                 }
             }
+            bpf.netdevs
+                .retain(|d, _| netdevs.iter().any(|(n, _)| n == d));
             let mut pb = agent.published.lock().unwrap();
             pb.attached = bpf.attached.iter().cloned().collect();
             pb.endpoints = bpf.endpoints;

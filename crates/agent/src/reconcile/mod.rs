@@ -18,6 +18,8 @@
 //!   originated blocks, and the routes it learns in the kernel;
 //! - [`macvlan_ports`] (cross-node mode macvlan): one VLAN port per VLAN
 //!   with a pod here, none for the others;
+//! - [`eni_pool`] (cross-node mode eni): the ENI warm pool through the
+//!   cloud, the ENIs' links and tables, Terway's per-pod rules;
 //! - [`health`]: healthCheckNodePort servers;
 //! - [`conntrack`] (eBPF datapath): GC of service connections, map
 //!   pressure.
@@ -30,6 +32,7 @@
 pub mod bgp;
 pub mod conntrack;
 pub mod endpoints;
+pub mod eni_pool;
 pub mod health;
 pub mod ipam_blocks;
 pub mod macvlan_ports;

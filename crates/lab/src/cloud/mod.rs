@@ -12,16 +12,14 @@
 //! re-applies them at start, so a crash between a kernel change and the
 //! write of the records heals.
 
-pub mod client;
 pub mod kernel;
 pub mod server;
 pub mod sgnft;
 
 use crate::state::LabState;
-use serde::{Deserialize, Serialize};
-use std::net::IpAddr;
 use std::path::PathBuf;
-use strait_model::cloud::provider::{CloudError, Eni};
+use strait_model::cloud::provider::Eni;
+pub use strait_model::cloud::wire::{Answer, Call, SocketCloud as LabCloud};
 
 /// The VPC's namespace.
 pub fn netns(lab: &str) -> String {
@@ -87,7 +85,7 @@ fn up_emulator(st: &LabState, bins: &crate::run::Binaries) -> anyhow::Result<i32
         &pid_file(st),
         &[],
     )?;
-    let c = client::LabCloud { socket: socket(st) };
+    let c = LabCloud { socket: socket(st) };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while c.list().is_err() {
         anyhow::ensure!(
@@ -136,55 +134,4 @@ pub fn table(enis: &[Eni]) -> String {
         ));
     }
     out
-}
-
-/// One call, as it crosses the socket (a JSON line each way).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase",
-    tag = "call"
-)]
-pub enum Call {
-    Describe {
-        node: String,
-    },
-    CreateEni {
-        node: String,
-        vswitch: String,
-        security_groups: Vec<String>,
-        trunk: bool,
-    },
-    DeleteEni {
-        eni: String,
-    },
-    AssignIps {
-        eni: String,
-        count: usize,
-    },
-    UnassignIps {
-        eni: String,
-        ips: Vec<IpAddr>,
-    },
-    CreateMember {
-        trunk: String,
-        vswitch: String,
-        security_groups: Vec<String>,
-    },
-    /// The lab's own: a node is released with everything on it.
-    RemoveNode {
-        node: String,
-    },
-    /// The lab's own: every record.
-    List,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "result")]
-pub enum Answer {
-    Enis { enis: Vec<Eni> },
-    Eni { eni: Eni },
-    Ips { ips: Vec<IpAddr> },
-    Done,
-    Error { error: CloudError },
 }

@@ -74,6 +74,22 @@ fn handle(st: &LabState, vpc: &mut Vpc, call: Call) -> Answer {
         } => next
             .create_member(&trunk, &vswitch, &security_groups)
             .map(|eni| Answer::Eni { eni }),
+        Call::Limits { .. } => {
+            return Answer::Limits {
+                quota: vpc.spec.quota,
+            }
+        }
+        Call::VSwitch { id } => {
+            return match vpc.spec.vswitch(&id) {
+                Some(v) => Answer::VSwitch { vswitch: v.clone() },
+                None => Answer::Error {
+                    error: CloudError::NotFound {
+                        what: "vSwitch".into(),
+                        id,
+                    },
+                },
+            }
+        }
         Call::RemoveNode { node } => Ok(Answer::Enis {
             enis: next.remove_node(&node),
         }),

@@ -94,13 +94,14 @@ impl HopReport {
             .max()
             .unwrap_or(0)
             .max(10);
+        let l = label_width(self.hops.iter().map(|(h, _)| h));
         out.push_str(&format!(
-            "{:<22} {:<18} {:<w$} {}\n",
+            "{:<l$} {:<18} {:<w$} {}\n",
             "HOP", "INTERFACE", "REQUEST", "REPLY"
         ));
         for (h, s) in &self.hops {
             out.push_str(&format!(
-                "{:<22} {:<18} {:<w$} {}\n",
+                "{:<l$} {:<18} {:<w$} {}\n",
                 h.label,
                 h.iface,
                 mark(s.request, s.request_outer, &s.request_vlans),
@@ -141,6 +142,9 @@ pub fn path(
     let plan: &LabPlan = &st.plan;
     if plan.cross_node == strait_model::lab::CrossNodeMode::Macvlan {
         return crate::hops_macvlan::path(st, src, dst);
+    }
+    if plan.cross_node == strait_model::lab::CrossNodeMode::Eni {
+        return crate::hops_eni::path(st, src, dst);
     }
     let dpod = plan
         .pod(dst)
@@ -277,6 +281,14 @@ fn rack_hops(
     hops
 }
 
+/// The HOP column's width: the longest label (at least 22).
+fn label_width<'a>(hops: impl Iterator<Item = &'a Hop>) -> usize {
+    hops.map(|h| h.label.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(22)
+}
+
 fn v4(ip: IpAddr) -> anyhow::Result<Ipv4Addr> {
     match ip {
         IpAddr::V4(v) => Ok(v),
@@ -384,8 +396,9 @@ impl ServiceHopReport {
             "{} -> service {}:{} (answered by {})\n\n",
             self.client, self.vip, self.port, self.answered_by
         );
+        let l = label_width(self.hops.iter().map(|(h, ..)| h));
         out.push_str(&format!(
-            "{:<22} {:<18} {:<14} {}\n",
+            "{:<l$} {:<18} {:<14} {}\n",
             "HOP", "INTERFACE", "SERVICE IP", "POD IPs ONLY"
         ));
         let mark = |n: usize| {
@@ -397,7 +410,7 @@ impl ServiceHopReport {
         };
         for (h, v, p) in &self.hops {
             out.push_str(&format!(
-                "{:<22} {:<18} {:<14} {}\n",
+                "{:<l$} {:<18} {:<14} {}\n",
                 h.label,
                 h.iface,
                 mark(*v),
@@ -458,12 +471,17 @@ pub fn trace_service(
             iface: host_veth(spod),
         },
     ];
-    for n in &plan.nodes {
-        hops.push(Hop {
-            label: format!("{} eth0", n.name),
-            netns: n.netns.clone(),
-            iface: "eth0".into(),
-        });
+    if plan.cross_node == strait_model::lab::CrossNodeMode::Eni {
+        // Pod traffic between nodes crosses the pods' ENIs, not eth0.
+        hops.extend(crate::hops_eni::every_eni(st)?);
+    } else {
+        for n in &plan.nodes {
+            hops.push(Hop {
+                label: format!("{} eth0", n.name),
+                netns: n.netns.clone(),
+                iface: "eth0".into(),
+            });
+        }
     }
     for b in &backend_pods {
         let bn = plan.node(&b.node).unwrap();

@@ -142,6 +142,13 @@ pub fn plan(
             }
         }
     }
+    if idle_total >= cfg.min_idle {
+        // An ENI left with no address (a crash between creating it and
+        // assigning, or addresses given back by hand) is not needed.
+        for e in ours.iter().filter(|e| e.secondary_ips.is_empty()) {
+            out.push(PoolAction::DeleteEni { eni: e.id.clone() });
+        }
+    }
     out
 }
 
@@ -196,6 +203,14 @@ pub struct MappingRow {
     pub device: String,
     pub mac: String,
     pub ips: Vec<(IpAddr, Option<String>)>,
+}
+
+/// `strait mapping`'s answer: the node's pod ENIs and every mismatch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EniMapping {
+    pub node: String,
+    pub rows: Vec<MappingRow>,
+    pub problems: Vec<String>,
 }
 
 /// Check pods ↔ agent ↔ cloud. `pods`: each pod and its address as the
@@ -357,6 +372,25 @@ mod tests {
         );
         // Within bounds: nothing.
         assert_eq!(plan(&cfg(1, 3), &Q, &enis, &set(&["198.18.32.3"])), []);
+        // An ENI with no address at all (a crash after creating it) goes
+        // once the pool has what it needs, and is filled while it does not.
+        let enis = [
+            eni("eni-1", 1, &["198.18.32.3", "198.18.32.4"]),
+            eni("eni-2", 2, &[]),
+        ];
+        assert_eq!(
+            plan(&cfg(1, 3), &Q, &enis, &set(&[])),
+            [PoolAction::DeleteEni {
+                eni: "eni-2".into()
+            }]
+        );
+        assert_eq!(
+            plan(&cfg(3, 4), &Q, &enis, &set(&[])),
+            [PoolAction::Assign {
+                eni: "eni-2".into(),
+                count: 1
+            }]
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod eniip;
 pub mod provider;
 pub mod sg;
 pub mod vpc;
+pub mod wire;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};

@@ -106,6 +106,14 @@ pub trait EniProvider: Send + Sync {
         vswitch: &str,
         security_groups: &[String],
     ) -> Result<Eni, CloudError>;
+
+    /// The node's ENI limits, from its instance type
+    /// (DescribeInstanceTypes: EniQuantity, EniPrivateIpAddressQuantity,
+    /// EniTrunkSupported).
+    fn limits(&self, node: &str) -> Result<super::Quota, CloudError>;
+
+    /// A vSwitch: its CIDR, hence its gateway (DescribeVSwitches).
+    fn vswitch(&self, id: &str) -> Result<super::VSwitchSpec, CloudError>;
 }
 
 #[cfg(test)]

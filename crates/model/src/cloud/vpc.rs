@@ -356,6 +356,17 @@ impl EniProvider for std::sync::Mutex<Vpc> {
     ) -> Result<Eni, CloudError> {
         self.lock().unwrap().create_member(trunk, vswitch, groups)
     }
+    fn limits(&self, _node: &str) -> Result<super::Quota, CloudError> {
+        Ok(self.lock().unwrap().spec.quota)
+    }
+    fn vswitch(&self, id: &str) -> Result<super::VSwitchSpec, CloudError> {
+        self.lock()
+            .unwrap()
+            .spec
+            .vswitch(id)
+            .cloned()
+            .ok_or_else(|| not_found("vSwitch", id))
+    }
 }
 
 #[cfg(test)]

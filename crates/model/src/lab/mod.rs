@@ -88,6 +88,9 @@ pub enum CrossNodeMode {
     /// eBPF); the switch and the VLAN's gateway carry all pod traffic, a
     /// service veth carries service traffic through the host.
     Macvlan,
+    /// Terway's ENI multi-IP: pods hold secondary addresses of their
+    /// node's ENIs, and the lab's VPC (`cloud:`) routes them.
+    Eni,
 }
 
 impl CrossNodeMode {
@@ -100,6 +103,7 @@ impl CrossNodeMode {
             CrossNodeMode::BgpTor => "bgp-tor",
             CrossNodeMode::Vlan => "vlan",
             CrossNodeMode::Macvlan => "macvlan",
+            CrossNodeMode::Eni => "eni",
         }
     }
 
@@ -110,7 +114,8 @@ impl CrossNodeMode {
             | CrossNodeMode::Bgp
             | CrossNodeMode::BgpTor
             | CrossNodeMode::Vlan
-            | CrossNodeMode::Macvlan => 0,
+            | CrossNodeMode::Macvlan
+            | CrossNodeMode::Eni => 0,
             CrossNodeMode::Vxlan => crate::overlay::VXLAN_OVERHEAD_V4,
             CrossNodeMode::Ipip => crate::overlay::IPIP_OVERHEAD_V4,
         }
@@ -159,6 +164,10 @@ pub struct LabSpec {
     /// security groups, ENI quotas. The lab runs its emulator.
     #[serde(default)]
     pub cloud: Option<crate::cloud::VpcSpec>,
+    /// crossNode eni: the agents' warm pool (default: the first vSwitch,
+    /// the first security group, 2 to 5 idle addresses).
+    #[serde(default)]
+    pub eni_pool: Option<crate::cloud::eniip::PoolConfig>,
 }
 
 fn default_mtu() -> u32 {
@@ -231,6 +240,9 @@ pub struct LabPlan {
     pub underlay: Vec<crate::underlay::LabSubnet>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<crate::cloud::VpcSpec>,
+    /// crossNode eni: what the agents' warm pool asks of the cloud.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eni_pool: Option<crate::cloud::eniip::PoolConfig>,
     pub nodes: Vec<NodePlan>,
     pub pods: Vec<PodPlan>,
 }

@@ -158,6 +158,7 @@ impl LabFile {
             racks,
             underlay: self.plan_underlay()?,
             cloud: self.plan_cloud()?,
+            eni_pool: self.plan_eni_pool()?,
             nodes,
             pods,
         })
@@ -191,6 +192,63 @@ impl LabFile {
             }
         }
         Ok(Some(c.clone()))
+    }
+
+    /// crossNode eni's warm pool, checked against the VPC.
+    fn plan_eni_pool(&self) -> Result<Option<crate::cloud::eniip::PoolConfig>, LabError> {
+        let spec = &self.spec;
+        let eni = spec.cross_node == CrossNodeMode::Eni;
+        let cloud =
+            match (&spec.cloud, eni) {
+                (_, false) if spec.eni_pool.is_some() => {
+                    return Err(LabError::Invalid(format!(
+                        "spec.eniPool needs crossNode eni; crossNode is {}",
+                        spec.cross_node
+                    )))
+                }
+                (_, false) => return Ok(None),
+                (None, true) => return Err(LabError::Invalid(
+                    "crossNode eni needs spec.cloud (the VPC: vSwitches, security groups, quotas)"
+                        .into(),
+                )),
+                (Some(c), true) => c,
+            };
+        let pool = spec
+            .eni_pool
+            .clone()
+            .unwrap_or_else(|| crate::cloud::eniip::PoolConfig {
+                vswitch: cloud.vswitches[0].id.clone(),
+                security_groups: cloud
+                    .security_groups
+                    .first()
+                    .map(|g| g.id.clone())
+                    .into_iter()
+                    .collect(),
+                min_idle: 2,
+                max_idle: 5,
+            });
+        if cloud.vswitch(&pool.vswitch).is_none() {
+            return Err(LabError::Invalid(format!(
+                "spec.eniPool.vswitch {} is not a vSwitch of spec.cloud",
+                pool.vswitch
+            )));
+        }
+        if let Some(g) = pool
+            .security_groups
+            .iter()
+            .find(|g| !cloud.security_groups.iter().any(|s| s.id == **g))
+        {
+            return Err(LabError::Invalid(format!(
+                "spec.eniPool.securityGroups: {g} is not a security group of spec.cloud"
+            )));
+        }
+        if pool.min_idle > pool.max_idle {
+            return Err(LabError::Invalid(format!(
+                "spec.eniPool: minIdle {} is above maxIdle {}",
+                pool.min_idle, pool.max_idle
+            )));
+        }
+        Ok(Some(pool))
     }
 
     /// The underlay subnets, checked against the cross-node mode and the

@@ -1,23 +1,93 @@
-//! The lab cloud's [`EniProvider`]: each call one JSON line over the
-//! emulator's socket.
+//! The cloud API as the lab's VPC emulator serves it, and its client: each
+//! call is one JSON line over a unix socket, answered by one JSON line.
+//! The agent talks to the lab's cloud through [`SocketCloud`] (an
+//! [`EniProvider`]); a real cloud would be another provider, not this
+//! protocol.
 
-use super::{Answer, Call};
+use super::provider::{CloudError, Eni, EniProvider};
+use super::{Quota, VSwitchSpec};
+use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use strait_model::cloud::provider::{CloudError, Eni, EniProvider};
+use std::time::Duration;
 
-pub struct LabCloud {
+/// One call, as it crosses the socket.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "call"
+)]
+pub enum Call {
+    Describe {
+        node: String,
+    },
+    CreateEni {
+        node: String,
+        vswitch: String,
+        security_groups: Vec<String>,
+        trunk: bool,
+    },
+    DeleteEni {
+        eni: String,
+    },
+    AssignIps {
+        eni: String,
+        count: usize,
+    },
+    UnassignIps {
+        eni: String,
+        ips: Vec<IpAddr>,
+    },
+    CreateMember {
+        trunk: String,
+        vswitch: String,
+        security_groups: Vec<String>,
+    },
+    Limits {
+        node: String,
+    },
+    VSwitch {
+        id: String,
+    },
+    /// The lab's own: a node is released with everything on it.
+    RemoveNode {
+        node: String,
+    },
+    /// The lab's own: every record.
+    List,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "result")]
+pub enum Answer {
+    Enis { enis: Vec<Eni> },
+    Eni { eni: Eni },
+    Ips { ips: Vec<IpAddr> },
+    Limits { quota: Quota },
+    VSwitch { vswitch: VSwitchSpec },
+    Done,
+    Error { error: CloudError },
+}
+
+/// A cloud answering [`Call`]s on a unix socket (the lab's emulator).
+pub struct SocketCloud {
     pub socket: PathBuf,
 }
 
-impl LabCloud {
+/// How long one call may take before the cloud counts as unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl SocketCloud {
     pub fn call(&self, call: &Call) -> Result<Answer, CloudError> {
         let down = |e: std::io::Error| CloudError::Unavailable {
-            message: format!("lab cloud at {}: {e}", self.socket.display()),
+            message: format!("cloud at {}: {e}", self.socket.display()),
         };
         let mut s = UnixStream::connect(&self.socket).map_err(down)?;
+        s.set_read_timeout(Some(CALL_TIMEOUT)).map_err(down)?;
+        s.set_write_timeout(Some(CALL_TIMEOUT)).map_err(down)?;
         let mut line = serde_json::to_vec(call).expect("calls serialise");
         line.push(b'\n');
         s.write_all(&line).map_err(down)?;
@@ -70,7 +140,7 @@ fn unexpected(a: Answer) -> CloudError {
     }
 }
 
-impl EniProvider for LabCloud {
+impl EniProvider for SocketCloud {
     fn describe(&self, node: &str) -> Result<Vec<Eni>, CloudError> {
         self.enis(&Call::Describe { node: node.into() })
     }
@@ -117,5 +187,17 @@ impl EniProvider for LabCloud {
             vswitch: vswitch.into(),
             security_groups: security_groups.to_vec(),
         })
+    }
+    fn limits(&self, node: &str) -> Result<Quota, CloudError> {
+        match self.call(&Call::Limits { node: node.into() })? {
+            Answer::Limits { quota } => Ok(quota),
+            a => Err(unexpected(a)),
+        }
+    }
+    fn vswitch(&self, id: &str) -> Result<VSwitchSpec, CloudError> {
+        match self.call(&Call::VSwitch { id: id.into() })? {
+            Answer::VSwitch { vswitch } => Ok(vswitch),
+            a => Err(unexpected(a)),
+        }
     }
 }
