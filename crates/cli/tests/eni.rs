@@ -1,0 +1,261 @@
+//! Terway DataPath V2 on ENI multi-IP (seed 000) in the lab, on both
+//! datapaths: pods hold secondary addresses of their node's ENIs (from the
+//! lab's VPC emulator), Terway's rules send a pod's traffic out of its own
+//! ENI, and the seed's scenarios 1–7 are asserted by captures on the pods,
+//! their host veths, the node's ENIs and the VPC's ends of them. On
+//! node-a centos and nginx2 share eth1 and nginx3 has eth2 (an ENI holds
+//! two pod addresses here); nginx1 is on node-b's eth1.
+//!
+//! The kernel datapath walks every hop through the host stack; the eBPF
+//! datapath skips the destination's host veth (bpf_redirect_peer from the
+//! source's host veth, or from the ENI's from-netdev) and the source's on
+//! the reply, as the seed's Aliyun3 column shows.
+
+mod common;
+use common::*;
+use strait_lab::hops::{trace, trace_service, HopReport};
+use strait_model::cloud::provider::Eni;
+
+fn yaml(name: &str, datapath: &str) -> String {
+    include_str!("../../../examples/two-nodes-eni.yaml")
+        .replace(
+            "metadata:\n  name: terway\n",
+            &format!("metadata:\n  name: {name}\n"),
+        )
+        .replace("datapath: ebpf", &format!("datapath: {datapath}"))
+}
+
+fn cloud(lab: &Lab) -> Vec<Eni> {
+    strait_lab::cloud::LabCloud {
+        socket: strait_lab::cloud::socket(&lab.st),
+    }
+    .list()
+    .unwrap()
+}
+
+fn ip(lab: &Lab, p: &str) -> std::net::IpAddr {
+    lab.st.pod_ip(lab.st.plan.pod(p).unwrap()).unwrap()
+}
+
+/// The device (eth<N>) of the ENI holding `pod`'s address.
+fn dev_of(enis: &[Eni], lab: &Lab, pod: &str) -> String {
+    let a = ip(lab, pod);
+    let e = enis
+        .iter()
+        .find(|e| e.secondary_ips.contains(&a))
+        .unwrap_or_else(|| panic!("no ENI holds {pod}'s {a}: {enis:#?}"));
+    format!("eth{}", e.device_index.unwrap())
+}
+
+fn eni_label(enis: &[Eni], lab: &Lab, pod: &str) -> String {
+    let a = ip(lab, pod);
+    let e = enis.iter().find(|e| e.secondary_ips.contains(&a)).unwrap();
+    format!(
+        "{} eth{} ({})",
+        e.node.as_deref().unwrap(),
+        e.device_index.unwrap(),
+        e.id
+    )
+}
+
+fn silent(h: &HopReport, hop: &str) {
+    let s = h.seen(hop);
+    assert_eq!((s.request, s.reply), (0, 0), "{hop}: {}", h.table());
+}
+
+fn both_ways(h: &HopReport, hop: &str) {
+    let s = h.seen(hop);
+    assert!(s.request > 0 && s.reply > 0, "{hop}: {}", h.table());
+}
+
+/// The pod's host veth: both directions through the host stack; with
+/// bpf_redirect_peer the request enters the pod past it (`dst`) and the
+/// reply past the client's (`src`).
+fn host_veths(h: &HopReport, src: &str, dst: &str, ebpf: bool) {
+    let (s, d) = (
+        h.seen(&format!("{src} host veth")),
+        h.seen(&format!("{dst} host veth")),
+    );
+    assert!(s.request > 0 && d.reply > 0, "{}", h.table());
+    if ebpf {
+        assert_eq!((s.reply, d.request), (0, 0), "skipped: {}", h.table());
+    } else {
+        assert!(s.reply > 0 && d.request > 0, "{}", h.table());
+    }
+}
+
+fn scenarios(lab: &Lab, ebpf: bool) {
+    let enis = cloud(lab);
+    // The layout the scenarios need: one ENI shared, one not.
+    assert_eq!(dev_of(&enis, lab, "centos"), "eth1");
+    assert_eq!(dev_of(&enis, lab, "nginx2"), "eth1");
+    assert_eq!(dev_of(&enis, lab, "nginx3"), "eth2");
+    assert_eq!(dev_of(&enis, lab, "nginx1"), "eth1");
+    for p in ["centos", "nginx2", "nginx3", "nginx1"] {
+        assert!(ip(lab, p).to_string().starts_with("198.18.32."), "{p}");
+    }
+
+    // Terway's rules: to the pod by main (512), from it by its ENI's
+    // table (2048), which leaves by that ENI via the vSwitch's gateway.
+    let centos = ip(lab, "centos");
+    let eth1 = lab.exec("node-a", &["cat", "/sys/class/net/eth1/ifindex"]);
+    let table = 1000 + eth1.trim().parse::<u32>().unwrap();
+    let rules = lab.exec("node-a", &["ip", "rule"]);
+    assert!(
+        rules.contains(&format!("512:\tfrom all to {centos} lookup main")),
+        "{rules}"
+    );
+    assert!(
+        rules.contains(&format!("2048:\tfrom {centos} lookup {table}")),
+        "{rules}"
+    );
+    let t = lab.exec(
+        "node-a",
+        &["ip", "route", "show", "table", &table.to_string()],
+    );
+    assert!(
+        t.contains("default via 198.18.32.1 dev eth1") && t.contains("onlink"),
+        "{t}"
+    );
+
+    // 1. Node to a pod: through the host stack and the host veth; no ENI.
+    let h = trace(&lab.st, "node-a", "nginx2").unwrap();
+    silent(&h, &eni_label(&enis, lab, "nginx2"));
+    both_ways(&h, "nginx2 host veth");
+
+    // 2. Same node, same ENI: the ENI sees nothing.
+    let h = trace(&lab.st, "centos", "nginx2").unwrap();
+    silent(&h, &eni_label(&enis, lab, "centos"));
+    host_veths(&h, "centos", "nginx2", ebpf);
+
+    // 3. Same node, different ENIs: neither ENI sees anything.
+    let h = trace(&lab.st, "centos", "nginx3").unwrap();
+    silent(&h, &eni_label(&enis, lab, "centos"));
+    silent(&h, &eni_label(&enis, lab, "nginx3"));
+    host_veths(&h, "centos", "nginx3", ebpf);
+
+    // 4. Across nodes: out of the client's ENI, through the VPC, in at the
+    // server's ENI, both ways.
+    let h = trace(&lab.st, "centos", "nginx1").unwrap();
+    let (a, b) = (
+        eni_label(&enis, lab, "centos"),
+        eni_label(&enis, lab, "nginx1"),
+    );
+    for hop in [a.as_str(), b.as_str()] {
+        both_ways(&h, hop);
+    }
+    for e in enis.iter().filter(|e| {
+        [ip(lab, "centos"), ip(lab, "nginx1")]
+            .iter()
+            .any(|a| e.secondary_ips.contains(a))
+    }) {
+        both_ways(&h, &format!("vpc {}", e.id));
+    }
+    host_veths(&h, "centos", "nginx1", ebpf);
+
+    // 5–7. A service: its address is seen only on the client's side; after
+    // that only pod addresses. Same node (same ENI, then another ENI): no
+    // ENI sees it; across nodes: both pods' ENIs, nothing on eth2.
+    for (svc, backend, enis_carry) in [
+        ("nginx2", "nginx2", false),
+        ("nginx3", "nginx3", false),
+        ("nginx1", "nginx1", true),
+    ] {
+        let r = trace_service(&lab.st, "centos", svc, 80).unwrap();
+        assert_eq!(r.answered_by, backend, "{}", r.table());
+        assert!(r.at("centos eth0").0 > 0, "{}", r.table());
+        for (hop, vip, _) in &r.hops {
+            if !hop.label.starts_with("centos ") {
+                assert_eq!(*vip, 0, "service IP at {}: {}", hop.label, r.table());
+            }
+        }
+        assert!(r.at(&format!("{backend} eth0")).1 > 0, "{}", r.table());
+        let eth2 = eni_label(&enis, lab, "nginx3");
+        assert_eq!(r.at(&eth2), (0, 0), "{}", r.table());
+        for pod in ["centos", backend] {
+            let at = r.at(&eni_label(&enis, lab, pod)).1;
+            assert_eq!(at > 0, enis_carry, "{svc} at {pod}'s ENI: {}", r.table());
+        }
+    }
+
+    // `strait mapping`: every pod's address on the ENI the cloud says.
+    let sock = lab.st.socket(lab.node("node-a"));
+    let out = lab.strait(&["mapping", "--socket", sock.to_str().unwrap()]);
+    assert!(out.contains("consistent"), "{out}");
+    for p in ["centos", "nginx2", "nginx3"] {
+        assert!(out.contains(&format!("default/{p}")), "{out}");
+    }
+}
+
+#[test]
+fn seed_000_scenarios_on_the_ebpf_datapath() {
+    if !require_root("seed_000_scenarios_on_the_ebpf_datapath") {
+        return;
+    }
+    let lab = Lab::up(&yaml("t-eni-e", "ebpf"));
+    scenarios(&lab, true);
+}
+
+#[test]
+fn seed_000_scenarios_on_the_kernel_datapath_then_quota_and_churn() {
+    if !require_root("seed_000_scenarios_on_the_kernel_datapath_then_quota_and_churn") {
+        return;
+    }
+    let mut lab = Lab::up(&yaml("t-eni-k", "kernel"));
+    scenarios(&lab, false);
+
+    // node-b may hold 2 ENIs of 2 pod addresses: nginx1 and three more
+    // fit, the fifth is refused with the quota named, and nothing leaks.
+    let pod = |n: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {n}, namespace: default}}\nspec: {{nodeName: node-b, containers: [{{name: echo}}]}}\n")
+    };
+    for n in ["b2", "b3", "b4"] {
+        strait_lab::objects::apply(&mut lab.st, &lab.bins, &pod(n)).unwrap();
+    }
+    let on_b = |lab: &Lab| -> Vec<Eni> {
+        cloud(lab)
+            .into_iter()
+            .filter(|e| e.node.as_deref() == Some("node-b") && !e.secondary_ips.is_empty())
+            .collect()
+    };
+    assert_eq!(on_b(&lab).len(), 2);
+    let rules_before = lab.exec("node-b", &["ip", "rule"]);
+    let err = strait_lab::objects::apply(&mut lab.st, &lab.bins, &pod("b5")).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("no pod address left") && msg.contains("quota"),
+        "{msg}"
+    );
+    assert_eq!(lab.exec("node-b", &["ip", "rule"]), rules_before);
+    assert_eq!(lab.status("node-b").allocations.len(), 4);
+    for n in ["b2", "b3", "b4"] {
+        assert_eq!(lab.probe("centos", n).unwrap(), n);
+    }
+
+    // DEL gives the rules back at once, and the pool (max 2 idle) gives
+    // the cloud back what it does not need once the addresses have
+    // cooled down (30 s): an emptied ENI goes.
+    for n in ["b2", "b3", "b4"] {
+        let a = ip(&lab, n);
+        strait_lab::objects::delete(&mut lab.st, &lab.bins, &pod(n)).unwrap();
+        let rules = lab.exec("node-b", &["ip", "rule"]);
+        assert!(
+            !rules.contains(&format!("{a} ")),
+            "{n}'s rules left: {rules}"
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let held: usize = on_b(&lab).iter().map(|e| e.secondary_ips.len()).sum();
+        if held <= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node-b still holds {held} addresses: {:#?}",
+            on_b(&lab)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(lab.probe("centos", "nginx1").unwrap(), "nginx1");
+}
