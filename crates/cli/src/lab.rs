@@ -277,6 +277,26 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             strait_lab::cloud::server::serve(&st)?;
             Ok(0)
         }
+        Verb::Hops { src, dst } if dst.starts_with("slb/") => {
+            let st = LabState::find(a.lab.as_deref())?;
+            anyhow::ensure!(
+                src == "external",
+                "an SLB is reached from outside: write `hops external {dst}`"
+            );
+            let (id, port) = dst[4..]
+                .rsplit_once(':')
+                .with_context(|| format!("{dst}: write slb/ID:PORT"))?;
+            let port: u16 = port
+                .parse()
+                .with_context(|| format!("{dst}: {port:?} is not a port"))?;
+            let r = strait_lab::hops::eni::trace_slb(&st, id, port)?;
+            println!(
+                "lab {} (datapath {}, cross-node {})",
+                st.plan.name, st.plan.mode, st.plan.cross_node
+            );
+            print!("{}", r.table());
+            Ok(0)
+        }
         Verb::Hops { src, dst } if dst.starts_with("svc/") => {
             let st = LabState::find(a.lab.as_deref())?;
             let (name, port) = dst[4..]

@@ -1,8 +1,9 @@
 //! Terway DataPath V2 on ENI multi-IP (seed 000) in the lab, on both
 //! datapaths: pods hold secondary addresses of their node's ENIs (from the
 //! lab's VPC emulator), Terway's rules send a pod's traffic out of its own
-//! ENI, and the seed's scenarios 1–7 are asserted by captures on the pods,
-//! their host veths, the node's ENIs and the VPC's ends of them. On
+//! ENI, and the seed's eight scenarios are asserted by captures on the
+//! pods, their host veths, the node's ENIs and the VPC's ends of them (the
+//! eighth through the VPC's SLB, whose backend is a pod's ENI). On
 //! node-a centos and nginx2 share eth1 and nginx3 has eth2 (an ENI holds
 //! two pod addresses here); nginx1 is on node-b's eth1.
 //!
@@ -176,6 +177,29 @@ fn scenarios(lab: &Lab, ebpf: bool) {
             let at = r.at(&eni_label(&enis, lab, pod)).1;
             assert_eq!(at > 0, enis_carry, "{svc} at {pod}'s ENI: {}", r.table());
         }
+    }
+
+    // 8. From outside through the SLB, whose backend is nginx1's address
+    // on its ENI: the SLB's address is translated in the VPC, then the
+    // packet enters node-b at nginx1's ENI and goes to the pod (past its
+    // host veth with the eBPF datapath: only the reply crosses it).
+    let r = strait_lab::hops::eni::trace_slb(&lab.st, "lb-nginx", 80).unwrap();
+    assert_eq!(r.answered_by, "nginx1", "{}", r.table());
+    for hop in ["external eth0", "vpc eth0 (fabric)"] {
+        assert!(r.at(hop).0 > 0, "{hop}: {}", r.table());
+    }
+    let eni = eni_label(&enis, lab, "nginx1");
+    let (vip, pods) = r.at(&eni);
+    assert!(vip == 0 && pods > 0, "{}", r.table());
+    let (veth, pod) = (r.at("nginx1 host veth").1, r.at("nginx1 eth0").1);
+    if ebpf {
+        assert!(
+            veth > 0 && veth < pod,
+            "request skipped the host veth: {}",
+            r.table()
+        );
+    } else {
+        assert_eq!(veth, pod, "{}", r.table());
     }
 
     // `strait mapping`: every pod's address on the ENI the cloud says.

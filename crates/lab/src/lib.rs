@@ -14,7 +14,6 @@ pub mod control_plane;
 pub mod echo;
 pub mod gateway;
 pub mod hops;
-pub mod hops_eni;
 pub mod hops_macvlan;
 pub mod objects;
 pub mod probe;

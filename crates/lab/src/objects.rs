@@ -151,6 +151,7 @@ pub fn publish_all(st: &LabState) -> anyhow::Result<Vec<Service>> {
     put(st, "pods", &pods)?;
     let derived = strait_model::services::endpoint_slices_for(&services, &pods);
     put(st, "endpointslices", &derived)?;
+    crate::cloud::publish_slbs(st, &derived)?;
     Ok(services)
 }
 

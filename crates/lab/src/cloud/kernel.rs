@@ -132,7 +132,52 @@ pub fn sync(st: &LabState, vpc: &Vpc) -> anyhow::Result<Vec<String>> {
     changed.extend(members(st, vpc)?);
     // The security groups follow the ENIs and their addresses.
     super::sgnft::apply(vpc)?;
+    slbs(vpc)?;
     Ok(changed)
+}
+
+/// The SLBs: each listener DNATs its address and port to its backends
+/// (one picked at random per connection), in the VPC, before the
+/// security groups judge the packet on its way to the backend's ENI. A
+/// backend whose address no ENI holds any more is left out.
+fn slbs(vpc: &Vpc) -> anyhow::Result<()> {
+    let held: BTreeSet<std::net::IpAddr> = vpc
+        .enis
+        .values()
+        .flat_map(|e| e.secondary_ips.iter().copied().chain([e.primary_ip]))
+        .collect();
+    let mut rules = String::new();
+    for s in &vpc.spec.slbs {
+        for l in &s.listeners {
+            let key = strait_model::cloud::slb::key(&s.id, l.port);
+            let b: Vec<_> = vpc
+                .slb_backends
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .filter(|b| held.contains(&b.ip) && b.ip.is_ipv4())
+                .collect();
+            if b.is_empty() {
+                continue;
+            }
+            let map: Vec<String> = b
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("{i} : {} . {}", b.ip, b.port))
+                .collect();
+            rules.push_str(&format!(
+                "    ip daddr {} tcp dport {} dnat ip to numgen random mod {} map {{ {} }} comment \"{key}\"\n",
+                s.address,
+                l.port,
+                b.len(),
+                map.join(", ")
+            ));
+        }
+    }
+    let script = format!(
+        "add table ip strait_slb\ndelete table ip strait_slb\ntable ip strait_slb {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n{rules}  }}\n}}\n"
+    );
+    super::sgnft::nft("SLBs", &script)
 }
 
 /// Where the VPC's trunk programs pin their map.

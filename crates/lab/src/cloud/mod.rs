@@ -54,6 +54,30 @@ pub fn up(st: &LabState, bins: &crate::run::Binaries, step: impl Fn(&str)) -> an
     kernel::up(st)?;
     let ns = netns(&st.plan.name);
     let pid = up_emulator(st, bins)?;
+    // Clients outside reach the SLBs through the VPC.
+    let ext = strait_model::lab::external_netns(&st.plan.name);
+    let via = fabric_address(&st.plan).to_string();
+    for s in &cloud.slbs {
+        crate::cmd::ip(&[
+            "-n",
+            &ext,
+            "route",
+            "replace",
+            &s.address.to_string(),
+            "via",
+            &via,
+        ])?;
+        step(&format!(
+            "cloud: SLB {} at {} (listeners {})",
+            s.id,
+            s.address,
+            s.listeners
+                .iter()
+                .map(|l| format!("{} -> svc/{}", l.port, l.service))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     step(&format!(
         "cloud: VPC namespace {ns} (fabric {}), vSwitches {}, emulator pid {pid}",
         fabric_address(&st.plan),
@@ -96,6 +120,54 @@ fn up_emulator(st: &LabState, bins: &crate::run::Binaries) -> anyhow::Result<i32
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(pid)
+}
+
+/// The cloud controller's part in ENI mode: each SLB listener's backends
+/// are its Service's ready endpoints, the pods' addresses on their ENIs
+/// (called whenever the lab publishes endpoints).
+pub fn publish_slbs(
+    st: &LabState,
+    slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+) -> anyhow::Result<()> {
+    let Some(cloud) = &st.plan.cloud else {
+        return Ok(());
+    };
+    let c = LabCloud { socket: socket(st) };
+    for s in &cloud.slbs {
+        for l in &s.listeners {
+            let (ns, name) = l.service.split_once('/').unwrap_or(("default", &l.service));
+            let backends: Vec<(std::net::IpAddr, u16)> = slices
+                .iter()
+                .filter(|sl| {
+                    sl.metadata.namespace.as_deref().unwrap_or("default") == ns
+                        && sl
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get("kubernetes.io/service-name"))
+                            .map(String::as_str)
+                            == Some(name)
+                })
+                .flat_map(|sl| {
+                    let port = sl
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find_map(|p| p.port)
+                        .unwrap_or(l.port as i32) as u16;
+                    sl.endpoints
+                        .iter()
+                        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+                        .flat_map(|e| e.addresses.iter())
+                        .filter_map(|a| a.parse().ok())
+                        .map(move |ip| (ip, port))
+                })
+                .collect();
+            c.set_slb_backends(&s.id, l.port, &backends)
+                .map_err(|e| anyhow::anyhow!("SLB {} listener {}: {e}", s.id, l.port))?;
+        }
+    }
+    Ok(())
 }
 
 /// The records as a table, for `strait lab cloud`.

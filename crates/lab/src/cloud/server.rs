@@ -90,6 +90,13 @@ fn handle(st: &LabState, vpc: &mut Vpc, call: Call) -> Answer {
                 },
             }
         }
+        Call::SetSlbBackends {
+            slb,
+            port,
+            backends,
+        } => next
+            .set_slb_backends(&slb, port, &backends)
+            .map(|_| Answer::Done),
         Call::RemoveNode { node } => Ok(Answer::Enis {
             enis: next.remove_node(&node),
         }),

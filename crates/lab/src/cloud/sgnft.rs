@@ -185,21 +185,22 @@ pub fn script(vpc: &Vpc) -> String {
 
 /// Apply the table (in the VPC namespace: the emulator's own).
 pub fn apply(vpc: &Vpc) -> anyhow::Result<()> {
+    nft("security groups", &script(vpc))
+}
+
+/// Run an nftables script (`nft -f -`); `what` names it in the error.
+pub fn nft(what: &str, script: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut child = std::process::Command::new("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script(vpc).as_bytes())?;
+    child.stdin.take().unwrap().write_all(script.as_bytes())?;
     let out = child.wait_with_output()?;
     anyhow::ensure!(
         out.status.success(),
-        "nft (security groups): {}",
+        "nft ({what}): {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())

@@ -15,6 +15,7 @@ use std::time::Duration;
 use strait_model::lab::LabPlan;
 
 mod capture;
+pub mod eni;
 use capture::{capture_during, Captured, Pairs};
 
 /// One capture point.
@@ -144,7 +145,7 @@ pub fn path(
         return crate::hops_macvlan::path(st, src, dst);
     }
     if plan.cross_node == strait_model::lab::CrossNodeMode::Eni {
-        return crate::hops_eni::path(st, src, dst);
+        return eni::path(st, src, dst);
     }
     let dpod = plan
         .pod(dst)
@@ -473,7 +474,7 @@ pub fn trace_service(
     ];
     if plan.cross_node == strait_model::lab::CrossNodeMode::Eni {
         // Pod traffic between nodes crosses the pods' ENIs, not eth0.
-        hops.extend(crate::hops_eni::every_eni(st)?);
+        hops.extend(eni::every_eni(st)?);
     } else {
         for n in &plan.nodes {
             hops.push(Hop {

@@ -11,6 +11,7 @@
 pub mod eniip;
 pub mod provider;
 pub mod sg;
+pub mod slb;
 pub mod vpc;
 pub mod wire;
 
@@ -27,6 +28,9 @@ pub struct VpcSpec {
     /// Per-node ENI quotas (an instance type's limits).
     #[serde(default)]
     pub quota: Quota,
+    /// Server load balancers whose backends are pods' ENIs.
+    #[serde(default)]
+    pub slbs: Vec<slb::SlbSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +98,7 @@ impl VpcSpec {
             }
             g.check()?;
         }
+        slb::check(&self.slbs)?;
         let q = self.quota;
         if q.enis < 1 || q.ips_per_eni < 1 {
             return Err("cloud.quota: enis and ipsPerEni must be at least 1".into());

@@ -15,6 +15,9 @@ pub struct Vpc {
     pub enis: BTreeMap<String, Eni>,
     /// The next ENI number (ids and MACs are derived from it).
     next: u64,
+    /// Each SLB listener's backends (key `slb::key`).
+    #[serde(default)]
+    pub slb_backends: BTreeMap<String, Vec<super::slb::Backend>>,
 }
 
 fn not_found(what: &str, id: &str) -> CloudError {
@@ -31,6 +34,7 @@ impl Vpc {
             spec,
             enis: BTreeMap::new(),
             next: 1,
+            slb_backends: BTreeMap::new(),
         })
     }
 
@@ -167,6 +171,29 @@ impl Vpc {
 
     fn eni_mut(&mut self, id: &str) -> Result<&mut Eni, CloudError> {
         self.enis.get_mut(id).ok_or_else(|| not_found("ENI", id))
+    }
+
+    /// Make `backends` a listener's backends (the cloud controller's
+    /// SetBackendServers). Every address must be on an ENI.
+    pub fn set_slb_backends(
+        &mut self,
+        slb: &str,
+        port: u16,
+        backends: &[(IpAddr, u16)],
+    ) -> Result<(), CloudError> {
+        let s = self
+            .spec
+            .slbs
+            .iter()
+            .find(|s| s.id == slb)
+            .ok_or_else(|| not_found("SLB", slb))?;
+        if !s.listeners.iter().any(|l| l.port == port) {
+            return Err(not_found("listener", &super::slb::key(slb, port)));
+        }
+        let enis: Vec<&Eni> = self.enis.values().collect();
+        let b = super::slb::backends(&enis, slb, backends)?;
+        self.slb_backends.insert(super::slb::key(slb, port), b);
+        Ok(())
     }
 
     pub fn describe(&self, node: &str) -> Vec<Eni> {
@@ -413,6 +440,31 @@ securityGroups: [{{id: sg-1}}, {{id: sg-2, kind: enterprise}}]
             .create_eni("n2", "vsw-a", &["sg-9".into()], false)
             .unwrap_err();
         assert!(err.to_string().contains("sg-9"), "{err}");
+    }
+
+    #[test]
+    fn slb_backends_must_be_addresses_on_enis() {
+        let mut v = Vpc::new(
+            serde_yaml::from_str(
+                "vswitches: [{id: vsw-a, cidr: 198.18.32.0/24, zone: a}]
+slbs: [{id: lb-1, address: 198.18.48.10, listeners: [{port: 80, service: web}]}]",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        v.add_node("n1", "vsw-a", &[]).unwrap();
+        let e = v.create_eni("n1", "vsw-a", &[], false).unwrap();
+        let ips = v.assign_ips(&e.id, 1).unwrap();
+        v.set_slb_backends("lb-1", 80, &[(ips[0], 8080)]).unwrap();
+        assert_eq!(v.slb_backends["lb-1:80"][0].eni, e.id);
+        // The ENI's own primary address is the node's, not a pod's.
+        let err = v
+            .set_slb_backends("lb-1", 80, &[(e.primary_ip, 8080)])
+            .unwrap_err();
+        assert!(err.to_string().contains("no ENI's address"), "{err}");
+        assert_eq!(v.slb_backends["lb-1:80"].len(), 1, "unchanged");
+        assert!(v.set_slb_backends("lb-1", 81, &[]).is_err());
+        assert!(v.set_slb_backends("lb-9", 80, &[]).is_err());
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub enum Call {
     VSwitch {
         id: String,
     },
+    /// A listener's backends, each a pod's address on its ENI
+    /// (SetBackendServers; the cloud controller's call, not the agent's).
+    SetSlbBackends {
+        slb: String,
+        port: u16,
+        backends: Vec<(IpAddr, u16)>,
+    },
     /// The lab's own: a node is released with everything on it.
     RemoveNode {
         node: String,
@@ -121,6 +128,19 @@ impl SocketCloud {
             Answer::Done => Ok(()),
             a => Err(unexpected(a)),
         }
+    }
+
+    pub fn set_slb_backends(
+        &self,
+        slb: &str,
+        port: u16,
+        backends: &[(IpAddr, u16)],
+    ) -> Result<(), CloudError> {
+        self.done(&Call::SetSlbBackends {
+            slb: slb.into(),
+            port,
+            backends: backends.to_vec(),
+        })
     }
 
     /// Every record (the lab's view, for `strait lab cloud`).

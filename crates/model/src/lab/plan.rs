@@ -191,6 +191,19 @@ impl LabFile {
                 }
             }
         }
+        for s in &c.slbs {
+            let inside = taken
+                .iter()
+                .map(|(what, net)| (*what, *net))
+                .chain(c.vswitches.iter().map(|v| ("vSwitch", v.cidr)))
+                .find(|(_, net)| net.contains(&s.address));
+            if let Some((what, net)) = inside {
+                return Err(LabError::Invalid(format!(
+                    "SLB {} address {} is inside the {what} {net}; give it an address of its own",
+                    s.id, s.address
+                )));
+            }
+        }
         Ok(Some(c.clone()))
     }
 

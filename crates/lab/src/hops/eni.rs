@@ -6,7 +6,7 @@
 //! too: the seed's point is that they see nothing (rule 512 keeps the
 //! traffic in the node).
 
-use crate::hops::Hop;
+use super::Hop;
 use crate::state::LabState;
 use anyhow::Context;
 use std::net::{IpAddr, Ipv4Addr};
@@ -129,4 +129,96 @@ pub fn path(
         iface: "eth0".into(),
     });
     Ok((hops, sip, dip, dpod.name.clone()))
+}
+
+/// Seed 000 scenario 8: the external client connects to an SLB listener.
+/// Captures on the client, the VPC's fabric port, every backend's ENI (its
+/// VPC end and the node's side), host veth and eth0. The SLB's address is
+/// translated in the VPC: after the fabric port only pod addresses are
+/// seen. With the eBPF datapath the ENI's from-netdev sends the request
+/// straight into the pod, past its host veth.
+pub fn trace_slb(st: &LabState, slb: &str, port: u16) -> anyhow::Result<super::ServiceHopReport> {
+    let plan = &st.plan;
+    let spec = plan
+        .cloud
+        .as_ref()
+        .and_then(|c| c.slbs.iter().find(|s| s.id == slb))
+        .with_context(|| format!("lab {} has no SLB {slb}", plan.name))?;
+    let IpAddr::V4(vip) = spec.address else {
+        anyhow::bail!("hop captures are IPv4-only for now");
+    };
+    let vpc = crate::cloud::LabCloud {
+        socket: crate::cloud::socket(st),
+    };
+    let records = vpc
+        .list()
+        .map_err(|e| anyhow::anyhow!("the lab's cloud: {e}"))?;
+    // The backends as the VPC has them now.
+    let listed = {
+        let path = crate::cloud::records(st);
+        let v: strait_model::cloud::vpc::Vpc =
+            serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        v.slb_backends
+            .get(&strait_model::cloud::slb::key(slb, port))
+            .cloned()
+            .unwrap_or_default()
+    };
+    anyhow::ensure!(
+        !listed.is_empty(),
+        "SLB {slb} listener {port} has no backends (its Service has no ready endpoint)"
+    );
+    let ext = strait_model::lab::external_netns(&plan.name);
+    let client = crate::run::external_ip(plan);
+    let mut hops = vec![
+        Hop {
+            label: "external eth0".into(),
+            netns: ext.clone(),
+            iface: "eth0".into(),
+        },
+        Hop {
+            label: "vpc eth0 (fabric)".into(),
+            netns: crate::cloud::netns(&plan.name),
+            iface: "eth0".into(),
+        },
+    ];
+    let mut backend_ips = vec![];
+    for b in &listed {
+        let IpAddr::V4(bip) = b.ip else { continue };
+        backend_ips.push(bip);
+        let e = eni_of(&records, bip)?;
+        hops.extend(eni_hops(st, e, true, false));
+        let pod = plan
+            .pods
+            .iter()
+            .find(|p| st.pod_ip(p) == Some(b.ip))
+            .with_context(|| format!("backend {bip} is no pod of the lab"))?;
+        let node = plan.node(&pod.node).unwrap();
+        hops.push(Hop {
+            label: format!("{} host veth", pod.name),
+            netns: node.netns.clone(),
+            iface: strait_model::naming::host_veth_name(&st.container_id(pod), "eth0"),
+        });
+        hops.push(Hop {
+            label: format!("{} eth0", pod.name),
+            netns: pod.netns.clone(),
+            iface: "eth0".into(),
+        });
+    }
+    let (pairs, probe) = super::capture_during(&hops, || {
+        crate::probe::probe(
+            &crate::run::netns_path(&ext),
+            std::net::SocketAddr::new(vip.into(), port),
+            false,
+            std::time::Duration::from_secs(2),
+        )
+    })?;
+    let probe = probe?;
+    let hops = super::tally(hops, pairs, vip, client, &backend_ips);
+    Ok(super::ServiceHopReport {
+        client,
+        vip,
+        port,
+        answered_by: probe.answered_by,
+        hops,
+    })
 }
