@@ -270,6 +270,10 @@ pub fn start_agent(
             args.extend(["--uplink", "eth0"]);
         }
     }
+    let cooldown = st.plan.ip_cooldown_secs.map(|s| s.to_string());
+    if let Some(c) = &cooldown {
+        args.extend(["--ip-cooldown-secs", c]);
+    }
     let cloud_socket = crate::cloud::socket(st).display().to_string();
     let (min_idle, max_idle);
     if let Some(pool) = &st.plan.eni_pool {

@@ -160,6 +160,10 @@ pub struct LabSpec {
     /// column) even where the kernel has bpf_redirect_peer.
     #[serde(default)]
     pub no_redirect_peer: bool,
+    /// Seconds a released pod address rests before reuse (the agents'
+    /// --ip-cooldown-secs); absent: the agent's default.
+    #[serde(default)]
+    pub ip_cooldown_secs: Option<u64>,
     /// A cloud VPC around the nodes (Terway's ENI modes): vSwitches,
     /// security groups, ENI quotas. The lab runs its emulator.
     #[serde(default)]
@@ -232,6 +236,8 @@ pub struct LabPlan {
     pub services: Vec<ServicePlan>,
     #[serde(default)]
     pub no_redirect_peer: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_cooldown_secs: Option<u64>,
     pub mtu: u32,
     pub fabric: Ipv4Net,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -153,6 +153,7 @@ impl LabFile {
             service_cidr: ap.service_cidr,
             services,
             no_redirect_peer: spec.no_redirect_peer,
+            ip_cooldown_secs: spec.ip_cooldown_secs,
             mtu: spec.mtu,
             fabric: ap.fabric,
             racks,
