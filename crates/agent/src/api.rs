@@ -181,6 +181,39 @@ async fn handle_conn(agent: Arc<Agent>, conn: UnixStream) -> std::io::Result<()>
     }
 }
 
+/// An ADD in progress: its host veth is not an orphan until it is over.
+struct Adding<'a> {
+    agent: &'a Agent,
+    veth: String,
+}
+
+impl<'a> Adding<'a> {
+    fn new(agent: &'a Agent, veth: &str) -> Self {
+        *agent
+            .adding
+            .lock()
+            .unwrap()
+            .entry(veth.to_string())
+            .or_default() += 1;
+        Adding {
+            agent,
+            veth: veth.to_string(),
+        }
+    }
+}
+
+impl Drop for Adding<'_> {
+    fn drop(&mut self) {
+        let mut a = self.agent.adding.lock().unwrap();
+        if let Some(n) = a.get_mut(&self.veth) {
+            *n -= 1;
+            if *n == 0 {
+                a.remove(&self.veth);
+            }
+        }
+    }
+}
+
 /// ADD in eni mode: an ENI's secondary address, the ENI wired and the
 /// pod's rules in place before the runtime hears of it. A failure after the
 /// address was taken gives it back.
@@ -228,6 +261,7 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                     message: format!("node not ready: {reason}"),
                 });
             }
+            let _adding = Adding::new(agent, &host_veth);
             let pool = match crate::pools::pool_for(agent, &pod) {
                 Ok(p) => p,
                 Err(e) => {

@@ -22,6 +22,10 @@ pub struct Agent {
     /// Host veths of pods released by GC, for the endpoints reconciler to
     /// delete on its next pass.
     pub doomed_links: Mutex<Vec<String>>,
+    /// Host veths of ADDs the agent is working on (the plugin makes the
+    /// veth while the agent allocates): not orphans, however long the
+    /// allocation takes (a burst of ADDs waiting on the cloud).
+    pub adding: Mutex<std::collections::BTreeMap<String, usize>>,
     /// What the reconcilers programmed, for `status`; each field has one writer.
     pub published: Mutex<Published>,
     /// Each reconciler's health.
@@ -255,6 +259,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         source,
         nudge: watch::channel(0).0,
         doomed_links: Mutex::new(vec![]),
+        adding: Mutex::new(Default::default()),
         published: Mutex::new(Published::default()),
         reconcilers: Mutex::new(Default::default()),
         programmed: watch::channel(None).0,

@@ -295,10 +295,13 @@ fn eni_churn_with_agent_kills_leaks_nothing_in_the_vpc() {
     if !require_root("eni_churn_with_agent_kills_leaks_nothing_in_the_vpc") {
         return;
     }
-    let text = yaml("t-eni-c", "kernel").replace(
-        "  crossNode: eni\n",
-        "  crossNode: eni\n  ipCooldownSecs: 0\n",
-    );
+    // No idle addresses kept: every ADD asks the cloud.
+    let text = yaml("t-eni-c", "kernel")
+        .replace(
+            "  crossNode: eni\n",
+            "  crossNode: eni\n  ipCooldownSecs: 0\n",
+        )
+        .replace("maxIdle: 2", "maxIdle: 0");
     let lab = Lab::up(&text);
     let node = lab.node("node-a").clone();
     let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "strait", "type": "strait-cni",
@@ -307,7 +310,9 @@ fn eni_churn_with_agent_kills_leaks_nothing_in_the_vpc() {
     // A fixed-seed generator: varied kill moments, the same every run.
     let mut seed: u64 = 0x5eed;
     let mut next = move || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         seed >> 33
     };
     let (mut added, mut killed) = (0, 0);
@@ -328,7 +333,12 @@ fn eni_churn_with_agent_kills_leaks_nothing_in_the_vpc() {
                 .unwrap();
             })
         });
-        let add = cni_raw(&lab.bins.cni, &node.netns, &as_refs(&env), conf.to_string().as_bytes());
+        let add = cni_raw(
+            &lab.bins.cni,
+            &node.netns,
+            &as_refs(&env),
+            conf.to_string().as_bytes(),
+        );
         if let Some(k) = kill {
             k.join().unwrap();
             killed += 1;
@@ -357,8 +367,41 @@ fn eni_churn_with_agent_kills_leaks_nothing_in_the_vpc() {
     assert!(added >= 180, "only {added} of 200 ADDs succeeded");
     assert_eq!(killed, 20);
 
+    // An ADD that waits on a slow cloud longer than the orphan grace (5 s;
+    // a burst of ADDs queued behind cloud calls does): the veth the plugin
+    // made meanwhile is not swept as an orphan, and the ADD succeeds.
+    let cloud_pid = strait_lab::LabState::read_pid(&strait_lab::cloud::pid_file(&lab.st)).unwrap();
+    let signal = |s| nix::sys::signal::kill(nix::unistd::Pid::from_raw(cloud_pid), s).unwrap();
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    let ns = lab.pod_netns("slow");
+    let env = cni_env("ADD", "slow1", &ns, "slow");
+    let slow = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            cni_raw(
+                &lab.bins.cni,
+                &node.netns,
+                &as_refs(&env),
+                conf.to_string().as_bytes(),
+            )
+        });
+        std::thread::sleep(std::time::Duration::from_secs(8));
+        signal(nix::sys::signal::Signal::SIGCONT);
+        h.join().unwrap()
+    });
+    assert!(slow.ok, "{} {}", slow.json, slow.stderr);
+    let del = cni_raw(
+        &lab.bins.cni,
+        &node.netns,
+        &as_refs(&cni_env("DEL", "slow1", &ns, "slow")),
+        conf.to_string().as_bytes(),
+    );
+    assert!(del.ok, "{}", del.json);
+
     // What is left: the three pods of the lab file on node-a.
-    let live: Vec<std::net::IpAddr> = ["centos", "nginx2", "nginx3"].iter().map(|p| ip(&lab, p)).collect();
+    let live: Vec<std::net::IpAddr> = ["centos", "nginx2", "nginx3"]
+        .iter()
+        .map(|p| ip(&lab, p))
+        .collect();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let held: Vec<std::net::IpAddr> = cloud(&lab)

@@ -159,8 +159,14 @@ impl Reconciler for Endpoints {
         let allocs = agent.ipam.allocations();
 
         // 3. Host veths of GC'd pods go now; other unowned ones after the
-        // grace period, unless strait routes a pod address to them.
-        let owned: BTreeSet<&str> = allocs.iter().map(|a| a.host_veth.as_str()).collect();
+        // grace period, unless strait routes a pod address to them or an
+        // ADD for them is in progress.
+        let adding = agent.adding.lock().unwrap().clone();
+        let owned: BTreeSet<&str> = allocs
+            .iter()
+            .map(|a| a.host_veth.as_str())
+            .chain(adding.keys().map(String::as_str))
+            .collect();
         let routed: BTreeSet<u32> = routes
             .iter()
             .filter(|r| pod_route(r) && !released.contains(&r.dst.addr()))
