@@ -26,6 +26,11 @@ cleanup() {
 trap cleanup EXIT
 git worktree add --quiet --detach "$tree" "$prev"
 echo "build-prev: building $prev (the upgrade test's starting point; cached afterwards)"
-CARGO_TARGET_DIR="$PWD/target/upgrade-from/target" cargo build --quiet --manifest-path "$tree/Cargo.toml" --bins
+# Only the two binaries are kept: the build's own target directory (several
+# GiB) is removed, and no debug info is built into it.
+build="$PWD/target/upgrade-from/target"
+CARGO_PROFILE_DEV_DEBUG=0 CARGO_INCREMENTAL=0 CARGO_TARGET_DIR="$build" \
+  cargo build --quiet --manifest-path "$tree/Cargo.toml" --bins
 mkdir -p "$out"
-cp "$PWD/target/upgrade-from/target/debug/strait" "$PWD/target/upgrade-from/target/debug/strait-cni" "$out/"
+cp "$build/debug/strait" "$build/debug/strait-cni" "$out/"
+rm -rf "$build"

@@ -54,8 +54,13 @@ else
   fixed=/usr/share/gocode/src/github.com/modern-go/reflect2
   [ -f "$fixed/unsafe_map.go" ] || { echo "kube-bins: $fixed missing (golang-github-modern-go-reflect2-dev)" >&2; exit 1; }
   rsync -a --delete --exclude '*_test.go' --exclude debian "$fixed/" "$tree/vendor/github.com/modern-go/reflect2/"
-  (cd "$tree" && KUBE_BUILD_PLATFORMS=linux/amd64 CGO_ENABLED=0 make WHAT=cmd/kube-apiserver >&2)
+  # Go's build cache lives beside the tree so both go once the binary is
+  # out: together they hold several GiB that CI's disk needs for the tests.
+  (cd "$tree" && GOCACHE="$work/gocache" KUBE_BUILD_PLATFORMS=linux/amd64 CGO_ENABLED=0 \
+    make WHAT=cmd/kube-apiserver >&2)
   cp "$tree/_output/bin/kube-apiserver" "$bin.tmp"
+  chmod -R u+w "$work" 2>/dev/null || true
+  rm -rf "$work"
 fi
 chmod +x "$bin.tmp"
 mv "$bin.tmp" "$bin"
