@@ -223,16 +223,34 @@ fn eni_allocate(
     req: AllocationRequest,
 ) -> Result<strait_model::ipam::Allocation, ApiError> {
     let attachment = req.attachment.clone();
+    // ENI-Trunking: a pod a PodNetworking selects gets a member ENI.
+    let networking = crate::eni::networking_for(agent, &req.pod);
     let _kernel = enis.kernel.blocking_lock();
-    let (a, eni) = enis.allocate(&agent.ipam, req)?;
+    let (a, member, eni) = match &networking {
+        Some(pn) => {
+            let (a, rec) = enis.allocate_member(&agent.ipam, req, pn)?;
+            let id = rec.member.clone();
+            (a, Some(rec), id)
+        }
+        None => {
+            let (a, eni) = enis.allocate(&agent.ipam, req)?;
+            (a, None, eni)
+        }
+    };
     let wired = tokio::runtime::Handle::current().block_on(async {
         let nl = strait_netlink::Netlink::connect()?;
-        enis.wire_pod(&nl, a.ip, &eni).await
+        match &member {
+            Some(rec) => enis.wire_member_pod(&nl, rec).await,
+            None => enis.wire_pod(&nl, a.ip, &eni).await,
+        }
     });
     match wired {
         Ok(()) => Ok(a),
         Err(e) => {
             let _ = agent.ipam.release(&attachment);
+            if member.is_some() {
+                let _ = enis.release_member(a.ip);
+            }
             Err(ApiError {
                 kind: ApiErrorKind::Internal,
                 message: format!(
@@ -312,7 +330,10 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 if let Some(a) = &allocation {
                     tracing::info!(ip = %a.ip, pod = %a.pod, "released");
                 }
-                if let (Some(_), Some(a)) = (&agent.eni, &allocation) {
+                if let (Some(enis), Some(a)) = (&agent.eni, &allocation) {
+                    if let Err(e) = enis.release_member(a.ip) {
+                        tracing::warn!(error = %e, "PodENI record not released; the eni-pool reconciler finds the pod gone");
+                    }
                     // Terway's rules for the address go before DEL returns
                     // (the pool takes the address back on its next pass).
                     let done = tokio::runtime::Handle::current().block_on(async {

@@ -212,13 +212,23 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         (true, None) => {
             anyhow::bail!("cross-node mode eni needs the cloud: --cloud-socket and --eni-vswitch")
         }
-        (true, Some(e)) => Some(Arc::new(crate::eni::Enis::new(
-            cfg.node_name.clone(),
-            Box::new(strait_model::cloud::wire::SocketCloud {
-                socket: e.cloud_socket.clone(),
-            }),
-            e.pool.clone(),
-        ))),
+        (true, Some(e)) => {
+            let enis = crate::eni::Enis::new(
+                cfg.node_name.clone(),
+                Box::new(strait_model::cloud::wire::SocketCloud {
+                    socket: e.cloud_socket.clone(),
+                }),
+                e.pool.clone(),
+            );
+            if e.pool.trunk {
+                enis.enable_trunk(crate::eni::TrunkSetup {
+                    state_dir: cfg.state_dir.clone(),
+                    bpf_dir: cfg.bpf_dir.clone(),
+                    ebpf: cfg.mode == strait_model::lab::Mode::Ebpf,
+                })?;
+            }
+            Some(Arc::new(enis))
+        }
     };
     let svc_name = match cfg.mode {
         strait_model::lab::Mode::Routed => "nftables",

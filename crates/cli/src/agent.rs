@@ -89,6 +89,10 @@ pub struct Args {
     /// eni: above this many, idle addresses are given back to the cloud.
     #[arg(long, default_value_t = 5)]
     eni_max_idle: usize,
+    /// eni: ENI-Trunking: a trunk ENI on the node, and a member ENI for
+    /// every pod a PodNetworking selects.
+    #[arg(long)]
+    eni_trunk: bool,
     /// bgp: the cluster's AS number (every node in it: iBGP full mesh).
     #[arg(long, default_value_t = 64512)]
     bgp_as: u32,
@@ -178,6 +182,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                         security_groups: a.eni_security_group,
                         min_idle: a.eni_min_idle,
                         max_idle: a.eni_max_idle,
+                        trunk: a.eni_trunk,
                     },
                 })
             }

@@ -52,6 +52,29 @@ fn table(m: &strait_model::cloud::eniip::EniMapping) -> String {
             ));
         }
     }
+    if !m.podenis.is_empty() {
+        out.push_str(&format!(
+            "\nPodENIs (ENI-Trunking)\n{:<24} {:<14} {:<16} {:<5} {:<14} {:<10} {:<18} {}\n",
+            "POD", "MEMBER", "ADDRESS", "VLAN", "TRUNK", "VSWITCH", "GROUPS", "ALLOCATION"
+        ));
+        for r in &m.podenis {
+            let alloc = match (r.allocation, r.released_at_ms) {
+                (a, None) => format!("{a:?}"),
+                (a, Some(_)) => format!("{a:?}, pod gone (kept {}s)", r.ttl_secs),
+            };
+            out.push_str(&format!(
+                "{:<24} {:<14} {:<16} {:<5} {:<14} {:<10} {:<18} {}\n",
+                r.pod,
+                r.member,
+                r.ip.to_string(),
+                r.vlan,
+                r.trunk,
+                r.vswitch,
+                r.security_groups.join(","),
+                alloc
+            ));
+        }
+    }
     if m.problems.is_empty() {
         out.push_str(
             "consistent: every pod's address is the agent's and on the ENI the cloud says\n",

@@ -27,6 +27,7 @@ fn value(o: &ClusterObject) -> Option<serde_json::Value> {
         ClusterObject::IpPool(x) => serde_json::to_value(x).ok(),
         ClusterObject::BgpConfiguration(x) => serde_json::to_value(x).ok(),
         ClusterObject::BgpPeer(x) => serde_json::to_value(x).ok(),
+        ClusterObject::PodNetworking(x) => serde_json::to_value(x).ok(),
         ClusterObject::Secret(x) => serde_json::to_value(x).ok(),
         // Blocks are the agents' to claim, not the lab file's.
         ClusterObject::IpamBlock(_) | ClusterObject::Other { .. } => None,
@@ -101,6 +102,7 @@ pub fn publish_all(st: &LabState) -> anyhow::Result<Vec<Service>> {
     let (mut pods, mut services, mut slices, mut policies, mut namespaces) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut pools, mut bgp_configs, mut bgp_peers, mut secrets) = (vec![], vec![], vec![], vec![]);
+    let mut networkings = vec![];
     for o in &objects {
         match o {
             ClusterObject::Pod(p) => {
@@ -133,6 +135,7 @@ pub fn publish_all(st: &LabState) -> anyhow::Result<Vec<Service>> {
             ClusterObject::IpPool(p) => pools.push((**p).clone()),
             ClusterObject::BgpConfiguration(c) => bgp_configs.push((**c).clone()),
             ClusterObject::BgpPeer(p) => bgp_peers.push((**p).clone()),
+            ClusterObject::PodNetworking(p) => networkings.push((**p).clone()),
             ClusterObject::Secret(s) => secrets.push((**s).clone()),
             ClusterObject::Node(_) | ClusterObject::IpamBlock(_) | ClusterObject::Other { .. } => {}
         }
@@ -144,6 +147,8 @@ pub fn publish_all(st: &LabState) -> anyhow::Result<Vec<Service>> {
     put(st, "secrets", &secrets)?;
     put(st, "bgpconfigurations", &bgp_configs)?;
     put(st, "bgppeers", &bgp_peers)?;
+    // Network planes before the pods they select.
+    put(st, "podnetworkings", &networkings)?;
     put(st, "namespaces", &namespaces)?;
     put(st, "services", &services)?;
     put(st, "user-endpointslices", &slices)?;

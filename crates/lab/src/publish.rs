@@ -78,6 +78,7 @@ fn resource(api_version: &str, kind: &str) -> anyhow::Result<(ApiResource, bool)
         "IPAMBlock" => ("ipamblocks", false),
         "BGPConfiguration" => ("bgpconfigurations", false),
         "BGPPeer" => ("bgppeers", false),
+        "PodNetworking" => ("podnetworkings", false),
         other => bail!("the lab cannot publish {api_version} {other} through the API"),
     };
     Ok((
@@ -461,9 +462,15 @@ pub fn install_crds(st: &LabState) -> anyhow::Result<()> {
                 .list_api_group_resources(strait_model::ippool::API_VERSION)
                 .await
                 .is_ok_and(|r| {
-                    ["ipamblocks", "ippools", "bgpconfigurations", "bgppeers"]
-                        .iter()
-                        .all(|k| r.resources.iter().any(|x| x.name == *k))
+                    [
+                        "ipamblocks",
+                        "ippools",
+                        "bgpconfigurations",
+                        "bgppeers",
+                        "podnetworkings",
+                    ]
+                    .iter()
+                    .all(|k| r.resources.iter().any(|x| x.name == *k))
                 });
             if served {
                 return Ok(());

@@ -292,6 +292,9 @@ pub fn start_agent(
         for g in &pool.security_groups {
             args.extend(["--eni-security-group", g]);
         }
+        if pool.trunk {
+            args.push("--eni-trunk");
+        }
     }
     // IP-in-IP is eBPF on either datapath: its maps need a home (and an
     // agent switched away from it finds them there to clear).

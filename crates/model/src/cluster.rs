@@ -3,6 +3,7 @@
 //! and kube-apiserver sources all produce the same thing.
 
 use crate::bgp::{BGPConfiguration, BGPPeer};
+use crate::cloud::trunking::PodNetworking;
 use crate::ippool::{IPAMBlock, IPPool};
 use crate::slice::Slice;
 use ipnet::IpNet;
@@ -31,6 +32,8 @@ pub struct ClusterSnapshot {
     /// BGP mode's topology (see [`crate::bgp`]).
     pub bgp_configurations: Vec<Arc<BGPConfiguration>>,
     pub bgp_peers: Vec<Arc<BGPPeer>>,
+    /// ENI-Trunking's network planes (see [`crate::cloud::trunking`]).
+    pub pod_networkings: Vec<Arc<PodNetworking>>,
     /// Secrets of strait's secrets namespace ([`crate::bgp::SECRETS_NAMESPACE`]):
     /// BGP passwords. Never logged (see [`ClusterSnapshot`]'s Debug).
     pub secrets: Vec<Arc<Secret>>,
@@ -52,6 +55,7 @@ impl std::fmt::Debug for ClusterSnapshot {
             .field("ipam_blocks", &self.ipam_blocks)
             .field("bgp_configurations", &self.bgp_configurations)
             .field("bgp_peers", &self.bgp_peers)
+            .field("pod_networkings", &self.pod_networkings)
             .field("secrets (contents withheld)", &secrets)
             .finish()
     }
@@ -81,6 +85,7 @@ impl ClusterSnapshot {
             ClusterObject::IpamBlock(b) => self.ipam_blocks.push(Arc::from(b)),
             ClusterObject::BgpConfiguration(c) => self.bgp_configurations.push(Arc::from(c)),
             ClusterObject::BgpPeer(p) => self.bgp_peers.push(Arc::from(p)),
+            ClusterObject::PodNetworking(p) => self.pod_networkings.push(Arc::from(p)),
             ClusterObject::Secret(s) => self.secrets.push(Arc::from(s)),
             ClusterObject::Other { .. } => {}
         }
@@ -112,6 +117,8 @@ impl ClusterSnapshot {
         self.bgp_configurations
             .sort_unstable_by(|a, b| meta_key(&a.metadata).cmp(&meta_key(&b.metadata)));
         self.bgp_peers
+            .sort_unstable_by(|a, b| meta_key(&a.metadata).cmp(&meta_key(&b.metadata)));
+        self.pod_networkings
             .sort_unstable_by(|a, b| meta_key(&a.metadata).cmp(&meta_key(&b.metadata)));
         // Kubernetes before 1.21 does not set this label; policies select
         // namespaces by it.
@@ -188,6 +195,9 @@ impl ClusterSnapshot {
         reuse(&mut self.bgp_peers, &prev.bgp_peers, |x| {
             meta_key(&x.metadata)
         });
+        reuse(&mut self.pod_networkings, &prev.pod_networkings, |x| {
+            meta_key(&x.metadata)
+        });
     }
 }
 
@@ -212,6 +222,7 @@ pub enum Kind {
     IpamBlocks,
     BgpConfigurations,
     BgpPeers,
+    PodNetworkings,
     Secrets,
 }
 
@@ -235,6 +246,7 @@ impl ClusterSnapshot {
             Kind::IpamBlocks => differ(&self.ipam_blocks, &other.ipam_blocks),
             Kind::BgpConfigurations => differ(&self.bgp_configurations, &other.bgp_configurations),
             Kind::BgpPeers => differ(&self.bgp_peers, &other.bgp_peers),
+            Kind::PodNetworkings => differ(&self.pod_networkings, &other.pod_networkings),
             Kind::Secrets => differ(&self.secrets, &other.secrets),
         }
     }
@@ -252,6 +264,7 @@ pub enum ClusterObject {
     IpamBlock(Box<IPAMBlock>),
     BgpConfiguration(Box<BGPConfiguration>),
     BgpPeer(Box<BGPPeer>),
+    PodNetworking(Box<PodNetworking>),
     Secret(Box<Secret>),
     Other { api_version: String, kind: String },
 }
@@ -341,6 +354,9 @@ fn decode_value(
         }
         (crate::ippool::API_VERSION, "BGPPeer") => {
             ClusterObject::BgpPeer(de(index, &kind, &name, v)?)
+        }
+        (crate::ippool::API_VERSION, "PodNetworking") => {
+            ClusterObject::PodNetworking(de(index, &kind, &name, v)?)
         }
         _ => ClusterObject::Other { api_version, kind },
     };

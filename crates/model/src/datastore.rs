@@ -28,7 +28,7 @@ pub const DEFAULT_PREFIX: &str = "/strait/v1/";
 
 /// Every resource in the datastore: its path segment, kind, and whether it
 /// is namespaced.
-pub const RESOURCES: [(&str, Kind, bool); 11] = [
+pub const RESOURCES: [(&str, Kind, bool); 12] = [
     ("nodes", Kind::Nodes, false),
     ("namespaces", Kind::Namespaces, false),
     ("pods", Kind::Pods, true),
@@ -39,6 +39,7 @@ pub const RESOURCES: [(&str, Kind, bool); 11] = [
     ("ipamblocks", Kind::IpamBlocks, false),
     ("bgpconfigurations", Kind::BgpConfigurations, false),
     ("bgppeers", Kind::BgpPeers, false),
+    ("podnetworkings", Kind::PodNetworkings, false),
     ("secrets", Kind::Secrets, true),
 ];
 
@@ -46,7 +47,7 @@ pub const RESOURCES: [(&str, Kind, bool); 11] = [
 pub enum KeyError {
     #[error("key {0:?} is not under the prefix {1:?}")]
     Prefix(String, String),
-    #[error("key {0:?}: unknown resource {1:?} (known: nodes, namespaces, pods, services, endpointslices, networkpolicies, ippools, ipamblocks, bgpconfigurations, bgppeers, secrets)")]
+    #[error("key {0:?}: unknown resource {1:?} (known: nodes, namespaces, pods, services, endpointslices, networkpolicies, ippools, ipamblocks, bgpconfigurations, bgppeers, podnetworkings, secrets)")]
     Resource(String, String),
     #[error("key {0:?}: expected {1}")]
     Shape(String, &'static str),
@@ -73,6 +74,7 @@ fn kind_named(kind: &str) -> Option<Kind> {
         "IPAMBlock" => Kind::IpamBlocks,
         "BGPConfiguration" => Kind::BgpConfigurations,
         "BGPPeer" => Kind::BgpPeers,
+        "PodNetworking" => Kind::PodNetworkings,
         "Secret" => Kind::Secrets,
         _ => return None,
     })
@@ -118,6 +120,7 @@ pub fn key(prefix: &str, obj: &ClusterObject) -> Option<String> {
         ClusterObject::IpamBlock(o) => (Kind::IpamBlocks, &o.metadata),
         ClusterObject::BgpConfiguration(o) => (Kind::BgpConfigurations, &o.metadata),
         ClusterObject::BgpPeer(o) => (Kind::BgpPeers, &o.metadata),
+        ClusterObject::PodNetworking(o) => (Kind::PodNetworkings, &o.metadata),
         ClusterObject::Secret(o) => (Kind::Secrets, &o.metadata),
         ClusterObject::Other { .. } => return None,
     };
@@ -175,6 +178,7 @@ enum Obj {
     IpamBlock(Arc<IPAMBlock>),
     BgpConfiguration(Arc<BGPConfiguration>),
     BgpPeer(Arc<BGPPeer>),
+    PodNetworking(Arc<crate::cloud::trunking::PodNetworking>),
     Secret(Arc<Secret>),
 }
 
@@ -199,6 +203,7 @@ fn decode(k: &KeyRef, value: &[u8]) -> Result<Obj, String> {
         Kind::IpamBlocks => (crate::ippool::API_VERSION, "IPAMBlock"),
         Kind::BgpConfigurations => (crate::ippool::API_VERSION, "BGPConfiguration"),
         Kind::BgpPeers => (crate::ippool::API_VERSION, "BGPPeer"),
+        Kind::PodNetworkings => (crate::ippool::API_VERSION, "PodNetworking"),
         Kind::Secrets => ("v1", "Secret"),
     };
     let got = (
@@ -240,6 +245,7 @@ fn decode(k: &KeyRef, value: &[u8]) -> Result<Obj, String> {
         Kind::IpamBlocks => Obj::IpamBlock(de(value)?),
         Kind::BgpConfigurations => Obj::BgpConfiguration(de(value)?),
         Kind::BgpPeers => Obj::BgpPeer(de(value)?),
+        Kind::PodNetworkings => Obj::PodNetworking(de(value)?),
         Kind::Secrets => Obj::Secret(de(value)?),
     })
 }
@@ -398,6 +404,7 @@ impl Store {
                 Obj::IpamBlock(x) => s.ipam_blocks.push(x.clone()),
                 Obj::BgpConfiguration(x) => s.bgp_configurations.push(x.clone()),
                 Obj::BgpPeer(x) => s.bgp_peers.push(x.clone()),
+                Obj::PodNetworking(x) => s.pod_networkings.push(x.clone()),
                 Obj::Secret(x) => s.secrets.push(x.clone()),
             }
         }
@@ -418,6 +425,7 @@ fn same(a: &Obj, b: &Obj) -> bool {
         (Obj::IpamBlock(x), Obj::IpamBlock(y)) => x == y,
         (Obj::BgpConfiguration(x), Obj::BgpConfiguration(y)) => x == y,
         (Obj::BgpPeer(x), Obj::BgpPeer(y)) => x == y,
+        (Obj::PodNetworking(x), Obj::PodNetworking(y)) => x == y,
         (Obj::Secret(x), Obj::Secret(y)) => x == y,
         _ => false,
     }

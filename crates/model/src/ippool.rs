@@ -112,13 +112,14 @@ pub fn crds(
         IPAMBlock::crd(),
         crate::bgp::BGPConfiguration::crd(),
         crate::bgp::BGPPeer::crd(),
+        crate::cloud::trunking::PodNetworking::crd(),
     ]
 }
 
 /// deploy/crds.yaml's text.
 pub fn crds_yaml() -> String {
     let mut out = String::from(
-        "# strait's CustomResourceDefinitions, generated from the Rust types\n# (crates/model/src/ippool.rs, bgp.rs): `strait crds > deploy/crds.yaml`.\n",
+        "# strait's CustomResourceDefinitions, generated from the Rust types\n# (crates/model/src/ippool.rs, bgp.rs, cloud/trunking.rs): `strait crds > deploy/crds.yaml`.\n",
     );
     for crd in crds() {
         out.push_str("---\n");

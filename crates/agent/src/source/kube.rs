@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use strait_model::api::SourceStatus;
 use strait_model::bgp::{BGPConfiguration, BGPPeer};
+use strait_model::cloud::trunking::PodNetworking;
 use strait_model::cluster::ClusterSnapshot;
 use strait_model::ippool::{IPAMBlock, IPPool};
 use strait_model::slice::Slice;
@@ -51,6 +52,7 @@ struct Stores {
     blocks: Store<IPAMBlock>,
     bgp_configs: Store<BGPConfiguration>,
     bgp_peers: Store<BGPPeer>,
+    pod_networkings: Store<PodNetworking>,
     /// Of strait's secrets namespace only.
     secrets: Store<Secret>,
 }
@@ -239,6 +241,7 @@ impl Stores {
             ipam_blocks: self.blocks.state(),
             bgp_configurations: self.bgp_configs.state(),
             bgp_peers: self.bgp_peers.state(),
+            pod_networkings: self.pod_networkings.state(),
             secrets: self.secrets.state(),
         };
         s.normalize();
@@ -262,7 +265,7 @@ async fn slice_version(client: &kube::Client) -> anyhow::Result<&'static str> {
     }
 }
 
-const KINDS: [&str; 11] = [
+const KINDS: [&str; 12] = [
     "nodes",
     "pods",
     "services",
@@ -273,6 +276,7 @@ const KINDS: [&str; 11] = [
     "ipamblocks",
     "bgpconfigurations",
     "bgppeers",
+    "podnetworkings",
     "secrets",
 ];
 
@@ -294,7 +298,13 @@ async fn secrets_readable(client: &kube::Client) -> bool {
 }
 
 /// The kinds strait's CRDs serve.
-const CRD_KINDS: [&str; 4] = ["ippools", "ipamblocks", "bgpconfigurations", "bgppeers"];
+const CRD_KINDS: [&str; 5] = [
+    "ippools",
+    "ipamblocks",
+    "bgpconfigurations",
+    "bgppeers",
+    "podnetworkings",
+];
 
 /// Whether the apiserver serves strait's CRDs (deploy/crds.yaml).
 async fn crds_installed(client: &kube::Client) -> bool {
@@ -399,7 +409,7 @@ impl KubeSource {
         if !crds_installed(c).await {
             // Not a reason to stay unready: without them there are no
             // IPPools, and the watches pick them up once they are applied.
-            tracing::warn!("strait's CRDs (IPPool, IPAMBlock, BGPConfiguration, BGPPeer) are not installed: kubectl apply -f deploy/crds.yaml; pods asking for an IPPool get an error until then");
+            tracing::warn!("strait's CRDs (IPPool, IPAMBlock, BGPConfiguration, BGPPeer, PodNetworking) are not installed: kubectl apply -f deploy/crds.yaml; pods asking for an IPPool get an error until then");
             let mut l = listed.lock().unwrap();
             for k in CRD_KINDS {
                 l.insert(k, 0);
@@ -413,6 +423,11 @@ impl KubeSource {
             all()
         );
         let bgp_peers = watch_kind!("bgppeers", Api::<BGPPeer>::all(c.clone()), all());
+        let pod_networkings = watch_kind!(
+            "podnetworkings",
+            Api::<PodNetworking>::all(c.clone()),
+            all()
+        );
         if !secrets_readable(c).await {
             listed.lock().unwrap().insert("secrets", 0);
         }
@@ -432,6 +447,7 @@ impl KubeSource {
             blocks,
             bgp_configs,
             bgp_peers,
+            pod_networkings,
             secrets,
         };
         // Every kind listed once, or no snapshot: a partial view would make

@@ -10,7 +10,7 @@ use super::Hop;
 use crate::state::LabState;
 use anyhow::Context;
 use std::net::{IpAddr, Ipv4Addr};
-use strait_model::cloud::provider::Eni;
+use strait_model::cloud::provider::{Eni, EniKind};
 use strait_model::lab::PodPlan;
 
 fn addr(st: &LabState, p: &PodPlan) -> anyhow::Result<Ipv4Addr> {
@@ -23,11 +23,18 @@ fn addr(st: &LabState, p: &PodPlan) -> anyhow::Result<Ipv4Addr> {
     }
 }
 
-/// The ENI holding `ip`, as the VPC's records say.
+/// The ENI link carrying `ip`, as the VPC's records say: the ENI holding
+/// it, or for a member ENI's address (ENI-Trunking) its trunk.
 pub fn eni_of(enis: &[Eni], ip: Ipv4Addr) -> anyhow::Result<&Eni> {
-    enis.iter()
-        .find(|e| e.secondary_ips.contains(&IpAddr::V4(ip)))
-        .with_context(|| format!("no ENI in the VPC holds {ip}"))
+    let e = strait_model::cloud::eniip::eni_of(enis, IpAddr::V4(ip))
+        .with_context(|| format!("no ENI in the VPC holds {ip}"))?;
+    match &e.kind {
+        EniKind::Member { trunk, .. } => enis
+            .iter()
+            .find(|t| &t.id == trunk)
+            .with_context(|| format!("member ENI {} rides trunk {trunk}, which is gone", e.id)),
+        _ => Ok(e),
+    }
 }
 
 /// The node's side of an ENI, then (when `vpc`) its VPC end; reversed
@@ -40,8 +47,13 @@ fn eni_hops(st: &LabState, e: &Eni, vpc: bool, out: bool) -> Vec<Hop> {
         .map(|n| n.netns.clone())
         .unwrap_or_default();
     let dev = format!("eth{}", e.device_index.unwrap_or_default());
+    let what = if e.kind == EniKind::Trunk {
+        "trunk "
+    } else {
+        ""
+    };
     let mut v = vec![Hop {
-        label: format!("{node} {dev} ({})", e.id),
+        label: format!("{node} {dev} ({what}{})", e.id),
         netns,
         iface: dev,
     }];
@@ -68,7 +80,7 @@ pub fn every_eni(st: &LabState) -> anyhow::Result<Vec<Hop>> {
     .map_err(|e| anyhow::anyhow!("the lab's cloud: {e}"))?;
     Ok(enis
         .iter()
-        .filter(|e| e.kind == strait_model::cloud::provider::EniKind::Secondary && e.node.is_some())
+        .filter(|e| matches!(e.kind, EniKind::Secondary | EniKind::Trunk) && e.node.is_some())
         .flat_map(|e| eni_hops(st, e, false, true))
         .collect())
 }

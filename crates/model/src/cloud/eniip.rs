@@ -23,6 +23,10 @@ pub struct PoolConfig {
     pub min_idle: usize,
     /// Above this many, idle addresses are given back.
     pub max_idle: usize,
+    /// ENI-Trunking: the node gets a trunk ENI, and pods a PodNetworking
+    /// selects get member ENIs on it.
+    #[serde(default)]
+    pub trunk: bool,
 }
 
 /// What the pool asks of the cloud next (one call each).
@@ -68,7 +72,10 @@ pub fn pick(enis: &[Eni], in_use: &BTreeSet<IpAddr>) -> Option<(String, IpAddr)>
 
 /// The ENI that holds `ip`, if one of the node's does.
 pub fn eni_of(enis: &[Eni], ip: IpAddr) -> Option<&Eni> {
-    enis.iter().find(|e| e.secondary_ips.contains(&ip))
+    enis.iter().find(|e| {
+        e.secondary_ips.contains(&ip)
+            || (matches!(e.kind, EniKind::Member { .. }) && e.primary_ip == ip)
+    })
 }
 
 /// The pool's next calls: keep between min and max idle addresses,
@@ -211,6 +218,9 @@ pub struct EniMapping {
     pub node: String,
     pub rows: Vec<MappingRow>,
     pub problems: Vec<String>,
+    /// ENI-Trunking: the agent's PodENI records.
+    #[serde(default)]
+    pub podenis: Vec<super::trunking::PodEni>,
 }
 
 /// Check pods ↔ agent ↔ cloud. `pods`: each pod and its address as the
@@ -247,6 +257,19 @@ pub fn mapping(
             ));
         }
     }
+    // A member ENI's one address is its pod's (ENI-Trunking).
+    let members = cloud.iter().filter_map(|e| match &e.kind {
+        EniKind::Member { vlan, .. } => Some(MappingRow {
+            eni: e.id.clone(),
+            device: format!("vlan{vlan}"),
+            mac: e.mac.clone(),
+            ips: vec![(
+                e.primary_ip,
+                pod_of.get(&e.primary_ip).map(|p| p.to_string()),
+            )],
+        }),
+        _ => None,
+    });
     let rows = pod_enis(cloud)
         .into_iter()
         .map(|e| MappingRow {
@@ -262,6 +285,7 @@ pub fn mapping(
                 .map(|ip| (*ip, pod_of.get(ip).map(|p| p.to_string())))
                 .collect(),
         })
+        .chain(members)
         .collect();
     (rows, problems)
 }
@@ -290,6 +314,7 @@ mod tests {
 
     fn cfg(min: usize, max: usize) -> PoolConfig {
         PoolConfig {
+            trunk: false,
             vswitch: "vsw-a".into(),
             security_groups: vec![],
             min_idle: min,

@@ -12,6 +12,7 @@ pub mod eniip;
 pub mod provider;
 pub mod sg;
 pub mod slb;
+pub mod trunking;
 pub mod vpc;
 pub mod wire;
 

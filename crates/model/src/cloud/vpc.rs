@@ -196,10 +196,23 @@ impl Vpc {
         Ok(())
     }
 
+    /// The node's ENIs, and the member ENIs its trunks carry
+    /// (DescribeNetworkInterfaces by InstanceId, then by
+    /// TrunkNetworkInstanceId).
     pub fn describe(&self, node: &str) -> Vec<Eni> {
+        let mine = |e: &Eni| e.node.as_deref() == Some(node);
+        let trunks: BTreeSet<&str> = self
+            .enis
+            .values()
+            .filter(|e| mine(e) && e.kind == EniKind::Trunk)
+            .map(|e| e.id.as_str())
+            .collect();
         self.enis
             .values()
-            .filter(|e| e.node.as_deref() == Some(node))
+            .filter(|e| {
+                mine(e)
+                    || matches!(&e.kind, EniKind::Member { trunk, .. } if trunks.contains(trunk.as_str()))
+            })
             .cloned()
             .collect()
     }
@@ -512,6 +525,10 @@ slbs: [{id: lb-1, address: 198.18.48.10, listeners: [{port: 80, service: web}]}]
             k => panic!("{k:?}"),
         };
         assert_eq!((vlan(&m1), vlan(&m2)), (1, 2));
+        // The node's description carries its trunk's members.
+        let ids: Vec<String> = v.describe("n1").into_iter().map(|e| e.id).collect();
+        assert!(ids.contains(&m1.id) && ids.contains(&m2.id), "{ids:?}");
+        assert!(v.describe("n2").is_empty());
         assert!(matches!(
             v.create_member(&t.id, "vsw-a", &[]).unwrap_err(),
             CloudError::MemberQuota { limit: 2, .. }

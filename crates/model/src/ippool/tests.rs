@@ -139,7 +139,8 @@ fn the_shipped_crds_are_the_generated_ones() {
             "ippools.strait.dev",
             "ipamblocks.strait.dev",
             "bgpconfigurations.strait.dev",
-            "bgppeers.strait.dev"
+            "bgppeers.strait.dev",
+            "podnetworkings.strait.dev"
         ]
     );
     assert!(crds.iter().all(|c| c.spec.scope == "Cluster"));

@@ -240,6 +240,7 @@ impl LabFile {
                     .collect(),
                 min_idle: 2,
                 max_idle: 5,
+                trunk: false,
             });
         if cloud.vswitch(&pool.vswitch).is_none() {
             return Err(LabError::Invalid(format!(

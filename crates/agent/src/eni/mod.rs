@@ -23,6 +23,9 @@
 //! One cloud conversation at a time (`calls`): ADD's pick and the pool's
 //! trimming cannot hand out and give back the same address.
 
+mod trunk;
+pub use trunk::{networking_for, TrunkSetup};
+
 use crate::ipam::{AllocError, NodeIpam};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,6 +71,8 @@ pub struct Enis {
     /// and its rules happen under it, so a pass never reads the pods
     /// without the new one and then removes its rules.
     pub kernel: tokio::sync::Mutex<()>,
+    /// ENI-Trunking's records and tagger ([`trunk`]).
+    trunk: Mutex<trunk::TrunkState>,
 }
 
 fn cloud_refused(e: &CloudError) -> ApiError {
@@ -93,6 +98,7 @@ impl Enis {
             calls: Mutex::new(()),
             links: Mutex::new(vec![]),
             kernel: tokio::sync::Mutex::new(()),
+            trunk: Mutex::new(Default::default()),
         }
     }
 
@@ -140,11 +146,21 @@ impl Enis {
                 pods.push((format!("{ns}/{name}"), ip));
             }
         }
-        let (rows, problems) = eniip::mapping(&pods, &agent, &cloud);
+        let (rows, mut problems) = eniip::mapping(&pods, &agent, &cloud);
+        let podenis = self.podenis();
+        for r in podenis.iter().filter(|r| r.released_at_ms.is_none()) {
+            if !cloud.iter().any(|e| e.id == r.member) {
+                problems.push(format!(
+                    "PodENI of {} names member ENI {}, which the cloud does not have",
+                    r.pod, r.member
+                ));
+            }
+        }
         Ok(eniip::EniMapping {
             node: self.node.clone(),
             rows,
             problems,
+            podenis,
         })
     }
 
@@ -167,9 +183,15 @@ impl Enis {
         }
         v.enis = enis;
         v.at_ms = crate::now_ms();
+        // A member ENI's address is its pod's (ENI-Trunking).
+        let members = v.enis.iter().filter_map(|e| match e.kind {
+            EniKind::Member { .. } => Some((e.primary_ip, e.id.clone())),
+            _ => None,
+        });
         ipam.set_external(
             v.pod_enis()
                 .flat_map(|e| e.secondary_ips.iter().map(|ip| (*ip, e.id.clone())))
+                .chain(members)
                 .collect(),
         );
         *self.view.lock().unwrap() = v.clone();
@@ -238,7 +260,8 @@ impl Enis {
     /// The warm pool's pass: between min and max idle addresses.
     pub fn maintain(&self, ipam: &NodeIpam) -> Result<Vec<String>, CloudError> {
         let _one = self.calls.lock().unwrap();
-        let done = self.converge(ipam, &self.pool)?;
+        let mut done = self.maintain_trunk(ipam)?;
+        done.extend(self.converge(ipam, &self.pool)?);
         self.refresh(ipam)?;
         Ok(done)
     }
@@ -464,9 +487,21 @@ impl Enis {
                 wired.push((name, idx));
             }
         }
+        let trunk = if self.trunking() {
+            self.sync_trunk(nl, &links, &v, &mut rep).await?
+        } else {
+            None
+        };
+        if let Some(t) = &trunk {
+            wired.push(t.clone());
+        }
         *self.links.lock().unwrap() = wired;
         let mut want: Vec<Rule> = vec![];
         for a in &allocs {
+            if let Some(idx) = trunk::member_ifindex(&v, &trunk, a.ip) {
+                want.extend(pod_rules(a.ip, idx));
+                continue;
+            }
             match eniip::eni_of(&v.enis, a.ip).and_then(|e| by_eni.get(&e.id)) {
                 Some(idx) => want.extend(pod_rules(a.ip, *idx)),
                 None => rep.problems.push(format!(
@@ -499,26 +534,34 @@ impl Enis {
         let Some((_, idx)) = self.wire_eni(nl, &links, &v, e, &mut rep).await? else {
             anyhow::bail!("{}", rep.problems.join("; "));
         };
-        let want = pod_rules(ip, idx);
-        let have = nl.rules(ip.is_ipv4()).await?;
-        // A rule left for the address by an earlier holder on another ENI
-        // would send this pod out of the wrong one.
-        for r in have
-            .iter()
-            .filter(|r| is_pod_rule(r, ip) && !want.contains(r))
-        {
-            nl.delete_rule(r).await?;
-        }
-        for r in want.iter().filter(|r| !have.contains(r)) {
-            match nl.add_rule(r).await {
-                // The eni-pool reconciler got there first.
-                Err(e) if e.is_exists() => {}
-                other => other?,
-            }
-        }
-        Ok(())
+        set_pod_rules(nl, ip, idx).await
     }
+}
 
+/// Terway's two rules for `ip` out of the link `idx`, and no other rule of
+/// strait's for it.
+async fn set_pod_rules(nl: &Netlink, ip: IpAddr, idx: u32) -> anyhow::Result<()> {
+    let want = pod_rules(ip, idx);
+    let have = nl.rules(ip.is_ipv4()).await?;
+    // A rule left for the address by an earlier holder on another ENI
+    // would send this pod out of the wrong one.
+    for r in have
+        .iter()
+        .filter(|r| is_pod_rule(r, ip) && !want.contains(r))
+    {
+        nl.delete_rule(r).await?;
+    }
+    for r in want.iter().filter(|r| !have.contains(r)) {
+        match nl.add_rule(r).await {
+            // The eni-pool reconciler got there first.
+            Err(e) if e.is_exists() => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+impl Enis {
     /// DEL: the pod's rules go with its address.
     pub async fn unwire_pod(nl: &Netlink, ip: IpAddr) -> anyhow::Result<()> {
         for r in nl.rules(ip.is_ipv4()).await? {
