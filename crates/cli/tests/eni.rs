@@ -13,8 +13,9 @@
 //! the reply, as the seed's Aliyun3 column shows.
 
 mod common;
+use common::hops::{both_ways, host_veths, silent};
 use common::*;
-use strait_lab::hops::{trace, trace_service, HopReport};
+use strait_lab::hops::{trace, trace_service};
 use strait_model::cloud::provider::Eni;
 
 fn yaml(name: &str, datapath: &str) -> String {
@@ -57,32 +58,6 @@ fn eni_label(enis: &[Eni], lab: &Lab, pod: &str) -> String {
         e.device_index.unwrap(),
         e.id
     )
-}
-
-fn silent(h: &HopReport, hop: &str) {
-    let s = h.seen(hop);
-    assert_eq!((s.request, s.reply), (0, 0), "{hop}: {}", h.table());
-}
-
-fn both_ways(h: &HopReport, hop: &str) {
-    let s = h.seen(hop);
-    assert!(s.request > 0 && s.reply > 0, "{hop}: {}", h.table());
-}
-
-/// The pod's host veth: both directions through the host stack; with
-/// bpf_redirect_peer the request enters the pod past it (`dst`) and the
-/// reply past the client's (`src`).
-fn host_veths(h: &HopReport, src: &str, dst: &str, ebpf: bool) {
-    let (s, d) = (
-        h.seen(&format!("{src} host veth")),
-        h.seen(&format!("{dst} host veth")),
-    );
-    assert!(s.request > 0 && d.reply > 0, "{}", h.table());
-    if ebpf {
-        assert_eq!((s.reply, d.request), (0, 0), "skipped: {}", h.table());
-    } else {
-        assert!(s.reply > 0 && d.request > 0, "{}", h.table());
-    }
 }
 
 fn scenarios(lab: &Lab, ebpf: bool) {

@@ -11,6 +11,9 @@ use strait_netlink::{Netlink, Route};
 
 pub struct EniMode {
     pub(super) ipip: super::IpipLeftovers,
+    /// ENI-Trunking tags member pods' traffic on the trunk ENI with the
+    /// VLAN map: then only macvlan's ports are another mode's leftovers.
+    pub(super) trunk: bool,
 }
 
 impl CrossNode for EniMode {
@@ -25,7 +28,11 @@ impl CrossNode for EniMode {
     ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
         Box::pin(async move {
             self.ipip.remove(nl).await?;
-            self.ipip.remove_vlan(nl).await?;
+            if self.trunk {
+                self.ipip.remove_macvlan(nl).await?;
+            } else {
+                self.ipip.remove_vlan(nl).await?;
+            }
             Ok(vec![])
         })
     }

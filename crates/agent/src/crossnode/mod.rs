@@ -64,6 +64,7 @@ pub fn by_name(
         ))),
         "eni" => Ok(Box::new(eni::EniMode {
             ipip: IpipLeftovers::new(cfg),
+            trunk: cfg.eni.as_ref().is_some_and(|e| e.pool.trunk),
         })),
         "routed" => Ok(Box::new(routed::Routed {
             ipip: IpipLeftovers::new(cfg),

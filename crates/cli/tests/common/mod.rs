@@ -12,6 +12,7 @@ use strait_lab::run::{self as labrun, Binaries};
 use strait_lab::LabState;
 
 pub mod capture;
+pub mod hops;
 pub mod svc;
 
 /// Root tests need root. Outside CI they skip loudly; under CI=true a skip is
