@@ -2,8 +2,8 @@
 //!
 //! - pod-ready latency (CNI ADD, the plugin's wall time) when the warm
 //!   pool is empty (the agent asks the lab's cloud for an address during
-//!   the ADD) and when it is warm, (a reference plugin is to come:
-//!   Debian's ptp with static /32s fails its own route cleanup here);
+//!   the ADD) and when it is warm, beside Debian's bridge + host-local
+//!   (what a user without a cloud runs; no cloud call);
 //! - 100 pods created at once on one node: p50/p99 ADD, pool empty and
 //!   pool warm;
 //! - TCP request/response between ENI multi-IP pods on one ENI, across two
@@ -240,6 +240,31 @@ fn main() -> anyhow::Result<()> {
         )?);
     }
 
+    // The reference: what a user without a cloud would run, Debian's
+    // bridge with host-local addresses, on a node of the same kind of lab.
+    {
+        let st = c.lab(
+            "benchenref",
+            &lab_yaml("benchenref", "kernel", (3, 3), (0, 0)),
+        )?;
+        let data = std::path::Path::new("/run/strait-bench-eni/host-local");
+        let _ = std::fs::remove_dir_all(data);
+        let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "ref", "type": "bridge",
+            "bridge": "refbr0", "isGateway": true,
+            "ipam": {"type": "host-local", "dataDir": data, "ranges": [[{"subnet": "198.18.220.0/24"}]]}});
+        add_rows.push(adds(
+            &mut c,
+            &st,
+            "reference: Debian bridge + host-local (no cloud)",
+            std::path::Path::new("/usr/lib/cni/bridge"),
+            |_| conf.clone(),
+            rounds,
+            BURST,
+            false,
+        )?);
+        let _ = std::fs::remove_dir_all(data);
+    }
+
     // Request/response: one ENI, two ENIs, two nodes.
     let pods = pods_yaml(&[
         ("centos", "node-a"),
@@ -307,7 +332,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let mut report = format!(
-        "# ENI multi-IP (Terway ENIIP / DataPath V2)\n\nmachine: {}\n\n## Pod-ready latency (CNI ADD wall time, node-a)\n\n{rounds} single ADDs (each then deleted), and {BURST} ADDs started at once. Pool empty: minIdle 0, maxIdle 0, so every ADD asks the lab's cloud (AssignPrivateIpAddresses, and CreateNetworkInterface when an ENI is full) and the single ADDs wait until the pool has given everything back. Warm: {} idle addresses kept. The cloud is the lab's emulator (a local socket, one call at a time): a real cloud API adds its own round trip to every empty-pool ADD.\n\n| setup | single ADD p50 | p99 | burst of {BURST}: p50 | p99 | max |\n|---|---|---|---|---|---|\n",
+        "# ENI multi-IP (Terway ENIIP / DataPath V2)\n\nmachine: {}\n\n## Pod-ready latency (CNI ADD wall time, node-a)\n\n{rounds} single ADDs (each then deleted), and {BURST} ADDs started at once. Pool empty: minIdle 0, maxIdle 0, so every ADD asks the lab's cloud (AssignPrivateIpAddresses, and CreateNetworkInterface when an ENI is full) and the single ADDs wait until the pool has given everything back. Warm: {} idle addresses kept. The reference is Debian's bridge plugin with host-local addresses on a node of the same kind of lab (no cloud call at all). The cloud is the lab's emulator (a local socket, one call at a time): a real cloud API adds its own round trip to every empty-pool ADD.\n\n| setup | single ADD p50 | p99 | burst of {BURST}: p50 | p99 | max |\n|---|---|---|---|---|---|\n",
         strait_bench::machine(),
         BURST + 5
     );
