@@ -7,6 +7,7 @@
 //! CI=true a skip is a failure.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -58,29 +59,29 @@ fn reach(a: &str, b: &str, ip: &str) -> bool {
 /// What tcpdump on `dev` in `ns` prints (link-level headers) while `f`
 /// runs: one packet of `filter`.
 fn capture(ns: &str, dev: &str, filter: &str, f: impl FnOnce()) -> String {
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "timeout",
-            "5",
-            "tcpdump",
-            "--immediate-mode",
-            "-l",
-            "-c",
-            "1",
-            "-nn",
-            "-e",
-        ])
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", "20", "tcpdump"])
+        .args(["--immediate-mode", "-l", "-c", "1", "-nn", "-e"])
         .args(["-i", dev])
         .args(filter.split_whitespace())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
-    f();
+    // Run the probe once tcpdump says its filter is attached ("listening
+    // on"), not after a guessed delay.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(20)).is_ok() {
+        f();
+    }
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -41,8 +41,10 @@ fn matrix(lab: &Lab) {
 
 /// Who answers `svc/web:80` from `pod` over a few connections, and as whom
 /// it saw the client.
+/// Forty tries: with two backends picked at random, eight left a 1 in 128
+/// chance that one was never seen.
 fn service_answers(lab: &Lab, pod: &str) -> Vec<(String, String)> {
-    (0..8)
+    (0..40)
         .map(|_| {
             let out = lab.strait(&["lab", "--lab", lab.name(), "probe", pod, "svc/web:80"]);
             let by = out.split("answered by ").nth(1).expect(&out);
@@ -129,16 +131,13 @@ fn macvlan_mode_walks_the_seeds_paths_serves_services_and_cleans_up() {
         let s = h.seen(hop);
         assert_eq!((s.request, s.reply), (0, 0), "{hop}: {}", h.table());
     }
-    let on_host = frames(
-        &lab.node("node-a").netns,
-        "any",
-        "tcp port 8080 and not (vlan)",
-        || assert_eq!(lab.probe("a5", "a5b").unwrap(), "a5b"),
-    );
+    let on_host = frames(&lab.node("node-a").netns, "any", "tcp port 8080", || {
+        assert_eq!(lab.probe("a5", "a5b").unwrap(), "a5b")
+    });
     // "any" also lists the port's parent (where macvlan hands bridged
     // frames to the taps); nothing else of the node may see them.
     assert!(
-        on_host.iter().all(|l| l.contains("eth0-5 ")),
+        !on_host.is_empty() && on_host.iter().all(|l| l.contains("eth0-5 ")),
         "the node's stack saw same-VLAN traffic: {on_host:#?}"
     );
 
