@@ -461,44 +461,52 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 policy_backend: agent.policy_backend.into(),
                 conntrack: pb.conntrack.clone(),
                 source: Some(agent.source.health()),
-                ipam_blocks: {
-                    let allocs = agent.ipam.allocations();
-                    agent
-                        .ipam
-                        .blocks()
-                        .into_iter()
-                        .map(|(cidr, pool)| strait_model::api::BlockStatus {
-                            cidr,
-                            pool,
-                            in_use: allocs.iter().filter(|a| cidr.contains(&a.ip)).count(),
-                            size: 1u64
-                                .checked_shl(u32::from(cidr.max_prefix_len() - cidr.prefix_len()))
-                                .unwrap_or(u64::MAX),
-                        })
-                        .collect()
-                },
+                ipam_blocks: ipam_blocks(agent),
                 vlan_ports: vlan_ports(agent, &snap),
-                bgp_peers: agent
-                    .bgp
-                    .get()
-                    .map(|h| h.peers())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|p| strait_model::api::BgpPeerStatus {
-                        address: p.address,
-                        asn: p.asn,
-                        state: p.state.to_string(),
-                        up_secs: p.established_for.map(|d| d.as_secs()),
-                        received: p.received,
-                        stale: p.stale,
-                        advertised: p.advertised,
-                        flaps: p.flaps,
-                        last_error: p.last_error,
-                    })
-                    .collect(),
+                bgp_peers: bgp_peers(agent),
             }))
         }
     }
+}
+
+/// The IPPool blocks this node holds, with their use.
+pub(crate) fn ipam_blocks(agent: &Agent) -> Vec<strait_model::api::BlockStatus> {
+    let allocs = agent.ipam.allocations();
+    agent
+        .ipam
+        .blocks()
+        .into_iter()
+        .map(|(cidr, pool)| strait_model::api::BlockStatus {
+            cidr,
+            pool,
+            in_use: allocs.iter().filter(|a| cidr.contains(&a.ip)).count(),
+            size: 1u64
+                .checked_shl(u32::from(cidr.max_prefix_len() - cidr.prefix_len()))
+                .unwrap_or(u64::MAX),
+        })
+        .collect()
+}
+
+/// The BGP sessions (bgp modes; none otherwise).
+pub(crate) fn bgp_peers(agent: &Agent) -> Vec<strait_model::api::BgpPeerStatus> {
+    agent
+        .bgp
+        .get()
+        .map(|h| h.peers())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| strait_model::api::BgpPeerStatus {
+            address: p.address,
+            asn: p.asn,
+            state: p.state.to_string(),
+            up_secs: p.established_for.map(|d| d.as_secs()),
+            received: p.received,
+            stale: p.stale,
+            advertised: p.advertised,
+            flaps: p.flaps,
+            last_error: p.last_error,
+        })
+        .collect()
 }
 
 /// `strait policy explain`: resolve both ends (a pod as ns/name or name, or

@@ -47,6 +47,8 @@ pub struct AgentConfig {
     pub mtu: u32,
     /// eni: the cloud and the warm pool.
     pub eni: Option<EniConfig>,
+    /// Where to serve Prometheus metrics (`/metrics`); None: not at all.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// ENI multi-IP: where the cloud's API is and what the pool asks of it.

@@ -46,6 +46,8 @@ pub struct Agent {
     pub macvlan: Option<Arc<crate::macvlan::Ports>>,
     /// eni mode's ENIs and warm pool (ADD takes addresses from it).
     pub eni: Option<Arc<crate::eni::Enis>>,
+    /// Prometheus histograms and counters (served with --metrics-addr).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// What the reconcilers last programmed.
@@ -263,6 +265,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             Box::new(crate::source::etcd::EtcdSource::start(endpoint, prefix).await?)
         }
     };
+    // A taken metrics port stops start-up before any reconciler runs.
+    let metrics = match cfg.metrics_addr {
+        Some(a) => Some(crate::metrics::bind(a).await?),
+        None => None,
+    };
     let agent = Arc::new(Agent {
         ipam,
         snapshot: source.subscribe(),
@@ -283,6 +290,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         policy_backend: policy.name(),
         macvlan,
         eni,
+        metrics: Default::default(),
         cfg,
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -324,6 +332,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let listener = crate::api::bind(&agent.cfg.socket)?;
     tracing::info!(node = %agent.cfg.node_name, socket = %agent.cfg.socket.display(), cross_node = agent.cross_node, services = agent.service_backend, "strait agent started");
     let api = tokio::spawn(crate::api::serve(agent.clone(), listener));
+    if let Some(l) = metrics {
+        tracing::info!(addr = ?agent.cfg.metrics_addr, "serving Prometheus metrics at /metrics");
+        tokio::spawn(crate::metrics::serve(agent.clone(), l));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},

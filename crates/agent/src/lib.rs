@@ -20,6 +20,7 @@ pub mod datapath;
 pub mod eni;
 pub mod ipam;
 pub mod macvlan;
+pub mod metrics;
 pub mod policybackend;
 pub mod pools;
 pub mod readiness;

@@ -113,6 +113,10 @@ pub struct Args {
     /// MTU of pod interfaces in the installed conflist.
     #[arg(long, default_value_t = 1500)]
     mtu: u32,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g.
+    /// 0.0.0.0:9476. Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -167,6 +171,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         cni_conf_dir: a.cni_conf_dir,
         cni_version: a.cni_version,
         mtu: a.mtu,
+        metrics_addr: a.metrics_addr,
         eni: match (a.cloud_socket, a.eni_vswitch) {
             (Some(cloud_socket), Some(vswitch)) => {
                 anyhow::ensure!(

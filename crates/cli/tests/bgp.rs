@@ -46,7 +46,11 @@ fn bgp_full_mesh_carries_every_pod_to_every_pod() {
     // reflects too (a second path, same next hop, to every client).
     let yaml = include_str!("../../../examples/four-nodes-bgp.yaml")
         .replace("name: bdemo", "name: t-bgp")
-        .replace("  - name: node-a\n", RR_NODE);
+        .replace("  - name: node-a\n", RR_NODE)
+        .replace(
+            "  crossNode: bgp\n",
+            "  crossNode: bgp\n  metricsPort: 9476\n",
+        );
     let lab = Lab::up(&yaml);
     mesh_routes_in_place(&lab);
     for (src, _) in PODS {
@@ -104,6 +108,26 @@ fn bgp_full_mesh_carries_every_pod_to_every_pod() {
         }
         assert!(std::time::Instant::now() < deadline, "{peers:?}");
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // /metrics: each session's state as one 1 among six series.
+    let m = common::scrape::scrape(&lab, "node-b", 9476);
+    for other in ["node-a", "node-c", "node-d"] {
+        let peer = lab.node(other).ip.to_string();
+        let up = m.find("strait_bgp_session_state", &[("peer", &peer)]);
+        assert_eq!(up.len(), 6, "{up:?}");
+        for s in up {
+            let want = if s.labels["state"] == "Established" {
+                1.0
+            } else {
+                0.0
+            };
+            assert_eq!(s.value, want, "{s:?}");
+        }
+        let received = if other == "node-a" { 3.0 } else { 1.0 };
+        assert_eq!(
+            m.value("strait_bgp_prefixes_received", &[("peer", &peer)]),
+            received
+        );
     }
     let sock = lab.st.socket(lab.node("node-a"));
     let shown = lab.strait(&["status".as_ref(), "--socket".as_ref(), sock.as_os_str()]);

@@ -22,6 +22,8 @@ use strait_model::policy::{verdict, Proto, View};
 const NS: [&str; 3] = ["x", "y", "z"];
 const PODS: [&str; 3] = ["a", "b", "c"];
 const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
+/// Every agent serves /metrics here.
+const METRICS_PORT: u16 = 9476;
 
 fn labels(ns: &str, trusted: &str) -> String {
     format!(
@@ -32,7 +34,7 @@ fn labels(ns: &str, trusted: &str) -> String {
 
 fn lab_yaml(name: &str, datapath: &str, control_plane: &str) -> String {
     let mut y = format!(
-        "apiVersion: strait.dev/v1alpha1\nkind: Lab\nmetadata: {{name: {name}}}\nspec:\n  datapath: {datapath}\n  controlPlane: {control_plane}\n  nodes: [{{name: node-1}}, {{name: node-2}}, {{name: node-3}}]\n"
+        "apiVersion: strait.dev/v1alpha1\nkind: Lab\nmetadata: {{name: {name}}}\nspec:\n  datapath: {datapath}\n  controlPlane: {control_plane}\n  metricsPort: {METRICS_PORT}\n  nodes: [{{name: node-1}}, {{name: node-2}}, {{name: node-3}}]\n"
     );
     for (i, ns) in NS.iter().enumerate() {
         y.push_str(&format!(
@@ -722,6 +724,53 @@ fn drops_name_the_policy(lab: &Lab) {
         .find(|r| r["policy"] == "x/deny-all")
         .unwrap_or_else(|| panic!("no per-policy row: {rows}"));
     assert!(row["packets"].as_u64().unwrap() > 0, "{row}");
+    scraped_metrics_agree(lab, &node.name, packets);
+}
+
+/// /metrics, scraped over the fabric as Prometheus would: the policy's
+/// drops by name, the datapath's reason counters (at least the `packets`
+/// read from the map a moment ago: counters never go back), the
+/// reconcilers' pass durations, policy programming latency, IPAM use, and
+/// conntrack fill.
+fn scraped_metrics_agree(lab: &Lab, node: &str, packets: u64) {
+    let m = common::scrape::scrape(lab, node, METRICS_PORT);
+    assert_eq!(m.types["strait_datapath_packets"], "counter");
+    assert!(
+        m.value(
+            "strait_policy_drop_packets_total",
+            &[("policy", "x/deny-all")]
+        ) > 0.0,
+        "{m:?}"
+    );
+    let drops = m.value(
+        "strait_datapath_packets_total",
+        &[("reason", "drop-policy-ingress"), ("verdict", "drop")],
+    );
+    assert!(drops >= packets as f64, "{drops} < {packets}");
+    // Forwarding verdicts are counted too (pods talk on this node).
+    assert!(!m
+        .find("strait_datapath_packets_total", &[("verdict", "pass")])
+        .is_empty());
+    for r in ["endpoints", "services", "policy", "node-routes"] {
+        let count = m.value(
+            "strait_reconcile_duration_seconds_count",
+            &[("reconciler", r)],
+        );
+        assert!(count >= 1.0, "{r}: {count}");
+    }
+    assert!(m.value("strait_policy_programming_duration_seconds_count", &[]) >= 1.0);
+    assert_eq!(m.value("strait_ready", &[]), 1.0);
+    // Three pods per node in this lab (one of each namespace).
+    assert_eq!(m.value("strait_ipam_addresses_allocated", &[]), 3.0);
+    assert!(m.value("strait_ipam_addresses_capacity", &[]) >= 3.0);
+    assert!(m.value("strait_bpf_map_capacity", &[("map", "strait_ct")]) > 0.0);
+    // Anything but /metrics is refused.
+    let (status, _, _) = common::scrape::get(
+        &strait_model::lab::external_netns(lab.name()),
+        std::net::SocketAddr::new(lab.node(node).ip.into(), METRICS_PORT),
+        "/",
+    );
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
 }
 
 /// `strait policy explain`, asked of the agents, gives what the datapath

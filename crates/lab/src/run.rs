@@ -274,6 +274,13 @@ pub fn start_agent(
     if let Some(c) = &cooldown {
         args.extend(["--ip-cooldown-secs", c]);
     }
+    let metrics_addr = st
+        .plan
+        .metrics_port
+        .map(|p| std::net::SocketAddr::new(n.ip.into(), p).to_string());
+    if let Some(m) = &metrics_addr {
+        args.extend(["--metrics-addr", m]);
+    }
     let cloud_socket = crate::cloud::socket(st).display().to_string();
     let (min_idle, max_idle);
     if let Some(pool) = &st.plan.eni_pool {

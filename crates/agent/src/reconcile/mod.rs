@@ -98,7 +98,9 @@ pub async fn run<R: Reconciler>(mut r: R, agent: Arc<Agent>) {
         nudge_rx.borrow_and_update();
         let t0 = Instant::now();
         let res = r.pass(&agent, &snap).await;
-        let ok = agent.record_pass(R::NAME, res, t0.elapsed());
+        let took = t0.elapsed();
+        let ok = agent.record_pass(R::NAME, res, took);
+        agent.metrics.pass(R::NAME, took, ok);
         let wait = if ok {
             failures.0 = 0;
             agent.cfg.resync

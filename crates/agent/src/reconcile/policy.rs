@@ -24,6 +24,7 @@ impl Reconciler for Policy {
     const READS: &'static [Kind] = &[Kind::Pods, Kind::Namespaces, Kind::NetworkPolicies];
 
     async fn pass(&mut self, agent: &Agent, snap: &ClusterSnapshot) -> anyhow::Result<Report> {
+        let t0 = std::time::Instant::now();
         let mut rep = Report::default();
         let view = View::new(snap);
         let node = agent.cfg.node_name.as_str();
@@ -57,6 +58,9 @@ impl Reconciler for Policy {
         // says it is not), for `strait policy list`.
         agent.published.lock().unwrap().policy = pods;
         rep.changed = applied?;
+        if rep.changed > 0 {
+            agent.metrics.policy_programmed(t0.elapsed());
+        }
         Ok(rep)
     }
 }

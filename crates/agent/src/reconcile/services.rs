@@ -49,11 +49,13 @@ impl Reconciler for Services {
     const READS: &'static [Kind] = &[Kind::Services, Kind::EndpointSlices, Kind::Nodes];
 
     async fn pass(&mut self, agent: &Agent, snap: &ClusterSnapshot) -> anyhow::Result<Report> {
+        let compile = std::time::Instant::now();
         let table = table_for(&mut self.compiler, agent, snap);
         let t0 = std::time::Instant::now();
         let changed = tokio::task::block_in_place(|| self.backend.apply(&table))?;
         let mut pb = agent.published.lock().unwrap();
         if changed > 0 {
+            agent.metrics.services_programmed(compile.elapsed());
             let micros = t0.elapsed().as_micros() as u64;
             tracing::info!(
                 backend = self.backend.name(),

@@ -13,6 +13,7 @@ use strait_lab::LabState;
 
 pub mod capture;
 pub mod hops;
+pub mod scrape;
 pub mod svc;
 
 /// Root tests need root. Outside CI they skip loudly; under CI=true a skip is

@@ -172,6 +172,10 @@ pub struct LabSpec {
     /// the first security group, 2 to 5 idle addresses).
     #[serde(default)]
     pub eni_pool: Option<crate::cloud::eniip::PoolConfig>,
+    /// Each agent serves Prometheus metrics on its node's address at this
+    /// port (`--metrics-addr`); absent: off, as is the lab's default.
+    #[serde(default)]
+    pub metrics_port: Option<u16>,
 }
 
 fn default_mtu() -> u32 {
@@ -238,6 +242,9 @@ pub struct LabPlan {
     pub no_redirect_peer: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_cooldown_secs: Option<u64>,
+    /// Agents serve /metrics on their node's address at this port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_port: Option<u16>,
     pub mtu: u32,
     pub fabric: Ipv4Net,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -154,6 +154,7 @@ impl LabFile {
             services,
             no_redirect_peer: spec.no_redirect_peer,
             ip_cooldown_secs: spec.ip_cooldown_secs,
+            metrics_port: spec.metrics_port,
             mtu: spec.mtu,
             fabric: ap.fabric,
             racks,
