@@ -480,11 +480,15 @@ pub(crate) fn ipam_blocks(agent: &Agent) -> Vec<strait_model::api::BlockStatus> 
             cidr,
             pool,
             in_use: allocs.iter().filter(|a| cidr.contains(&a.ip)).count(),
-            size: 1u64
-                .checked_shl(u32::from(cidr.max_prefix_len() - cidr.prefix_len()))
-                .unwrap_or(u64::MAX),
+            size: cidr_size(cidr),
         })
         .collect()
+}
+
+/// Addresses in `cidr` (saturating for wide IPv6 prefixes).
+pub(crate) fn cidr_size(cidr: ipnet::IpNet) -> u64 {
+    1u64.checked_shl(u32::from(cidr.max_prefix_len() - cidr.prefix_len()))
+        .unwrap_or(u64::MAX)
 }
 
 /// The BGP sessions (bgp modes; none otherwise).

@@ -257,9 +257,7 @@ pub fn render(agent: &Agent) -> String {
         .collect();
     if pools.is_empty() {
         if let Some(c) = agent.ipam.cidr() {
-            let size = 1u64
-                .checked_shl(u32::from(c.max_prefix_len() - c.prefix_len()))
-                .unwrap_or(u64::MAX);
+            let size = crate::api::cidr_size(c);
             pools.push((
                 PoolLabel {
                     pool: "node-pod-cidr".into(),
