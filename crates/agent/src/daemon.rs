@@ -139,7 +139,30 @@ impl Agent {
         if self.programmed.borrow().is_none() {
             return Some("still recovering this node's pods from the kernel".into());
         }
+        let pending: Vec<&str> = self
+            .reconcilers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, r)| r.passes == 0)
+            .map(|(name, _)| *name)
+            .collect();
+        if !pending.is_empty() {
+            return Some(format!(
+                "not yet programmed: first pass of {} under way",
+                pending.join(", ")
+            ));
+        }
         None
+    }
+}
+
+/// [`pause_point`] for async code: the task waits forever, the runtime's
+/// threads stay free (the API still answers).
+pub async fn pause_point_async(step: &str) {
+    if std::env::var("STRAIT_AGENT_PAUSE_AT").as_deref() == Ok(step) {
+        tracing::warn!(step, "paused (STRAIT_AGENT_PAUSE_AT)");
+        std::future::pending::<()>().await;
     }
 }
 

@@ -576,3 +576,44 @@ fn lab_up_fails_fast_when_an_agent_exits() {
     let left = String::from_utf8_lossy(&left.stdout);
     assert!(!left.contains("strait-t-exits-"), "{left}");
 }
+
+/// Ready means programmed: an agent whose routes reconciler has not
+/// finished its first pass says so and is not ready (CI once probed a pod
+/// on the other node before the route to it existed). Once ready, the
+/// route is there without waiting.
+#[test]
+fn agent_is_not_ready_until_its_routes_are_programmed() {
+    if !require_root("agent_is_not_ready_until_its_routes_are_programmed") {
+        return;
+    }
+    let lab = Lab::up(&lab_yaml("t-notready", &["n1", "n2"], 24, &[]));
+    let n1 = lab.node("n1").clone();
+    let block = lab.status("n2").pod_cidr.unwrap();
+    let restart = |env: &[(String, String)]| {
+        let pid = strait_lab::LabState::read_pid(&lab.st.agent_pid(&n1)).unwrap();
+        strait_lab::cmd::stop(&[pid], Duration::from_secs(3));
+        // The route survives the agent (forwarding must not depend on
+        // it); remove it so the next start has to program it.
+        if lab.exec("n1", &["ip", "route"]).contains(&block) {
+            lab.exec("n1", &["ip", "route", "del", &block]);
+        }
+        strait_lab::run::start_agent(&lab.st, &lab.bins, &n1, env).unwrap();
+    };
+    restart(&[(
+        "STRAIT_AGENT_PAUSE_AT".to_string(),
+        "node-routes-pass".to_string(),
+    )]);
+    let err = strait_lab::run::wait_agent_ready(&lab.st, &n1, Duration::from_secs(3))
+        .expect_err("ready with its routes reconciler paused");
+    assert!(
+        err.to_string()
+            .contains("first pass of node-routes under way"),
+        "{err:#}"
+    );
+    assert!(!lab.exec("n1", &["ip", "route"]).contains(&block));
+
+    restart(&[]);
+    strait_lab::run::wait_agent_ready(&lab.st, &n1, Duration::from_secs(10)).unwrap();
+    let routes = lab.exec("n1", &["ip", "route"]);
+    assert!(routes.contains(&format!("{block} via")), "{routes}");
+}

@@ -87,8 +87,24 @@ impl Backoff {
     }
 }
 
-/// Run `r` until the cluster source ends.
-pub async fn run<R: Reconciler>(mut r: R, agent: Arc<Agent>) {
+/// Run `r` until the cluster source ends. The reconciler is registered
+/// before this returns (not when the task first runs), so the agent is not
+/// ready until its first pass is done: a node that says it is ready has
+/// its routes, services and policies programmed.
+pub fn run<R: Reconciler>(r: R, agent: Arc<Agent>) -> impl Future<Output = ()> + Send {
+    agent
+        .reconcilers
+        .lock()
+        .unwrap()
+        .entry(R::NAME)
+        .or_insert_with(|| ReconcilerStatus {
+            name: R::NAME.into(),
+            ..Default::default()
+        });
+    run_passes(r, agent)
+}
+
+async fn run_passes<R: Reconciler>(mut r: R, agent: Arc<Agent>) {
     let mut snap_rx = agent.snapshot.clone();
     let mut nudge_rx = agent.nudges();
     let mut own_rx = r.wakeups();

@@ -35,6 +35,7 @@ impl Reconciler for NodeRoutes {
     const READS: &'static [Kind] = &[Kind::Nodes, Kind::IpamBlocks, Kind::IpPools];
 
     async fn pass(&mut self, agent: &Agent, snap: &ClusterSnapshot) -> anyhow::Result<Report> {
+        crate::daemon::pause_point_async("node-routes-pass").await;
         let mut rep = Report::default();
         let (peers, rejected) = plan_node_routes_checked(snap, &agent.cfg.node_name);
         rep.problems.extend(rejected);
