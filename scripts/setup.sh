@@ -12,6 +12,7 @@ PKGS=(
   conntrack                     # the nftables service backend flushes UDP flows of removed backends
   clang llvm libbpf-dev bpftool # the eBPF datapath (built from C in build.rs)
   tcpdump                       # hop captures in the lab
+  graphviz                      # strait lab explain -o svg (dot lays out the flow diagrams)
   util-linux                    # nsenter, unshare, setpriv
   procps                        # sysctl in the lab's router namespaces and tests
   etcd-server                   # the kube-apiserver labs' datastore (and the etcd source)

@@ -51,6 +51,22 @@ enum Verb {
     /// one request/response crosses: which interface saw the request, which
     /// the reply.
     Hops { src: String, dst: String },
+    /// Every hop of a flow from live state, request then reply: what
+    /// decided each (route and table, BPF program and map, NAT, tunnel),
+    /// the packet there, whether a capture sees it; skipped hops with the
+    /// reason. SRC: a pod or node; DST: a pod, node, address or
+    /// svc/NAME:PORT[/udp]. Exit 2 if the flow is dropped.
+    Explain {
+        src: String,
+        dst: String,
+        /// Probe the flow and capture on every hop, seen or skipped: each
+        /// is confirmed or contradicted (exit 1 on a contradiction).
+        #[arg(long)]
+        verify: bool,
+        /// text, dot (Graphviz source) or svg.
+        #[arg(short = 'o', long, default_value = "text")]
+        output: String,
+    },
     /// The lab cloud's records (a lab with a `cloud:` section): every ENI,
     /// its node and device, MAC, vSwitch and addresses.
     Cloud,
@@ -323,6 +339,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             print!("{}", r.table());
             Ok(0)
         }
+        Verb::Explain {
+            src,
+            dst,
+            verify,
+            output,
+        } => crate::explain::run(a.lab.as_deref(), &src, &dst, verify, &output),
         Verb::Monitor { node, args } => node_tool(a.lab.as_deref(), &node, "monitor", &args, true),
         Verb::Metrics { node, args } => node_tool(a.lab.as_deref(), &node, "metrics", &args, true),
         Verb::Policy { node, args } => agent_verb(a.lab.as_deref(), &node, "policy", &args),

@@ -2,6 +2,7 @@
 
 mod agent;
 mod bgp;
+mod explain;
 mod lab;
 mod lb;
 mod mapping;

@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod control_plane;
 
 pub mod echo;
+pub mod explain;
 pub mod gateway;
 pub mod hops;
 pub mod hops_macvlan;

@@ -11,14 +11,14 @@ use std::time::Duration;
 use strait_netlink::{in_netns, NetnsFile};
 
 /// (source, destination).
-pub(super) type Pair = (Ipv4Addr, Ipv4Addr);
-pub(super) type Pairs = std::collections::HashMap<Pair, usize>;
+pub(crate) type Pair = (Ipv4Addr, Ipv4Addr);
+pub(crate) type Pairs = std::collections::HashMap<Pair, usize>;
 
 /// One interface's capture: packets by inner (source, destination), and
 /// for those that came inside VXLAN, their outer pair.
 #[derive(Default)]
-pub(super) struct Captured {
-    pub(super) pairs: Pairs,
+pub(crate) struct Captured {
+    pub(crate) pairs: Pairs,
     pub(super) outer: std::collections::HashMap<Pair, Outer>,
     /// The VLAN tag a pair was seen with (from the capture's aux data: the
     /// kernel keeps tags out of the frame bytes).
@@ -172,7 +172,7 @@ fn capture(
 }
 
 /// Capture on `hops` while `traffic` runs.
-pub(super) fn capture_during<T>(
+pub(crate) fn capture_during<T>(
     hops: &[Hop],
     traffic: impl FnOnce() -> T,
 ) -> anyhow::Result<(Vec<Captured>, T)> {

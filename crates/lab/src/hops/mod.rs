@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use strait_model::lab::LabPlan;
 
-mod capture;
+pub(crate) mod capture;
 pub mod eni;
 use capture::{capture_during, Captured, Pairs};
 

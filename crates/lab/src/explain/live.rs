@@ -1,0 +1,247 @@
+//! The live state `explain` reads: every namespace of the lab, its links
+//! and addresses, and the kernel's own answers (route lookups with rules,
+//! tc programs, FDB and neighbours) through iproute2's JSON output. Nothing
+//! here models forwarding; the kernel is asked.
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::Command;
+
+/// One interface of one namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub netns: String,
+    pub ifindex: u32,
+    pub name: String,
+    /// veth, macvlan, vxlan, bridge, ... ("" for loopback and the like).
+    pub kind: String,
+    /// The peer's (veth) or parent's (macvlan) ifindex, in `link_netnsid`'s
+    /// namespace when that is set.
+    pub link_index: Option<u32>,
+    pub link_netnsid: Option<i64>,
+    /// The peer's or parent's name, when it is in this namespace.
+    pub link: Option<String>,
+    pub master: Option<String>,
+    pub addrs: Vec<IpAddr>,
+    /// The namespace `link_netnsid` names (resolved through this
+    /// namespace's id table).
+    pub link_netns: Option<String>,
+}
+
+/// The namespaces and their interfaces, read once per explanation.
+#[derive(Debug, Default)]
+pub struct World {
+    pub links: Vec<Link>,
+}
+
+/// What the kernel's FIB answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteGet {
+    /// Forward out of `dev`, to `gateway` or (on-link) the destination.
+    Out {
+        dev: String,
+        gateway: Option<IpAddr>,
+        table: Option<String>,
+    },
+    /// The destination is this namespace's own.
+    Local,
+    /// No route, or an unreachable / blackhole / prohibit one.
+    Refused(String),
+}
+
+fn run(ns: &str, prog: &str, args: &[&str]) -> anyhow::Result<Value> {
+    let out = Command::new(prog)
+        .args(["-n", ns, "-j"])
+        .args(args)
+        .output()
+        .with_context(|| format!("run {prog}"))?;
+    if !out.status.success() {
+        bail!(
+            "{prog} -n {ns} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Ok(Value::Array(vec![]));
+    }
+    serde_json::from_str(&text).with_context(|| format!("{prog} -j {}", args.join(" ")))
+}
+
+impl World {
+    /// Read every namespace whose name starts with `prefix`.
+    pub fn read(prefix: &str) -> anyhow::Result<World> {
+        let out = Command::new("ip").args(["netns", "list"]).output()?;
+        let mut links = vec![];
+        for ns in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(prefix))
+        {
+            let ids: BTreeMap<i64, String> = run(ns, "ip", &["netns", "list-id"])?
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| Some((e["nsid"].as_i64()?, e["name"].as_str()?.to_string())))
+                .collect();
+            let v = run(ns, "ip", &["-d", "addr", "show"])?;
+            for l in v.as_array().into_iter().flatten() {
+                let addrs = l["addr_info"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| a["scope"] != "link" && a["scope"] != "host")
+                    .filter_map(|a| a["local"].as_str()?.parse().ok())
+                    .collect();
+                links.push(Link {
+                    netns: ns.to_string(),
+                    ifindex: l["ifindex"].as_u64().unwrap_or(0) as u32,
+                    name: l["ifname"].as_str().unwrap_or("").to_string(),
+                    kind: l["linkinfo"]["info_kind"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                    link_index: l["link_index"].as_u64().map(|i| i as u32),
+                    link: l["link"].as_str().map(str::to_string),
+                    link_netnsid: l["link_netnsid"].as_i64(),
+                    link_netns: l["link_netnsid"]
+                        .as_i64()
+                        .and_then(|i| ids.get(&i).cloned()),
+                    master: l["master"].as_str().map(str::to_string),
+                    addrs,
+                });
+            }
+        }
+        Ok(World { links })
+    }
+
+    pub fn link(&self, netns: &str, name: &str) -> Option<&Link> {
+        self.links
+            .iter()
+            .find(|l| l.netns == netns && l.name == name)
+    }
+
+    pub fn by_index(&self, netns: &str, ifindex: u32) -> Option<&Link> {
+        self.links
+            .iter()
+            .find(|l| l.netns == netns && l.ifindex == ifindex)
+    }
+
+    /// The other end of a veth, or a macvlan's parent: by name in this
+    /// namespace, else by index in the namespace its netnsid names.
+    pub fn peer(&self, l: &Link) -> Option<&Link> {
+        if let Some(name) = &l.link {
+            return self.link(&l.netns, name);
+        }
+        let peer = l.link_index?;
+        let other = l.link_netns.as_deref()?;
+        self.by_index(other, peer)
+    }
+
+    /// The interface holding `ip`, in any namespace but loopback.
+    pub fn owner(&self, ip: IpAddr) -> Option<&Link> {
+        self.links
+            .iter()
+            .find(|l| l.name != "lo" && l.addrs.contains(&ip))
+    }
+
+    /// Whether `netns` holds `ip` on one of its interfaces.
+    pub fn holds(&self, netns: &str, ip: IpAddr) -> bool {
+        self.links
+            .iter()
+            .any(|l| l.netns == netns && l.addrs.contains(&ip))
+    }
+
+    /// The first address of `netns`'s interface `name` in `ip`'s family.
+    pub fn address_of(&self, netns: &str, name: &str, v4: bool) -> Option<IpAddr> {
+        self.link(netns, name)?
+            .addrs
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == v4)
+    }
+}
+
+/// Ask `netns`'s FIB (rules included) where a packet goes: locally sent
+/// when `iif` is None, else arriving on `iif`.
+pub fn route_get(netns: &str, dst: IpAddr, src: IpAddr, iif: Option<&str>) -> RouteGet {
+    let (d, s) = (dst.to_string(), src.to_string());
+    let mut args = vec!["route", "get", d.as_str(), "from", s.as_str()];
+    if let Some(i) = iif {
+        args.extend(["iif", i]);
+    }
+    let v = match run(netns, "ip", &args) {
+        Ok(v) => v,
+        Err(e) => {
+            let e = e.to_string();
+            let why = e.rsplit(": ").next().unwrap_or(&e).to_string();
+            return RouteGet::Refused(why);
+        }
+    };
+    let r = &v[0];
+    match r["type"].as_str() {
+        Some("local") => return RouteGet::Local,
+        Some(t @ ("unreachable" | "blackhole" | "prohibit")) => {
+            return RouteGet::Refused(format!("{t} route"))
+        }
+        _ => {}
+    }
+    match r["dev"].as_str() {
+        Some("lo") => RouteGet::Local,
+        Some(dev) => RouteGet::Out {
+            dev: dev.to_string(),
+            gateway: r["gateway"].as_str().and_then(|g| g.parse().ok()),
+            table: r["table"].as_str().map(str::to_string),
+        },
+        None => RouteGet::Refused("no device in the route".into()),
+    }
+}
+
+/// The names of the BPF programs attached at `dev`'s tc `dir` ("ingress"
+/// or "egress").
+pub fn tc_programs(netns: &str, dev: &str, dir: &str) -> Vec<String> {
+    run(netns, "tc", &["filter", "show", "dev", dev, dir])
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|f| f["options"]["bpf_name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// A VXLAN device's remote for the neighbour `gateway`: its MAC from the
+/// neighbour table, then the FDB entry for that MAC.
+pub fn vxlan_remote(netns: &str, dev: &str, gateway: IpAddr) -> Option<IpAddr> {
+    let g = gateway.to_string();
+    let neigh = run(netns, "ip", &["neigh", "show", "dev", dev, "to", &g]).ok()?;
+    let mac = neigh[0]["lladdr"].as_str()?.to_string();
+    let fdb = run(netns, "bridge", &["fdb", "show", "dev", dev]).ok()?;
+    fdb.as_array()?
+        .iter()
+        .filter(|e| e["mac"].as_str() == Some(mac.as_str()))
+        .find_map(|e| e["dst"].as_str()?.parse().ok())
+}
+
+/// Every namespace's display name: the lab's node and pod names, the
+/// fabric, the external client, routers; the namespace name otherwise.
+pub fn labels(plan: &strait_model::lab::LabPlan) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for n in &plan.nodes {
+        m.insert(n.netns.clone(), n.name.clone());
+    }
+    for p in &plan.pods {
+        m.insert(p.netns.clone(), p.name.clone());
+    }
+    for r in &plan.racks {
+        m.insert(r.netns.clone(), format!("tor-{}", r.name));
+    }
+    m.insert(strait_model::lab::fabric_netns(&plan.name), "fabric".into());
+    m.insert(
+        strait_model::lab::external_netns(&plan.name),
+        "external".into(),
+    );
+    m
+}

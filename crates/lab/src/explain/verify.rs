@@ -1,0 +1,207 @@
+//! `explain --verify`: capture on every hop of the explanation, those
+//! predicted seen and those predicted skipped, while one probe crosses;
+//! each hop is confirmed or contradicted. A contradiction is a bug in
+//! strait (or in the explanation).
+
+use super::{explain, Dir, Explanation, Sight};
+use crate::hops::Hop as Point;
+use crate::state::LabState;
+use anyhow::Context;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// One hop's evidence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// "request" or "reply".
+    pub leg: &'static str,
+    /// The hop's index in its leg (usize::MAX: the leg's verdict).
+    pub hop: usize,
+    /// Packets of the hop's (source, destination) the capture saw.
+    pub captured: usize,
+    pub confirmed: bool,
+}
+
+#[derive(Debug)]
+pub struct Verified {
+    pub explanation: Explanation,
+    pub answered_by: String,
+    pub checks: Vec<Check>,
+}
+
+impl Verified {
+    pub fn contradictions(&self) -> Vec<&Check> {
+        self.checks.iter().filter(|c| !c.confirmed).collect()
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = self.explanation.table();
+        out.push_str(&format!(
+            "\nverified by capture (answered by {}):\n",
+            self.answered_by
+        ));
+        for c in &self.checks {
+            if c.hop == usize::MAX {
+                out.push_str(&format!(
+                    "  {:<7} CONTRADICTED: explained as not delivered, but the probe was answered\n",
+                    c.leg
+                ));
+                continue;
+            }
+            let leg = if c.leg == "request" {
+                &self.explanation.request
+            } else {
+                self.explanation
+                    .reply
+                    .as_ref()
+                    .expect("a reply was checked")
+            };
+            let h = &leg.hops[c.hop];
+            let predicted = match h.sight {
+                Sight::Seen => "seen",
+                Sight::Skipped(_) => "skipped",
+            };
+            out.push_str(&format!(
+                "  {:<7} #{:<2} {:<12} {:<18} predicted {:<7} captured {:<3} {}\n",
+                c.leg,
+                c.hop + 1,
+                h.at,
+                format!(
+                    "{} {}",
+                    h.iface,
+                    if h.dir == Dir::In { "in" } else { "out" }
+                ),
+                predicted,
+                c.captured,
+                if c.confirmed {
+                    "confirmed"
+                } else {
+                    "CONTRADICTED"
+                }
+            ));
+        }
+        let n = self.contradictions().len();
+        out.push_str(&format!(
+            "{} hops checked, {n} contradicted\n",
+            self.checks.len()
+        ));
+        out
+    }
+}
+
+/// Explain, then capture along every path the flow could take (each
+/// service backend's) while one probe crosses, and check the path of the
+/// backend that answered.
+pub fn verify(st: &LabState, src: &str, dst: &str) -> anyhow::Result<Verified> {
+    let first = explain(st, src, dst, None)?;
+    let mut all = vec![first.clone()];
+    if let Some(n) = &first.nat {
+        for c in n.candidates.iter().filter(|c| **c != n.backend) {
+            all.push(explain(st, src, dst, Some(*c))?);
+        }
+    }
+    let mut points: Vec<Point> = vec![];
+    for e in &all {
+        for h in e
+            .request
+            .hops
+            .iter()
+            .chain(e.reply.iter().flat_map(|l| &l.hops))
+        {
+            if !points
+                .iter()
+                .any(|p| p.netns == h.netns && p.iface == h.iface)
+            {
+                points.push(Point {
+                    label: format!("{} {}", h.at, h.iface),
+                    netns: h.netns.clone(),
+                    iface: h.iface.clone(),
+                });
+            }
+        }
+    }
+    let src_ns = crate::run::target_netns(&st.plan, src)?;
+    let first_pkt = first.request.hops.first().map(|h| h.packet);
+    let to = match (&first.nat, first_pkt) {
+        (Some(n), _) => SocketAddr::new(n.vip, n.vport),
+        (None, Some(p)) => SocketAddr::new(p.dst, p.port),
+        (None, None) => anyhow::bail!("the flow has no hops to verify"),
+    };
+    let udp = first_pkt.is_some_and(|p| p.udp);
+    let (captured, probe) = crate::hops::capture::capture_during(&points, || {
+        crate::probe::probe(
+            &crate::run::netns_path(&src_ns),
+            to,
+            udp,
+            Duration::from_secs(2),
+        )
+    })?;
+    let probe = probe.with_context(|| format!("probe {src} -> {to}"))?;
+    // The explanation of the backend that answered.
+    let explanation = match &first.nat {
+        Some(_) => {
+            let ip = st
+                .plan
+                .pod(&probe.answered_by)
+                .and_then(|p| st.pod_ip(p))
+                .with_context(|| {
+                    format!("answered by {}, not a pod of the lab", probe.answered_by)
+                })?;
+            all.into_iter()
+                .find(|e| e.nat.as_ref().is_some_and(|n| n.backend == ip))
+                .with_context(|| {
+                    format!(
+                        "{} ({ip}) answered but is no candidate backend",
+                        probe.answered_by
+                    )
+                })?
+        }
+        None => first,
+    };
+    // The probe was answered: a leg explained as dropped is contradicted.
+    let mut checks = vec![];
+    for (leg, l) in [
+        ("request", Some(&explanation.request)),
+        ("reply", explanation.reply.as_ref()),
+    ] {
+        if l.is_none_or(|l| matches!(l.verdict, super::Verdict::Dropped(_))) {
+            checks.push(Check {
+                leg,
+                hop: usize::MAX,
+                captured: 0,
+                confirmed: false,
+            });
+        }
+    }
+    for (leg, hops) in [
+        ("request", Some(&explanation.request)),
+        ("reply", explanation.reply.as_ref()),
+    ] {
+        let Some(hops) = hops else { continue };
+        for (i, h) in hops.hops.iter().enumerate() {
+            let (IpAddr::V4(s), IpAddr::V4(d)) = (h.packet.src, h.packet.dst) else {
+                anyhow::bail!("--verify captures IPv4 only for now")
+            };
+            let at = points
+                .iter()
+                .position(|p| p.netns == h.netns && p.iface == h.iface)
+                .expect("every hop has a capture point");
+            let n = captured[at].pairs.get(&(s, d)).copied().unwrap_or(0);
+            let confirmed = match h.sight {
+                Sight::Seen => n > 0,
+                Sight::Skipped(_) => n == 0,
+            };
+            checks.push(Check {
+                leg,
+                hop: i,
+                captured: n,
+                confirmed,
+            });
+        }
+    }
+    Ok(Verified {
+        explanation,
+        answered_by: probe.answered_by,
+        checks,
+    })
+}

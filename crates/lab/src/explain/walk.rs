@@ -1,0 +1,745 @@
+//! The walk: from the source's namespace, ask each namespace's kernel
+//! where the packet goes, follow links to the next namespace, and at each
+//! interface with a strait program, read the map the program reads.
+
+use super::live::{self, route_get, tc_programs, RouteGet, World};
+use super::{Dir, Encap, Explanation, Hop, Leg, Nat, Packet, Sight, Verdict};
+use crate::state::LabState;
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use strait_model::api::NodeStatus;
+
+/// Where the walk is: a packet sent by this namespace, or arriving on an
+/// interface of it (`how`: what brought it there).
+enum Loc {
+    Origin(String),
+    In {
+        netns: String,
+        iface: String,
+        how: String,
+    },
+}
+
+struct Walker<'a> {
+    st: &'a LabState,
+    world: World,
+    labels: BTreeMap<String, String>,
+    /// Node namespace -> node name.
+    nodes: BTreeMap<String, String>,
+    status: BTreeMap<String, NodeStatus>,
+}
+
+/// Explain the flow from `src` (a pod, a node) to `dst` (a pod, a node, an
+/// address, or `svc/NAME:PORT`). `backend` forces the service backend the
+/// walk follows (verify passes the one that answered).
+pub fn explain(
+    st: &LabState,
+    src: &str,
+    dst: &str,
+    backend: Option<IpAddr>,
+) -> anyhow::Result<Explanation> {
+    let plan = &st.plan;
+    let mut status = BTreeMap::new();
+    for n in &plan.nodes {
+        let s = crate::run::agent_status(&st.socket(n))
+            .with_context(|| format!("ask node {}'s agent", n.name))?;
+        status.insert(n.name.clone(), s);
+    }
+    let w = Walker {
+        st,
+        world: World::read(&format!("strait-{}-", plan.name))?,
+        labels: live::labels(plan),
+        nodes: plan
+            .nodes
+            .iter()
+            .map(|n| (n.netns.clone(), n.name.clone()))
+            .collect(),
+        status,
+    };
+    let src_ns = crate::run::target_netns(plan, src)?;
+    let src_ip = w.address(src)?;
+    let (dst_ip, port, udp) = w.destination(dst)?;
+    let mut nat = None;
+    let pkt = Packet {
+        src: src_ip,
+        dst: dst_ip,
+        port,
+        udp,
+        outer: None,
+    };
+    let request = w.leg(Loc::Origin(src_ns.clone()), pkt, &mut nat, backend, false);
+    let reply = match &request.verdict {
+        Verdict::Delivered(to) => {
+            let to_ns = w
+                .labels
+                .iter()
+                .find(|(_, l)| *l == to)
+                .map(|(ns, _)| ns.clone())
+                .unwrap_or_default();
+            let answer = Packet {
+                src: nat.as_ref().map(|n| n.backend).unwrap_or(dst_ip),
+                dst: src_ip,
+                port: 0,
+                udp,
+                outer: None,
+            };
+            Some(w.leg(Loc::Origin(to_ns), answer, &mut nat, None, true))
+        }
+        Verdict::Dropped(_) => None,
+    };
+    Ok(Explanation {
+        src: src.to_string(),
+        dst: dst.to_string(),
+        request,
+        reply,
+        nat,
+    })
+}
+
+impl Walker<'_> {
+    fn label(&self, netns: &str) -> String {
+        self.labels
+            .get(netns)
+            .cloned()
+            .unwrap_or_else(|| netns.to_string())
+    }
+
+    /// The node a namespace belongs to: itself for a node, a pod's node.
+    fn node_of(&self, netns: &str) -> String {
+        if let Some(n) = self.nodes.get(netns) {
+            return n.clone();
+        }
+        self.st
+            .plan
+            .pods
+            .iter()
+            .find(|p| p.netns == netns)
+            .map(|p| p.node.clone())
+            .unwrap_or_else(|| self.label(netns))
+    }
+
+    /// A pod's or node's address.
+    fn address(&self, target: &str) -> anyhow::Result<IpAddr> {
+        let plan = &self.st.plan;
+        if let Some(p) = plan.pod(target) {
+            return self
+                .st
+                .pod_ip(p)
+                .with_context(|| format!("pod {target} has no address"));
+        }
+        if let Some(n) = plan.node(target) {
+            return Ok(n.ip.into());
+        }
+        if target == "external" {
+            return Ok(crate::run::external_ip(plan).into());
+        }
+        anyhow::bail!(
+            "{target:?} is neither a pod nor a node of lab {}",
+            plan.name
+        )
+    }
+
+    /// (address, port, udp) of the destination.
+    fn destination(&self, dst: &str) -> anyhow::Result<(IpAddr, u16, bool)> {
+        let echo = crate::echo::ECHO_PORT;
+        if let Some(rest) = dst.strip_prefix("svc/") {
+            let (name, port) = rest
+                .split_once(':')
+                .with_context(|| format!("{dst}: say the port, svc/NAME:PORT"))?;
+            let (port, udp) = match port.split_once('/') {
+                Some((p, proto)) => (p, proto.eq_ignore_ascii_case("udp")),
+                None => (port, false),
+            };
+            let port: u16 = port.parse().with_context(|| format!("port {port:?}"))?;
+            let svc = self
+                .st
+                .plan
+                .service(name)
+                .with_context(|| format!("no service {name} in lab {}", self.st.plan.name))?;
+            return Ok((svc.cluster_ip.into(), port, udp));
+        }
+        if let Ok(ip) = dst.parse::<IpAddr>() {
+            return Ok((ip, echo, false));
+        }
+        if let Ok(sa) = dst.parse::<std::net::SocketAddr>() {
+            return Ok((sa.ip(), sa.port(), false));
+        }
+        Ok((self.address(dst)?, echo, false))
+    }
+
+    fn hop(
+        &self,
+        netns: &str,
+        iface: &str,
+        dir: Dir,
+        pkt: &Packet,
+        sight: Sight,
+        why: String,
+    ) -> Hop {
+        Hop {
+            at: self.label(netns),
+            node: self.node_of(netns),
+            netns: netns.to_string(),
+            iface: iface.to_string(),
+            dir,
+            packet: *pkt,
+            sight,
+            why,
+        }
+    }
+
+    fn leg(
+        &self,
+        start: Loc,
+        mut pkt: Packet,
+        nat: &mut Option<Nat>,
+        pick: Option<IpAddr>,
+        reply: bool,
+    ) -> Leg {
+        let mut hops = vec![];
+        let mut loc = start;
+        for _ in 0..64 {
+            let next = match loc {
+                Loc::Origin(ns) => self.origin(&mut hops, &ns, &mut pkt, nat, pick, reply),
+                Loc::In { netns, iface, how } => {
+                    hops.push(self.hop(&netns, &iface, Dir::In, &pkt, Sight::Seen, how));
+                    self.arrive(&mut hops, &netns, &iface, &mut pkt, nat, pick, reply)
+                }
+            };
+            match next {
+                Ok(l) => loc = l,
+                Err(verdict) => return Leg { hops, verdict },
+            }
+        }
+        Leg {
+            hops,
+            verdict: Verdict::Dropped("the walk did not end after 64 hops (a loop?)".into()),
+        }
+    }
+
+    /// A packet the namespace sends itself.
+    fn origin(
+        &self,
+        hops: &mut Vec<Hop>,
+        ns: &str,
+        pkt: &mut Packet,
+        nat: &mut Option<Nat>,
+        pick: Option<IpAddr>,
+        reply: bool,
+    ) -> Result<Loc, Verdict> {
+        let mut why = String::new();
+        if !reply && self.nodes.contains_key(ns) {
+            // A node's own connection: eBPF translates at connect()
+            // (bpf_sock), nftables in the output hook; either way before
+            // the route lookup.
+            let node = self.node_of(ns);
+            let by = if self.ebpf(&node) {
+                "bpf_sock at connect(): no packet carries the service address"
+            } else {
+                "nftables DNAT in the output hook"
+            };
+            why = self.translate(&node, pkt, nat, pick, by)?;
+        }
+        match route_get(ns, pkt.dst, pkt.src, None) {
+            RouteGet::Local => Err(Verdict::Delivered(self.label(ns))),
+            RouteGet::Refused(r) => Err(Verdict::Dropped(format!(
+                "{}: {r} for {}",
+                self.label(ns),
+                pkt.dst
+            ))),
+            RouteGet::Out {
+                dev,
+                gateway,
+                table,
+            } => {
+                let via = route_words(pkt.dst, gateway, &dev, table.as_deref());
+                let why = if why.is_empty() {
+                    via
+                } else {
+                    format!("{why}; {via}")
+                };
+                self.out(hops, ns, &dev, gateway, pkt, why)
+            }
+        }
+    }
+
+    fn ebpf(&self, node: &str) -> bool {
+        self.status.get(node).is_some_and(|s| s.mode == "ebpf")
+    }
+
+    /// A service frontend at `pkt`'s destination: pick a backend (the
+    /// forced one, else the first active) and rewrite the destination.
+    /// Returns what happened ("" when `pkt` is not for a service).
+    fn translate(
+        &self,
+        node: &str,
+        pkt: &mut Packet,
+        nat: &mut Option<Nat>,
+        pick: Option<IpAddr>,
+        by: &str,
+    ) -> Result<String, Verdict> {
+        let Some(status) = self.status.get(node) else {
+            return Ok(String::new());
+        };
+        let Some(e) = status.services.iter().find(|e| {
+            IpAddr::from(e.frontend.ip) == pkt.dst
+                && e.frontend.port == pkt.port
+                && (e.frontend.proto == strait_model::services::Proto::Udp) == pkt.udp
+        }) else {
+            return Ok(String::new());
+        };
+        let candidates: Vec<IpAddr> = e.active().map(|b| IpAddr::from(b.ip)).collect();
+        let chosen = pick
+            .and_then(|p| e.active().find(|b| IpAddr::from(b.ip) == p))
+            .or_else(|| e.active().next());
+        let Some(b) = chosen else {
+            return Err(Verdict::Dropped(format!(
+                "service {}/{} {} has no ready backend on {node}",
+                e.namespace, e.name, e.frontend
+            )));
+        };
+        let name = format!("{}/{}", e.namespace, e.name);
+        *nat = Some(Nat {
+            service: name.clone(),
+            vip: pkt.dst,
+            vport: pkt.port,
+            backend: b.ip.into(),
+            bport: b.port,
+            node: node.to_string(),
+            candidates: candidates.clone(),
+        });
+        let why = format!(
+            "{by}: service {name} {} -> {}:{} ({} of {} backends{})",
+            e.frontend,
+            b.ip,
+            b.port,
+            b.pod.as_deref().unwrap_or("a pod"),
+            candidates.len(),
+            if candidates.len() > 1 {
+                ", picked per connection"
+            } else {
+                ""
+            }
+        );
+        pkt.dst = b.ip.into();
+        pkt.port = b.port;
+        Ok(why)
+    }
+
+    /// A reply from the backend of a translated connection, at the node
+    /// that translated: the source goes back to the service address.
+    fn untranslate(&self, node: &str, pkt: &mut Packet, nat: &Option<Nat>, by: &str) -> String {
+        match nat {
+            Some(n) if n.node == node && pkt.src == n.backend => {
+                pkt.src = n.vip;
+                format!(
+                    "{by}: reply source {} -> service address {}",
+                    n.backend, n.vip
+                )
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// Arrived on `iface` of `ns` (the hop is recorded): the programs at its
+    /// tc ingress, then the host stack.
+    #[allow(clippy::too_many_arguments)]
+    fn arrive(
+        &self,
+        hops: &mut Vec<Hop>,
+        ns: &str,
+        iface: &str,
+        pkt: &mut Packet,
+        nat: &mut Option<Nat>,
+        pick: Option<IpAddr>,
+        reply: bool,
+    ) -> Result<Loc, Verdict> {
+        let node = self.node_of(ns);
+        let progs = tc_programs(ns, iface, "ingress");
+        let mut notes = vec![];
+        if progs.iter().any(|p| p == "from_container") {
+            let n = self.untranslate(&node, pkt, nat, "from_container (strait_ct reverse entry)");
+            if !n.is_empty() {
+                notes.push(n);
+            } else if !reply {
+                let t = self.translate(&node, pkt, nat, pick, "from_container at tc ingress")?;
+                if !t.is_empty() {
+                    notes.push(t);
+                }
+            }
+            if let Some(l) = self.redirect_peer(hops, ns, iface, pkt, "from_container", &notes) {
+                return Ok(l);
+            }
+            return self.fast_forward(hops, ns, iface, pkt, notes);
+        }
+        if progs.iter().any(|p| p == "from_netdev") {
+            if let Some(o) = pkt
+                .outer
+                .filter(|o| o.kind == "ipip" && self.world.holds(ns, o.dst))
+            {
+                pkt.outer = None;
+                notes.push(format!("from_netdev opens IP-in-IP from {}", o.src));
+            }
+            let n = self.untranslate(&node, pkt, nat, "from_netdev (strait_ct reverse entry)");
+            if !n.is_empty() {
+                notes.push(n);
+            }
+            if let Some(l) = self.redirect_peer(hops, ns, iface, pkt, "from_netdev", &notes) {
+                return Ok(l);
+            }
+            notes.push("from_netdev: not a pod of this node, to the host stack".into());
+        }
+        if progs.iter().any(|p| p == "tunnel_decap") {
+            if let Some(o) = pkt
+                .outer
+                .filter(|o| o.kind == "ipip" && self.world.holds(ns, o.dst))
+            {
+                pkt.outer = None;
+                notes.push(format!(
+                    "tunnel_decap at tc ingress opens IP-in-IP from {}",
+                    o.src
+                ));
+            }
+        }
+        // The kernel's own VXLAN: the outer packet is for this namespace's
+        // address, the inner one comes out of its VXLAN device.
+        if let Some(o) = pkt
+            .outer
+            .filter(|o| o.kind == "vxlan" && self.world.holds(ns, o.dst))
+        {
+            let dev = self
+                .world
+                .links
+                .iter()
+                .find(|l| l.netns == ns && l.kind == "vxlan")
+                .map(|l| l.name.clone())
+                .ok_or_else(|| {
+                    Verdict::Dropped(format!(
+                        "{}: VXLAN for it but no VXLAN device",
+                        self.label(ns)
+                    ))
+                })?;
+            pkt.outer = None;
+            return Ok(Loc::In {
+                netns: ns.to_string(),
+                iface: dev,
+                how: format!(
+                    "the kernel opens VXLAN from {} (UDP {})",
+                    o.src,
+                    strait_model::overlay::VXLAN_PORT
+                ),
+            });
+        }
+        if pkt.outer.is_none() && self.world.holds(ns, pkt.dst) {
+            return Err(Verdict::Delivered(self.label(ns)));
+        }
+        // The host stack: nftables translates in prerouting (kernel
+        // datapath), then the FIB.
+        if self.nodes.contains_key(ns) && !self.ebpf(&node) && !reply && pkt.outer.is_none() {
+            let t = self.translate(&node, pkt, nat, pick, "nftables DNAT in prerouting")?;
+            if !t.is_empty() {
+                notes.push(t);
+            }
+        }
+        let (dst, src) = match pkt.outer {
+            Some(o) => (o.dst, o.src),
+            None => (pkt.dst, pkt.src),
+        };
+        match route_get(ns, dst, src, Some(iface)) {
+            RouteGet::Local => Err(Verdict::Delivered(self.label(ns))),
+            RouteGet::Refused(r) => Err(Verdict::Dropped(format!(
+                "{}: {r} for {dst} (arriving on {iface})",
+                self.label(ns)
+            ))),
+            RouteGet::Out {
+                dev,
+                gateway,
+                table,
+            } => {
+                if self.nodes.contains_key(ns) && !self.ebpf(&node) {
+                    let n = self.untranslate(
+                        &node,
+                        pkt,
+                        nat,
+                        "conntrack undoes the DNAT in postrouting",
+                    );
+                    if !n.is_empty() {
+                        notes.push(n);
+                    }
+                }
+                notes.push(format!(
+                    "host stack forwards: {}",
+                    route_words(dst, gateway, &dev, table.as_deref())
+                ));
+                self.out(hops, ns, &dev, gateway, pkt, notes.join("; "))
+            }
+        }
+    }
+
+    /// from-container / from-netdev: a destination in this node's
+    /// strait_endpoints map goes straight into its pod (bpf_redirect_peer):
+    /// its host veth is skipped.
+    fn redirect_peer(
+        &self,
+        hops: &mut Vec<Hop>,
+        ns: &str,
+        iface: &str,
+        pkt: &Packet,
+        prog: &str,
+        notes: &[String],
+    ) -> Option<Loc> {
+        let node = self.node_of(ns);
+        let IpAddr::V4(d) = pkt.dst else { return None };
+        if pkt.outer.is_some() {
+            return None;
+        }
+        let pins = std::path::PathBuf::from(strait_model::lab::bpf_dir(&self.st.plan.name, &node));
+        let map: strait_bpf::maps::EndpointMap =
+            strait_bpf::maps::open(&pins, "strait_endpoints").ok()?;
+        let ep = map.get(&strait_bpf::maps::ip_key(d), 0).ok()?;
+        let host = self
+            .world
+            .links
+            .iter()
+            .find(|l| l.netns == ns && l.ifindex == ep.ifindex)?;
+        let pod = self.world.peer(host)?;
+        let mut why = notes.to_vec();
+        why.push(format!(
+            "{prog} on {iface}: {d} is a pod of this node (strait_endpoints), bpf_redirect_peer into it"
+        ));
+        hops.push(self.hop(
+            ns,
+            &host.name,
+            Dir::Out,
+            pkt,
+            Sight::Skipped("bpf_redirect_peer goes past the host veth".into()),
+            why.join("; "),
+        ));
+        Some(Loc::In {
+            netns: pod.netns.clone(),
+            iface: pod.name.clone(),
+            how: "bpf_redirect_peer".into(),
+        })
+    }
+
+    /// from-container for a destination off this node: bpf_fib_lookup (the
+    /// FIB `ip route get` asks), then IP-in-IP done by the program itself
+    /// or bpf_redirect_neigh out of the FIB's device; the host stack is
+    /// skipped. What the FIB does not forward goes to the stack.
+    fn fast_forward(
+        &self,
+        hops: &mut Vec<Hop>,
+        ns: &str,
+        iface: &str,
+        pkt: &mut Packet,
+        mut notes: Vec<String>,
+    ) -> Result<Loc, Verdict> {
+        match route_get(ns, pkt.dst, pkt.src, Some(iface)) {
+            RouteGet::Out {
+                dev,
+                gateway,
+                table,
+            } => {
+                notes.push(format!(
+                    "from_container: bpf_fib_lookup {}",
+                    route_words(pkt.dst, gateway, &dev, table.as_deref())
+                ));
+                let ifindex = self.world.link(ns, &dev).map(|l| l.ifindex);
+                if ifindex.is_some() && self.tunnel_ifindex(ns) == ifindex {
+                    let gw = gateway.unwrap_or(pkt.dst);
+                    notes.push(format!(
+                        "from_container wraps it in IP-in-IP to {gw} itself and redirects it out of the uplink"
+                    ));
+                    hops.push(self.hop(
+                        ns,
+                        &dev,
+                        Dir::Out,
+                        pkt,
+                        Sight::Skipped("the program wraps and redirects before this device".into()),
+                        notes.join("; "),
+                    ));
+                    return self.ipip_out(hops, ns, &dev, gw, pkt);
+                }
+                notes.push(format!(
+                    "bpf_redirect_neigh out of {dev}, host stack skipped"
+                ));
+                self.out(hops, ns, &dev, gateway, pkt, notes.join("; "))
+            }
+            RouteGet::Local => Err(Verdict::Delivered(self.label(ns))),
+            RouteGet::Refused(r) => Err(Verdict::Dropped(format!(
+                "{}: {r} for {} (from_container hands it to the stack, which refuses)",
+                self.label(ns),
+                pkt.dst
+            ))),
+        }
+    }
+
+    /// Leave `ns` through `dev` towards `gateway` (or the destination):
+    /// where the link leads, with any tunnel on the way.
+    fn out(
+        &self,
+        hops: &mut Vec<Hop>,
+        ns: &str,
+        dev: &str,
+        gateway: Option<IpAddr>,
+        pkt: &mut Packet,
+        why: String,
+    ) -> Result<Loc, Verdict> {
+        let link = self
+            .world
+            .link(ns, dev)
+            .ok_or_else(|| Verdict::Dropped(format!("{}: no device {dev}", self.label(ns))))?
+            .clone();
+        let next_hop = gateway.unwrap_or(pkt.dst);
+        if tc_programs(ns, dev, "egress")
+            .iter()
+            .any(|p| p == "tunnel_encap")
+        {
+            hops.push(self.hop(
+                ns,
+                dev,
+                Dir::Out,
+                pkt,
+                Sight::Skipped(
+                    "tunnel_encap at its tc egress wraps the packet and redirects it before a capture here".into(),
+                ),
+                why,
+            ));
+            return self.ipip_out(hops, ns, dev, next_hop, pkt);
+        }
+        hops.push(self.hop(ns, dev, Dir::Out, pkt, Sight::Seen, why));
+        if link.kind == "vxlan" {
+            let remote = live::vxlan_remote(ns, dev, next_hop).ok_or_else(|| {
+                Verdict::Dropped(format!(
+                    "{}: {dev} has no FDB entry for {next_hop}'s MAC",
+                    self.label(ns)
+                ))
+            })?;
+            let v4 = remote.is_ipv4();
+            let RouteGet::Out {
+                dev: up, gateway, ..
+            } = route_get(ns, remote, self.any_address(ns, v4).unwrap_or(remote), None)
+            else {
+                return Err(Verdict::Dropped(format!(
+                    "{}: no route to the VXLAN remote {remote}",
+                    self.label(ns)
+                )));
+            };
+            let local = self.world.address_of(ns, &up, v4).unwrap_or(remote);
+            pkt.outer = Some(Encap {
+                kind: "vxlan",
+                src: local,
+                dst: remote,
+            });
+            hops.push(self.hop(
+                ns,
+                &up,
+                Dir::Out,
+                pkt,
+                Sight::Seen,
+                format!("{dev} encapsulates: VXLAN to {remote} (FDB: {next_hop}'s MAC)"),
+            ));
+            return self.l2(ns, gateway.unwrap_or(remote));
+        }
+        if link.kind == "veth" {
+            if let Some(peer) = self.world.peer(&link) {
+                if peer.master.is_none() {
+                    return Ok(Loc::In {
+                        netns: peer.netns.clone(),
+                        iface: peer.name.clone(),
+                        how: format!("from {}'s {dev}", self.label(ns)),
+                    });
+                }
+            }
+        }
+        self.l2(ns, next_hop)
+    }
+
+    /// IP-in-IP out of the stand-in device's parent, to `node`.
+    fn ipip_out(
+        &self,
+        hops: &mut Vec<Hop>,
+        ns: &str,
+        standin: &str,
+        node: IpAddr,
+        pkt: &mut Packet,
+    ) -> Result<Loc, Verdict> {
+        let parent = self
+            .world
+            .link(ns, standin)
+            .and_then(|l| self.world.peer(l))
+            .ok_or_else(|| {
+                Verdict::Dropped(format!("{}: {standin} has no uplink", self.label(ns)))
+            })?
+            .clone();
+        let local = self
+            .world
+            .address_of(ns, &parent.name, node.is_ipv4())
+            .unwrap_or(node);
+        pkt.outer = Some(Encap {
+            kind: "ipip",
+            src: local,
+            dst: node,
+        });
+        hops.push(self.hop(
+            ns,
+            &parent.name,
+            Dir::Out,
+            pkt,
+            Sight::Seen,
+            format!("IP-in-IP to node {node}: the capture sees the outer header"),
+        ));
+        self.l2(ns, node)
+    }
+
+    /// Across a shared segment (a bridge, the fabric): the namespace that
+    /// holds the next hop's address receives it.
+    fn l2(&self, ns: &str, next_hop: IpAddr) -> Result<Loc, Verdict> {
+        let owner = self.world.owner(next_hop).ok_or_else(|| {
+            Verdict::Dropped(format!(
+                "{}: no namespace of the lab holds the next hop {next_hop}",
+                self.label(ns)
+            ))
+        })?;
+        Ok(Loc::In {
+            netns: owner.netns.clone(),
+            iface: owner.name.clone(),
+            how: format!(
+                "from {} across the segment (next hop {next_hop})",
+                self.label(ns)
+            ),
+        })
+    }
+
+    /// The IP-in-IP stand-in device from-container wraps for
+    /// (strait_tunnel; none: no tunnel).
+    fn tunnel_ifindex(&self, ns: &str) -> Option<u32> {
+        let node = self.node_of(ns);
+        let pins = std::path::PathBuf::from(strait_model::lab::bpf_dir(&self.st.plan.name, &node));
+        let m: strait_bpf::maps::TunnelMap = strait_bpf::maps::open(&pins, "strait_tunnel").ok()?;
+        let cfg = m.get(&0, 0).ok()?;
+        (cfg.ifindex != 0).then_some(cfg.ifindex)
+    }
+
+    fn any_address(&self, ns: &str, v4: bool) -> Option<IpAddr> {
+        self.world
+            .links
+            .iter()
+            .filter(|l| l.netns == ns)
+            .flat_map(|l| l.addrs.iter().copied())
+            .find(|a| a.is_ipv4() == v4)
+    }
+}
+
+/// "198.19.1.0 via 198.18.0.2 dev eth0 (table 1003)" in words.
+fn route_words(dst: IpAddr, gateway: Option<IpAddr>, dev: &str, table: Option<&str>) -> String {
+    let mut s = match gateway {
+        Some(g) => format!("route to {dst} via {g} dev {dev}"),
+        None => format!("route to {dst} dev {dev} (on-link)"),
+    };
+    if let Some(t) = table.filter(|t| *t != "main") {
+        s.push_str(&format!(" in table {t}"));
+    }
+    s
+}
