@@ -5,6 +5,7 @@
 //! of one node; IP-in-IP from anyone but a node is dropped and counted.
 
 mod common;
+use common::explain;
 use common::svc::*;
 use common::*;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -190,6 +191,31 @@ fn ipip_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
     let same = hops::trace(&lab.st, "client", "web-a").unwrap();
     let up = same.seen("node-a eth0");
     assert_eq!((up.request, up.reply), (0, 0), "nothing leaves the node");
+
+    // `lab explain` from live state, confirmed by capture: the stand-in is
+    // skipped both ways, the uplinks carry IP-in-IP between the nodes.
+    let v = explain::verified(lab, "client", "web-b");
+    let e = &v.explanation;
+    for leg in [&e.request, e.reply.as_ref().unwrap()] {
+        let s = explain::skipped(leg);
+        assert!(s.iter().any(|h| h.ends_with(" eth0.ipip")), "{}", v.table());
+        assert_eq!(s.len(), if ebpf { 2 } else { 1 }, "{}", v.table());
+        let wrapped: Vec<_> = leg
+            .hops
+            .iter()
+            .filter(|h| h.packet.outer.is_some())
+            .collect();
+        assert!(
+            wrapped.len() == 2
+                && wrapped
+                    .iter()
+                    .all(|h| h.iface == "eth0" && h.packet.outer.unwrap().kind == "ipip"),
+            "{}",
+            v.table()
+        );
+    }
+    let v = explain::verified(lab, "client", "svc/web:80");
+    explain::vip_only_on_client_side(lab, &v, "client", "web");
 
     // Full-size GSO segments cross: 8 MiB, every byte checked.
     let (got, intact) = bulk_transfer(lab, "client", "web-b", 8 << 20);

@@ -5,6 +5,7 @@
 //! entries follow the Node objects and heal when disturbed.
 
 mod common;
+use common::explain;
 use common::svc::*;
 use common::*;
 use std::net::SocketAddr;
@@ -174,6 +175,33 @@ fn vxlan_carries_pods_and_services_between_nodes(lab: &Lab, ebpf: bool) {
     let same = hops::trace(&lab.st, "client", "web-a").unwrap();
     let up = same.seen("node-a eth0");
     assert_eq!((up.request, up.reply), (0, 0), "nothing leaves the node");
+
+    // `lab explain` from live state, confirmed by capture: the VXLAN
+    // device both ways, VXLAN on both uplinks; eBPF skips only the
+    // receiving pod's host veth.
+    let v = explain::verified(lab, "client", "web-b");
+    let e = &v.explanation;
+    for leg in [&e.request, e.reply.as_ref().unwrap()] {
+        assert_eq!(
+            explain::skipped(leg).len(),
+            usize::from(ebpf),
+            "{}",
+            v.table()
+        );
+        let vx = leg
+            .hops
+            .iter()
+            .filter(|h| h.iface == "eth0.vxlan20")
+            .count();
+        let wrapped = leg
+            .hops
+            .iter()
+            .filter(|h| h.packet.outer.is_some_and(|o| o.kind == "vxlan"))
+            .count();
+        assert_eq!((vx, wrapped), (2, 2), "{}", v.table());
+    }
+    let v = explain::verified(lab, "client", "svc/web:80");
+    explain::vip_only_on_client_side(lab, &v, "client", "web");
 
     // Established cross-node streams ride out agent restarts (the overlay's
     // kernel objects stay; the restarted agent finds them as they are).

@@ -58,10 +58,13 @@ fn seed_scenarios_5_and_7_service_ip_only_on_the_client_side() {
             seen_other = true;
         }
         if seen_same && seen_other {
-            return;
+            break;
         }
     }
-    panic!("40 connections never reached both backends (same node: {seen_same}, other node: {seen_other})");
+    assert!(seen_same && seen_other, "40 connections never reached both backends (same node: {seen_same}, other node: {seen_other})");
+    // `lab explain` says the same from live state, and captures agree.
+    let v = common::explain::verified(&lab, "client", "svc/web:80");
+    common::explain::vip_only_on_client_side(&lab, &v, "client", "web");
 }
 
 both_backends!(even_split, even_split_ebpf, even_split_nftables);

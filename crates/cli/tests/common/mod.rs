@@ -12,6 +12,7 @@ use strait_lab::run::{self as labrun, Binaries};
 use strait_lab::LabState;
 
 pub mod capture;
+pub mod explain;
 pub mod hops;
 pub mod scrape;
 pub mod svc;

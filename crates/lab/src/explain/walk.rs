@@ -381,14 +381,19 @@ impl Walker<'_> {
                 pkt.outer = None;
                 notes.push(format!("from_netdev opens IP-in-IP from {}", o.src));
             }
-            let n = self.untranslate(&node, pkt, nat, "from_netdev (strait_ct reverse entry)");
-            if !n.is_empty() {
-                notes.push(n);
+            // A packet still inside VXLAN is the outer one to the program:
+            // no service or pod matches it; the VXLAN device's own
+            // from_netdev sees the inner one.
+            if pkt.outer.is_none() {
+                let n = self.untranslate(&node, pkt, nat, "from_netdev (strait_ct reverse entry)");
+                if !n.is_empty() {
+                    notes.push(n);
+                }
+                if let Some(l) = self.redirect_peer(hops, ns, iface, pkt, "from_netdev", &notes) {
+                    return Ok(l);
+                }
             }
-            if let Some(l) = self.redirect_peer(hops, ns, iface, pkt, "from_netdev", &notes) {
-                return Ok(l);
-            }
-            notes.push("from_netdev: not a pod of this node, to the host stack".into());
+            notes.push("from_netdev: not for a pod of this node, to the host stack".into());
         }
         if progs.iter().any(|p| p == "tunnel_decap") {
             if let Some(o) = pkt
@@ -505,21 +510,30 @@ impl Walker<'_> {
             .find(|l| l.netns == ns && l.ifindex == ep.ifindex)?;
         let pod = self.world.peer(host)?;
         let mut why = notes.to_vec();
-        why.push(format!(
-            "{prog} on {iface}: {d} is a pod of this node (strait_endpoints), bpf_redirect_peer into it"
-        ));
-        hops.push(self.hop(
-            ns,
-            &host.name,
-            Dir::Out,
-            pkt,
-            Sight::Skipped("bpf_redirect_peer goes past the host veth".into()),
-            why.join("; "),
-        ));
+        let peer = self
+            .status
+            .get(&node)
+            .and_then(|s| s.datapath.as_ref())
+            .is_some_and(|d| d.redirect_peer);
+        let (how, sight) = if peer {
+            why.push(format!(
+                "{prog} on {iface}: {d} is a pod of this node (strait_endpoints), bpf_redirect_peer into it"
+            ));
+            (
+                "bpf_redirect_peer",
+                Sight::Skipped("bpf_redirect_peer goes past the host veth".into()),
+            )
+        } else {
+            why.push(format!(
+                "{prog} on {iface}: {d} is a pod of this node (strait_endpoints), bpf_redirect to its host veth (this kernel has no bpf_redirect_peer)"
+            ));
+            ("from its host veth", Sight::Seen)
+        };
+        hops.push(self.hop(ns, &host.name, Dir::Out, pkt, sight, why.join("; ")));
         Some(Loc::In {
             netns: pod.netns.clone(),
             iface: pod.name.clone(),
-            how: "bpf_redirect_peer".into(),
+            how: how.into(),
         })
     }
 

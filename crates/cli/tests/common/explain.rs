@@ -1,0 +1,76 @@
+//! `lab explain --verify` in the mode tests: the explanation computed from
+//! live state must agree with captures on every hop, seen and skipped.
+
+use super::Lab;
+use strait_lab::explain::{Dir, Leg, Sight, Verdict, Verified};
+
+/// Explain and verify `src` -> `dst`: delivered both ways, no hop
+/// contradicted by capture.
+pub fn verified(lab: &Lab, src: &str, dst: &str) -> Verified {
+    let v = strait_lab::explain::verify(&lab.st, src, dst).unwrap();
+    assert!(v.contradictions().is_empty(), "{}", v.table());
+    let e = &v.explanation;
+    assert!(
+        matches!(e.request.verdict, Verdict::Delivered(_))
+            && e.reply
+                .as_ref()
+                .is_some_and(|r| matches!(r.verdict, Verdict::Delivered(_))),
+        "{}",
+        v.table()
+    );
+    v
+}
+
+/// The hops of a leg a capture does not see, as "AT IFACE".
+pub fn skipped(leg: &Leg) -> Vec<String> {
+    leg.hops
+        .iter()
+        .filter(|h| matches!(h.sight, Sight::Skipped(_)))
+        .map(|h| format!("{} {}", h.at, h.iface))
+        .collect()
+}
+
+/// The hops of a leg whose packet carries `ip` (either address, outside
+/// any tunnel header), as "AT IFACE in|out".
+pub fn carrying(leg: &Leg, ip: std::net::IpAddr) -> Vec<String> {
+    leg.hops
+        .iter()
+        .filter(|h| h.packet.src == ip || h.packet.dst == ip)
+        .map(|h| {
+            format!(
+                "{} {} {}",
+                h.at,
+                h.iface,
+                if h.dir == Dir::In { "in" } else { "out" }
+            )
+        })
+        .collect()
+}
+
+/// Seeds 000 and 001: a service's address is seen only on the client's
+/// side, its eth0 and host veth, both ways; everything past the
+/// translation carries pod addresses.
+pub fn vip_only_on_client_side(lab: &Lab, v: &Verified, client: &str, svc: &str) {
+    let vip: std::net::IpAddr = lab.st.plan.service(svc).unwrap().cluster_ip.into();
+    let p = lab.st.plan.pod(client).unwrap();
+    let veth = strait_model::naming::host_veth_name(&lab.st.container_id(p), "eth0");
+    let e = &v.explanation;
+    assert_eq!(
+        carrying(&e.request, vip),
+        [
+            format!("{client} eth0 out"),
+            format!("{} {veth} in", p.node)
+        ],
+        "{}",
+        v.table()
+    );
+    let reply = carrying(e.reply.as_ref().unwrap(), vip);
+    assert!(
+        reply.contains(&format!("{client} eth0 in"))
+            && reply
+                .iter()
+                .all(|h| h.starts_with(&format!("{client} ")) || h.contains(&veth)),
+        "{}",
+        v.table()
+    );
+}
