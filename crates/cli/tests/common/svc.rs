@@ -286,6 +286,29 @@ pub fn nodeport_cluster(lab: &Lab) {
         Some(&node_a),
         "the remote backend sees node-a: masqueraded so replies come back ({seen:?})"
     );
+    // `lab explain` says the same for each backend, and the reply leaves
+    // node-a from the NodePort's address; the one the probe reaches is
+    // confirmed by capture.
+    let np_text = np.to_string();
+    for (backend, seen_from) in [("web-a", &ext_ip), ("web-b", &node_a)] {
+        let ip = lab.st.pod_ip(lab.st.plan.pod(backend).unwrap());
+        let e = strait_lab::explain::explain(&lab.st, "external", &np_text, ip).unwrap();
+        let last = e.request.hops.last().unwrap();
+        assert_eq!(
+            (last.at.as_str(), last.packet.src.to_string()),
+            (backend, seen_from.clone()),
+            "{}",
+            e.table()
+        );
+        let back = e.reply.as_ref().unwrap().hops.last().unwrap();
+        assert_eq!(
+            (back.at.as_str(), back.packet.src),
+            ("external", np.ip()),
+            "{}",
+            e.table()
+        );
+    }
+    super::explain::verified(lab, "external", &np_text);
 }
 
 /// Path-MTU discovery across an overlay: with the client's and web-b's

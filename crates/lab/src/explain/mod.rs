@@ -114,6 +114,15 @@ pub struct Nat {
     pub node: String,
     /// Every backend the service could have picked.
     pub candidates: Vec<IpAddr>,
+    /// The client, as it sent the request.
+    pub client: IpAddr,
+    /// From outside the cluster (NodePort, ExternalIP, LoadBalancer), and
+    /// externalTrafficPolicy Local.
+    pub external: bool,
+    pub local_only: bool,
+    /// The node address the client was masqueraded to (an external
+    /// connection sent on to another node's backend).
+    pub masquerade: Option<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -43,8 +43,19 @@ impl Verified {
         for c in &self.checks {
             if c.hop == usize::MAX {
                 out.push_str(&format!(
-                    "  {:<7} CONTRADICTED: explained as not delivered, but the probe was answered\n",
-                    c.leg
+                    "  {:<7} CONTRADICTED: explained as {}, but {} answered the probe\n",
+                    c.leg,
+                    match (
+                        c.leg,
+                        &self.explanation.request.verdict,
+                        &self.explanation.reply
+                    ) {
+                        ("request", super::Verdict::Delivered(to), _) =>
+                            format!("delivered to {to}"),
+                        ("reply", _, Some(r)) => format!("{:?}", r.verdict),
+                        _ => "not delivered".to_string(),
+                    },
+                    self.answered_by
                 ));
                 continue;
             }
@@ -158,8 +169,19 @@ pub fn verify(st: &LabState, src: &str, dst: &str) -> anyhow::Result<Verified> {
         }
         None => first,
     };
-    // The probe was answered: a leg explained as dropped is contradicted.
+    // The probe was answered: a leg explained as dropped, or a request
+    // explained as delivered elsewhere, is contradicted.
     let mut checks = vec![];
+    if let super::Verdict::Delivered(to) = &explanation.request.verdict {
+        if *to != probe.answered_by {
+            checks.push(Check {
+                leg: "request",
+                hop: usize::MAX,
+                captured: 0,
+                confirmed: false,
+            });
+        }
+    }
     for (leg, l) in [
         ("request", Some(&explanation.request)),
         ("reply", explanation.reply.as_ref()),

@@ -79,7 +79,7 @@ pub fn explain(
                 .unwrap_or_default();
             let answer = Packet {
                 src: nat.as_ref().map(|n| n.backend).unwrap_or(dst_ip),
-                dst: src_ip,
+                dst: nat.as_ref().and_then(|n| n.masquerade).unwrap_or(src_ip),
                 port: 0,
                 udp,
                 outer: None,
@@ -308,6 +308,10 @@ impl Walker<'_> {
             bport: b.port,
             node: node.to_string(),
             candidates: candidates.clone(),
+            client: pkt.src,
+            external: e.external,
+            local_only: e.local_only,
+            masquerade: None,
         });
         let why = format!(
             "{by}: service {name} {} -> {}:{} ({} of {} backends{})",
@@ -359,6 +363,7 @@ impl Walker<'_> {
         let progs = tc_programs(ns, iface, "ingress");
         let mut notes = vec![];
         if progs.iter().any(|p| p == "from_container") {
+            let sent_from = pkt.src;
             let n = self.untranslate(&node, pkt, nat, "from_container (strait_ct reverse entry)");
             if !n.is_empty() {
                 notes.push(n);
@@ -371,7 +376,7 @@ impl Walker<'_> {
             if let Some(l) = self.redirect_peer(hops, ns, iface, pkt, "from_container", &notes) {
                 return Ok(l);
             }
-            return self.fast_forward(hops, ns, iface, pkt, notes);
+            return self.fast_forward(hops, ns, iface, pkt, notes, sent_from);
         }
         if progs.iter().any(|p| p == "from_netdev") {
             if let Some(o) = pkt
@@ -385,9 +390,20 @@ impl Walker<'_> {
             // no service or pod matches it; the VXLAN device's own
             // from_netdev sees the inner one.
             if pkt.outer.is_none() {
-                let n = self.untranslate(&node, pkt, nat, "from_netdev (strait_ct reverse entry)");
-                if !n.is_empty() {
-                    notes.push(n);
+                // A masqueraded reply is for the node; the stack undoes the
+                // masquerade and to-netdev the translation, on the way out.
+                if nat.as_ref().is_none_or(|n| n.masquerade.is_none()) {
+                    let n =
+                        self.untranslate(&node, pkt, nat, "from_netdev (strait_ct reverse entry)");
+                    if !n.is_empty() {
+                        notes.push(n);
+                    }
+                }
+                if !reply {
+                    let t = self.translate(&node, pkt, nat, pick, "from_netdev at tc ingress")?;
+                    if !t.is_empty() {
+                        notes.push(t);
+                    }
                 }
                 if let Some(l) = self.redirect_peer(hops, ns, iface, pkt, "from_netdev", &notes) {
                     return Ok(l);
@@ -436,8 +452,17 @@ impl Walker<'_> {
                 ),
             });
         }
-        if pkt.outer.is_none() && self.world.holds(ns, pkt.dst) {
-            return Err(Verdict::Delivered(self.label(ns)));
+        if let Some(n) = nat
+            .as_ref()
+            .filter(|n| reply && n.masquerade == Some(pkt.dst))
+        {
+            if self.world.holds(ns, pkt.dst) && pkt.outer.is_none() {
+                notes.push(format!(
+                    "conntrack undoes the masquerade: {} -> client {}",
+                    pkt.dst, n.client
+                ));
+                pkt.dst = n.client;
+            }
         }
         // The host stack: nftables translates in prerouting (kernel
         // datapath), then the FIB.
@@ -446,6 +471,9 @@ impl Walker<'_> {
             if !t.is_empty() {
                 notes.push(t);
             }
+        }
+        if pkt.outer.is_none() && self.world.holds(ns, pkt.dst) {
+            return Err(Verdict::Delivered(self.label(ns)));
         }
         let (dst, src) = match pkt.outer {
             Some(o) => (o.dst, o.src),
@@ -462,13 +490,14 @@ impl Walker<'_> {
                 gateway,
                 table,
             } => {
-                if self.nodes.contains_key(ns) && !self.ebpf(&node) {
-                    let n = self.untranslate(
-                        &node,
-                        pkt,
-                        nat,
-                        "conntrack undoes the DNAT in postrouting",
-                    );
+                let masqueraded = nat.as_ref().is_some_and(|n| n.masquerade.is_some());
+                if self.nodes.contains_key(ns) && (!self.ebpf(&node) || masqueraded) {
+                    let by = if self.ebpf(&node) {
+                        "to_netdev at tc egress (strait_ct reverse entry)"
+                    } else {
+                        "conntrack undoes the DNAT in postrouting"
+                    };
+                    let n = self.untranslate(&node, pkt, nat, by);
                     if !n.is_empty() {
                         notes.push(n);
                     }
@@ -477,6 +506,32 @@ impl Walker<'_> {
                     "host stack forwards: {}",
                     route_words(dst, gateway, &dev, table.as_deref())
                 ));
+                // An external connection going on to another node's
+                // backend is masqueraded to this node, so the reply comes
+                // back here (the agent's nftables rule; the service's
+                // mark). Not towards a local pod's host veth.
+                if let Some(n) = nat.as_mut().filter(|n| {
+                    !reply
+                        && n.external
+                        && !n.local_only
+                        && n.node == node
+                        && n.masquerade.is_none()
+                        && !strait_model::naming::is_host_veth(&dev)
+                }) {
+                    if let Some(a) = self.world.address_of(ns, &dev, pkt.src.is_ipv4()) {
+                        notes.push(format!(
+                            "nftables masquerades the client {} to {a} (marked by {})",
+                            pkt.src,
+                            if self.ebpf(&node) {
+                                "from_netdev"
+                            } else {
+                                "the service's nftables chain"
+                            }
+                        ));
+                        pkt.src = a;
+                        n.masquerade = Some(a);
+                    }
+                }
                 self.out(hops, ns, &dev, gateway, pkt, notes.join("; "))
             }
         }
@@ -548,8 +603,12 @@ impl Walker<'_> {
         iface: &str,
         pkt: &mut Packet,
         mut notes: Vec<String>,
+        sent_from: IpAddr,
     ) -> Result<Loc, Verdict> {
-        match route_get(ns, pkt.dst, pkt.src, Some(iface)) {
+        // bpf_fib_lookup does not validate the source; the kernel's input
+        // lookup does, and refuses a service address (its route is
+        // unreachable). Asked with the source the pod sent.
+        match route_get(ns, pkt.dst, sent_from, Some(iface)) {
             RouteGet::Out {
                 dev,
                 gateway,
