@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use strait_model::api::{PolicyExplanation, Request, Response};
-use strait_model::policy::{Decision, PodRules, Proto, Rule};
+use strait_model::policy::{PodRules, Proto, Rule};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -127,22 +127,6 @@ pub fn render_list(pods: &[PodRules]) -> String {
     out
 }
 
-fn decision_text(d: &Decision) -> String {
-    match d {
-        Decision::NotIsolated => "no policy isolates it: allowed".into(),
-        Decision::Loopback => "a pod reaching itself never leaves it: allowed".into(),
-        Decision::Allowed { policy, rule } => format!("allowed by {policy} rule {rule}"),
-        Decision::Denied { isolated_by } => format!(
-            "denied: isolated by {} and no rule admits it",
-            isolated_by
-                .iter()
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 pub fn render_explanation(e: &PolicyExplanation) -> String {
     format!(
         "{} ({}) -> {} ({}) {}/{}\negress of {}:  {}\ningress of {}: {}\nverdict: {}\n",
@@ -153,9 +137,9 @@ pub fn render_explanation(e: &PolicyExplanation) -> String {
         format!("{:?}", e.proto).to_lowercase(),
         e.port,
         e.src,
-        decision_text(&e.verdict.egress),
+        e.verdict.egress,
         e.dst,
-        decision_text(&e.verdict.ingress),
+        e.verdict.ingress,
         if e.verdict.allows() {
             "ALLOWED"
         } else {

@@ -808,6 +808,35 @@ fn explain_agrees_with_the_datapath(lab: &Lab, protos: &[Proto]) {
         .expect("x/a is on node-1");
     assert_eq!(xa.ingress.isolated_by[0].to_string(), "x/allow-a");
     assert!(xa.egress.isolated_by.is_empty());
+    // `lab explain --verify` on one admitted and one refused connection to
+    // x/a: the refused one is explained as dropped where the datapath
+    // drops it, naming the policy, and the probe goes unanswered.
+    let allowed = got
+        .iter()
+        .find(|((s, d, port, p), ok)| {
+            d == "x/a" && s != d && *port == 80 && *p == Proto::Tcp && **ok
+        })
+        .map(|((s, ..), _)| s.clone())
+        .expect("someone may reach x/a:80");
+    let refused = got
+        .iter()
+        .find(|((s, d, port, p), ok)| {
+            d == "x/a" && *port == 80 && *p == Proto::Tcp && !**ok && s.starts_with("y/")
+        })
+        .map(|((s, ..), _)| s.clone())
+        .expect("someone in y is refused x/a:80");
+    common::explain::verified(lab, &allowed, "x/a:80");
+    let v = strait_lab::explain::verify(&lab.st, &refused, "x/a:80").unwrap();
+    assert!(v.contradictions().is_empty(), "{}", v.table());
+    let strait_lab::explain::Verdict::Dropped(why) = &v.explanation.request.verdict else {
+        panic!("{}", v.table());
+    };
+    assert!(
+        why.contains("NetworkPolicy on node-1: ingress of x/a denied") && why.contains("x/allow-a"),
+        "{}",
+        v.table()
+    );
+    assert!(v.answered_by.starts_with("nobody"), "{}", v.table());
 }
 
 /// Through a real kube-apiserver: policies, namespaces and every node's

@@ -233,7 +233,7 @@ pub fn labels(plan: &strait_model::lab::LabPlan) -> BTreeMap<String, String> {
         m.insert(n.netns.clone(), n.name.clone());
     }
     for p in &plan.pods {
-        m.insert(p.netns.clone(), p.name.clone());
+        m.insert(p.netns.clone(), pod_label(p));
     }
     for r in &plan.racks {
         m.insert(r.netns.clone(), format!("tor-{}", r.name));
@@ -244,4 +244,14 @@ pub fn labels(plan: &strait_model::lab::LabPlan) -> BTreeMap<String, String> {
         "external".into(),
     );
     m
+}
+
+/// A pod as people name it: `name` in the default namespace, else
+/// `namespace/name`.
+pub fn pod_label(p: &strait_model::lab::PodPlan) -> String {
+    if p.namespace == "default" {
+        p.name.clone()
+    } else {
+        format!("{}/{}", p.namespace, p.name)
+    }
 }

@@ -129,6 +129,8 @@ pub struct Nat {
 pub struct Explanation {
     pub src: String,
     pub dst: String,
+    /// The packet as the source sends it.
+    pub sent: Packet,
     pub request: Leg,
     /// None when the request is not delivered.
     pub reply: Option<Leg>,

@@ -132,13 +132,8 @@ pub fn verify(st: &LabState, src: &str, dst: &str) -> anyhow::Result<Verified> {
         }
     }
     let src_ns = crate::run::target_netns(&st.plan, src)?;
-    let first_pkt = first.request.hops.first().map(|h| h.packet);
-    let to = match (&first.nat, first_pkt) {
-        (Some(n), _) => SocketAddr::new(n.vip, n.vport),
-        (None, Some(p)) => SocketAddr::new(p.dst, p.port),
-        (None, None) => anyhow::bail!("the flow has no hops to verify"),
-    };
-    let udp = first_pkt.is_some_and(|p| p.udp);
+    let to = SocketAddr::new(first.sent.dst, first.sent.port);
+    let udp = first.sent.udp;
     let (captured, probe) = crate::hops::capture::capture_during(&points, || {
         crate::probe::probe(
             &crate::run::netns_path(&src_ns),
@@ -147,33 +142,54 @@ pub fn verify(st: &LabState, src: &str, dst: &str) -> anyhow::Result<Verified> {
             Duration::from_secs(2),
         )
     })?;
+    // Explained as dropped: the probe must go unanswered, and the hops up
+    // to the drop must see it.
+    if matches!(first.request.verdict, super::Verdict::Dropped(_)) {
+        let answered = probe.as_ref().ok().map(|p| p.answered_by.clone());
+        let mut checks = hop_checks(&first, &points, &captured)?;
+        if answered.is_some() {
+            checks.push(Check {
+                leg: "request",
+                hop: usize::MAX,
+                captured: 0,
+                confirmed: false,
+            });
+        }
+        return Ok(Verified {
+            explanation: first,
+            answered_by: answered.unwrap_or_else(|| "nobody: dropped, as explained".into()),
+            checks,
+        });
+    }
     let probe = probe.with_context(|| format!("probe {src} -> {to}"))?;
     // The explanation of the backend that answered.
+    // The echo server answers with its pod's name (no namespace): the
+    // candidate whose backend is a pod of that name.
+    let named = |ip: IpAddr| {
+        st.plan
+            .pods
+            .iter()
+            .any(|p| p.name == probe.answered_by && st.pod_ip(p) == Some(ip))
+    };
     let explanation = match &first.nat {
-        Some(_) => {
-            let ip = st
-                .plan
-                .pod(&probe.answered_by)
-                .and_then(|p| st.pod_ip(p))
-                .with_context(|| {
-                    format!("answered by {}, not a pod of the lab", probe.answered_by)
-                })?;
-            all.into_iter()
-                .find(|e| e.nat.as_ref().is_some_and(|n| n.backend == ip))
-                .with_context(|| {
-                    format!(
-                        "{} ({ip}) answered but is no candidate backend",
-                        probe.answered_by
-                    )
-                })?
-        }
+        Some(_) => all
+            .into_iter()
+            .find(|e| e.nat.as_ref().is_some_and(|n| named(n.backend)))
+            .with_context(|| {
+                format!("{} answered but is no candidate backend", probe.answered_by)
+            })?,
         None => first,
     };
     // The probe was answered: a leg explained as dropped, or a request
     // explained as delivered elsewhere, is contradicted.
     let mut checks = vec![];
     if let super::Verdict::Delivered(to) = &explanation.request.verdict {
-        if *to != probe.answered_by {
+        let answered = st
+            .plan
+            .pods
+            .iter()
+            .any(|p| super::live::pod_label(p) == *to && p.name == probe.answered_by);
+        if !answered {
             checks.push(Check {
                 leg: "request",
                 hop: usize::MAX,
@@ -195,6 +211,21 @@ pub fn verify(st: &LabState, src: &str, dst: &str) -> anyhow::Result<Verified> {
             });
         }
     }
+    checks.extend(hop_checks(&explanation, &points, &captured)?);
+    Ok(Verified {
+        explanation,
+        answered_by: probe.answered_by,
+        checks,
+    })
+}
+
+/// Each hop's capture against its prediction.
+fn hop_checks(
+    explanation: &Explanation,
+    points: &[Point],
+    captured: &[crate::hops::capture::Captured],
+) -> anyhow::Result<Vec<Check>> {
+    let mut checks = vec![];
     for (leg, hops) in [
         ("request", Some(&explanation.request)),
         ("reply", explanation.reply.as_ref()),
@@ -221,9 +252,5 @@ pub fn verify(st: &LabState, src: &str, dst: &str) -> anyhow::Result<Verified> {
             });
         }
     }
-    Ok(Verified {
-        explanation,
-        answered_by: probe.answered_by,
-        checks,
-    })
+    Ok(checks)
 }

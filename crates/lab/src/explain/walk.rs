@@ -91,6 +91,7 @@ pub fn explain(
     Ok(Explanation {
         src: src.to_string(),
         dst: dst.to_string(),
+        sent: pkt,
         request,
         reply,
         nat,
@@ -164,6 +165,12 @@ impl Walker<'_> {
         }
         if let Ok(sa) = dst.parse::<std::net::SocketAddr>() {
             return Ok((sa.ip(), sa.port(), false));
+        }
+        // POD:PORT (pods may be ns/name; ports are numbers).
+        if let Some((target, port)) = dst.rsplit_once(':') {
+            if let Ok(port) = port.parse::<u16>() {
+                return Ok((self.address(target)?, port, false));
+            }
         }
         Ok((self.address(dst)?, echo, false))
     }
@@ -373,6 +380,7 @@ impl Walker<'_> {
                     notes.push(t);
                 }
             }
+            notes.extend(self.policy(ns, pkt, reply)?);
             if let Some(l) = self.redirect_peer(hops, ns, iface, pkt, "from_container", &notes) {
                 return Ok(l);
             }
@@ -405,6 +413,7 @@ impl Walker<'_> {
                         notes.push(t);
                     }
                 }
+                notes.extend(self.policy(ns, pkt, reply)?);
                 if let Some(l) = self.redirect_peer(hops, ns, iface, pkt, "from_netdev", &notes) {
                     return Ok(l);
                 }
@@ -490,6 +499,10 @@ impl Walker<'_> {
                 gateway,
                 table,
             } => {
+                // The kernel datapath's policy: nftables' forward hook.
+                if self.nodes.contains_key(ns) && !self.ebpf(&node) {
+                    notes.extend(self.policy(ns, pkt, reply)?);
+                }
                 let masqueraded = nat.as_ref().is_some_and(|n| n.masquerade.is_some());
                 if self.nodes.contains_key(ns) && (!self.ebpf(&node) || masqueraded) {
                     let by = if self.ebpf(&node) {
@@ -783,6 +796,69 @@ impl Walker<'_> {
                 self.label(ns)
             ),
         })
+    }
+
+    /// The lab pod of `node` holding `ip`.
+    fn local_pod(&self, node: &str, ip: IpAddr) -> Option<String> {
+        self.st
+            .plan
+            .pods
+            .iter()
+            .find(|p| p.node == node && self.st.pod_ip(p) == Some(ip))
+            .map(live::pod_label)
+    }
+
+    /// NetworkPolicy where `ns` (a node) enforces it on a new connection:
+    /// the sender's egress if it is a pod of this node, the receiver's
+    /// ingress if it is, as the node's agent compiles them (the compiler
+    /// its policy reconciler programs from). Replies belong to an allowed
+    /// connection. The note, or the drop.
+    fn policy(&self, ns: &str, pkt: &Packet, reply: bool) -> Result<Vec<String>, Verdict> {
+        let node = self.node_of(ns);
+        let (out, inn) = (
+            self.local_pod(&node, pkt.src),
+            self.local_pod(&node, pkt.dst),
+        );
+        if reply || (out.is_none() && inn.is_none()) {
+            return Ok(vec![]);
+        }
+        let Some(n) = self.st.plan.node(&node) else {
+            return Ok(vec![]);
+        };
+        let req = strait_model::api::Request::PolicyExplain {
+            src: pkt.src.to_string(),
+            dst: pkt.dst.to_string(),
+            port: pkt.port,
+            proto: if pkt.udp {
+                strait_model::policy::Proto::Udp
+            } else {
+                strait_model::policy::Proto::Tcp
+            },
+        };
+        let v = match strait_cni::client::call(&self.st.socket(n), &req) {
+            Ok(strait_model::api::Response::PolicyVerdict(e)) => e.verdict,
+            Ok(_) | Err(_) => {
+                return Ok(vec![format!("NetworkPolicy: {node}'s agent did not say")])
+            }
+        };
+        let mut notes = vec![];
+        for (who, dir, d) in [(out, "egress", &v.egress), (inn, "ingress", &v.ingress)] {
+            let Some(who) = who else { continue };
+            if matches!(
+                d,
+                strait_model::policy::Decision::NotIsolated
+                    | strait_model::policy::Decision::Loopback
+            ) {
+                continue;
+            }
+            if !d.allows() {
+                return Err(Verdict::Dropped(format!(
+                    "NetworkPolicy on {node}: {dir} of {who} {d}"
+                )));
+            }
+            notes.push(format!("NetworkPolicy: {dir} of {who} {d}"));
+        }
+        Ok(notes)
     }
 
     /// The IP-in-IP stand-in device from-container wraps for

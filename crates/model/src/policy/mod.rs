@@ -170,6 +170,25 @@ impl Decision {
     }
 }
 
+/// In words, as `strait policy explain` and `strait lab explain` say it.
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decision::NotIsolated => f.write_str("no policy isolates it: allowed"),
+            Decision::Loopback => f.write_str("a pod reaching itself never leaves it: allowed"),
+            Decision::Allowed { policy, rule } => write!(f, "allowed by {policy} rule {rule}"),
+            Decision::Denied { isolated_by } => {
+                let by: Vec<String> = isolated_by.iter().map(|i| i.to_string()).collect();
+                write!(
+                    f,
+                    "denied: isolated by {} and no rule admits it",
+                    by.join(", ")
+                )
+            }
+        }
+    }
+}
+
 impl RuleSet {
     pub fn decide(&self, peer: IpAddr, proto: Proto, port: u16) -> Decision {
         if self.isolated_by.is_empty() {
