@@ -129,6 +129,37 @@ fn scenarios(lab: &Lab, ebpf: bool) {
     }
     host_veths(&h, "centos", "nginx1", ebpf);
 
+    // `lab explain` from live state (Terway's rules and per-ENI tables,
+    // asked of each FIB), confirmed by capture: 1-4, then a service across
+    // nodes. Across nodes the walk leaves by the client's ENI into the VPC
+    // and enters by the server's.
+    for (src, dst) in [
+        ("node-a", "nginx2"),
+        ("centos", "nginx2"),
+        ("centos", "nginx3"),
+        ("centos", "nginx1"),
+    ] {
+        common::explain::verified(lab, src, dst);
+    }
+    let v = common::explain::verified(lab, "centos", "nginx1");
+    let at: Vec<String> = v
+        .explanation
+        .request
+        .hops
+        .iter()
+        .map(|h| format!("{} {}", h.at, h.iface))
+        .collect();
+    let (ca, nb) = (dev_of(&enis, lab, "centos"), dev_of(&enis, lab, "nginx1"));
+    assert!(
+        at.contains(&format!("node-a {ca}"))
+            && at.iter().any(|h| h.starts_with("vpc "))
+            && at.contains(&format!("node-b {nb}")),
+        "{}",
+        v.table()
+    );
+    let v = common::explain::verified(lab, "centos", "svc/nginx1:80");
+    common::explain::vip_only_on_client_side(lab, &v, "centos", "nginx1");
+
     // 5–7. A service: its address is seen only on the client's side; after
     // that only pod addresses. Same node (same ENI, then another ENI): no
     // ENI sees it; across nodes: both pods' ENIs, nothing on eth2.

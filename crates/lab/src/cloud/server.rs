@@ -13,7 +13,7 @@ use std::os::unix::net::UnixListener;
 use strait_model::cloud::provider::CloudError;
 use strait_model::cloud::vpc::Vpc;
 
-fn load(st: &LabState) -> anyhow::Result<Vpc> {
+pub(crate) fn load(st: &LabState) -> anyhow::Result<Vpc> {
     let path = super::records(st);
     if let Ok(text) = std::fs::read_to_string(&path) {
         return serde_json::from_str(&text).with_context(|| format!("read {}", path.display()));

@@ -243,6 +243,11 @@ pub fn labels(plan: &strait_model::lab::LabPlan) -> BTreeMap<String, String> {
         strait_model::lab::external_netns(&plan.name),
         "external".into(),
     );
+    m.insert(
+        strait_model::underlay::gateway_netns(&plan.name),
+        "gateway".into(),
+    );
+    m.insert(crate::cloud::netns(&plan.name), "vpc".into());
     m
 }
 

@@ -19,6 +19,7 @@
 mod dot;
 mod live;
 mod verify;
+mod vpc;
 mod walk;
 
 pub use dot::dot;

@@ -28,6 +28,8 @@ struct Walker<'a> {
     /// Node namespace -> node name.
     nodes: BTreeMap<String, String>,
     status: BTreeMap<String, NodeStatus>,
+    /// The lab VPC's security groups (a lab with a cloud).
+    groups: Option<super::vpc::Groups>,
 }
 
 /// Explain the flow from `src` (a pod, a node) to `dst` (a pod, a node, an
@@ -56,6 +58,7 @@ pub fn explain(
             .map(|n| (n.netns.clone(), n.name.clone()))
             .collect(),
         status,
+        groups: super::vpc::Groups::load(st),
     };
     let src_ns = crate::run::target_netns(plan, src)?;
     let src_ip = w.address(src)?;
@@ -502,6 +505,15 @@ impl Walker<'_> {
                 // The kernel datapath's policy: nftables' forward hook.
                 if self.nodes.contains_key(ns) && !self.ebpf(&node) {
                     notes.extend(self.policy(ns, pkt, reply)?);
+                }
+                // The VPC: security groups on new connections between ENIs.
+                if let Some(g) = self
+                    .groups
+                    .as_ref()
+                    .filter(|_| !reply && self.label(ns) == "vpc")
+                {
+                    let judged = g.cross(iface, &dev, pkt.src, pkt.dst, pkt.udp, pkt.port);
+                    notes.extend(judged.map_err(|why| Verdict::Dropped(format!("vpc: {why}")))?);
                 }
                 let masqueraded = nat.as_ref().is_some_and(|n| n.masquerade.is_some());
                 if self.nodes.contains_key(ns) && (!self.ebpf(&node) || masqueraded) {
