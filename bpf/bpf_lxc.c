@@ -112,8 +112,21 @@ int from_container(struct __sk_buff *skb)
 	 * the agent's nftables rule masquerades what leaves from a service
 	 * veth, so the backend answers the node, the reply comes back through
 	 * this veth and to-container puts the frontend back. */
-	if (me->flags & LXC_F_SVC_VETH)
+	if (me->flags & LXC_F_SVC_VETH) {
+		/* A hairpin, the pod its own backend (either way: the request
+		 * after DNAT, the reply after the reverse): straight back into
+		 * the pod. The stack would refuse it, since its source
+		 * (169.254.42.1, or the VIP on the way back) fails this veth's
+		 * strict reverse-path check. */
+		if (lb == LB_DONE && p.flow.daddr == me->ip4) {
+			struct endpoint back = { .ifindex = ifindex };
+			__builtin_memcpy(back.pod_mac, p.eth->h_source, 6);
+			__builtin_memcpy(back.host_mac, p.eth->h_dest, 6);
+			return to_local_pod(skb, &p, &back, PROG_FROM_CONTAINER, REASON_PEER_LOCAL,
+					    REASON_HOSTVETH_LOCAL);
+		}
 		return verdict(skb, REASON_SVC_VETH, PROG_FROM_CONTAINER, &p.flow, 0, TC_ACT_OK);
+	}
 
 	__u32 daddr = p.flow.daddr;
 	struct endpoint *ep = bpf_map_lookup_elem(&strait_endpoints, &daddr);

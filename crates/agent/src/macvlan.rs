@@ -303,11 +303,23 @@ pub fn allocate(
     let node_ip = snap
         .node(&agent.cfg.node_name)
         .and_then(|n| strait_model::cluster::node_internal_ip(n, u.cidr.addr().is_ipv4()));
+    // The service CIDR, the node, and the hairpin address: a pod reaching
+    // itself through a service sees the connection come from
+    // HAIRPIN_IP4, and its answer must go back by the service veth (by
+    // the default route it would leave for the VLAN's gateway and die).
+    let hairpin = u
+        .cidr
+        .addr()
+        .is_ipv4()
+        .then_some(ipnet::IpNet::from(std::net::IpAddr::from(
+            strait_model::services::HAIRPIN_IP4,
+        )));
     let via_host = agent
         .cfg
         .service_cidr
         .into_iter()
         .chain(node_ip.map(ipnet::IpNet::from))
+        .chain(hairpin)
         .collect();
     Ok((
         allocation,

@@ -36,7 +36,7 @@ pub struct VlanPort {
 }
 unsafe impl aya::Pod for VlanPort {}
 
-type PortMap = aya::maps::HashMap<MapData, u32, VlanPort>;
+pub type PortMap = aya::maps::HashMap<MapData, u32, VlanPort>;
 
 /// `struct vlan_info`.
 #[repr(C)]

@@ -15,6 +15,7 @@ pub fn run(
     dst: &str,
     verify: bool,
     output: &str,
+    backend: Option<std::net::IpAddr>,
 ) -> anyhow::Result<i32> {
     let st = LabState::find(lab)?;
     anyhow::ensure!(
@@ -26,7 +27,7 @@ pub fn run(
         let n = v.contradictions().len();
         (v.explanation.clone(), n, v.table())
     } else {
-        let e = strait_lab::explain::explain(&st, src, dst, None)?;
+        let e = strait_lab::explain::explain(&st, src, dst, backend)?;
         let t = e.table();
         (e, 0, t)
     };

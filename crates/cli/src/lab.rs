@@ -66,6 +66,10 @@ enum Verb {
         /// text, dot (Graphviz source) or svg.
         #[arg(short = 'o', long, default_value = "text")]
         output: String,
+        /// For a service: follow this backend (an address) rather than
+        /// the first; the program picks one per connection.
+        #[arg(long, conflicts_with = "verify")]
+        backend: Option<std::net::IpAddr>,
     },
     /// The lab cloud's records (a lab with a `cloud:` section): every ENI,
     /// its node and device, MAC, vSwitch and addresses.
@@ -344,7 +348,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             dst,
             verify,
             output,
-        } => crate::explain::run(a.lab.as_deref(), &src, &dst, verify, &output),
+            backend,
+        } => crate::explain::run(a.lab.as_deref(), &src, &dst, verify, &output, backend),
         Verb::Monitor { node, args } => node_tool(a.lab.as_deref(), &node, "monitor", &args, true),
         Verb::Metrics { node, args } => node_tool(a.lab.as_deref(), &node, "metrics", &args, true),
         Verb::Policy { node, args } => agent_verb(a.lab.as_deref(), &node, "policy", &args),

@@ -60,6 +60,52 @@ fn service_answers(lab: &Lab, pod: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A pod reaching itself through the service is answered (hairpinned:
+/// the source becomes 169.254.42.1, whose reply the pod sends back by its
+/// service veth, not its VLAN's gateway).
+fn hairpin(lab: &Lab) {
+    let who: std::collections::BTreeSet<String> = service_answers(lab, "a5")
+        .into_iter()
+        .map(|(w, _)| w)
+        .collect();
+    assert!(who.contains("a5"), "a5 never answered itself: {who:?}");
+}
+
+/// `lab explain --verify` over Bifrost's paths, confirmed by capture with
+/// the VLAN tags: same VLAN on one node (bridged by the macvlan), across
+/// VLANs (out by the VLAN port tagged 5, back in tagged 10 through the
+/// gateway), across nodes, and a service through the service veth.
+fn explained(lab: &Lab) {
+    for (s, d) in [
+        ("a5", "a5b"),
+        ("a5", "a10"),
+        ("a5", "b5"),
+        ("a5b", "svc/web:80"),
+        // A hairpin when a5 picks itself.
+        ("a5", "svc/web:80"),
+        ("a5", "svc/web:80"),
+    ] {
+        common::explain::verified(lab, s, d);
+    }
+    let v = common::explain::verified(lab, "a5", "b10");
+    let tag = |at: &str, iface: &str, dir: strait_lab::explain::Dir| {
+        v.explanation
+            .request
+            .hops
+            .iter()
+            .find(|h| h.at == at && h.iface == iface && h.dir == dir)
+            .unwrap_or_else(|| panic!("no hop {at} {iface}: {}", v.table()))
+            .packet
+            .vlan
+    };
+    use strait_lab::explain::Dir::{In, Out};
+    assert_eq!(tag("node-a", "eth0", Out), Some(5), "{}", v.table());
+    assert_eq!(tag("gateway", "eth0", In), Some(5), "{}", v.table());
+    assert_eq!(tag("gateway", "eth0", Out), Some(10), "{}", v.table());
+    assert_eq!(tag("node-b", "eth0", In), Some(10), "{}", v.table());
+    assert_eq!(tag("b10", "eth0", In), None, "{}", v.table());
+}
+
 fn links(lab: &Lab, node: &str) -> String {
     lab.exec(node, &["ip", "-o", "link"])
 }
@@ -197,6 +243,8 @@ fn macvlan_mode_walks_the_seeds_paths_serves_services_and_cleans_up() {
     assert!(who.contains("a5") && who.contains("b10"), "{answers:?}");
     let node_a = lab.node("node-a").ip.to_string();
     assert!(answers.iter().all(|(_, c)| *c == node_a), "{answers:?}");
+    hairpin(&lab);
+    explained(&lab);
 
     // CHECK passes on a wired pod and names what is broken.
     let a5_cid = lab.st.container_id(lab.st.plan.pod("a5").unwrap());
@@ -378,6 +426,8 @@ fn macvlan_mode_on_the_ebpf_datapath() {
     let answers = service_answers(&lab, "a5b");
     let who: std::collections::BTreeSet<&str> = answers.iter().map(|(w, _)| w.as_str()).collect();
     assert!(who.contains("a5") && who.contains("b10"), "{answers:?}");
+    hairpin(&lab);
+    explained(&lab);
     let veth = strait_model::naming::svc_veth_name(
         &lab.st.container_id(lab.st.plan.pod("a5b").unwrap()),
         "eth0",

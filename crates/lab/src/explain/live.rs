@@ -28,6 +28,8 @@ pub struct Link {
     /// The namespace `link_netnsid` names (resolved through this
     /// namespace's id table).
     pub link_netns: Option<String>,
+    /// Its MAC address ("" when it has none).
+    pub mac: String,
 }
 
 /// The namespaces and their interfaces, read once per explanation.
@@ -110,6 +112,7 @@ impl World {
                     link_netns: l["link_netnsid"]
                         .as_i64()
                         .and_then(|i| ids.get(&i).cloned()),
+                    mac: l["address"].as_str().unwrap_or("").to_string(),
                     master: l["master"].as_str().map(str::to_string),
                     addrs,
                 });
@@ -146,6 +149,28 @@ impl World {
         self.links
             .iter()
             .find(|l| l.name != "lo" && l.addrs.contains(&ip))
+    }
+
+    /// The interface a frame to `next_hop` out of `dev` reaches: the one
+    /// with the MAC the neighbour table resolved it to (a node answering
+    /// for its pods by proxy ARP receives their frames), else the one
+    /// holding the address.
+    pub fn receiver(&self, netns: &str, dev: &str, next_hop: IpAddr) -> Option<&Link> {
+        let nh = next_hop.to_string();
+        let mac = run(netns, "ip", &["neigh", "show", "to", &nh, "dev", dev])
+            .ok()
+            .and_then(|v| v[0]["lladdr"].as_str().map(str::to_string));
+        if let Some(mac) = mac {
+            let mut found = self.links.iter().filter(|l| {
+                l.mac.eq_ignore_ascii_case(&mac) && l.netns != netns && l.master.is_none()
+            });
+            if let Some(l) = found.next() {
+                if found.next().is_none() {
+                    return Some(l);
+                }
+            }
+        }
+        self.owner(next_hop)
     }
 
     /// Whether `netns` holds `ip` on one of its interfaces.

@@ -19,6 +19,7 @@
 mod dot;
 mod live;
 mod verify;
+mod vlan;
 mod vpc;
 mod walk;
 
@@ -46,6 +47,8 @@ pub struct Packet {
     pub port: u16,
     pub udp: bool,
     pub outer: Option<Encap>,
+    /// The 802.1Q tag it carries here.
+    pub vlan: Option<u16>,
 }
 
 impl std::fmt::Display for Packet {
@@ -56,6 +59,9 @@ impl std::fmt::Display for Packet {
         }
         if let Some(o) = self.outer {
             write!(f, " in {} {} > {}", o.kind, o.src, o.dst)?;
+        }
+        if let Some(v) = self.vlan {
+            write!(f, " vlan {v}")?;
         }
         Ok(())
     }

@@ -43,7 +43,7 @@ impl Verified {
         for c in &self.checks {
             if c.hop == usize::MAX {
                 out.push_str(&format!(
-                    "  {:<7} CONTRADICTED: explained as {}, but {} answered the probe\n",
+                    "  {:<7} CONTRADICTED: explained as {}, but answered by {}\n",
                     c.leg,
                     match (
                         c.leg,
@@ -104,6 +104,16 @@ impl Verified {
 /// service backend's) while one probe crosses, and check the path of the
 /// backend that answered.
 pub fn verify(st: &LabState, src: &str, dst: &str) -> anyhow::Result<Verified> {
+    // One probe first, unobserved: neighbours along the path get resolved
+    // (explain follows frames by the MAC the neighbour table holds).
+    let warm = explain(st, src, dst, None)?;
+    let src_ns = crate::run::target_netns(&st.plan, src)?;
+    let _ = crate::probe::probe(
+        &crate::run::netns_path(&src_ns),
+        SocketAddr::new(warm.sent.dst, warm.sent.port),
+        warm.sent.udp,
+        Duration::from_millis(500),
+    );
     let first = explain(st, src, dst, None)?;
     let mut all = vec![first.clone()];
     if let Some(n) = &first.nat {
@@ -131,7 +141,6 @@ pub fn verify(st: &LabState, src: &str, dst: &str) -> anyhow::Result<Verified> {
             }
         }
     }
-    let src_ns = crate::run::target_netns(&st.plan, src)?;
     let to = SocketAddr::new(first.sent.dst, first.sent.port);
     let udp = first.sent.udp;
     let (captured, probe) = crate::hops::capture::capture_during(&points, || {
@@ -161,7 +170,26 @@ pub fn verify(st: &LabState, src: &str, dst: &str) -> anyhow::Result<Verified> {
             checks,
         });
     }
-    let probe = probe.with_context(|| format!("probe {src} -> {to}"))?;
+    // Explained as delivered, but nobody answered: a contradiction, and the
+    // captures show where the packet was last seen (on the path of the
+    // backend explained; which one the program picked is not known).
+    let probe = match probe {
+        Ok(p) => p,
+        Err(e) => {
+            let mut checks = hop_checks(&first, &points, &captured)?;
+            checks.push(Check {
+                leg: "request",
+                hop: usize::MAX,
+                captured: 0,
+                confirmed: false,
+            });
+            return Ok(Verified {
+                explanation: first,
+                answered_by: format!("nobody ({e:#})"),
+                checks,
+            });
+        }
+    };
     // The explanation of the backend that answered.
     // The echo server answers with its pod's name (no namespace): the
     // candidate whose backend is a pod of that name.
@@ -240,8 +268,26 @@ fn hop_checks(
                 .position(|p| p.netns == h.netns && p.iface == h.iface)
                 .expect("every hop has a capture point");
             let n = captured[at].pairs.get(&(s, d)).copied().unwrap_or(0);
+            // The tags it was seen with (the kernel keeps them out of the
+            // frame; the capture reads them from its aux data), against
+            // every tag the leg predicts for this packet on this interface
+            // (one capture sees both directions: a router's port sees a
+            // packet come in untagged and leave tagged).
+            let seen_tags = captured[at].vlans.get(&(s, d)).cloned().unwrap_or_default();
+            let want_tags: std::collections::BTreeSet<u16> = hops
+                .hops
+                .iter()
+                .filter(|o| {
+                    o.netns == h.netns
+                        && o.iface == h.iface
+                        && o.packet.src == h.packet.src
+                        && o.packet.dst == h.packet.dst
+                })
+                .filter_map(|o| o.packet.vlan)
+                .collect();
+            let tagged_right = seen_tags == want_tags;
             let confirmed = match h.sight {
-                Sight::Seen => n > 0,
+                Sight::Seen => n > 0 && tagged_right,
                 Sight::Skipped(_) => n == 0,
             };
             checks.push(Check {

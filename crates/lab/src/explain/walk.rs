@@ -30,6 +30,10 @@ struct Walker<'a> {
     status: BTreeMap<String, NodeStatus>,
     /// The lab VPC's security groups (a lab with a cloud).
     groups: Option<super::vpc::Groups>,
+    /// A frame on its way through a macvlan port: where its next hop was
+    /// resolved (namespace, device, next hop), to follow it by MAC once
+    /// the port sends it out of the uplink.
+    frame_to: std::cell::RefCell<Option<(String, String, IpAddr)>>,
 }
 
 /// Explain the flow from `src` (a pod, a node) to `dst` (a pod, a node, an
@@ -59,6 +63,7 @@ pub fn explain(
             .collect(),
         status,
         groups: super::vpc::Groups::load(st),
+        frame_to: Default::default(),
     };
     let src_ns = crate::run::target_netns(plan, src)?;
     let src_ip = w.address(src)?;
@@ -70,6 +75,7 @@ pub fn explain(
         port,
         udp,
         outer: None,
+        vlan: None,
     };
     let request = w.leg(Loc::Origin(src_ns.clone()), pkt, &mut nat, backend, false);
     let reply = match &request.verdict {
@@ -86,6 +92,7 @@ pub fn explain(
                 port: 0,
                 udp,
                 outer: None,
+                vlan: None,
             };
             Some(w.leg(Loc::Origin(to_ns), answer, &mut nat, None, true))
         }
@@ -338,14 +345,34 @@ impl Walker<'_> {
         );
         pkt.dst = b.ip.into();
         pkt.port = b.port;
+        // A pod reaching itself: it would drop a packet from its own
+        // address, so the source becomes the hairpin address (both
+        // service backends do this) and the reply comes back to it.
+        if pkt.dst == pkt.src {
+            let hp = IpAddr::from(strait_model::services::HAIRPIN_IP4);
+            pkt.src = hp;
+            if let Some(n) = nat.as_mut() {
+                n.masquerade = Some(hp);
+            }
+            return Ok(format!(
+                "{why}; hairpin: the pod is its own backend, the source becomes {hp}"
+            ));
+        }
         Ok(why)
     }
 
     /// A reply from the backend of a translated connection, at the node
     /// that translated: the source goes back to the service address.
-    fn untranslate(&self, node: &str, pkt: &mut Packet, nat: &Option<Nat>, by: &str) -> String {
+    fn untranslate(
+        &self,
+        node: &str,
+        pkt: &mut Packet,
+        nat: &Option<Nat>,
+        reply: bool,
+        by: &str,
+    ) -> String {
         match nat {
-            Some(n) if n.node == node && pkt.src == n.backend => {
+            Some(n) if reply && n.node == node && pkt.src == n.backend => {
                 pkt.src = n.vip;
                 format!(
                     "{by}: reply source {} -> service address {}",
@@ -371,10 +398,63 @@ impl Walker<'_> {
     ) -> Result<Loc, Verdict> {
         let node = self.node_of(ns);
         let progs = tc_programs(ns, iface, "ingress");
+        let arrived_src = pkt.src;
         let mut notes = vec![];
+        if let Some(v) = pkt.vlan.filter(|_| super::vlan::pops(&progs)) {
+            pkt.vlan = None;
+            // A VLAN with a macvlan port here goes into the port, untagged.
+            if let Some(l) = self.to_port(hops, ns, iface, v, pkt) {
+                return Ok(l);
+            }
+            notes.push(format!("VLAN {v} popped at tc ingress"));
+        }
+        if progs.iter().any(|p| p == "vlan_port_in") {
+            return self.out_of_port(hops, ns, iface, pkt);
+        }
+        // A lower device of macvlans: the child with the frame's
+        // destination takes it.
+        if let Some(child) = self.world.links.iter().find(|l| {
+            l.kind == "macvlan"
+                && l.link_netns.as_deref() == Some(ns)
+                && self
+                    .world
+                    .link(ns, iface)
+                    .is_some_and(|me| l.link_index == Some(me.ifindex))
+                && l.addrs.contains(&pkt.dst)
+        }) {
+            return Ok(Loc::In {
+                netns: child.netns.clone(),
+                iface: child.name.clone(),
+                how: format!("the macvlan on {iface} with the destination's MAC"),
+            });
+        }
         if progs.iter().any(|p| p == "from_container") {
             let sent_from = pkt.src;
-            let n = self.untranslate(&node, pkt, nat, "from_container (strait_ct reverse entry)");
+            // A hairpin's reply: the program's own reverse entry gives it
+            // back its destination (the pod) and the service's address.
+            let hp = IpAddr::from(strait_model::services::HAIRPIN_IP4);
+            if let Some(n) = nat
+                .as_ref()
+                .filter(|n| reply && n.node == node && n.masquerade == Some(hp) && pkt.dst == hp)
+            {
+                notes.push(format!(
+                    "from_container (strait_ct hairpin entry): destination {hp} -> the pod {}",
+                    n.client
+                ));
+                pkt.dst = n.client;
+            }
+            // A masqueraded reply is for the node: the stack undoes the
+            // masquerade, the translation is undone on the way out.
+            let masqueraded = nat
+                .as_ref()
+                .is_some_and(|n| n.masquerade.is_some_and(|m| m != hp));
+            let n = self.untranslate(
+                &node,
+                pkt,
+                nat,
+                reply && !masqueraded,
+                "from_container (strait_ct reverse entry)",
+            );
             if !n.is_empty() {
                 notes.push(n);
             } else if !reply {
@@ -383,11 +463,40 @@ impl Walker<'_> {
                     notes.push(t);
                 }
             }
-            notes.extend(self.policy(ns, pkt, reply)?);
-            if let Some(l) = self.redirect_peer(hops, ns, iface, pkt, "from_container", &notes) {
-                return Ok(l);
+            if iface.starts_with(strait_model::naming::SVC_VETH_PREFIX) {
+                // Bifrost's service veth: translated, then the host stack
+                // forwards (and masquerades) it; a hairpin (the pod its own
+                // backend) goes straight back in.
+                let me = self.world.link(ns, iface).and_then(|l| self.world.peer(l));
+                if let Some(pod) =
+                    me.filter(|p| nat.is_some() && self.world.holds(&p.netns, pkt.dst))
+                {
+                    notes.push(format!(
+                        "from_container on the service veth {iface}: a hairpin, back into the pod (bpf_redirect_peer)"
+                    ));
+                    hops.push(self.hop(
+                        ns,
+                        iface,
+                        Dir::Out,
+                        pkt,
+                        Sight::Skipped("bpf_redirect_peer goes past the host veth".into()),
+                        notes.join("; "),
+                    ));
+                    return Ok(Loc::In {
+                        netns: pod.netns.clone(),
+                        iface: pod.name.clone(),
+                        how: "bpf_redirect_peer".into(),
+                    });
+                }
+                notes.push("from_container: a service veth, on to the host stack".into());
+            } else {
+                notes.extend(self.policy(ns, pkt, reply)?);
+                if let Some(l) = self.redirect_peer(hops, ns, iface, pkt, "from_container", &notes)
+                {
+                    return Ok(l);
+                }
+                return self.fast_forward(hops, ns, iface, pkt, notes, sent_from);
             }
-            return self.fast_forward(hops, ns, iface, pkt, notes, sent_from);
         }
         if progs.iter().any(|p| p == "from_netdev") {
             if let Some(o) = pkt
@@ -404,8 +513,13 @@ impl Walker<'_> {
                 // A masqueraded reply is for the node; the stack undoes the
                 // masquerade and to-netdev the translation, on the way out.
                 if nat.as_ref().is_none_or(|n| n.masquerade.is_none()) {
-                    let n =
-                        self.untranslate(&node, pkt, nat, "from_netdev (strait_ct reverse entry)");
+                    let n = self.untranslate(
+                        &node,
+                        pkt,
+                        nat,
+                        reply,
+                        "from_netdev (strait_ct reverse entry)",
+                    );
                     if !n.is_empty() {
                         notes.push(n);
                     }
@@ -468,7 +582,9 @@ impl Walker<'_> {
             .as_ref()
             .filter(|n| reply && n.masquerade == Some(pkt.dst))
         {
-            if self.world.holds(ns, pkt.dst) && pkt.outer.is_none() {
+            let hairpin =
+                pkt.dst == IpAddr::from(strait_model::services::HAIRPIN_IP4) && n.node == node;
+            if (hairpin || self.world.holds(ns, pkt.dst)) && pkt.outer.is_none() {
                 notes.push(format!(
                     "conntrack undoes the masquerade: {} -> client {}",
                     pkt.dst, n.client
@@ -487,12 +603,22 @@ impl Walker<'_> {
         if pkt.outer.is_none() && self.world.holds(ns, pkt.dst) {
             return Err(Verdict::Delivered(self.label(ns)));
         }
+        // netfilter's source NAT (masquerade, hairpin) comes after the
+        // route lookup: the kernel routes by the source as it arrived.
+        // A program's rewrite came before.
         let (dst, src) = match pkt.outer {
             Some(o) => (o.dst, o.src),
+            None if !self.ebpf(&node) => (pkt.dst, arrived_src),
             None => (pkt.dst, pkt.src),
         };
         match route_get(ns, dst, src, Some(iface)) {
             RouteGet::Local => Err(Verdict::Delivered(self.label(ns))),
+            RouteGet::Refused(r) if r.contains("Invalid argument") => {
+                Err(Verdict::Dropped(format!(
+                    "{}: the kernel will not forward it: the source {src} arriving on {iface} fails its source validation (EINVAL from the input route lookup)",
+                    self.label(ns)
+                )))
+            }
             RouteGet::Refused(r) => Err(Verdict::Dropped(format!(
                 "{}: {r} for {dst} (arriving on {iface})",
                 self.label(ns)
@@ -517,12 +643,14 @@ impl Walker<'_> {
                 }
                 let masqueraded = nat.as_ref().is_some_and(|n| n.masquerade.is_some());
                 if self.nodes.contains_key(ns) && (!self.ebpf(&node) || masqueraded) {
-                    let by = if self.ebpf(&node) {
-                        "to_netdev at tc egress (strait_ct reverse entry)"
-                    } else {
+                    let by = if !self.ebpf(&node) {
                         "conntrack undoes the DNAT in postrouting"
+                    } else if dev.starts_with(strait_model::naming::SVC_VETH_PREFIX) {
+                        "to_container at the service veth's tc egress (strait_ct reverse entry)"
+                    } else {
+                        "to_netdev at tc egress (strait_ct reverse entry)"
                     };
-                    let n = self.untranslate(&node, pkt, nat, by);
+                    let n = self.untranslate(&node, pkt, nat, reply, by);
                     if !n.is_empty() {
                         notes.push(n);
                     }
@@ -534,24 +662,36 @@ impl Walker<'_> {
                 // An external connection going on to another node's
                 // backend is masqueraded to this node, so the reply comes
                 // back here (the agent's nftables rule; the service's
-                // mark). Not towards a local pod's host veth.
+                // mark). Not towards a local pod's host veth. So is all
+                // that comes in by a macvlan pod's service veth (Bifrost).
+                let svc_veth = iface.starts_with(strait_model::naming::SVC_VETH_PREFIX);
                 if let Some(n) = nat.as_mut().filter(|n| {
                     !reply
-                        && n.external
-                        && !n.local_only
                         && n.node == node
                         && n.masquerade.is_none()
-                        && !strait_model::naming::is_host_veth(&dev)
+                        && ((n.external
+                            && !n.local_only
+                            && !strait_model::naming::is_host_veth(&dev))
+                            || svc_veth)
                 }) {
-                    if let Some(a) = self.world.address_of(ns, &dev, pkt.src.is_ipv4()) {
+                    // The device's address, or (one without) the node's:
+                    // masquerade picks an address of the host.
+                    let v4 = pkt.src.is_ipv4();
+                    let masq = self
+                        .world
+                        .address_of(ns, &dev, v4)
+                        .or_else(|| self.any_address(ns, v4));
+                    if let Some(a) = masq {
+                        let why = if svc_veth {
+                            format!("it came in by the service veth {iface}")
+                        } else if self.ebpf(&node) {
+                            "from_netdev marked it".to_string()
+                        } else {
+                            "the service's nftables chain marked it".to_string()
+                        };
                         notes.push(format!(
-                            "nftables masquerades the client {} to {a} (marked by {})",
-                            pkt.src,
-                            if self.ebpf(&node) {
-                                "from_netdev"
-                            } else {
-                                "the service's nftables chain"
-                            }
+                            "nftables masquerades the client {} to {a} ({why})",
+                            pkt.src
                         ));
                         pkt.src = a;
                         n.masquerade = Some(a);
@@ -706,6 +846,18 @@ impl Walker<'_> {
             ));
             return self.ipip_out(hops, ns, dev, next_hop, pkt);
         }
+        let mut why = why;
+        if pkt.vlan.is_none() && super::vlan::pushes(&tc_programs(ns, dev, "egress")) {
+            let node = self.nodes.get(ns).map(String::as_str);
+            if let Some(v) = super::vlan::Tagger::of(&self.st.plan.name, &self.label(ns), node)
+                .and_then(|t| t.tag(pkt.src, pkt.dst))
+            {
+                pkt.vlan = Some(v);
+                why.push_str(&format!(
+                    "; VLAN {v} pushed at {dev}'s tc egress (strait_vlan_subnets)"
+                ));
+            }
+        }
         hops.push(self.hop(ns, dev, Dir::Out, pkt, Sight::Seen, why));
         if link.kind == "vxlan" {
             let remote = live::vxlan_remote(ns, dev, next_hop).ok_or_else(|| {
@@ -738,7 +890,43 @@ impl Walker<'_> {
                 Sight::Seen,
                 format!("{dev} encapsulates: VXLAN to {remote} (FDB: {next_hop}'s MAC)"),
             ));
-            return self.l2(ns, gateway.unwrap_or(remote));
+            return self.l2(ns, &up, gateway.unwrap_or(remote));
+        }
+        // A pod's macvlan: a sibling on the same lower device gets the
+        // frame directly (bridge mode); anything else leaves by the lower
+        // device (Bifrost's VLAN port, eth0-<vid>).
+        if link.kind == "macvlan" && link.link_netns.is_some() {
+            let to = self.world.receiver(ns, dev, next_hop);
+            let sibling = to.is_some_and(|r| {
+                r.kind == "macvlan"
+                    && r.link_index == link.link_index
+                    && r.link_netns == link.link_netns
+            });
+            if let (true, Some(to)) = (sibling, to) {
+                return Ok(Loc::In {
+                    netns: to.netns.clone(),
+                    iface: to.name.clone(),
+                    how: format!(
+                        "the macvlan bridges it to {}'s {}",
+                        self.label(&to.netns),
+                        to.name
+                    ),
+                });
+            }
+            if let Some(parent) = self.world.peer(&link).cloned() {
+                *self.frame_to.borrow_mut() = Some((ns.to_string(), dev.to_string(), next_hop));
+                return self.out(
+                    hops,
+                    &parent.netns,
+                    &parent.name,
+                    gateway,
+                    pkt,
+                    format!(
+                        "the macvlan hands {}'s frame to its lower device",
+                        self.label(ns)
+                    ),
+                );
+            }
         }
         if link.kind == "veth" {
             if let Some(peer) = self.world.peer(&link) {
@@ -751,7 +939,99 @@ impl Walker<'_> {
                 }
             }
         }
-        self.l2(ns, next_hop)
+        self.l2(ns, dev, next_hop)
+    }
+
+    /// A tagged frame whose VLAN has a macvlan port on this node
+    /// (strait_vlan_ports): untagged and redirected to the port's far end
+    /// (trunk<vid>), whose peer is the macvlans' lower device.
+    fn to_port(
+        &self,
+        hops: &mut Vec<Hop>,
+        ns: &str,
+        iface: &str,
+        vid: u16,
+        pkt: &Packet,
+    ) -> Option<Loc> {
+        let node = self.nodes.get(ns)?;
+        let pins = std::path::PathBuf::from(strait_model::lab::bpf_dir(&self.st.plan.name, node));
+        let ports: strait_bpf::vlan::PortMap =
+            strait_bpf::maps::open(&pins, "strait_vlan_ports").ok()?;
+        let port = ports.get(&u32::from(vid), 0).ok()?;
+        let far = self.world.by_index(ns, port.ifindex)?;
+        let lower = self.world.peer(far)?;
+        hops.push(self.hop(
+            ns,
+            &far.name,
+            Dir::Out,
+            pkt,
+            Sight::Seen,
+            format!("{iface}'s tc ingress: VLAN {vid} has a macvlan port here (strait_vlan_ports): untagged, redirected to {}", far.name),
+        ));
+        Some(Loc::In {
+            netns: lower.netns.clone(),
+            iface: lower.name.clone(),
+            how: format!("from {}", far.name),
+        })
+    }
+
+    /// vlan_port_in at a port's far end: the port's tag pushed, out of the
+    /// uplink (strait_vlan_trunks), to the next hop the pod resolved.
+    fn out_of_port(
+        &self,
+        hops: &mut Vec<Hop>,
+        ns: &str,
+        iface: &str,
+        pkt: &mut Packet,
+    ) -> Result<Loc, Verdict> {
+        let drop = |why: &str| Verdict::Dropped(format!("{}: {why}", self.label(ns)));
+        let node = self
+            .nodes
+            .get(ns)
+            .ok_or_else(|| drop("a VLAN port outside a node"))?;
+        let pins = std::path::PathBuf::from(strait_model::lab::bpf_dir(&self.st.plan.name, node));
+        let me = self
+            .world
+            .link(ns, iface)
+            .ok_or_else(|| drop("no such port"))?;
+        let trunks: strait_bpf::vlan::PortMap = strait_bpf::maps::open(&pins, "strait_vlan_trunks")
+            .map_err(|e| drop(&format!("strait_vlan_trunks: {e}")))?;
+        let port = trunks.get(&me.ifindex, 0).map_err(|_| {
+            drop(&format!(
+                "vlan_port_in on {iface} drops it: no port in strait_vlan_trunks"
+            ))
+        })?;
+        let uplink = self
+            .world
+            .by_index(ns, port.uplink)
+            .ok_or_else(|| drop("the port's uplink is gone"))?;
+        pkt.vlan = Some(port.vid);
+        hops.push(self.hop(
+            ns,
+            &uplink.name,
+            Dir::Out,
+            pkt,
+            Sight::Seen,
+            format!(
+                "vlan_port_in on {iface} pushes VLAN {} and redirects out of {}",
+                port.vid, uplink.name
+            ),
+        ));
+        let (from_ns, from_dev, nh) = self
+            .frame_to
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| drop("a frame in a VLAN port with no next hop"))?;
+        let to = self
+            .world
+            .receiver(&from_ns, &from_dev, nh)
+            .ok_or_else(|| drop(&format!("nobody holds the next hop {nh}")))?;
+        let (netns, iface) = self.entry(to);
+        Ok(Loc::In {
+            netns,
+            iface,
+            how: format!("from {} across the segment (next hop {nh})", self.label(ns)),
+        })
     }
 
     /// IP-in-IP out of the stand-in device's parent, to `node`.
@@ -788,26 +1068,39 @@ impl Walker<'_> {
             Sight::Seen,
             format!("IP-in-IP to node {node}: the capture sees the outer header"),
         ));
-        self.l2(ns, node)
+        self.l2(ns, &parent.name, node)
     }
 
-    /// Across a shared segment (a bridge, the fabric): the namespace that
-    /// holds the next hop's address receives it.
-    fn l2(&self, ns: &str, next_hop: IpAddr) -> Result<Loc, Verdict> {
-        let owner = self.world.owner(next_hop).ok_or_else(|| {
+    /// Across a shared segment (a bridge, the fabric): the interface the
+    /// neighbour table sends the next hop's frames to receives it.
+    fn l2(&self, ns: &str, dev: &str, next_hop: IpAddr) -> Result<Loc, Verdict> {
+        let owner = self.world.receiver(ns, dev, next_hop).ok_or_else(|| {
             Verdict::Dropped(format!(
                 "{}: no namespace of the lab holds the next hop {next_hop}",
                 self.label(ns)
             ))
         })?;
+        let (netns, iface) = self.entry(owner);
         Ok(Loc::In {
-            netns: owner.netns.clone(),
-            iface: owner.name.clone(),
+            netns,
+            iface,
             how: format!(
                 "from {} across the segment (next hop {next_hop})",
                 self.label(ns)
             ),
         })
+    }
+
+    /// Where a frame for `to` enters from the segment: a pod's macvlan is
+    /// reached through its node's uplink (and the VLAN port behind it);
+    /// anything else directly.
+    fn entry(&self, to: &live::Link) -> (String, String) {
+        if let (true, Some(node_ns)) = (to.kind == "macvlan", to.link_netns.as_ref()) {
+            if self.nodes.contains_key(node_ns) && self.world.link(node_ns, "eth0").is_some() {
+                return (node_ns.clone(), "eth0".into());
+            }
+        }
+        (to.netns.clone(), to.name.clone())
     }
 
     /// The lab pod of `node` holding `ip`.

@@ -22,7 +22,7 @@ pub(crate) struct Captured {
     pub(super) outer: std::collections::HashMap<Pair, Outer>,
     /// The VLAN tag a pair was seen with (from the capture's aux data: the
     /// kernel keeps tags out of the frame bytes).
-    pub(super) vlans: std::collections::HashMap<Pair, std::collections::BTreeSet<u16>>,
+    pub(crate) vlans: std::collections::HashMap<Pair, std::collections::BTreeSet<u16>>,
 }
 
 /// The IPv4 (source, destination) of an Ethernet frame, and, when it is
