@@ -16,8 +16,12 @@
 //! backend, picked per connection) shows its candidates, and `--verify`
 //! follows the backend that answered.
 
+mod arrive;
+mod bpf;
 mod dot;
+mod links;
 mod live;
+mod nat;
 mod verify;
 mod vlan;
 mod vpc;
