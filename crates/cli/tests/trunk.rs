@@ -281,6 +281,56 @@ fn scenarios(lab: &Lab, ebpf: bool) {
         Some("nginx-locked".into())
     );
 
+    // `lab explain --verify`, from live state (the member VLANs in the
+    // tagger's map, the VPC's groups over its records), confirmed by
+    // capture with the tags: 1-4, 6/7, and the refusals of 5 and 8/9
+    // explained as drops in the VPC.
+    for (s, d) in [
+        ("node-a", "nginx-locked"),
+        ("busybox", "nginx"),
+        ("busybox", "nginx-locked"),
+        ("centos", "nginx-locked"),
+        ("centos", "svc/nginx-locked:80"),
+    ] {
+        common::explain::verified(lab, s, d);
+    }
+    let v = common::explain::verified(lab, "intruder", "nginx");
+    let tags: Vec<(String, Option<u16>)> = v
+        .explanation
+        .request
+        .hops
+        .iter()
+        .filter(|h| h.packet.vlan.is_some())
+        .map(|h| (format!("{} {}", h.at, h.iface), h.packet.vlan))
+        .collect();
+    let (vi, vn) = (
+        vlan(member(&enis, lab, "intruder")),
+        vlan(member(&enis, lab, "nginx")),
+    );
+    assert!(
+        tags.first().is_some_and(|t| t.1 == Some(vi))
+            && tags.last().is_some_and(|t| t.1 == Some(vn)),
+        "{tags:?}\n{}",
+        v.table()
+    );
+    let refused = |s: &str, d: &str| {
+        let v = strait_lab::explain::verify(&lab.st, s, d).unwrap();
+        assert!(v.contradictions().is_empty(), "{}", v.table());
+        match &v.explanation.request.verdict {
+            strait_lab::explain::Verdict::Dropped(why) => {
+                assert!(why.starts_with("vpc: security group"), "{}", v.table())
+            }
+            other => panic!("{other:?}\n{}", v.table()),
+        }
+    };
+    refused("intruder", "nginx-locked");
+    let cluster_ip = external(lab, "locked-cluster").to_string();
+    if ebpf {
+        common::explain::verified(lab, "centos", &cluster_ip);
+    } else {
+        refused("centos", &cluster_ip);
+    }
+
     // 10. From outside through the SLB, whose backend is nginx's member
     // ENI: translated in the VPC, then tagged down node-a's trunk (the
     // eBPF datapath's from-netdev sends it past the host veth).
