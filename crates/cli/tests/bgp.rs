@@ -60,6 +60,11 @@ fn bgp_full_mesh_carries_every_pod_to_every_pod() {
             }
         }
     }
+    // `lab explain --verify` follows the routes BGP learned, confirmed by
+    // capture.
+    for (dst, _) in &PODS[1..] {
+        common::explain::verified(&lab, PODS[0].0, dst);
+    }
     // Native forwarding: no strait route to another node's block (those
     // are routed mode's), no tunnel device.
     let strait_routes = lab.exec("node-a", &["ip", "route", "show", "proto", "0x5a"]);

@@ -193,6 +193,7 @@ fn bgp_tor_racks_route_pods_through_their_top_of_rack_routers() {
         |o| o.contains(&format!("{} via 198.18.0.2", c.pod_cidr)),
     );
     assert_eq!(lab.probe("a1", "c1").unwrap(), "c1");
+    through_the_racks(&lab);
 
     // Another cross-node mode takes the rules and table 10001 away.
     lab.restart_agents_with(strait_model::lab::CrossNodeMode::Routed);
@@ -245,4 +246,26 @@ fn bgp_tor_racks_on_the_ebpf_datapath() {
     assert_eq!(h.seen("a1 host veth").reply, 0, "{}", h.table());
     let h = strait_lab::hops::trace(&lab.st, "a1", "b1").unwrap();
     assert!(h.seen("tor-r1 router").request >= 2, "{}", h.table());
+    through_the_racks(&lab);
+}
+
+/// `lab explain --verify` across the racks, confirmed by capture: a1 to c1
+/// is routed by both top-of-rack routers (the routes BGP gave them), a1 to
+/// b1 by r1 alone.
+fn through_the_racks(lab: &Lab) {
+    let racks = |src: &str, dst: &str| -> Vec<String> {
+        let v = common::explain::verified(lab, src, dst);
+        let mut at: Vec<String> = v
+            .explanation
+            .request
+            .hops
+            .iter()
+            .filter(|h| h.at.starts_with("tor-"))
+            .map(|h| h.at.clone())
+            .collect();
+        at.dedup();
+        at
+    };
+    assert_eq!(racks("a1", "c1"), ["tor-r1", "tor-r2"]);
+    assert_eq!(racks("a1", "b1"), ["tor-r1"]);
 }

@@ -14,6 +14,28 @@ use common::*;
 
 const PODS: [&str; 4] = ["a20", "a30", "b20", "b30"];
 
+/// `lab explain --verify` in vlan mode, confirmed by capture with the
+/// tags: a VLAN's pods across nodes go tagged with their VLAN; between
+/// VLANs the gateway takes the frame in with one tag and out with the
+/// other.
+fn explained(lab: &Lab) {
+    common::explain::verified(lab, "a20", "b20");
+    let v = common::explain::verified(lab, "a20", "b30");
+    let tags: Vec<(String, u16)> = v
+        .explanation
+        .request
+        .hops
+        .iter()
+        .filter_map(|h| Some((format!("{} {}", h.at, h.iface), h.packet.vlan?)))
+        .collect();
+    assert!(
+        tags.iter().any(|(h, t)| h == "gateway eth0" && *t == 20)
+            && tags.iter().any(|(h, t)| h == "gateway eth0" && *t == 30),
+        "{tags:?}\n{}",
+        v.table()
+    );
+}
+
 #[test]
 fn vlan_mode_tags_on_the_wire_routes_between_vlans_at_the_gateway_and_isolates() {
     if !require_root("vlan_mode_tags_on_the_wire_routes_between_vlans_at_the_gateway_and_isolates")
@@ -45,6 +67,7 @@ fn vlan_mode_tags_on_the_wire_routes_between_vlans_at_the_gateway_and_isolates()
             assert_eq!(lab.probe(src, dst).unwrap(), *dst, "{src} -> {dst}");
         }
     }
+    explained(&lab);
     let fabric = format!("strait-{}-fabric", lab.name());
     let (a20, b20, b30) = (ip("a20"), ip("b20"), ip("b30"));
 
@@ -176,6 +199,7 @@ fn vlan_mode_on_the_ebpf_datapath_tags_the_fast_path() {
             assert_eq!(lab.probe(src, dst).unwrap(), *dst, "{src} -> {dst}");
         }
     }
+    explained(&lab);
     let ip = |p: &str| {
         lab.st
             .pod_ip(lab.st.plan.pod(p).unwrap())
