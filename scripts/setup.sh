@@ -13,6 +13,7 @@ PKGS=(
   clang llvm libbpf-dev bpftool # the eBPF datapath (built from C in build.rs)
   tcpdump                       # hop captures in the lab
   graphviz                      # strait lab explain -o svg (dot lays out the flow diagrams)
+  chromium                      # the explain diagrams rendered as a person sees them, in a test
   util-linux                    # nsenter, unshare, setpriv
   procps                        # sysctl in the lab's router namespaces and tests
   etcd-server                   # the kube-apiserver labs' datastore (and the etcd source)

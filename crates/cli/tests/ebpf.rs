@@ -128,6 +128,12 @@ fn seed_scenarios_newer_kernel_redirect_peer() {
     ] {
         assert!(svg.contains(want), "{want} not in the SVG:\n{svg}");
     }
+    // As a person sees it: Chromium renders it, and there is a drawing.
+    let (w, h, inked) = common::explain::render(&svg);
+    assert!(
+        w > 0 && h > 0 && inked > 2000,
+        "{w}x{h}, {inked} inked pixels"
+    );
     let out = std::process::Command::new(&lab.bins.strait)
         .args(["lab", "--lab", "t-seed3", "explain", "a1", "198.18.200.1"])
         .output()

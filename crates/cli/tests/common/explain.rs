@@ -74,3 +74,47 @@ pub fn vip_only_on_client_side(lab: &Lab, v: &Verified, client: &str, svc: &str)
         v.table()
     );
 }
+
+/// Render an SVG in headless Chromium (Debian's) to a PNG, as a person
+/// would see it; the PNG's (width, height, pixels that are not white).
+pub fn render(svg: &str) -> (u32, u32, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, png) = (dir.path().join("flow.svg"), dir.path().join("flow.png"));
+    std::fs::write(&file, svg).unwrap();
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1600,1000",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", file.display()))
+        .output()
+        .expect("chromium (scripts/setup.sh installs it)");
+    assert!(
+        png.exists(),
+        "chromium wrote no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decoder = png::Decoder::new(std::fs::File::open(&png).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let bytes = &buf[..info.buffer_size()];
+    let step = info.color_type.samples();
+    let inked = bytes
+        .chunks(step)
+        .filter(|px| px.iter().take(3).any(|c| *c < 200))
+        .count();
+    (info.width, info.height, inked)
+}

@@ -47,7 +47,7 @@ pub fn dot(e: &Explanation) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "digraph flow {{\n  rankdir=LR; compound=true; fontname=\"Helvetica\";\n  node [shape=box, style=\"rounded,filled\", fillcolor=white, fontname=\"Helvetica\", fontsize=11];\n  edge [fontname=\"Helvetica\", fontsize=9];\n  label=\"{} -> {}\"; labelloc=t;",
+        "digraph flow {{\n  rankdir=TB; newrank=true; compound=true; nodesep=0.4; ranksep=0.5; fontname=\"Helvetica\";\n  node [shape=box, style=\"rounded,filled\", fillcolor=white, fontname=\"Helvetica\", fontsize=11];\n  edge [fontname=\"Helvetica\", fontsize=9];\n  label=\"{} -> {}\"; labelloc=t;",
         esc(&e.src),
         esc(&e.dst)
     );
@@ -87,7 +87,7 @@ pub fn dot(e: &Explanation) -> String {
                 continue;
             }
             let mut label = format!("{} {}", &name[..3], k + 1);
-            if a.packet != b.packet {
+            if k == 0 || a.packet != b.packet {
                 let _ = write!(label, "\\n{}", esc(&b.packet.to_string()));
             }
             let dashed =
