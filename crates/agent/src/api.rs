@@ -391,6 +391,31 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 }
             }
         },
+        Request::ServiceLookup { ip, port, udp } => {
+            let pb = agent.published.lock().unwrap();
+            let proto = if udp {
+                strait_model::services::Proto::Udp
+            } else {
+                strait_model::services::Proto::Tcp
+            };
+            let entry = pb
+                .services
+                .iter()
+                .find(|e| {
+                    std::net::IpAddr::from(e.frontend.ip) == ip
+                        && e.frontend.port == port
+                        && e.frontend.proto == proto
+                })
+                .map(|e| (**e).clone());
+            Response::ServiceLookup(Box::new(strait_model::api::ServiceLookup {
+                mode: agent.cfg.mode.to_string(),
+                redirect_peer: agent
+                    .datapath
+                    .as_ref()
+                    .is_some_and(|(_, f)| f.redirect_peer),
+                entry,
+            }))
+        }
         Request::PolicyList => Response::Policy {
             pods: agent.published.lock().unwrap().policy.clone(),
         },

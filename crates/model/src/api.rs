@@ -52,6 +52,14 @@ pub enum Request {
     /// eni mode: the node's ENIs, their addresses and pods, checked pod ↔
     /// agent ↔ cloud (`strait mapping`).
     EniMapping,
+    /// `strait explain`'s question to a node: its datapath, and the service
+    /// programmed for a frontend, if any (the status holds every service;
+    /// this is one lookup).
+    ServiceLookup {
+        ip: std::net::IpAddr,
+        port: u16,
+        udp: bool,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -84,7 +92,18 @@ pub enum Response {
     PolicyVerdict(Box<PolicyExplanation>),
     BgpRoutes(Box<BgpRoutes>),
     EniMapping(Box<crate::cloud::eniip::EniMapping>),
+    ServiceLookup(Box<ServiceLookup>),
     Error(ApiError),
+}
+
+/// The answer to [`Request::ServiceLookup`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceLookup {
+    /// "ebpf" or "routed" (the kernel datapath).
+    pub mode: String,
+    /// The eBPF datapath delivers to pods with bpf_redirect_peer.
+    pub redirect_peer: bool,
+    pub entry: Option<crate::services::ServiceEntry>,
 }
 
 /// `strait bgp routes`.

@@ -3,7 +3,7 @@
 //! nftables' translation, policy and masquerade, the VPC's security
 //! groups, and the FIB.
 
-use super::live::{route_get, tc_programs, RouteGet};
+use super::live::{route_get, RouteGet};
 use super::walk::{route_words, Loc, Walker};
 use super::{Dir, Hop, Nat, Packet, Sight, Verdict};
 use std::net::IpAddr;
@@ -23,7 +23,7 @@ impl Walker<'_> {
         reply: bool,
     ) -> Result<Loc, Verdict> {
         let node = self.node_of(ns);
-        let progs = tc_programs(ns, iface, "ingress");
+        let progs = self.progs(ns, iface, "ingress");
         let arrived_src = pkt.src;
         let mut notes = vec![];
         if let Some(v) = pkt.vlan.filter(|_| super::vlan::pops(&progs)) {

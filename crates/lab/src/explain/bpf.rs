@@ -36,11 +36,7 @@ impl Walker<'_> {
             .find(|l| l.netns == ns && l.ifindex == ep.ifindex)?;
         let pod = self.world.peer(host)?;
         let mut why = notes.to_vec();
-        let peer = self
-            .status
-            .get(&node)
-            .and_then(|s| s.datapath.as_ref())
-            .is_some_and(|d| d.redirect_peer);
+        let peer = self.status.get(&node).is_some_and(|s| s.redirect_peer);
         let (how, sight) = if peer {
             why.push(format!(
                 "{prog} on {iface}: {d} is a pod of this node (strait_endpoints), bpf_redirect_peer into it"

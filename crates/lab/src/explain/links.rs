@@ -1,7 +1,7 @@
 //! Leaving a namespace: where a device leads (a veth's peer, a macvlan's
 //! lower device, a VXLAN or IP-in-IP tunnel, a shared segment by MAC).
 
-use super::live::{self, route_get, tc_programs, RouteGet};
+use super::live::{self, route_get, RouteGet};
 use super::walk::{Loc, Walker};
 use super::{Dir, Encap, Hop, Packet, Sight, Verdict};
 use std::net::IpAddr;
@@ -24,7 +24,8 @@ impl Walker<'_> {
             .ok_or_else(|| Verdict::Dropped(format!("{}: no device {dev}", self.label(ns))))?
             .clone();
         let next_hop = gateway.unwrap_or(pkt.dst);
-        if tc_programs(ns, dev, "egress")
+        if self
+            .progs(ns, dev, "egress")
             .iter()
             .any(|p| p == "tunnel_encap")
         {
@@ -41,7 +42,7 @@ impl Walker<'_> {
             return self.ipip_out(hops, ns, dev, next_hop, pkt);
         }
         let mut why = why;
-        if pkt.vlan.is_none() && super::vlan::pushes(&tc_programs(ns, dev, "egress")) {
+        if pkt.vlan.is_none() && super::vlan::pushes(&self.progs(ns, dev, "egress")) {
             let node = self.nodes.get(ns).map(String::as_str);
             if let Some(v) = super::vlan::Tagger::of(&self.st.plan.name, &self.label(ns), node)
                 .and_then(|t| t.tag(pkt.src, pkt.dst))

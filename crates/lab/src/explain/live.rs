@@ -53,7 +53,23 @@ pub enum RouteGet {
     Refused(String),
 }
 
+/// Kernel questions asked (processes run) and their time, for the
+/// benchmark.
+pub static QUESTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static QUESTION_MICROS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn run(ns: &str, prog: &str, args: &[&str]) -> anyhow::Result<Value> {
+    let t0 = std::time::Instant::now();
+    let r = run_inner(ns, prog, args);
+    QUESTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    QUESTION_MICROS.fetch_add(
+        t0.elapsed().as_micros() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    r
+}
+
+fn run_inner(ns: &str, prog: &str, args: &[&str]) -> anyhow::Result<Value> {
     let out = Command::new(prog)
         .args(["-n", ns, "-j"])
         .args(args)
@@ -74,14 +90,39 @@ fn run(ns: &str, prog: &str, args: &[&str]) -> anyhow::Result<Value> {
 }
 
 impl World {
-    /// Read every namespace whose name starts with `prefix`.
-    pub fn read(prefix: &str) -> anyhow::Result<World> {
+    /// Read the namespaces `wanted` that exist (a lab's own: another lab's
+    /// names may share a prefix with them).
+    pub fn read(wanted: &[&String]) -> anyhow::Result<World> {
         let out = Command::new("ip").args(["netns", "list"]).output()?;
-        let mut links = vec![];
-        for ns in String::from_utf8_lossy(&out.stdout)
+        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| n.starts_with(prefix))
+            .filter(|n| wanted.iter().any(|w| w.as_str() == *n))
+            .map(str::to_string)
+            .collect();
+        // Every namespace at once: each is two processes of iproute2.
+        let read: Vec<anyhow::Result<Vec<Link>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = names
+                .iter()
+                .map(|ns| s.spawn(move || Self::read_netns(ns)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("reader panicked")))
+                })
+                .collect()
+        });
+        let mut links = vec![];
+        for r in read {
+            links.extend(r?);
+        }
+        Ok(World { links })
+    }
+
+    fn read_netns(ns: &str) -> anyhow::Result<Vec<Link>> {
+        let mut links = vec![];
         {
             let ids: BTreeMap<i64, String> = run(ns, "ip", &["netns", "list-id"])?
                 .as_array()
@@ -118,7 +159,7 @@ impl World {
                 });
             }
         }
-        Ok(World { links })
+        Ok(links)
     }
 
     pub fn link(&self, netns: &str, name: &str) -> Option<&Link> {
@@ -273,6 +314,10 @@ pub fn labels(plan: &strait_model::lab::LabPlan) -> BTreeMap<String, String> {
         "gateway".into(),
     );
     m.insert(crate::cloud::netns(&plan.name), "vpc".into());
+    m.insert(
+        strait_model::lab::control_plane_netns(&plan.name),
+        "control-plane".into(),
+    );
     m
 }
 

@@ -20,7 +20,7 @@ mod arrive;
 mod bpf;
 mod dot;
 mod links;
-mod live;
+pub mod live;
 mod nat;
 mod verify;
 mod vlan;

@@ -19,14 +19,12 @@ impl Walker<'_> {
         pick: Option<IpAddr>,
         by: &str,
     ) -> Result<String, Verdict> {
-        let Some(status) = self.status.get(node) else {
+        if !self.status.contains_key(node) {
             return Ok(String::new());
-        };
-        let Some(e) = status.services.iter().find(|e| {
-            IpAddr::from(e.frontend.ip) == pkt.dst
-                && e.frontend.port == pkt.port
-                && (e.frontend.proto == strait_model::services::Proto::Udp) == pkt.udp
-        }) else {
+        }
+        let found = super::walk::lookup(self.st, node, pkt.dst, pkt.port, pkt.udp)
+            .map_err(|e| Verdict::Dropped(format!("{node}'s agent: {e:#}")))?;
+        let Some(e) = found.entry else {
             return Ok(String::new());
         };
         let candidates: Vec<IpAddr> = e.active().map(|b| IpAddr::from(b.ip)).collect();

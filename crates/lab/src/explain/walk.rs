@@ -8,7 +8,7 @@ use crate::state::LabState;
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use strait_model::api::NodeStatus;
+use strait_model::api::{Request, Response, ServiceLookup};
 
 /// Where the walk is: a packet sent by this namespace, or arriving on an
 /// interface of it (`how`: what brought it there).
@@ -21,19 +21,45 @@ pub(super) enum Loc {
     },
 }
 
+/// (namespace, device, "ingress" | "egress").
+pub(super) type TcHook = (String, String, &'static str);
+
 pub(super) struct Walker<'a> {
     pub(super) st: &'a LabState,
     pub(super) world: World,
     pub(super) labels: BTreeMap<String, String>,
     /// Node namespace -> node name.
     pub(super) nodes: BTreeMap<String, String>,
-    pub(super) status: BTreeMap<String, NodeStatus>,
+    /// Each node's datapath (mode, bpf_redirect_peer).
+    pub(super) status: BTreeMap<String, ServiceLookup>,
     /// The lab VPC's security groups (a lab with a cloud).
     pub(super) groups: Option<super::vpc::Groups>,
     /// A frame on its way through a macvlan port: where its next hop was
     /// resolved (namespace, device, next hop), to follow it by MAC once
     /// the port sends it out of the uplink.
     pub(super) frame_to: std::cell::RefCell<Option<(String, String, IpAddr)>>,
+    /// The tc programs seen per (namespace, device, direction).
+    pub(super) tc: std::cell::RefCell<BTreeMap<TcHook, Vec<String>>>,
+}
+
+/// Ask `node`'s agent for the service programmed at a frontend (and its
+/// datapath): one lookup, not the status with every service.
+pub(super) fn lookup(
+    st: &LabState,
+    node: &str,
+    ip: IpAddr,
+    port: u16,
+    udp: bool,
+) -> anyhow::Result<ServiceLookup> {
+    let n = st
+        .plan
+        .node(node)
+        .with_context(|| format!("no node {node}"))?;
+    match crate::run::agent_call(&st.socket(n), &Request::ServiceLookup { ip, port, udp })? {
+        Response::ServiceLookup(l) => Ok(*l),
+        Response::Error(e) => anyhow::bail!("{}", e.message),
+        other => anyhow::bail!("the agent answered {other:?}"),
+    }
 }
 
 /// Explain the flow from `src` (a pod, a node) to `dst` (a pod, a node, an
@@ -46,16 +72,18 @@ pub fn explain(
     backend: Option<IpAddr>,
 ) -> anyhow::Result<Explanation> {
     let plan = &st.plan;
+    // Each node's datapath, asked once (and every agent must answer).
     let mut status = BTreeMap::new();
     for n in &plan.nodes {
-        let s = crate::run::agent_status(&st.socket(n))
+        let s = lookup(st, &n.name, IpAddr::from([0, 0, 0, 0]), 0, false)
             .with_context(|| format!("ask node {}'s agent", n.name))?;
         status.insert(n.name.clone(), s);
     }
+    let labels = live::labels(plan);
     let w = Walker {
         st,
-        world: World::read(&format!("strait-{}-", plan.name))?,
-        labels: live::labels(plan),
+        world: World::read(&labels.keys().collect::<Vec<_>>())?,
+        labels,
         nodes: plan
             .nodes
             .iter()
@@ -64,6 +92,7 @@ pub fn explain(
         status,
         groups: super::vpc::Groups::load(st),
         frame_to: Default::default(),
+        tc: Default::default(),
     };
     let src_ns = crate::run::target_netns(plan, src)?;
     let src_ip = w.address(src)?;
@@ -279,6 +308,17 @@ impl Walker<'_> {
                 self.out(hops, ns, &dev, gateway, pkt, why)
             }
         }
+    }
+
+    /// The BPF programs at a device's tc hook, asked once per walk.
+    pub(super) fn progs(&self, ns: &str, dev: &str, dir: &'static str) -> Vec<String> {
+        let key = (ns.to_string(), dev.to_string(), dir);
+        if let Some(p) = self.tc.borrow().get(&key) {
+            return p.clone();
+        }
+        let p = live::tc_programs(ns, dev, dir);
+        self.tc.borrow_mut().insert(key, p.clone());
+        p
     }
 
     pub(super) fn ebpf(&self, node: &str) -> bool {
