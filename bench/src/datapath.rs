@@ -6,6 +6,8 @@
 //! does it (the reference overlay); and the limits: two namespaces joined
 //! by a bare veth (same node) and node-to-node over the fabric (across
 //! nodes).
+//! The eBPF lab once more with every agent serving /metrics, unscraped: an
+//! idle metrics endpoint must not show.
 //! Everything runs in one run, in namespaces this program makes and removes.
 //!
 //! Usage: datapath [--seconds S] [--rounds N] [--out FILE]   (root)
@@ -303,6 +305,28 @@ fn main() -> anyhow::Result<()> {
             ));
         }
     }
+    // The same eBPF lab with each agent serving Prometheus metrics, idle
+    // (nobody scrapes): it must cost the datapath nothing measurable.
+    let yaml = lab_yaml("benchdpmetrics", "ebpf", "routed", &pods).replace(
+        "  crossNode: routed\n",
+        "  crossNode: routed\n  metricsPort: 9476\n",
+    );
+    let st = c.lab("benchdpmetrics", &yaml)?;
+    let netns = |p: &str| st.plan.pod(p).unwrap().netns.clone();
+    pairs.push((
+        "same node",
+        "strait ebpf, /metrics served (idle)".into(),
+        netns("a1"),
+        netns("a2"),
+        pod_addr(&st, "a2"),
+    ));
+    pairs.push((
+        "across nodes",
+        "strait ebpf, /metrics served (idle)".into(),
+        netns("a1"),
+        netns("b1"),
+        pod_addr(&st, "b1"),
+    ));
     let st = up("benchdpbridge", "routed", "routed", &[], &mut c)?;
     let br = bridge_pods(&st, &mut c, false)?;
     pairs.push((
