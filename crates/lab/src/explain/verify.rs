@@ -22,6 +22,18 @@ pub struct Check {
     pub confirmed: bool,
 }
 
+impl Check {
+    /// A leg's verdict contradicted by the probe's outcome.
+    fn verdict(leg: &'static str) -> Check {
+        Check {
+            leg,
+            hop: usize::MAX,
+            captured: 0,
+            confirmed: false,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Verified {
     pub explanation: Explanation,
@@ -157,12 +169,7 @@ pub fn verify(st: &LabState, src: &str, dst: &str) -> anyhow::Result<Verified> {
         let answered = probe.as_ref().ok().map(|p| p.answered_by.clone());
         let mut checks = hop_checks(&first, &points, &captured)?;
         if answered.is_some() {
-            checks.push(Check {
-                leg: "request",
-                hop: usize::MAX,
-                captured: 0,
-                confirmed: false,
-            });
+            checks.push(Check::verdict("request"));
         }
         return Ok(Verified {
             explanation: first,
@@ -177,12 +184,7 @@ pub fn verify(st: &LabState, src: &str, dst: &str) -> anyhow::Result<Verified> {
         Ok(p) => p,
         Err(e) => {
             let mut checks = hop_checks(&first, &points, &captured)?;
-            checks.push(Check {
-                leg: "request",
-                hop: usize::MAX,
-                captured: 0,
-                confirmed: false,
-            });
+            checks.push(Check::verdict("request"));
             return Ok(Verified {
                 explanation: first,
                 answered_by: format!("nobody ({e:#})"),
@@ -218,12 +220,7 @@ pub fn verify(st: &LabState, src: &str, dst: &str) -> anyhow::Result<Verified> {
             .iter()
             .any(|p| super::live::pod_label(p) == *to && p.name == probe.answered_by);
         if !answered {
-            checks.push(Check {
-                leg: "request",
-                hop: usize::MAX,
-                captured: 0,
-                confirmed: false,
-            });
+            checks.push(Check::verdict("request"));
         }
     }
     for (leg, l) in [
@@ -231,12 +228,7 @@ pub fn verify(st: &LabState, src: &str, dst: &str) -> anyhow::Result<Verified> {
         ("reply", explanation.reply.as_ref()),
     ] {
         if l.is_none_or(|l| matches!(l.verdict, super::Verdict::Dropped(_))) {
-            checks.push(Check {
-                leg,
-                hop: usize::MAX,
-                captured: 0,
-                confirmed: false,
-            });
+            checks.push(Check::verdict(leg));
         }
     }
     checks.extend(hop_checks(&explanation, &points, &captured)?);
