@@ -136,7 +136,7 @@ fn main() -> anyhow::Result<()> {
     );
     row(
         &mut r,
-        "strait lab explain a1 svc/s0:80 (to a service)",
+        "strait lab explain a1 svc/s0:80 (to a service; the walk follows its first ready backend)",
         &mut svc,
     );
     row(
