@@ -208,6 +208,20 @@ fn scenarios(lab: &Lab, ebpf: bool) {
         assert_eq!(veth, pod, "{}", r.table());
     }
 
+    // `lab explain` does not follow the SLB (it translates in the cloud)
+    // and says so, pointing at `lab hops`, rather than explain it wrong.
+    let slb = lab.st.plan.cloud.as_ref().unwrap().slbs[0].address;
+    let out = std::process::Command::new(&lab.bins.strait)
+        .args(["lab", "--lab", lab.name(), "explain", "external"])
+        .arg(format!("{slb}:80"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("load balancer lb-nginx") && err.contains("lab hops"),
+        "{err}"
+    );
+
     // `strait mapping`: every pod's address on the ENI the cloud says.
     let sock = lab.st.socket(lab.node("node-a"));
     let out = lab.strait(&["mapping", "--socket", sock.to_str().unwrap()]);

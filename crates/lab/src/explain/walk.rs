@@ -97,6 +97,20 @@ pub fn explain(
     let src_ns = crate::run::target_netns(plan, src)?;
     let src_ip = w.address(src)?;
     let (dst_ip, port, udp) = w.destination(dst)?;
+    // The VPC's load balancer translates in the cloud, which the walk does
+    // not read yet: say so rather than explain it as delivered to the VPC.
+    if let Some(slb) = plan
+        .cloud
+        .iter()
+        .flat_map(|c| &c.slbs)
+        .find(|s| s.address == dst_ip)
+    {
+        anyhow::bail!(
+            "{dst} is the VPC's load balancer {}: explain does not follow it yet; `strait lab hops external slb/{}:{port}` captures its path",
+            slb.id,
+            slb.id
+        );
+    }
     let mut nat = None;
     let pkt = Packet {
         src: src_ip,
