@@ -93,20 +93,20 @@ fn seed_scenarios_newer_kernel_redirect_peer() {
     let reply = v.explanation.reply.as_ref().unwrap();
     assert_eq!(
         skipped(&v.explanation.request),
-        [format!("node-a {}", host_veth(&lab, "a2"))],
+        [format!("node-a {}", lab.host_veth("a2"))],
         "{}",
         v.table()
     );
     assert_eq!(
         skipped(reply),
-        [format!("node-a {}", host_veth(&lab, "a1"))],
+        [format!("node-a {}", lab.host_veth("a1"))],
         "{}",
         v.table()
     );
     let v = common::explain::verified(&lab, "a1", "b1");
     assert_eq!(
         skipped(&v.explanation.request),
-        [format!("node-b {}", host_veth(&lab, "b1"))],
+        [format!("node-b {}", lab.host_veth("b1"))],
         "{}",
         v.table()
     );
@@ -190,12 +190,6 @@ fn seed_scenarios_older_kernel_host_veth_path() {
             v.table()
         );
     }
-}
-
-/// A pod's host veth name.
-fn host_veth(lab: &Lab, pod: &str) -> String {
-    let p = lab.st.plan.pod(pod).unwrap();
-    strait_model::naming::host_veth_name(&lab.st.container_id(p), "eth0")
 }
 
 #[test]

@@ -361,10 +361,7 @@ fn seed_scenario_8_loadbalancer_local_policy_from_outside() {
     // Explained from live state and confirmed by capture: from_netdev
     // translates and redirects into the pod, past its host veth.
     let v = common::explain::verified(&lab, "external", &lb.to_string());
-    let edge_veth = {
-        let p = lab.st.plan.pod("edge").unwrap();
-        strait_model::naming::host_veth_name(&lab.st.container_id(p), "eth0")
-    };
+    let edge_veth = lab.host_veth("edge");
     assert_eq!(
         common::explain::skipped(&v.explanation.request),
         [format!("node-b {edge_veth}")],

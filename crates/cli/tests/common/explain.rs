@@ -53,7 +53,7 @@ pub fn carrying(leg: &Leg, ip: std::net::IpAddr) -> Vec<String> {
 pub fn vip_only_on_client_side(lab: &Lab, v: &Verified, client: &str, svc: &str) {
     let vip: std::net::IpAddr = lab.st.plan.service(svc).unwrap().cluster_ip.into();
     let p = lab.st.plan.pod(client).unwrap();
-    let veth = strait_model::naming::host_veth_name(&lab.st.container_id(p), "eth0");
+    let veth = lab.host_veth(client);
     let e = &v.explanation;
     assert_eq!(
         carrying(&e.request, vip),

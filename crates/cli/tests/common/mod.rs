@@ -171,6 +171,12 @@ impl Lab {
         labrun::agent_status(&self.st.socket(self.node(node))).unwrap()
     }
 
+    /// A lab pod's host veth name.
+    pub fn host_veth(&self, pod: &str) -> String {
+        let p = self.st.plan.pod(pod).unwrap();
+        strait_model::naming::host_veth_name(&self.st.container_id(p), "eth0")
+    }
+
     /// Names of strait host veths in a node's namespace.
     pub fn host_veths(&self, node: &str) -> Vec<String> {
         self.exec(node, &["ip", "-o", "link", "show"])
