@@ -8,7 +8,7 @@ use std::sync::Arc;
 use strait_model::api::{ApiError, ApiErrorKind, NodeStatus, Request, Response};
 use strait_model::ipam::AllocationRequest;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 
 /// Bind the socket without a window in which it is reachable with looser
 /// permissions: bind a temporary name, chmod 0600, then rename into place.
@@ -46,11 +46,37 @@ pub const LIMITS: ApiLimits = ApiLimits {
 /// Serve until the process ends. An accept error (EMFILE under a flood, say)
 /// is logged and waited out, never fatal.
 pub async fn serve(agent: Arc<Agent>, listener: UnixListener) -> anyhow::Result<()> {
+    let listener = Arc::new(listener);
+    serve_on(agent, Access::Full, move || {
+        let l = listener.clone();
+        async move { l.accept().await.map(|(c, _)| c) }
+    })
+    .await
+}
+
+/// Who may ask what: the root-only socket anything, the network listener
+/// ([`crate::explain_api`]) read-only questions alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Full,
+    ReadOnly,
+}
+
+pub(crate) async fn serve_on<C, F, Fut>(
+    agent: Arc<Agent>,
+    access: Access,
+    accept: F,
+) -> anyhow::Result<()>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<C>>,
+{
     let slots = Arc::new(tokio::sync::Semaphore::new(LIMITS.max_conns));
     let mut accept_errors = 0u64;
     loop {
-        let mut conn = match listener.accept().await {
-            Ok((c, _)) => c,
+        let mut conn = match accept().await {
+            Ok(c) => c,
             Err(e) => {
                 accept_errors += 1;
                 if accept_errors.is_power_of_two() {
@@ -72,7 +98,7 @@ pub async fn serve(agent: Arc<Agent>, listener: UnixListener) -> anyhow::Result<
         };
         let agent = agent.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle_conn(agent, conn).await {
+            if let Err(e) = handle_conn(agent, conn, access).await {
                 tracing::debug!(error = %e, "api connection ended");
             }
             drop(permit);
@@ -120,8 +146,11 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
     Ok(Some(()))
 }
 
-async fn handle_conn(agent: Arc<Agent>, conn: UnixStream) -> std::io::Result<()> {
-    let (r, mut w) = conn.into_split();
+async fn handle_conn<C>(agent: Arc<Agent>, conn: C, access: Access) -> std::io::Result<()>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (r, mut w) = tokio::io::split(conn);
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
     loop {
@@ -141,6 +170,12 @@ async fn handle_conn(agent: Arc<Agent>, conn: UnixStream) -> std::io::Result<()>
             }
         }
         let resp = match serde_json::from_slice::<Request>(&buf) {
+            Ok(req) if access == Access::ReadOnly && !crate::explain_api::read_only(&req) => {
+                Response::Error(ApiError {
+                    kind: ApiErrorKind::Invalid,
+                    message: "the network listener answers strait explain's read-only questions only; use the node's socket".into(),
+                })
+            }
             // ADD waits here until its pod is programmed (bounded).
             Ok(Request::Wired { attachment }) => {
                 let veth = match agent.ipam.get(&attachment) {
@@ -416,6 +451,12 @@ pub fn handle(agent: &Agent, req: Request) -> Response {
                 entry,
             }))
         }
+        Request::Kernel { netns, tool, args } => {
+            crate::explain_api::kernel(agent, netns.as_deref(), &tool, &args)
+        }
+        Request::Map { question } => Response::Map {
+            entry: strait_bpf::lookup::answer(&agent.cfg.bpf_dir, &question),
+        },
         Request::PolicyList => Response::Policy {
             pods: agent.published.lock().unwrap().policy.clone(),
         },

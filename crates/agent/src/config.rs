@@ -49,6 +49,9 @@ pub struct AgentConfig {
     pub eni: Option<EniConfig>,
     /// Where to serve Prometheus metrics (`/metrics`); None: not at all.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where other nodes' `strait explain` may ask this node read-only
+    /// questions (TCP); None: not at all.
+    pub explain_addr: Option<std::net::SocketAddr>,
 }
 
 /// ENI multi-IP: where the cloud's API is and what the pool asks of it.

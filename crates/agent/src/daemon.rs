@@ -293,6 +293,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         Some(a) => Some(crate::metrics::bind(a).await?),
         None => None,
     };
+    let explain = match cfg.explain_addr {
+        Some(a) => Some(crate::explain_api::bind(a).await?),
+        None => None,
+    };
     let agent = Arc::new(Agent {
         ipam,
         snapshot: source.subscribe(),
@@ -358,6 +362,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     if let Some(l) = metrics {
         tracing::info!(addr = ?agent.cfg.metrics_addr, "serving Prometheus metrics at /metrics");
         tokio::spawn(crate::metrics::serve(agent.clone(), l));
+    }
+    if let Some(l) = explain {
+        tracing::info!(addr = ?agent.cfg.explain_addr, "answering strait explain's read-only questions");
+        tokio::spawn(crate::explain_api::serve(agent.clone(), l));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

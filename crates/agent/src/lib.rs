@@ -18,6 +18,7 @@ pub mod crossnode;
 pub mod daemon;
 pub mod datapath;
 pub mod eni;
+pub mod explain_api;
 pub mod ipam;
 pub mod macvlan;
 pub mod metrics;

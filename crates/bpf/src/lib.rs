@@ -14,6 +14,7 @@
 
 pub mod ct;
 pub mod datapath;
+pub mod lookup;
 pub mod maps;
 pub mod reason;
 pub mod testrun;

@@ -117,6 +117,11 @@ pub struct Args {
     /// 0.0.0.0:9476. Off when not given.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Answer `strait explain` on other nodes at ADDR (TCP), e.g.
+    /// 0.0.0.0:9477: read-only questions (status, service and policy
+    /// lookups, iproute2 queries, map lookups). Off when not given.
+    #[arg(long, value_name = "ADDR")]
+    explain_addr: Option<std::net::SocketAddr>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -172,6 +177,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         cni_version: a.cni_version,
         mtu: a.mtu,
         metrics_addr: a.metrics_addr,
+        explain_addr: a.explain_addr,
         eni: match (a.cloud_socket, a.eni_vswitch) {
             (Some(cloud_socket), Some(vswitch)) => {
                 anyhow::ensure!(

@@ -47,6 +47,9 @@ enum Cmd {
     /// eni mode: each ENI's MAC, addresses and pods, checked pod ↔ agent ↔
     /// cloud (as terway-cli mapping); exits 1 on a mismatch.
     Mapping(mapping::Args),
+    /// Every hop of a flow from this node's live state, continued on the
+    /// next node through its agent (`--explain-addr`) when it answers.
+    Explain(explain::NodeArgs),
     /// Print strait's CustomResourceDefinitions (IPPool, IPAMBlock,
     /// BGPConfiguration, BGPPeer) as
     /// deploy/crds.yaml ships them.
@@ -76,6 +79,7 @@ fn main() {
         Cmd::Policy(a) => policy::run(a),
         Cmd::Bgp(a) => bgp::run(a),
         Cmd::Mapping(a) => mapping::run(a),
+        Cmd::Explain(a) => explain::run_node(a),
         Cmd::Crds => {
             print!("{}", strait_model::ippool::crds_yaml());
             Ok(0)

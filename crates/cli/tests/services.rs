@@ -498,3 +498,121 @@ fn health_check_port(lab: &Lab, svc: &str) -> u16 {
         })
         .unwrap_or_else(|| panic!("{svc} has no healthCheckNodePort")) as u16
 }
+
+/// `strait explain` run on node-a itself (in its namespace, with its
+/// agent's socket), as an operator runs it on a real node: node-a's hops
+/// are read here, node-b's through node-b's agent at its explain address.
+/// It must say exactly what the lab's explain says; with node-b's agent
+/// unreachable it stops where the flow leaves node-a and says why; the
+/// network listener answers reads only.
+#[test]
+fn explain_on_a_node_reads_the_next_node_through_its_agent() {
+    if !require_root("explain_on_a_node_reads_the_next_node_through_its_agent") {
+        return;
+    }
+    let lab = svc_lab_spec("t-svcnode", "mode: ebpf\n  explainPort: 9477");
+    let node_ns = lab.node("node-a").netns.clone();
+    let socket = lab.st.socket(lab.node("node-a")).display().to_string();
+    let on_node = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &node_ns])
+            .arg(&lab.bins.strait)
+            .args(["explain", "--socket", &socket])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let web_b = lab.st.pod_ip(lab.st.plan.pod("web-b").unwrap()).unwrap();
+    let backend = web_b.to_string();
+    for (dst, extra) in [
+        ("web-b", vec![]),
+        ("svc/web:80", vec!["--backend", backend.as_str()]),
+        ("node-b", vec![]),
+    ] {
+        let lab_view = strait_lab::explain::explain(
+            &lab.st,
+            "client",
+            dst,
+            dst.starts_with("svc/").then_some(web_b),
+        )
+        .unwrap();
+        let mut args = vec!["client", dst];
+        args.extend(&extra);
+        let (code, out, err) = on_node(&args);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(
+            out,
+            lab_view.table(),
+            "node-a's view differs from the lab's"
+        );
+        // The flow crosses node-b: its hops came from node-b's agent.
+        assert!(out.contains("node-b eth0 in"), "{out}");
+    }
+    // node-b's agent not reachable (nobody answers on port 1): node-a's
+    // hops alone, then where the flow leaves and why.
+    let (code, out, err) = on_node(&["client", &backend, "--peer-port", "1"]);
+    assert_eq!(code, 3, "{out}{err}");
+    let lab_view = strait_lab::explain::explain(&lab.st, "client", &backend, None).unwrap();
+    let local: Vec<_> = lab_view
+        .request
+        .hops
+        .iter()
+        .take_while(|h| h.node == "node-a" || h.at == "client")
+        .collect();
+    assert_eq!(local.len(), 3, "{}", lab_view.table());
+    let got = strait_lab::explain::Explanation {
+        request: strait_lab::explain::Leg {
+            hops: local.into_iter().cloned().collect(),
+            verdict: strait_lab::explain::Verdict::Left(String::new()),
+        },
+        reply: None,
+        ..lab_view.clone()
+    };
+    let want = got.table();
+    let want_rows: Vec<&str> = want.lines().skip(3).take(4).map(str::trim_end).collect();
+    let got_rows: Vec<&str> = out.lines().skip(3).take(4).map(str::trim_end).collect();
+    assert_eq!(got_rows, want_rows, "{out}");
+    assert!(
+        out.contains("continues on node node-b (198.18.0.2) from node-a out of eth0, whose agent did not answer"),
+        "{out}"
+    );
+    // A pod of the unread node cannot be named, and the error says why.
+    let (code, _, err) = on_node(&["client", "web-b", "--peer-port", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("node node-b was not read"), "{err}");
+    // The listener answers reads only: no CNI verbs, no other commands.
+    let ns = strait_netlink::NetnsFile::open(&strait_lab::run::netns_path(&node_ns)).unwrap();
+    let (gc, write, read) = strait_netlink::in_netns(&ns, || {
+        let at = std::net::SocketAddr::new(lab.node("node-b").ip.into(), 9477);
+        let t = Duration::from_secs(2);
+        let ask = |r: &strait_model::api::Request| match strait_cni::client::call_at(at, r, t) {
+            Ok(strait_model::api::Response::Kernel { answer }) => Ok(answer),
+            Ok(other) => Err(format!("{other:?}")),
+            Err(e) => Err(e.msg),
+        };
+        (
+            ask(&strait_model::api::Request::Gc { valid: vec![] }),
+            ask(&strait_model::api::Request::Kernel {
+                netns: None,
+                tool: "ip".into(),
+                args: vec!["link".into(), "del".into(), "eth0".into()],
+            }),
+            ask(&strait_model::api::Request::Kernel {
+                netns: None,
+                tool: "ip".into(),
+                args: vec!["route".into(), "get".into(), web_b.to_string()],
+            }),
+        )
+    })
+    .unwrap();
+    assert!(gc.unwrap_err().contains("read-only questions only"));
+    assert!(write.unwrap_err().contains("not one of the queries"));
+    assert!(read.unwrap().to_string().contains("\"dev\""));
+    // Still there: node-b's pods were not collected, its eth0 not deleted.
+    assert_eq!(lab.probe("client", "web-b").unwrap(), "web-b");
+}

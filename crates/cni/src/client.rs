@@ -20,6 +20,44 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, CniError> {
     send(socket, req)?.wait()
 }
 
+/// Ask another node's agent at its explain address (TCP, read-only
+/// questions), giving up after `timeout` per step.
+pub fn call_at(
+    addr: std::net::SocketAddr,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Response, CniError> {
+    let gone = |what: &str, e: std::io::Error| {
+        CniError::new(
+            ErrorCode::TryAgainLater,
+            format!("the strait agent at {addr} did not answer ({what}: {e}); is it started with --explain-addr, and is the port open between nodes?"),
+        )
+    };
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| gone("connect", e))?;
+    s.set_read_timeout(Some(timeout)).ok();
+    s.set_write_timeout(Some(timeout)).ok();
+    s.set_nodelay(true).ok();
+    let mut line = serde_json::to_vec(req).expect("requests serialise");
+    line.push(b'\n');
+    s.write_all(&line).map_err(|e| gone("send", e))?;
+    let mut resp = Vec::new();
+    BufReader::new(s)
+        .take(MAX_REPLY)
+        .read_until(b'\n', &mut resp)
+        .map_err(|e| gone("receive", e))?;
+    if resp.is_empty() {
+        return Err(gone(
+            "receive",
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed without answering",
+            ),
+        ));
+    }
+    decode(&resp)
+}
+
 /// The agent's status (the CLI's `status`, `lb list` and `monitor`).
 pub fn status(socket: &Path) -> Result<strait_model::api::NodeStatus, CniError> {
     match call(socket, &Request::Status)? {

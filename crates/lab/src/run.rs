@@ -281,6 +281,13 @@ pub fn start_agent(
     if let Some(m) = &metrics_addr {
         args.extend(["--metrics-addr", m]);
     }
+    let explain_addr = st
+        .plan
+        .explain_port
+        .map(|p| std::net::SocketAddr::new(n.ip.into(), p).to_string());
+    if let Some(e) = &explain_addr {
+        args.extend(["--explain-addr", e]);
+    }
     let cloud_socket = crate::cloud::socket(st).display().to_string();
     let (min_idle, max_idle);
     if let Some(pool) = &st.plan.eni_pool {

@@ -60,6 +60,70 @@ pub enum Request {
         port: u16,
         udp: bool,
     },
+    /// `strait explain`'s read-only question to a node's kernel: one
+    /// iproute2 query (JSON out) in the node's namespace or one of its
+    /// pods'. Only the queries in [`KERNEL_QUERIES`] are answered.
+    Kernel {
+        /// None: the node's own namespace; else a pod's netns path, as its
+        /// allocation records it.
+        #[serde(default)]
+        netns: Option<String>,
+        tool: String,
+        args: Vec<String>,
+    },
+    /// `strait explain`'s question to a node's BPF maps.
+    Map { question: MapQuestion },
+}
+
+/// The iproute2 queries a node answers for `strait explain` (tool, leading
+/// arguments): reads only.
+pub const KERNEL_QUERIES: &[(&str, &[&str])] = &[
+    ("ip", &["-d", "addr", "show"]),
+    ("ip", &["netns", "list-id"]),
+    ("ip", &["route", "get"]),
+    ("ip", &["neigh", "show"]),
+    ("bridge", &["fdb", "show"]),
+    ("tc", &["filter", "show"]),
+];
+
+/// Whether `tool args` is one of [`KERNEL_QUERIES`], with no option among
+/// the free arguments (which could switch namespace or write a file).
+pub fn kernel_query_allowed(tool: &str, args: &[String]) -> bool {
+    KERNEL_QUERIES.iter().any(|(t, head)| {
+        *t == tool
+            && args.len() >= head.len()
+            && args.iter().zip(head.iter()).all(|(a, h)| a == h)
+            && args[head.len()..]
+                .iter()
+                .all(|a| !a.starts_with('-') && !a.is_empty() && a.len() < 256)
+    })
+}
+
+/// One lookup in a node's datapath maps, as its programs look it up.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "map", rename_all = "snake_case")]
+pub enum MapQuestion {
+    /// strait_endpoints: is this a pod of the node (its host veth).
+    Endpoint { ip: IpAddr },
+    /// strait_tunnel: the IP-in-IP stand-in device.
+    Tunnel,
+    /// strait_vlan_ports: the macvlan port of a VLAN.
+    VlanPort { vid: u16 },
+    /// strait_vlan_trunks: a port's far end -> its VLAN and uplink.
+    VlanTrunk { ifindex: u32 },
+    /// strait_vlan_subnets: the VLAN of the subnet holding an address.
+    VlanTag { ip: IpAddr },
+}
+
+/// What a map held for a [`MapQuestion`] (the fields its entry has).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MapEntry {
+    #[serde(default)]
+    pub ifindex: u32,
+    #[serde(default)]
+    pub vid: u16,
+    #[serde(default)]
+    pub uplink: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -93,6 +157,14 @@ pub enum Response {
     BgpRoutes(Box<BgpRoutes>),
     EniMapping(Box<crate::cloud::eniip::EniMapping>),
     ServiceLookup(Box<ServiceLookup>),
+    /// iproute2's JSON answer to a [`Request::Kernel`].
+    Kernel {
+        answer: serde_json::Value,
+    },
+    /// None: no entry (or no such map on this node).
+    Map {
+        entry: Option<MapEntry>,
+    },
     Error(ApiError),
 }
 
@@ -361,6 +433,49 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r);
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
+    }
+
+    /// explain's questions and answers go over the wire (a tagged enum
+    /// cannot carry a bare list or None: this failed before they were
+    /// struct variants, and the agent dropped the connection).
+    #[test]
+    fn explain_questions_and_answers_round_trip() {
+        let reqs = [
+            Request::Kernel {
+                netns: None,
+                tool: "ip".into(),
+                args: vec!["netns".into(), "list-id".into()],
+            },
+            Request::Map {
+                question: MapQuestion::VlanTag {
+                    ip: "198.19.0.1".parse().unwrap(),
+                },
+            },
+            Request::Map {
+                question: MapQuestion::Tunnel,
+            },
+        ];
+        for r in reqs {
+            let j = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r, "{j}");
+        }
+        let resps = [
+            Response::Kernel {
+                answer: serde_json::json!([{"nsid": 0}]),
+            },
+            Response::Map { entry: None },
+            Response::Map {
+                entry: Some(MapEntry {
+                    ifindex: 7,
+                    vid: 20,
+                    uplink: 2,
+                }),
+            },
+        ];
+        for r in resps {
+            let j = serde_json::to_string(&r).unwrap();
+            assert_eq!(serde_json::from_str::<Response>(&j).unwrap(), r, "{j}");
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 mod neigh;
 mod netns;
 mod overlay;
+pub mod query;
 mod rt;
 mod sysctl;
 

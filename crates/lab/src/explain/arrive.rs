@@ -3,7 +3,7 @@
 //! nftables' translation, policy and masquerade, the VPC's security
 //! groups, and the FIB.
 
-use super::live::{route_get, RouteGet};
+use super::live::RouteGet;
 use super::walk::{route_words, Loc, Walker};
 use super::{Dir, Hop, Nat, Packet, Sight, Verdict};
 use std::net::IpAddr;
@@ -220,7 +220,7 @@ impl Walker<'_> {
         }
         // The host stack: nftables translates in prerouting (kernel
         // datapath), then the FIB.
-        if self.nodes.contains_key(ns) && !self.ebpf(&node) && !reply && pkt.outer.is_none() {
+        if self.scope.nodes.contains_key(ns) && !self.ebpf(&node) && !reply && pkt.outer.is_none() {
             let t = self.translate(&node, pkt, nat, pick, "nftables DNAT in prerouting")?;
             if !t.is_empty() {
                 notes.push(t);
@@ -237,7 +237,7 @@ impl Walker<'_> {
             None if !self.ebpf(&node) => (pkt.dst, arrived_src),
             None => (pkt.dst, pkt.src),
         };
-        match route_get(ns, dst, src, Some(iface)) {
+        match self.world.route_get(ns, dst, src, Some(iface)) {
             RouteGet::Local => Err(Verdict::Delivered(self.label(ns))),
             RouteGet::Refused(r) if r.contains("Invalid argument") => {
                 Err(Verdict::Dropped(format!(
@@ -255,11 +255,12 @@ impl Walker<'_> {
                 table,
             } => {
                 // The kernel datapath's policy: nftables' forward hook.
-                if self.nodes.contains_key(ns) && !self.ebpf(&node) {
+                if self.scope.nodes.contains_key(ns) && !self.ebpf(&node) {
                     notes.extend(self.policy(ns, pkt, reply)?);
                 }
                 // The VPC: security groups on new connections between ENIs.
                 if let Some(g) = self
+                    .scope
                     .groups
                     .as_ref()
                     .filter(|_| !reply && self.label(ns) == "vpc")
@@ -268,7 +269,7 @@ impl Walker<'_> {
                     notes.extend(judged.map_err(|why| Verdict::Dropped(format!("vpc: {why}")))?);
                 }
                 let masqueraded = nat.as_ref().is_some_and(|n| n.masquerade.is_some());
-                if self.nodes.contains_key(ns) && (!self.ebpf(&node) || masqueraded) {
+                if self.scope.nodes.contains_key(ns) && (!self.ebpf(&node) || masqueraded) {
                     let by = if !self.ebpf(&node) {
                         "conntrack undoes the DNAT in postrouting"
                     } else if dev.starts_with(strait_model::naming::SVC_VETH_PREFIX) {

@@ -2,10 +2,11 @@
 //! read: bpf_redirect_peer into a pod of this node, bpf_fib_lookup and
 //! bpf_redirect_neigh or IP-in-IP, and Bifrost's VLAN ports.
 
-use super::live::{route_get, RouteGet};
+use super::live::RouteGet;
 use super::walk::{route_words, Loc, Walker};
 use super::{Dir, Hop, Packet, Sight, Verdict};
 use std::net::IpAddr;
+use strait_model::api::MapQuestion;
 
 impl Walker<'_> {
     /// from-container / from-netdev: a destination in this node's
@@ -25,10 +26,10 @@ impl Walker<'_> {
         if pkt.outer.is_some() {
             return None;
         }
-        let pins = std::path::PathBuf::from(strait_model::lab::bpf_dir(&self.st.plan.name, &node));
-        let map: strait_bpf::maps::EndpointMap =
-            strait_bpf::maps::open(&pins, "strait_endpoints").ok()?;
-        let ep = map.get(&strait_bpf::maps::ip_key(d), 0).ok()?;
+        let ep = self
+            .scope
+            .site
+            .map(&node, &MapQuestion::Endpoint { ip: d.into() })?;
         let host = self
             .world
             .links
@@ -75,7 +76,7 @@ impl Walker<'_> {
         // bpf_fib_lookup does not validate the source; the kernel's input
         // lookup does, and refuses a service address (its route is
         // unreachable). Asked with the source the pod sent.
-        match route_get(ns, pkt.dst, sent_from, Some(iface)) {
+        match self.world.route_get(ns, pkt.dst, sent_from, Some(iface)) {
             RouteGet::Out {
                 dev,
                 gateway,
@@ -119,10 +120,10 @@ impl Walker<'_> {
     /// (strait_tunnel; none: no tunnel).
     pub(super) fn tunnel_ifindex(&self, ns: &str) -> Option<u32> {
         let node = self.node_of(ns);
-        let pins = std::path::PathBuf::from(strait_model::lab::bpf_dir(&self.st.plan.name, &node));
-        let m: strait_bpf::maps::TunnelMap = strait_bpf::maps::open(&pins, "strait_tunnel").ok()?;
-        let cfg = m.get(&0, 0).ok()?;
-        (cfg.ifindex != 0).then_some(cfg.ifindex)
+        self.scope
+            .site
+            .map(&node, &MapQuestion::Tunnel)
+            .map(|e| e.ifindex)
     }
 
     /// A tagged frame whose VLAN has a macvlan port on this node
@@ -136,11 +137,8 @@ impl Walker<'_> {
         vid: u16,
         pkt: &Packet,
     ) -> Option<Loc> {
-        let node = self.nodes.get(ns)?;
-        let pins = std::path::PathBuf::from(strait_model::lab::bpf_dir(&self.st.plan.name, node));
-        let ports: strait_bpf::vlan::PortMap =
-            strait_bpf::maps::open(&pins, "strait_vlan_ports").ok()?;
-        let port = ports.get(&u32::from(vid), 0).ok()?;
+        let node = self.scope.nodes.get(ns)?;
+        let port = self.scope.site.map(node, &MapQuestion::VlanPort { vid })?;
         let far = self.world.by_index(ns, port.ifindex)?;
         let lower = self.world.peer(far)?;
         hops.push(self.hop(
@@ -169,21 +167,28 @@ impl Walker<'_> {
     ) -> Result<Loc, Verdict> {
         let drop = |why: &str| Verdict::Dropped(format!("{}: {why}", self.label(ns)));
         let node = self
+            .scope
             .nodes
             .get(ns)
             .ok_or_else(|| drop("a VLAN port outside a node"))?;
-        let pins = std::path::PathBuf::from(strait_model::lab::bpf_dir(&self.st.plan.name, node));
         let me = self
             .world
             .link(ns, iface)
             .ok_or_else(|| drop("no such port"))?;
-        let trunks: strait_bpf::vlan::PortMap = strait_bpf::maps::open(&pins, "strait_vlan_trunks")
-            .map_err(|e| drop(&format!("strait_vlan_trunks: {e}")))?;
-        let port = trunks.get(&me.ifindex, 0).map_err(|_| {
-            drop(&format!(
-                "vlan_port_in on {iface} drops it: no port in strait_vlan_trunks"
-            ))
-        })?;
+        let port = self
+            .scope
+            .site
+            .map(
+                node,
+                &MapQuestion::VlanTrunk {
+                    ifindex: me.ifindex,
+                },
+            )
+            .ok_or_else(|| {
+                drop(&format!(
+                    "vlan_port_in on {iface} drops it: no port in strait_vlan_trunks"
+                ))
+            })?;
         let uplink = self
             .world
             .by_index(ns, port.uplink)
@@ -205,10 +210,9 @@ impl Walker<'_> {
             .borrow_mut()
             .take()
             .ok_or_else(|| drop("a frame in a VLAN port with no next hop"))?;
-        let to = self
-            .world
-            .receiver(&from_ns, &from_dev, nh)
-            .ok_or_else(|| drop(&format!("nobody holds the next hop {nh}")))?;
+        let Some(to) = self.world.receiver(&from_ns, &from_dev, nh) else {
+            return Err(self.beyond(ns, &uplink.name, nh));
+        };
         let (netns, iface) = self.entry(to);
         Ok(Loc::In {
             netns,

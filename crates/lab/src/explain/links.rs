@@ -1,7 +1,7 @@
 //! Leaving a namespace: where a device leads (a veth's peer, a macvlan's
 //! lower device, a VXLAN or IP-in-IP tunnel, a shared segment by MAC).
 
-use super::live::{self, route_get, RouteGet};
+use super::live::{self, RouteGet};
 use super::walk::{Loc, Walker};
 use super::{Dir, Encap, Hop, Packet, Sight, Verdict};
 use std::net::IpAddr;
@@ -43,8 +43,8 @@ impl Walker<'_> {
         }
         let mut why = why;
         if pkt.vlan.is_none() && super::vlan::pushes(&self.progs(ns, dev, "egress")) {
-            let node = self.nodes.get(ns).map(String::as_str);
-            if let Some(v) = super::vlan::Tagger::of(&self.st.plan.name, &self.label(ns), node)
+            let node = self.scope.nodes.get(ns).map(String::as_str);
+            if let Some(v) = super::vlan::Tagger::of(self.scope.site, &self.label(ns), node)
                 .and_then(|t| t.tag(pkt.src, pkt.dst))
             {
                 pkt.vlan = Some(v);
@@ -55,7 +55,7 @@ impl Walker<'_> {
         }
         hops.push(self.hop(ns, dev, Dir::Out, pkt, Sight::Seen, why));
         if link.kind == "vxlan" {
-            let remote = live::vxlan_remote(ns, dev, next_hop).ok_or_else(|| {
+            let remote = self.world.vxlan_remote(ns, dev, next_hop).ok_or_else(|| {
                 Verdict::Dropped(format!(
                     "{}: {dev} has no FDB entry for {next_hop}'s MAC",
                     self.label(ns)
@@ -64,7 +64,9 @@ impl Walker<'_> {
             let v4 = remote.is_ipv4();
             let RouteGet::Out {
                 dev: up, gateway, ..
-            } = route_get(ns, remote, self.any_address(ns, v4).unwrap_or(remote), None)
+            } = self
+                .world
+                .route_get(ns, remote, self.any_address(ns, v4).unwrap_or(remote), None)
             else {
                 return Err(Verdict::Dropped(format!(
                     "{}: no route to the VXLAN remote {remote}",
@@ -177,12 +179,9 @@ impl Walker<'_> {
     /// Across a shared segment (a bridge, the fabric): the interface the
     /// neighbour table sends the next hop's frames to receives it.
     pub(super) fn l2(&self, ns: &str, dev: &str, next_hop: IpAddr) -> Result<Loc, Verdict> {
-        let owner = self.world.receiver(ns, dev, next_hop).ok_or_else(|| {
-            Verdict::Dropped(format!(
-                "{}: no namespace of the lab holds the next hop {next_hop}",
-                self.label(ns)
-            ))
-        })?;
+        let Some(owner) = self.world.receiver(ns, dev, next_hop) else {
+            return Err(self.beyond(ns, dev, next_hop));
+        };
         let (netns, iface) = self.entry(owner);
         Ok(Loc::In {
             netns,
@@ -194,12 +193,37 @@ impl Walker<'_> {
         })
     }
 
+    /// Nobody read holds the next hop: in the lab a drop; on a node, where
+    /// the flow leaves what explain can read.
+    pub(super) fn beyond(&self, ns: &str, dev: &str, next_hop: IpAddr) -> Verdict {
+        if self.scope.whole {
+            return Verdict::Dropped(format!(
+                "{}: no namespace of {} holds the next hop {next_hop}",
+                self.label(ns),
+                self.scope.what
+            ));
+        }
+        let from = format!("{} out of {dev}", self.label(ns));
+        Verdict::Left(match self.scope.node_at(next_hop) {
+            Some(n) => match self.scope.unreachable.get(n) {
+                Some(why) => format!(
+                    "continues on node {n} ({next_hop}) from {from}, whose agent did not answer: {why}"
+                ),
+                None => format!("continues on node {n} ({next_hop}) from {from}"),
+            },
+            None => format!(
+                "leaves {from} for {next_hop}, which is not a node whose agent answers (a router, or outside the cluster)"
+            ),
+        })
+    }
+
     /// Where a frame for `to` enters from the segment: a pod's macvlan is
     /// reached through its node's uplink (and the VLAN port behind it);
     /// anything else directly.
     pub(super) fn entry(&self, to: &live::Link) -> (String, String) {
         if let (true, Some(node_ns)) = (to.kind == "macvlan", to.link_netns.as_ref()) {
-            if self.nodes.contains_key(node_ns) && self.world.link(node_ns, "eth0").is_some() {
+            if self.scope.nodes.contains_key(node_ns) && self.world.link(node_ns, "eth0").is_some()
+            {
                 return (node_ns.clone(), "eth0".into());
             }
         }

@@ -3,11 +3,9 @@
 //! tc programs, FDB and neighbours) through iproute2's JSON output. Nothing
 //! here models forwarding; the kernel is asked.
 
-use anyhow::{bail, Context};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::process::Command;
 
 /// One interface of one namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,9 +30,10 @@ pub struct Link {
     pub mac: String,
 }
 
-/// The namespaces and their interfaces, read once per explanation.
-#[derive(Debug, Default)]
-pub struct World {
+/// The namespaces and their interfaces, read once per explanation, and
+/// the site that answers the kernel questions about them.
+pub struct World<'a> {
+    pub site: &'a dyn super::site::Site,
     pub links: Vec<Link>,
 }
 
@@ -58,53 +57,31 @@ pub enum RouteGet {
 pub static QUESTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 pub static QUESTION_MICROS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn run(ns: &str, prog: &str, args: &[&str]) -> anyhow::Result<Value> {
-    let t0 = std::time::Instant::now();
-    let r = run_inner(ns, prog, args);
-    QUESTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    QUESTION_MICROS.fetch_add(
-        t0.elapsed().as_micros() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    r
-}
-
-fn run_inner(ns: &str, prog: &str, args: &[&str]) -> anyhow::Result<Value> {
-    let out = Command::new(prog)
-        .args(["-n", ns, "-j"])
-        .args(args)
-        .output()
-        .with_context(|| format!("run {prog}"))?;
-    if !out.status.success() {
-        bail!(
-            "{prog} -n {ns} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+impl<'a> World<'a> {
+    /// One kernel question, counted for the benchmark.
+    pub fn ask(&self, ns: &str, tool: &str, args: &[&str]) -> anyhow::Result<Value> {
+        let t0 = std::time::Instant::now();
+        let r = self.site.ask(ns, tool, args);
+        QUESTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        QUESTION_MICROS.fetch_add(
+            t0.elapsed().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
         );
+        r
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        return Ok(Value::Array(vec![]));
-    }
-    serde_json::from_str(&text).with_context(|| format!("{prog} -j {}", args.join(" ")))
-}
 
-impl World {
-    /// Read the namespaces `wanted` that exist (a lab's own: another lab's
-    /// names may share a prefix with them).
-    pub fn read(wanted: &[&String]) -> anyhow::Result<World> {
-        let out = Command::new("ip").args(["netns", "list"]).output()?;
-        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|n| wanted.iter().any(|w| w.as_str() == *n))
-            .map(str::to_string)
-            .collect();
+    /// Read the namespaces `names` (every one must answer).
+    pub fn read(site: &'a dyn super::site::Site, names: &[String]) -> anyhow::Result<World<'a>> {
+        let mut w = World {
+            site,
+            links: vec![],
+        };
         // Every namespace at once: each is two processes of iproute2.
         let read: Vec<anyhow::Result<Vec<Link>>> = std::thread::scope(|s| {
+            let w = &w;
             let handles: Vec<_> = names
                 .iter()
-                .map(|ns| s.spawn(move || Self::read_netns(ns)))
+                .map(|ns| s.spawn(move || w.read_netns(ns)))
                 .collect();
             handles
                 .into_iter()
@@ -114,23 +91,28 @@ impl World {
                 })
                 .collect()
         });
-        let mut links = vec![];
         for r in read {
-            links.extend(r?);
+            w.links.extend(r?);
         }
-        Ok(World { links })
+        Ok(w)
     }
 
-    fn read_netns(ns: &str) -> anyhow::Result<Vec<Link>> {
+    fn read_netns(&self, ns: &str) -> anyhow::Result<Vec<Link>> {
         let mut links = vec![];
         {
-            let ids: BTreeMap<i64, String> = run(ns, "ip", &["netns", "list-id"])?
+            let ids: BTreeMap<i64, Option<String>> = self
+                .ask(ns, "ip", &["netns", "list-id"])?
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|e| Some((e["nsid"].as_i64()?, e["name"].as_str()?.to_string())))
+                .filter_map(|e| {
+                    Some((
+                        e["nsid"].as_i64()?,
+                        self.site.netns_named(ns, e["name"].as_str()),
+                    ))
+                })
                 .collect();
-            let v = run(ns, "ip", &["-d", "addr", "show"])?;
+            let v = self.ask(ns, "ip", &["-d", "addr", "show"])?;
             for l in v.as_array().into_iter().flatten() {
                 let addrs = l["addr_info"]
                     .as_array()
@@ -150,9 +132,11 @@ impl World {
                     link_index: l["link_index"].as_u64().map(|i| i as u32),
                     link: l["link"].as_str().map(str::to_string),
                     link_netnsid: l["link_netnsid"].as_i64(),
-                    link_netns: l["link_netnsid"]
-                        .as_i64()
-                        .and_then(|i| ids.get(&i).cloned()),
+                    link_netns: l["link_netnsid"].as_i64().and_then(|i| match ids.get(&i) {
+                        Some(named) => named.clone(),
+                        // Not in the table yet: what the site makes of it.
+                        None => self.site.netns_named(ns, None),
+                    }),
                     mac: l["address"].as_str().unwrap_or("").to_string(),
                     master: l["master"].as_str().map(str::to_string),
                     addrs,
@@ -198,7 +182,8 @@ impl World {
     /// holding the address.
     pub fn receiver(&self, netns: &str, dev: &str, next_hop: IpAddr) -> Option<&Link> {
         let nh = next_hop.to_string();
-        let mac = run(netns, "ip", &["neigh", "show", "to", &nh, "dev", dev])
+        let mac = self
+            .ask(netns, "ip", &["neigh", "show", "to", &nh, "dev", dev])
             .ok()
             .and_then(|v| v[0]["lladdr"].as_str().map(str::to_string));
         if let Some(mac) = mac {
@@ -231,64 +216,70 @@ impl World {
     }
 }
 
-/// Ask `netns`'s FIB (rules included) where a packet goes: locally sent
-/// when `iif` is None, else arriving on `iif`.
-pub fn route_get(netns: &str, dst: IpAddr, src: IpAddr, iif: Option<&str>) -> RouteGet {
-    let (d, s) = (dst.to_string(), src.to_string());
-    let mut args = vec!["route", "get", d.as_str(), "from", s.as_str()];
-    if let Some(i) = iif {
-        args.extend(["iif", i]);
-    }
-    let v = match run(netns, "ip", &args) {
-        Ok(v) => v,
-        Err(e) => {
-            let e = e.to_string();
-            let why = e.rsplit(": ").next().unwrap_or(&e).to_string();
-            return RouteGet::Refused(why);
+impl World<'_> {
+    /// Ask `netns`'s FIB (rules included) where a packet goes: locally sent
+    /// when `iif` is None, else arriving on `iif`.
+    pub fn route_get(&self, netns: &str, dst: IpAddr, src: IpAddr, iif: Option<&str>) -> RouteGet {
+        let (d, s) = (dst.to_string(), src.to_string());
+        let mut args = vec!["route", "get", d.as_str(), "from", s.as_str()];
+        if let Some(i) = iif {
+            args.extend(["iif", i]);
         }
-    };
-    let r = &v[0];
-    match r["type"].as_str() {
-        Some("local") => return RouteGet::Local,
-        Some(t @ ("unreachable" | "blackhole" | "prohibit")) => {
-            return RouteGet::Refused(format!("{t} route"))
+        let v = match self.ask(netns, "ip", &args) {
+            Ok(v) => v,
+            Err(e) => {
+                let e = e.to_string();
+                let why = e.rsplit(": ").next().unwrap_or(&e).to_string();
+                return RouteGet::Refused(why);
+            }
+        };
+        let r = &v[0];
+        match r["type"].as_str() {
+            Some("local") => return RouteGet::Local,
+            Some(t @ ("unreachable" | "blackhole" | "prohibit")) => {
+                return RouteGet::Refused(format!("{t} route"))
+            }
+            _ => {}
         }
-        _ => {}
+        match r["dev"].as_str() {
+            Some("lo") => RouteGet::Local,
+            Some(dev) => RouteGet::Out {
+                dev: dev.to_string(),
+                gateway: r["gateway"].as_str().and_then(|g| g.parse().ok()),
+                table: r["table"].as_str().map(str::to_string),
+            },
+            None => RouteGet::Refused("no device in the route".into()),
+        }
     }
-    match r["dev"].as_str() {
-        Some("lo") => RouteGet::Local,
-        Some(dev) => RouteGet::Out {
-            dev: dev.to_string(),
-            gateway: r["gateway"].as_str().and_then(|g| g.parse().ok()),
-            table: r["table"].as_str().map(str::to_string),
-        },
-        None => RouteGet::Refused("no device in the route".into()),
+
+    /// The names of the BPF programs attached at `dev`'s tc `dir` ("ingress"
+    /// or "egress").
+    pub fn tc_programs(&self, netns: &str, dev: &str, dir: &str) -> Vec<String> {
+        self.ask(netns, "tc", &["filter", "show", "dev", dev, dir])
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|f| f["options"]["bpf_name"].as_str().map(str::to_string))
+            .collect()
     }
-}
 
-/// The names of the BPF programs attached at `dev`'s tc `dir` ("ingress"
-/// or "egress").
-pub fn tc_programs(netns: &str, dev: &str, dir: &str) -> Vec<String> {
-    run(netns, "tc", &["filter", "show", "dev", dev, dir])
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|f| f["options"]["bpf_name"].as_str().map(str::to_string))
-        .collect()
-}
-
-/// A VXLAN device's remote for the neighbour `gateway`: its MAC from the
-/// neighbour table, then the FDB entry for that MAC.
-pub fn vxlan_remote(netns: &str, dev: &str, gateway: IpAddr) -> Option<IpAddr> {
-    let g = gateway.to_string();
-    let neigh = run(netns, "ip", &["neigh", "show", "dev", dev, "to", &g]).ok()?;
-    let mac = neigh[0]["lladdr"].as_str()?.to_string();
-    let fdb = run(netns, "bridge", &["fdb", "show", "dev", dev]).ok()?;
-    fdb.as_array()?
-        .iter()
-        .filter(|e| e["mac"].as_str() == Some(mac.as_str()))
-        .find_map(|e| e["dst"].as_str()?.parse().ok())
+    /// A VXLAN device's remote for the neighbour `gateway`: its MAC from the
+    /// neighbour table, then the FDB entry for that MAC.
+    pub fn vxlan_remote(&self, netns: &str, dev: &str, gateway: IpAddr) -> Option<IpAddr> {
+        let g = gateway.to_string();
+        let neigh = self
+            .ask(netns, "ip", &["neigh", "show", "dev", dev, "to", &g])
+            .ok()?;
+        let mac = neigh[0]["lladdr"].as_str()?.to_string();
+        let fdb = self
+            .ask(netns, "bridge", &["fdb", "show", "dev", dev])
+            .ok()?;
+        fdb.as_array()?
+            .iter()
+            .filter(|e| e["mac"].as_str() == Some(mac.as_str()))
+            .find_map(|e| e["dst"].as_str()?.parse().ok())
+    }
 }
 
 /// Every namespace's display name: the lab's node and pod names, the

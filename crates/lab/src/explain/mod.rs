@@ -22,14 +22,17 @@ mod dot;
 mod links;
 pub mod live;
 mod nat;
+mod node;
+pub mod site;
 mod verify;
 mod vlan;
 mod vpc;
 mod walk;
 
 pub use dot::dot;
+pub use node::explain_on_node;
 pub use verify::{verify, Check, Verified};
-pub use walk::explain;
+pub use walk::{explain, explain_in};
 
 use std::net::IpAddr;
 
@@ -104,6 +107,10 @@ pub enum Verdict {
     /// Delivered to this namespace (its label).
     Delivered(String),
     Dropped(String),
+    /// It leaves what this explanation can read (a node explaining its own
+    /// hops, whose next node's agent does not answer): where, and why it
+    /// is not followed.
+    Left(String),
 }
 
 /// One direction of the flow.
@@ -235,6 +242,7 @@ fn leg_table(leg: &Leg) -> String {
     out.push_str(&match &leg.verdict {
         Verdict::Delivered(to) => format!("  verdict: delivered to {to}\n"),
         Verdict::Dropped(why) => format!("  verdict: dropped: {why}\n"),
+        Verdict::Left(why) => format!("  verdict: not followed further: {why}\n"),
     });
     out
 }

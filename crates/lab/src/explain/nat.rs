@@ -2,7 +2,6 @@
 //! reverse, where the translating node puts it back), hairpins, and
 //! NetworkPolicy as the node's agent compiles it.
 
-use super::live;
 use super::walk::Walker;
 use super::{Nat, Packet, Verdict};
 use std::net::IpAddr;
@@ -22,7 +21,7 @@ impl Walker<'_> {
         if !self.status.contains_key(node) {
             return Ok(String::new());
         }
-        let found = super::walk::lookup(self.st, node, pkt.dst, pkt.port, pkt.udp)
+        let found = super::walk::lookup(self.scope.site, node, pkt.dst, pkt.port, pkt.udp)
             .map_err(|e| Verdict::Dropped(format!("{node}'s agent: {e:#}")))?;
         let Some(e) = found.entry else {
             return Ok(String::new());
@@ -106,12 +105,11 @@ impl Walker<'_> {
 
     /// The lab pod of `node` holding `ip`.
     pub(super) fn local_pod(&self, node: &str, ip: IpAddr) -> Option<String> {
-        self.st
-            .plan
+        self.scope
             .pods
             .iter()
-            .find(|p| p.node == node && self.st.pod_ip(p) == Some(ip))
-            .map(live::pod_label)
+            .find(|p| p.node == node && p.ip == Some(ip))
+            .map(|p| p.label.clone())
     }
 
     /// NetworkPolicy where `ns` (a node) enforces it on a new connection:
@@ -133,9 +131,6 @@ impl Walker<'_> {
         if reply || (out.is_none() && inn.is_none()) {
             return Ok(vec![]);
         }
-        let Some(n) = self.st.plan.node(&node) else {
-            return Ok(vec![]);
-        };
         let req = strait_model::api::Request::PolicyExplain {
             src: pkt.src.to_string(),
             dst: pkt.dst.to_string(),
@@ -146,7 +141,7 @@ impl Walker<'_> {
                 strait_model::policy::Proto::Tcp
             },
         };
-        let v = match strait_cni::client::call(&self.st.socket(n), &req) {
+        let v = match self.scope.site.agent(&node, &req) {
             Ok(strait_model::api::Response::PolicyVerdict(e)) => e.verdict,
             Ok(_) | Err(_) => {
                 return Ok(vec![format!("NetworkPolicy: {node}'s agent did not say")])

@@ -5,34 +5,35 @@
 //! destination), a router (the VLAN gateway, the VPC's trunk ends) by its
 //! destination alone.
 
+use super::site::Site;
 use std::net::IpAddr;
-use std::path::PathBuf;
 
-/// Who reads the map, and where it is pinned.
-pub struct Tagger {
-    pins: PathBuf,
+/// Who reads the map: a node by its name, a router by its label.
+pub struct Tagger<'a> {
+    site: &'a dyn Site,
+    at: String,
     router: bool,
 }
 
-impl Tagger {
+impl<'a> Tagger<'a> {
     /// The tagger of a namespace: a node's, the VLAN gateway's, the VPC's.
-    pub fn of(lab: &str, label: &str, node: Option<&str>) -> Option<Tagger> {
-        let (pins, router) = match (label, node) {
-            ("gateway", _) => (crate::gateway::pin_dir(lab), true),
-            ("vpc", _) => (crate::cloud::kernel::pin_dir(lab), true),
-            (_, Some(n)) => (PathBuf::from(strait_model::lab::bpf_dir(lab, n)), false),
+    pub fn of(site: &'a dyn Site, label: &str, node: Option<&str>) -> Option<Tagger<'a>> {
+        let (at, router) = match (label, node) {
+            ("gateway" | "vpc", _) => (label, true),
+            (_, Some(n)) => (n, false),
             _ => return None,
         };
-        Some(Tagger { pins, router })
+        Some(Tagger {
+            site,
+            at: at.to_string(),
+            router,
+        })
     }
 
     fn lookup(&self, ip: IpAddr) -> Option<u16> {
-        let m: strait_bpf::vlan::VlanMap =
-            strait_bpf::maps::open(&self.pins, "strait_vlan_subnets").ok()?;
-        let net = ipnet::IpNet::from(ip);
-        m.get(&strait_bpf::vlan::subnet_key(net), 0)
-            .ok()
-            .map(|v| v.vid)
+        self.site
+            .map(&self.at, &strait_model::api::MapQuestion::VlanTag { ip })
+            .map(|e| e.vid)
     }
 
     /// The tag a packet from `src` to `dst` is given.

@@ -2,7 +2,8 @@
 //! where the packet goes, follow links to the next namespace, and at each
 //! interface with a strait program, read the map the program reads.
 
-use super::live::{self, route_get, RouteGet, World};
+use super::live::{RouteGet, World};
+use super::site::{LabSite, Scope, Site};
 use super::{Dir, Explanation, Hop, Leg, Nat, Packet, Sight, Verdict};
 use crate::state::LabState;
 use anyhow::Context;
@@ -25,15 +26,10 @@ pub(super) enum Loc {
 pub(super) type TcHook = (String, String, &'static str);
 
 pub(super) struct Walker<'a> {
-    pub(super) st: &'a LabState,
-    pub(super) world: World,
-    pub(super) labels: BTreeMap<String, String>,
-    /// Node namespace -> node name.
-    pub(super) nodes: BTreeMap<String, String>,
+    pub(super) scope: Scope<'a>,
+    pub(super) world: World<'a>,
     /// Each node's datapath (mode, bpf_redirect_peer).
     pub(super) status: BTreeMap<String, ServiceLookup>,
-    /// The lab VPC's security groups (a lab with a cloud).
-    pub(super) groups: Option<super::vpc::Groups>,
     /// A frame on its way through a macvlan port: where its next hop was
     /// resolved (namespace, device, next hop), to follow it by MAC once
     /// the port sends it out of the uplink.
@@ -45,17 +41,13 @@ pub(super) struct Walker<'a> {
 /// Ask `node`'s agent for the service programmed at a frontend (and its
 /// datapath): one lookup, not the status with every service.
 pub(super) fn lookup(
-    st: &LabState,
+    site: &dyn Site,
     node: &str,
     ip: IpAddr,
     port: u16,
     udp: bool,
 ) -> anyhow::Result<ServiceLookup> {
-    let n = st
-        .plan
-        .node(node)
-        .with_context(|| format!("no node {node}"))?;
-    match crate::run::agent_call(&st.socket(n), &Request::ServiceLookup { ip, port, udp })? {
+    match site.agent(node, &Request::ServiceLookup { ip, port, udp })? {
         Response::ServiceLookup(l) => Ok(*l),
         Response::Error(e) => anyhow::bail!("{}", e.message),
         other => anyhow::bail!("the agent answered {other:?}"),
@@ -63,43 +55,21 @@ pub(super) fn lookup(
 }
 
 /// Explain the flow from `src` (a pod, a node) to `dst` (a pod, a node, an
-/// address, or `svc/NAME:PORT`). `backend` forces the service backend the
-/// walk follows (verify passes the one that answered).
+/// address, or `svc/NAME:PORT`) in the lab. `backend` forces the service
+/// backend the walk follows (verify passes the one that answered).
 pub fn explain(
     st: &LabState,
     src: &str,
     dst: &str,
     backend: Option<IpAddr>,
 ) -> anyhow::Result<Explanation> {
-    let plan = &st.plan;
-    // Each node's datapath, asked once (and every agent must answer).
-    let mut status = BTreeMap::new();
-    for n in &plan.nodes {
-        let s = lookup(st, &n.name, IpAddr::from([0, 0, 0, 0]), 0, false)
-            .with_context(|| format!("ask node {}'s agent", n.name))?;
-        status.insert(n.name.clone(), s);
-    }
-    let labels = live::labels(plan);
-    let w = Walker {
-        st,
-        world: World::read(&labels.keys().collect::<Vec<_>>())?,
-        labels,
-        nodes: plan
-            .nodes
-            .iter()
-            .map(|n| (n.netns.clone(), n.name.clone()))
-            .collect(),
-        status,
-        groups: super::vpc::Groups::load(st),
-        frame_to: Default::default(),
-        tc: Default::default(),
-    };
-    let src_ns = crate::run::target_netns(plan, src)?;
-    let src_ip = w.address(src)?;
-    let (dst_ip, port, udp) = w.destination(dst)?;
+    let site = LabSite { st };
+    let scope = Scope::lab(&site);
+    let (dst_ip, port, _) = destination(&scope, dst)?;
     // The VPC's load balancer translates in the cloud, which the walk does
     // not read yet: say so rather than explain it as delivered to the VPC.
-    if let Some(slb) = plan
+    if let Some(slb) = st
+        .plan
         .cloud
         .iter()
         .flat_map(|c| &c.slbs)
@@ -111,6 +81,36 @@ pub fn explain(
             slb.id
         );
     }
+    explain_in(scope, src, dst, backend)
+}
+
+/// Explain a flow over whatever `scope` reads.
+pub fn explain_in(
+    scope: Scope<'_>,
+    src: &str,
+    dst: &str,
+    backend: Option<IpAddr>,
+) -> anyhow::Result<Explanation> {
+    // Each node's datapath, asked once (every agent read must answer).
+    let mut status = BTreeMap::new();
+    for node in scope.nodes.values() {
+        if scope.unreachable.contains_key(node) {
+            continue;
+        }
+        let s = lookup(scope.site, node, IpAddr::from([0, 0, 0, 0]), 0, false)
+            .with_context(|| format!("ask node {node}'s agent"))?;
+        status.insert(node.clone(), s);
+    }
+    let names: Vec<String> = scope.labels.keys().cloned().collect();
+    let w = Walker {
+        world: World::read(scope.site, &names)?,
+        scope,
+        status,
+        frame_to: Default::default(),
+        tc: Default::default(),
+    };
+    let (src_ns, src_ip) = w.scope.target(src)?;
+    let (dst_ip, port, udp) = destination(&w.scope, dst)?;
     let mut nat = None;
     let pkt = Packet {
         src: src_ip,
@@ -124,6 +124,7 @@ pub fn explain(
     let reply = match &request.verdict {
         Verdict::Delivered(to) => {
             let to_ns = w
+                .scope
                 .labels
                 .iter()
                 .find(|(_, l)| *l == to)
@@ -139,7 +140,7 @@ pub fn explain(
             };
             Some(w.leg(Loc::Origin(to_ns), answer, &mut nat, None, true))
         }
-        Verdict::Dropped(_) => None,
+        Verdict::Dropped(_) | Verdict::Left(_) => None,
     };
     Ok(Explanation {
         src: src.to_string(),
@@ -151,9 +152,42 @@ pub fn explain(
     })
 }
 
+/// (address, port, udp) of the destination.
+pub(super) fn destination(scope: &Scope, dst: &str) -> anyhow::Result<(IpAddr, u16, bool)> {
+    let echo = crate::echo::ECHO_PORT;
+    if let Some(rest) = dst.strip_prefix("svc/") {
+        let (name, port) = rest
+            .split_once(':')
+            .with_context(|| format!("{dst}: say the port, svc/NAME:PORT"))?;
+        let (port, udp) = match port.split_once('/') {
+            Some((p, proto)) => (p, proto.eq_ignore_ascii_case("udp")),
+            None => (port, false),
+        };
+        let port: u16 = port.parse().with_context(|| format!("port {port:?}"))?;
+        let svc = scope
+            .service(name)
+            .with_context(|| format!("no service {name} in {}", scope.what))?;
+        return Ok((svc.ip, port, udp));
+    }
+    if let Ok(ip) = dst.parse::<IpAddr>() {
+        return Ok((ip, echo, false));
+    }
+    if let Ok(sa) = dst.parse::<std::net::SocketAddr>() {
+        return Ok((sa.ip(), sa.port(), false));
+    }
+    // POD:PORT (pods may be ns/name; ports are numbers).
+    if let Some((target, port)) = dst.rsplit_once(':') {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok((scope.target(target)?.1, port, false));
+        }
+    }
+    Ok((scope.target(dst)?.1, echo, false))
+}
+
 impl Walker<'_> {
     pub(super) fn label(&self, netns: &str) -> String {
-        self.labels
+        self.scope
+            .labels
             .get(netns)
             .cloned()
             .unwrap_or_else(|| netns.to_string())
@@ -161,71 +195,15 @@ impl Walker<'_> {
 
     /// The node a namespace belongs to: itself for a node, a pod's node.
     pub(super) fn node_of(&self, netns: &str) -> String {
-        if let Some(n) = self.nodes.get(netns) {
+        if let Some(n) = self.scope.nodes.get(netns) {
             return n.clone();
         }
-        self.st
-            .plan
+        self.scope
             .pods
             .iter()
             .find(|p| p.netns == netns)
             .map(|p| p.node.clone())
             .unwrap_or_else(|| self.label(netns))
-    }
-
-    /// A pod's or node's address.
-    fn address(&self, target: &str) -> anyhow::Result<IpAddr> {
-        let plan = &self.st.plan;
-        if let Some(p) = plan.pod(target) {
-            return self
-                .st
-                .pod_ip(p)
-                .with_context(|| format!("pod {target} has no address"));
-        }
-        if let Some(n) = plan.node(target) {
-            return Ok(n.ip.into());
-        }
-        if target == "external" {
-            return Ok(crate::run::external_ip(plan).into());
-        }
-        anyhow::bail!(
-            "{target:?} is neither a pod nor a node of lab {}",
-            plan.name
-        )
-    }
-
-    /// (address, port, udp) of the destination.
-    fn destination(&self, dst: &str) -> anyhow::Result<(IpAddr, u16, bool)> {
-        let echo = crate::echo::ECHO_PORT;
-        if let Some(rest) = dst.strip_prefix("svc/") {
-            let (name, port) = rest
-                .split_once(':')
-                .with_context(|| format!("{dst}: say the port, svc/NAME:PORT"))?;
-            let (port, udp) = match port.split_once('/') {
-                Some((p, proto)) => (p, proto.eq_ignore_ascii_case("udp")),
-                None => (port, false),
-            };
-            let port: u16 = port.parse().with_context(|| format!("port {port:?}"))?;
-            let svc = self
-                .st
-                .plan
-                .service(name)
-                .with_context(|| format!("no service {name} in lab {}", self.st.plan.name))?;
-            return Ok((svc.cluster_ip.into(), port, udp));
-        }
-        if let Ok(ip) = dst.parse::<IpAddr>() {
-            return Ok((ip, echo, false));
-        }
-        if let Ok(sa) = dst.parse::<std::net::SocketAddr>() {
-            return Ok((sa.ip(), sa.port(), false));
-        }
-        // POD:PORT (pods may be ns/name; ports are numbers).
-        if let Some((target, port)) = dst.rsplit_once(':') {
-            if let Ok(port) = port.parse::<u16>() {
-                return Ok((self.address(target)?, port, false));
-            }
-        }
-        Ok((self.address(dst)?, echo, false))
     }
 
     pub(super) fn hop(
@@ -289,7 +267,7 @@ impl Walker<'_> {
         reply: bool,
     ) -> Result<Loc, Verdict> {
         let mut why = String::new();
-        if !reply && self.nodes.contains_key(ns) {
+        if !reply && self.scope.nodes.contains_key(ns) {
             // A node's own connection: eBPF translates at connect()
             // (bpf_sock), nftables in the output hook; either way before
             // the route lookup.
@@ -301,7 +279,7 @@ impl Walker<'_> {
             };
             why = self.translate(&node, pkt, nat, pick, by)?;
         }
-        match route_get(ns, pkt.dst, pkt.src, None) {
+        match self.world.route_get(ns, pkt.dst, pkt.src, None) {
             RouteGet::Local => Err(Verdict::Delivered(self.label(ns))),
             RouteGet::Refused(r) => Err(Verdict::Dropped(format!(
                 "{}: {r} for {}",
@@ -330,7 +308,7 @@ impl Walker<'_> {
         if let Some(p) = self.tc.borrow().get(&key) {
             return p.clone();
         }
-        let p = live::tc_programs(ns, dev, dir);
+        let p = self.world.tc_programs(ns, dev, dir);
         self.tc.borrow_mut().insert(key, p.clone());
         p
     }

@@ -176,6 +176,10 @@ pub struct LabSpec {
     /// port (`--metrics-addr`); absent: off, as is the lab's default.
     #[serde(default)]
     pub metrics_port: Option<u16>,
+    /// Each agent answers `strait explain` from other nodes on its node's
+    /// address at this port (`--explain-addr`); absent: off.
+    #[serde(default)]
+    pub explain_port: Option<u16>,
 }
 
 fn default_mtu() -> u32 {
@@ -245,6 +249,9 @@ pub struct LabPlan {
     /// Agents serve /metrics on their node's address at this port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_port: Option<u16>,
+    /// Agents answer other nodes' `strait explain` at this port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explain_port: Option<u16>,
     pub mtu: u32,
     pub fabric: Ipv4Net,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

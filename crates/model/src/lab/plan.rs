@@ -155,6 +155,7 @@ impl LabFile {
             no_redirect_peer: spec.no_redirect_peer,
             ip_cooldown_secs: spec.ip_cooldown_secs,
             metrics_port: spec.metrics_port,
+            explain_port: spec.explain_port,
             mtu: spec.mtu,
             fabric: ap.fabric,
             racks,
