@@ -101,13 +101,16 @@ fn rss_mb(pid: i32) -> f64 {
         / 1024.0
 }
 
-type Timings = (Vec<Duration>, Vec<Duration>);
+/// (write -> programmed, write returned -> programmed, write returned ->
+/// the same change seen by another watcher: the store's delivery alone).
+type Timings = (Vec<Duration>, Vec<Duration>, Vec<Duration>);
 
 /// Time one change: `write` it, then wait (without blocking the client's
 /// runtime) until service `i`'s first backend is generation `g`'s. Pushes
 /// (write -> programmed, write returned -> programmed).
 async fn timed_change(
     write: impl std::future::Future<Output = anyhow::Result<()>>,
+    seen: Option<tokio::task::JoinHandle<anyhow::Result<Instant>>>,
     pins: &std::path::Path,
     (i, g): (usize, usize),
     out: &mut Timings,
@@ -123,6 +126,10 @@ async fn timed_change(
     }
     out.0.push(t0.elapsed());
     out.1.push(t1.elapsed());
+    if let Some(seen) = seen {
+        let at = tokio::time::timeout(Duration::from_secs(10), seen).await???;
+        out.2.push(at.saturating_duration_since(t1));
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(())
 }
@@ -139,7 +146,7 @@ fn changes_connected(
     let pins = pins.to_path_buf();
     let each = |i: usize, g: usize| (i, g, format!("s{i}-1"), slice(i, g));
     let todo: Vec<_> = (1..=5).map(|g| each(g * 7 % n, g)).collect();
-    let mut out = (vec![], vec![]);
+    let mut out = (vec![], vec![], vec![]);
     if cp == "etcd" {
         return strait_lab::control_plane::with_etcd(st, move |c| async move {
             for (i, g, name, v) in todo {
@@ -152,7 +159,7 @@ fn changes_connected(
                 .context("slice key")?;
                 let value = serde_json::to_vec(&v)?;
                 let write = async { Ok(c.put(key.as_bytes(), &value).await.map(|_| ())?) };
-                timed_change(write, &pins, (i, g), &mut out).await?;
+                timed_change(write, None, &pins, (i, g), &mut out).await?;
             }
             Ok(out)
         });
@@ -179,8 +186,28 @@ fn changes_connected(
             } else {
                 strait_lab::publish::slice_to_v1beta1(v)
             };
+            // The bench watches the slice too, as a third client: when its
+            // event arrives is the apiserver's part of the latency.
+            let rv = api
+                .get(&name)
+                .await?
+                .metadata
+                .resource_version
+                .unwrap_or_default();
+            let wp = kube::api::WatchParams::default().fields(&format!("metadata.name={name}"));
+            let stream = api.watch(&wp, &rv).await?;
+            let seen = tokio::spawn(async move {
+                use futures::TryStreamExt;
+                let mut stream = std::pin::pin!(stream);
+                while let Some(ev) = stream.try_next().await? {
+                    if let kube::api::WatchEvent::Modified(_) = ev {
+                        return Ok(Instant::now());
+                    }
+                }
+                bail!("the watch ended before the change arrived")
+            });
             let write = async { Ok(api.patch(&name, &pp, &Patch::Apply(&v)).await.map(|_| ())?) };
-            timed_change(write, &pins, (i, g), &mut out).await?;
+            timed_change(write, Some(seen), &pins, (i, g), &mut out).await?;
         }
         Ok(out)
     })
@@ -194,6 +221,10 @@ struct Row {
     /// From the source accepting the change (file renamed, apiserver or
     /// etcd answered) to programmed: the agent's part.
     after_write: Vec<Duration>,
+    /// From the store accepting the change to another watcher's event.
+    delivered: Vec<Duration>,
+    /// The services reconciler's last pass (compile + map writes), µs.
+    services_pass: Option<u64>,
     rss: f64,
 }
 
@@ -220,7 +251,7 @@ fn run(source: &'static str, cp: &str, n: usize, bins: &Binaries) -> anyhow::Res
         let create = t0.elapsed();
         eprintln!("{source}: programmed after {create:?} (writing took {write:?})");
         std::thread::sleep(Duration::from_secs(2));
-        let (changes, after_write) = if cp == "files" {
+        let (changes, after_write, delivered) = if cp == "files" {
             let (mut changes, mut after_write) = (vec![], vec![]);
             for g in 1..=5 {
                 let i = g * 7 % n;
@@ -237,14 +268,18 @@ fn run(source: &'static str, cp: &str, n: usize, bins: &Binaries) -> anyhow::Res
                 changes.push(t0.elapsed());
                 std::thread::sleep(Duration::from_millis(300));
             }
-            (changes, after_write)
+            (changes, after_write, vec![])
         } else {
             changes_connected(&st, cp, n, &pins)?
         };
+        let mut services_pass = None;
         if let Ok(status) =
             strait_lab::run::agent_status(&st.socket(st.plan.node("node-a").unwrap()))
         {
             for r in &status.reconcilers {
+                if r.name == "services" {
+                    services_pass = Some(r.last_pass_micros);
+                }
                 eprintln!(
                     "{source}: reconciler {} last pass {} µs ({} passes)",
                     r.name, r.last_pass_micros, r.passes
@@ -262,6 +297,8 @@ fn run(source: &'static str, cp: &str, n: usize, bins: &Binaries) -> anyhow::Res
             write,
             changes,
             after_write,
+            delivered,
+            services_pass,
             rss: rss_mb(pid),
         })
     })();
@@ -295,10 +332,13 @@ fn main() -> anyhow::Result<()> {
         rows.push(run(source, cp, n, &bins)?);
     }
     let mut out = format!(
-        "# The control plane at scale\n\nmachine: {}. {n} services × {ENDPOINTS} endpoints, 2 nodes, eBPF datapath. \"Programmed\" = the backend is in node-a's pinned strait_lb map.\nThe files source polls its directory every 0.5 s and rereads whole files; the kube and etcd sources get watch events (coalesced for 3 ms).\n\n| source | services | create → programmed | of which writing the objects | one endpoint change → programmed, median (min–max of 5) | of which after the source accepted it | agent RSS |\n|---|---|---|---|---|---|---|\n",
+        "# The control plane at scale\n\nmachine: {}. {n} services × {ENDPOINTS} endpoints, 2 nodes, eBPF datapath. \"Programmed\" = the backend is in node-a's pinned strait_lb map.\nThe files source polls its directory every 0.5 s and rereads whole files; the kube and etcd sources get watch events (coalesced for 3 ms).\n\n| source | services | create → programmed | of which writing the objects | one endpoint change → programmed, median (min–max of 5) | of which after the source accepted it | of which the store delivering the event to a watcher | agent RSS |\n|---|---|---|---|---|---|---|---|\n",
         strait_bench::machine()
     );
     let ms = |v: &[Duration]| {
+        if v.is_empty() {
+            return "—".to_string();
+        }
         let mut c = v.to_vec();
         c.sort();
         format!(
@@ -310,15 +350,23 @@ fn main() -> anyhow::Result<()> {
     };
     for r in &rows {
         out.push_str(&format!(
-            "| {} | {n} | {:.1} s | {:.1} s | {} | {} | {:.0} MB |\n",
+            "| {} | {n} | {:.1} s | {:.1} s | {} | {} | {} | {:.0} MB |\n",
             r.source,
             r.create.as_secs_f64(),
             r.write.as_secs_f64(),
             ms(&r.changes),
             ms(&r.after_write),
+            ms(&r.delivered),
             r.rss,
         ));
     }
+    out.push_str("\nThe services reconciler's last pass on node-a (the last change: compile the table, diff, write the map):");
+    for r in &rows {
+        if let Some(us) = r.services_pass {
+            out.push_str(&format!(" {} {:.1} ms;", r.source, us as f64 / 1e3));
+        }
+    }
+    out.push('\n');
     out.push_str("\nTargets (issue 8): one endpoint change programmed in < 50 ms end to end; agent RSS ≤ 100 MiB at 10 000 services.\n");
     print!("{out}");
     if let Some(f) = out_file {
