@@ -188,23 +188,29 @@ fn changes_connected(
             };
             // The bench watches the slice too, as a third client: when its
             // event arrives is the apiserver's part of the latency.
+            // From the list's resourceVersion (the object's own may be
+            // older than the watch cache keeps: 410).
+            let field = format!("metadata.name={name}");
             let rv = api
-                .get(&name)
+                .list_metadata(&kube::api::ListParams::default().fields(&field))
                 .await?
                 .metadata
                 .resource_version
                 .unwrap_or_default();
-            let wp = kube::api::WatchParams::default().fields(&format!("metadata.name={name}"));
+            let wp = kube::api::WatchParams::default().fields(&field);
             let stream = api.watch(&wp, &rv).await?;
             let seen = tokio::spawn(async move {
                 use futures::TryStreamExt;
                 let mut stream = std::pin::pin!(stream);
+                let mut last = String::from("nothing");
                 while let Some(ev) = stream.try_next().await? {
-                    if let kube::api::WatchEvent::Modified(_) = ev {
-                        return Ok(Instant::now());
+                    match ev {
+                        kube::api::WatchEvent::Modified(_) => return Ok(Instant::now()),
+                        kube::api::WatchEvent::Error(e) => bail!("the watch failed: {e:?}"),
+                        other => last = format!("{other:?}").chars().take(200).collect(),
                     }
                 }
-                bail!("the watch ended before the change arrived")
+                bail!("the watch ended before the change arrived (last event: {last})")
             });
             let write = async { Ok(api.patch(&name, &pp, &Patch::Apply(&v)).await.map(|_| ())?) };
             timed_change(write, Some(seen), &pins, (i, g), &mut out).await?;
