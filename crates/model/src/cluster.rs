@@ -122,24 +122,34 @@ impl ClusterSnapshot {
             .sort_unstable_by(|a, b| meta_key(&a.metadata).cmp(&meta_key(&b.metadata)));
         // Kubernetes before 1.21 does not set this label; policies select
         // namespaces by it.
+        // Sources label them on arrival (label_namespace), so this copies
+        // nothing: a copy is a new object, and every snapshot would look
+        // like a change of namespaces to the policy reconciler.
         for n in &mut self.namespaces {
-            let labelled = n
-                .metadata
-                .labels
-                .as_ref()
-                .is_some_and(|l| l.contains_key("kubernetes.io/metadata.name"));
-            if labelled {
-                continue;
-            }
-            if let Some(name) = n.metadata.name.clone() {
-                Arc::make_mut(n)
-                    .metadata
-                    .labels
-                    .get_or_insert_with(Default::default)
-                    .entry("kubernetes.io/metadata.name".into())
-                    .or_insert(name);
+            if !namespace_labelled(n) && n.metadata.name.is_some() {
+                label_namespace(Arc::make_mut(n));
             }
         }
+    }
+}
+
+fn namespace_labelled(n: &k8s_openapi::api::core::v1::Namespace) -> bool {
+    n.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key("kubernetes.io/metadata.name"))
+}
+
+/// Give a namespace the `kubernetes.io/metadata.name` label Kubernetes
+/// 1.21+ sets (policies select namespaces by it). Sources call this when
+/// an object arrives, once.
+pub fn label_namespace(n: &mut k8s_openapi::api::core::v1::Namespace) {
+    if let Some(name) = n.metadata.name.clone() {
+        n.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .entry("kubernetes.io/metadata.name".into())
+            .or_insert(name);
     }
 }
 

@@ -226,12 +226,8 @@ fn decode(k: &KeyRef, value: &[u8]) -> Result<Obj, String> {
         Kind::Nodes => Obj::Node(de(value)?),
         Kind::Namespaces => {
             let mut n: Namespace = serde_json::from_slice(value).map_err(|e| e.to_string())?;
-            // As normalize() would, once here rather than on every snapshot.
-            n.metadata
-                .labels
-                .get_or_insert_with(Default::default)
-                .entry("kubernetes.io/metadata.name".into())
-                .or_insert_with(|| k.name.clone());
+            // Once here rather than on every snapshot.
+            crate::cluster::label_namespace(&mut n);
             Obj::Namespace(Arc::new(n))
         }
         Kind::Pods => Obj::Pod(de(value)?),
