@@ -41,21 +41,23 @@ pub fn call_at(
     let mut line = serde_json::to_vec(req).expect("requests serialise");
     line.push(b'\n');
     s.write_all(&line).map_err(|e| gone("send", e))?;
+    let resp = read_reply(&mut BufReader::new(s)).map_err(|e| gone("receive", e))?;
+    decode(&resp)
+}
+
+/// One answer line, bytes (not a String: an answer that is not UTF-8 is
+/// garbage from something that answered, not an unreachable agent); a
+/// connection closed without one is an error.
+fn read_reply(r: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
     let mut resp = Vec::new();
-    BufReader::new(s)
-        .take(MAX_REPLY)
-        .read_until(b'\n', &mut resp)
-        .map_err(|e| gone("receive", e))?;
+    r.take(MAX_REPLY).read_until(b'\n', &mut resp)?;
     if resp.is_empty() {
-        return Err(gone(
-            "receive",
-            std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed without answering",
-            ),
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the agent closed the connection without answering",
         ));
     }
-    decode(&resp)
+    Ok(resp)
 }
 
 /// The agent's status (the CLI's `status`, `lb list` and `monitor`).
@@ -106,25 +108,8 @@ impl Pending {
     }
 
     pub fn wait(&mut self) -> Result<Response, CniError> {
-        let socket = self.socket.as_path();
-        // Bytes, not a String: a reply that is not UTF-8 is garbage from
-        // something that answered, not an unreachable agent.
-        let mut resp = Vec::new();
-        self.reader
-            .by_ref()
-            .take(MAX_REPLY)
-            .read_until(b'\n', &mut resp)
-            .map_err(|e| unreachable(socket, "receive", e))?;
-        if resp.is_empty() {
-            return Err(unreachable(
-                socket,
-                "receive",
-                std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the agent closed the connection without answering",
-                ),
-            ));
-        }
+        let resp =
+            read_reply(&mut self.reader).map_err(|e| unreachable(&self.socket, "receive", e))?;
         decode(&resp)
     }
 }

@@ -315,9 +315,14 @@ pub fn labels(plan: &strait_model::lab::LabPlan) -> BTreeMap<String, String> {
 /// A pod as people name it: `name` in the default namespace, else
 /// `namespace/name`.
 pub fn pod_label(p: &strait_model::lab::PodPlan) -> String {
-    if p.namespace == "default" {
-        p.name.clone()
+    label_of(&p.namespace, &p.name)
+}
+
+/// `name` in the default namespace, else `namespace/name`.
+pub fn label_of(namespace: &str, name: &str) -> String {
+    if namespace == "default" {
+        name.to_string()
     } else {
-        format!("{}/{}", p.namespace, p.name)
+        format!("{namespace}/{name}")
     }
 }

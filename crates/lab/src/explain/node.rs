@@ -170,11 +170,7 @@ pub fn explain_on_node(
         nodes.insert(root, st.node.clone());
         for a in &st.allocations {
             let ns = format!("{}:{}", st.node, a.netns);
-            let label = if a.pod.namespace == "default" {
-                a.pod.name.clone()
-            } else {
-                format!("{}/{}", a.pod.namespace, a.pod.name)
-            };
+            let label = super::live::label_of(&a.pod.namespace, &a.pod.name);
             labels.insert(ns.clone(), label.clone());
             pods.push(PodAt {
                 label,
