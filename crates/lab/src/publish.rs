@@ -47,7 +47,7 @@ where
             let cfg = kube::config::Kubeconfig::read_from(&kc)
                 .with_context(|| format!("read {}", kc.display()))?;
             let cfg = kube::Config::from_custom_kubeconfig(cfg, &Default::default()).await?;
-            f(kube::Client::try_from(cfg)?).await
+            f(strait_kubeclient::client(cfg)?).await
         })
     })?
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use strait_model::api::SourceStatus;
 use strait_model::bgp::{BGPConfiguration, BGPPeer};
 use strait_model::cloud::trunking::PodNetworking;
-use strait_model::cluster::ClusterSnapshot;
+use strait_model::cluster::{ClusterSnapshot, Kind};
 use strait_model::ippool::{IPAMBlock, IPPool};
 use strait_model::slice::Slice;
 use tokio::sync::{watch, Notify};
@@ -57,32 +57,57 @@ struct Stores {
     secrets: Store<Secret>,
 }
 
+/// The kinds whose stores changed since the last snapshot, and a wakeup.
+/// A snapshot rebuilds (and sorts) only those: at 10 000 services an
+/// endpoint change re-reads the EndpointSlices, not the Services.
+#[derive(Default)]
+struct Changed {
+    kinds: Mutex<Vec<Kind>>,
+    notify: Notify,
+}
+
+impl Changed {
+    fn mark(&self, kind: Kind) {
+        let mut k = self.kinds.lock().unwrap();
+        if !k.contains(&kind) {
+            k.push(kind);
+        }
+        drop(k);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Vec<Kind> {
+        std::mem::take(&mut *self.kinds.lock().unwrap())
+    }
+}
+
 /// Drive one kind's reflector stream on its own task.
 fn spawn_watch<K, S>(
-    name: &'static str,
+    kind: Kind,
     stream: S,
     health: SharedHealth,
     listed: Arc<Mutex<BTreeMap<&'static str, u64>>>,
-    dirty: Arc<Notify>,
+    dirty: Arc<Changed>,
 ) where
     K: Send + 'static,
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
-    tokio::spawn(drive_watch(name, stream, health, listed, dirty));
+    tokio::spawn(drive_watch(kind, stream, health, listed, dirty));
 }
 
 /// Count one kind's lists, events and errors, and mark the snapshot dirty
 /// on every change. Events of a list in progress do not: the store is
 /// swapped at its end (`InitDone`), and that is the change.
 async fn drive_watch<K, S>(
-    name: &'static str,
+    kind: Kind,
     stream: S,
     health: SharedHealth,
     listed: Arc<Mutex<BTreeMap<&'static str, u64>>>,
-    dirty: Arc<Notify>,
+    dirty: Arc<Changed>,
 ) where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
+    let name = kind.resource();
     let mut stream = std::pin::pin!(stream);
     while let Some(ev) = stream.next().await {
         match ev {
@@ -100,7 +125,7 @@ async fn drive_watch<K, S>(
                 }
                 drop(h);
                 if !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_)) {
-                    dirty.notify_one();
+                    dirty.mark(kind);
                 }
             }
             Err(e) => {
@@ -115,9 +140,9 @@ async fn drive_watch<K, S>(
 
 /// The kinds not listed yet: no snapshot until this is empty.
 fn unlisted(listed: &BTreeMap<&'static str, u64>) -> Vec<&'static str> {
-    KINDS
+    Kind::ALL
         .iter()
-        .copied()
+        .map(|k| k.resource())
         .filter(|k| !listed.contains_key(k))
         .collect()
 }
@@ -194,8 +219,9 @@ struct SliceStore(Arc<Mutex<SliceState>>);
 
 #[derive(Default)]
 struct SliceState {
-    live: std::collections::HashMap<(String, String), Arc<Slice>>,
-    listing: Option<std::collections::HashMap<(String, String), Arc<Slice>>>,
+    /// Sorted as snapshots are: reading it needs no sort.
+    live: BTreeMap<(String, String), Arc<Slice>>,
+    listing: Option<BTreeMap<(String, String), Arc<Slice>>>,
 }
 
 impl SliceStore {
@@ -235,23 +261,36 @@ impl SliceStore {
 }
 
 impl Stores {
-    /// The stores' objects, shared (no object is copied).
-    fn snapshot(&self) -> ClusterSnapshot {
-        let mut s = ClusterSnapshot {
-            nodes: self.nodes.state(),
-            pods: self.pods.state(),
-            services: self.services.state(),
-            endpoint_slices: self.slices.state(),
-            network_policies: self.policies.state(),
-            namespaces: self.namespaces.state(),
-            ip_pools: self.pools.state(),
-            ipam_blocks: self.blocks.state(),
-            bgp_configurations: self.bgp_configs.state(),
-            bgp_peers: self.bgp_peers.state(),
-            pod_networkings: self.pod_networkings.state(),
-            secrets: self.secrets.state(),
-        };
-        s.normalize();
+    /// The stores' objects, shared (no object is copied): the `changed`
+    /// kinds read from the stores and sorted, the others `prev`'s lists
+    /// (all of them read when there is no `prev`).
+    fn snapshot(&self, prev: Option<&ClusterSnapshot>, changed: &[Kind]) -> ClusterSnapshot {
+        let mut s = prev.cloned().unwrap_or_default();
+        let redo = |k: Kind| prev.is_none() || changed.contains(&k);
+        macro_rules! read {
+            ($kind:expr, $field:ident, $store:expr) => {
+                if redo($kind) {
+                    s.$field = $store.state();
+                    s.sort_kind($kind);
+                }
+            };
+        }
+        read!(Kind::Nodes, nodes, self.nodes);
+        read!(Kind::Pods, pods, self.pods);
+        read!(Kind::Services, services, self.services);
+        read!(Kind::EndpointSlices, endpoint_slices, self.slices);
+        read!(Kind::NetworkPolicies, network_policies, self.policies);
+        read!(Kind::Namespaces, namespaces, self.namespaces);
+        read!(Kind::IpPools, ip_pools, self.pools);
+        read!(Kind::IpamBlocks, ipam_blocks, self.blocks);
+        read!(
+            Kind::BgpConfigurations,
+            bgp_configurations,
+            self.bgp_configs
+        );
+        read!(Kind::BgpPeers, bgp_peers, self.bgp_peers);
+        read!(Kind::PodNetworkings, pod_networkings, self.pod_networkings);
+        read!(Kind::Secrets, secrets, self.secrets);
         s
     }
 }
@@ -272,21 +311,6 @@ async fn slice_version(client: &kube::Client) -> anyhow::Result<&'static str> {
     }
 }
 
-const KINDS: [&str; 12] = [
-    "nodes",
-    "pods",
-    "services",
-    "endpointslices",
-    "namespaces",
-    "networkpolicies",
-    "ippools",
-    "ipamblocks",
-    "bgpconfigurations",
-    "bgppeers",
-    "podnetworkings",
-    "secrets",
-];
-
 /// Whether the agent may list Secrets of strait's secrets namespace (the
 /// Role deploy/strait.yaml grants). Without it BGP passwords cannot be
 /// read, which is no reason to stay unready.
@@ -305,12 +329,12 @@ async fn secrets_readable(client: &kube::Client) -> bool {
 }
 
 /// The kinds strait's CRDs serve.
-const CRD_KINDS: [&str; 5] = [
-    "ippools",
-    "ipamblocks",
-    "bgpconfigurations",
-    "bgppeers",
-    "podnetworkings",
+const CRD_KINDS: [Kind; 5] = [
+    Kind::IpPools,
+    Kind::IpamBlocks,
+    Kind::BgpConfigurations,
+    Kind::BgpPeers,
+    Kind::PodNetworkings,
 ];
 
 /// Whether the apiserver serves strait's CRDs (deploy/crds.yaml).
@@ -321,7 +345,7 @@ async fn crds_installed(client: &kube::Client) -> bool {
         .is_ok_and(|r| {
             CRD_KINDS
                 .iter()
-                .all(|k| r.resources.iter().any(|x| x.name == *k))
+                .all(|k| r.resources.iter().any(|x| x.name == k.resource()))
         })
 }
 
@@ -341,10 +365,11 @@ impl KubeSource {
         let health: SharedHealth = Arc::new(Mutex::new(SourceStatus {
             kind: "kube-apiserver".into(),
             from,
-            kinds: KINDS
+            kinds: Kind::ALL
                 .iter()
+                .map(|k| k.resource())
                 .map(|k| {
-                    if *k == "endpointslices" {
+                    if k == "endpointslices" {
                         format!("endpointslices (discovery.k8s.io/{version})")
                     } else {
                         k.to_string()
@@ -354,7 +379,7 @@ impl KubeSource {
             ..Default::default()
         }));
         let listed = Arc::new(Mutex::new(BTreeMap::new()));
-        let dirty = Arc::new(Notify::new());
+        let dirty = Arc::new(Changed::default());
         let c = &client;
         macro_rules! watch_kind {
             ($name:expr, $api:expr, $cfg:expr) => {
@@ -371,19 +396,19 @@ impl KubeSource {
             }};
         }
         let all = watcher::Config::default;
-        let nodes = watch_kind!("nodes", Api::<Node>::all(c.clone()), all());
+        let nodes = watch_kind!(Kind::Nodes, Api::<Node>::all(c.clone()), all());
         // Every node's pods: NetworkPolicy selectors resolve to pods
         // anywhere (the endpoints and policy reconcilers pick this node's).
-        let pods = watch_kind!("pods", Api::<Pod>::all(c.clone()), all());
-        let services = watch_kind!("services", Api::<Service>::all(c.clone()), all());
+        let pods = watch_kind!(Kind::Pods, Api::<Pod>::all(c.clone()), all());
+        let services = watch_kind!(Kind::Services, Api::<Service>::all(c.clone()), all());
         let namespaces = watch_kind!(
-            "namespaces",
+            Kind::Namespaces,
             Api::<Namespace>::all(c.clone()),
             all(),
             slim_namespace
         );
         let policies = watch_kind!(
-            "networkpolicies",
+            Kind::NetworkPolicies,
             Api::<NetworkPolicy>::all(c.clone()),
             all()
         );
@@ -394,7 +419,7 @@ impl KubeSource {
                 .default_backoff()
                 .inspect_ok(move |ev| store.apply(ev));
             spawn_watch(
-                "endpointslices",
+                Kind::EndpointSlices,
                 stream,
                 health.clone(),
                 listed.clone(),
@@ -414,7 +439,7 @@ impl KubeSource {
                 .map_ok(v1_event)
                 .inspect_ok(move |ev| store.apply(ev));
             spawn_watch(
-                "endpointslices",
+                Kind::EndpointSlices,
                 stream,
                 health.clone(),
                 listed.clone(),
@@ -427,27 +452,27 @@ impl KubeSource {
             tracing::warn!("strait's CRDs (IPPool, IPAMBlock, BGPConfiguration, BGPPeer, PodNetworking) are not installed: kubectl apply -f deploy/crds.yaml; pods asking for an IPPool get an error until then");
             let mut l = listed.lock().unwrap();
             for k in CRD_KINDS {
-                l.insert(k, 0);
+                l.insert(k.resource(), 0);
             }
         }
-        let pools = watch_kind!("ippools", Api::<IPPool>::all(c.clone()), all());
-        let blocks = watch_kind!("ipamblocks", Api::<IPAMBlock>::all(c.clone()), all());
+        let pools = watch_kind!(Kind::IpPools, Api::<IPPool>::all(c.clone()), all());
+        let blocks = watch_kind!(Kind::IpamBlocks, Api::<IPAMBlock>::all(c.clone()), all());
         let bgp_configs = watch_kind!(
-            "bgpconfigurations",
+            Kind::BgpConfigurations,
             Api::<BGPConfiguration>::all(c.clone()),
             all()
         );
-        let bgp_peers = watch_kind!("bgppeers", Api::<BGPPeer>::all(c.clone()), all());
+        let bgp_peers = watch_kind!(Kind::BgpPeers, Api::<BGPPeer>::all(c.clone()), all());
         let pod_networkings = watch_kind!(
-            "podnetworkings",
+            Kind::PodNetworkings,
             Api::<PodNetworking>::all(c.clone()),
             all()
         );
         if !secrets_readable(c).await {
-            listed.lock().unwrap().insert("secrets", 0);
+            listed.lock().unwrap().insert(Kind::Secrets.resource(), 0);
         }
         let secrets = watch_kind!(
-            "secrets",
+            Kind::Secrets,
             Api::<Secret>::namespaced(c.clone(), strait_model::bgp::SECRETS_NAMESPACE),
             all()
         );
@@ -480,17 +505,21 @@ impl KubeSource {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         health.lock().unwrap().ready = true;
-        let (tx, rx) = watch::channel(Arc::new(stores.snapshot()));
+        dirty.take();
+        let (tx, rx) = watch::channel(Arc::new(stores.snapshot(None, &[])));
         tokio::spawn(async move {
             loop {
-                dirty.notified().await;
+                dirty.notify.notified().await;
                 if tx.is_closed() {
                     break;
                 }
                 tokio::time::sleep(COALESCE).await;
                 // Something changed (only events mark the snapshot dirty):
-                // no deep comparison of 20 000 objects to find out.
-                tx.send_replace(Arc::new(stores.snapshot()));
+                // no deep comparison of 20 000 objects to find out, and the
+                // kinds that did not change are the last snapshot's lists.
+                let changed = dirty.take();
+                let prev = tx.borrow().clone();
+                tx.send_replace(Arc::new(stores.snapshot(Some(&prev), &changed)));
             }
         });
         Ok(KubeSource { rx, health, client })
@@ -557,7 +586,7 @@ pub async fn client(
         })?,
     };
     let url = cfg.cluster_url.to_string();
-    Ok((kube::Client::try_from(cfg)?, url))
+    Ok((strait_kubeclient::client(cfg)?, url))
 }
 
 #[cfg(test)]
@@ -614,8 +643,8 @@ mod tests {
     async fn lists_changes_errors_and_relists_in_order() {
         let health: SharedHealth = Arc::new(Mutex::new(SourceStatus::default()));
         let listed = Arc::new(Mutex::new(BTreeMap::new()));
-        let dirty = Arc::new(Notify::new());
-        let notified = |d: &Notify| d.notified().now_or_never().is_some();
+        let dirty = Arc::new(Changed::default());
+        let notified = |d: &Changed| d.notify.notified().now_or_never().is_some();
         // A list in progress: nothing is marked dirty until it is done.
         let list = || {
             vec![
@@ -626,7 +655,7 @@ mod tests {
         };
         let (_, writer) = reflector::store::<Node>();
         drive_watch(
-            "nodes",
+            Kind::Nodes,
             futures::stream::iter(list()).reflect(writer),
             health.clone(),
             listed.clone(),
@@ -634,7 +663,7 @@ mod tests {
         )
         .await;
         assert!(!notified(&dirty), "no snapshot of a list in progress");
-        assert_eq!(unlisted(&listed.lock().unwrap()).len(), KINDS.len());
+        assert_eq!(unlisted(&listed.lock().unwrap()).len(), Kind::ALL.len());
         let gone = watcher::Error::WatchError(Box::new(
             kube::core::Status::failure("too old resource version", "Expired").with_code(410),
         ));
@@ -650,7 +679,7 @@ mod tests {
             Ok(Event::InitDone),
         ]);
         drive_watch(
-            "nodes",
+            Kind::Nodes,
             futures::stream::iter(all).reflect(writer),
             health.clone(),
             listed.clone(),
@@ -658,6 +687,7 @@ mod tests {
         )
         .await;
         assert!(notified(&dirty));
+        assert_eq!(dirty.take(), [Kind::Nodes]);
         let mut names: Vec<String> = reader
             .state()
             .iter()
@@ -670,6 +700,82 @@ mod tests {
         assert!(h.last_error.unwrap().contains("nodes"));
         let missing = unlisted(&listed.lock().unwrap());
         assert!(!missing.contains(&"nodes") && missing.contains(&"pods"));
+    }
+
+    /// A snapshot after an EndpointSlice event re-reads the slices only
+    /// (sorted, as the compilers need), and hands on the last snapshot's
+    /// other lists: the same allocations, not 10 000 services read and
+    /// sorted again.
+    #[test]
+    fn a_snapshot_rereads_only_the_kinds_that_changed() {
+        use kube::runtime::watcher::Event;
+        macro_rules! stores {
+            ($($f:ident),*) => {
+                Stores { $($f: reflector::store().0,)* slices: SliceStore::default() }
+            };
+        }
+        let (services, mut svc_writer) = reflector::store::<Service>();
+        let mut st = stores!(
+            nodes,
+            pods,
+            namespaces,
+            policies,
+            pools,
+            blocks,
+            bgp_configs,
+            bgp_peers,
+            pod_networkings,
+            secrets,
+            services
+        );
+        st.services = services;
+        let svc = |name: &str| -> Service {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": name, "namespace": "d"}}),
+            )
+            .unwrap()
+        };
+        let slice = |name: &str| -> EndpointSlice {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "d",
+                             "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4", "endpoints": []}))
+            .unwrap()
+        };
+        for n in ["b", "a", "c"] {
+            svc_writer.apply_watcher_event(&Event::Apply(svc(n)));
+        }
+        for n in ["z", "x", "y"] {
+            st.slices.apply(&Event::Apply(slice(n)));
+        }
+        let first = st.snapshot(None, &[]);
+        let names = |v: Vec<Option<String>>| v.into_iter().flatten().collect::<Vec<_>>();
+        assert_eq!(
+            names(
+                first
+                    .services
+                    .iter()
+                    .map(|s| s.metadata.name.clone())
+                    .collect()
+            ),
+            ["a", "b", "c"]
+        );
+        // A slice event, and a service event the watch has not marked yet.
+        st.slices.apply(&Event::Apply(slice("w")));
+        svc_writer.apply_watcher_event(&Event::Apply(svc("d")));
+        let next = st.snapshot(Some(&first), &[Kind::EndpointSlices]);
+        assert_eq!(
+            next.endpoint_slices
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["w", "x", "y", "z"]
+        );
+        assert!(!next.kind_changed(&first, Kind::Services));
+        assert!(next.kind_changed(&first, Kind::EndpointSlices));
+        let third = st.snapshot(Some(&next), &[Kind::Services]);
+        assert_eq!(third.services.len(), 4, "services re-read once marked");
+        assert!(!third.kind_changed(&next, Kind::EndpointSlices));
     }
 
     #[test]

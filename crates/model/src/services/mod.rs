@@ -387,91 +387,8 @@ pub fn compile_for_node(snap: &ClusterSnapshot, node: Option<&ThisNode>) -> Serv
     t
 }
 
-/// [`compile_for_node`] that recompiles only the Services whose object or
-/// EndpointSlices changed since the last call. Objects are shared `Arc`s
-/// from the source's stores, so "changed" is "another pointer": one
-/// endpoint change in 10 000 services compiles one service, and the other
-/// services' entries come out as the same `Arc`s as before. A pass
-/// allocates nothing per unchanged service.
-#[derive(Default)]
-pub struct IncrementalCompiler {
-    node: Option<ThisNode>,
-    /// Per Service object (by address; the `Arc` it holds keeps the address
-    /// from being reused): the slices it was compiled with, and the result.
-    cache: std::collections::HashMap<usize, Compiled>,
-    generation: u64,
-    /// Services compiled (cache misses) since creation.
-    pub compiled: u64,
-}
-
-struct Compiled {
-    _service: std::sync::Arc<Service>,
-    slices: Vec<std::sync::Arc<Slice>>,
-    part: ServiceTable,
-    generation: u64,
-}
-
-impl IncrementalCompiler {
-    pub fn compile(&mut self, snap: &ClusterSnapshot, node: Option<&ThisNode>) -> ServiceTable {
-        use std::sync::Arc;
-        if self.node.as_ref() != node {
-            self.cache.clear();
-            self.node = node.cloned();
-        }
-        self.generation += 1;
-        let generation = self.generation;
-        // Slices by (namespace, service name), borrowed from the snapshot.
-        let mut slices: std::collections::HashMap<(&str, &str), Vec<&Arc<Slice>>> =
-            std::collections::HashMap::with_capacity(snap.endpoint_slices.len());
-        for s in &snap.endpoint_slices {
-            let svc = s.service.as_deref().unwrap_or_default();
-            slices.entry((&s.namespace, svc)).or_default().push(s);
-        }
-        let mut t = ServiceTable::default();
-        t.entries.reserve(snap.services.len());
-        for svc in &snap.services {
-            let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-            let name = svc.metadata.name.as_deref().unwrap_or_default();
-            let mine = slices.remove(&(ns, name)).unwrap_or_default();
-            let same = |c: &Compiled| {
-                c.slices.len() == mine.len()
-                    && c.slices.iter().zip(&mine).all(|(a, b)| Arc::ptr_eq(a, b))
-            };
-            let ptr = Arc::as_ptr(svc) as usize;
-            let c = match self.cache.get_mut(&ptr) {
-                Some(c) if same(c) => c,
-                _ => {
-                    let mini = ClusterSnapshot {
-                        services: vec![svc.clone()],
-                        endpoint_slices: mine.iter().map(|s| (*s).clone()).collect(),
-                        ..Default::default()
-                    };
-                    self.compiled += 1;
-                    let c = Compiled {
-                        _service: svc.clone(),
-                        slices: mine.into_iter().cloned().collect(),
-                        part: compile_for_node(&mini, node),
-                        generation,
-                    };
-                    self.cache.insert(ptr, c);
-                    self.cache.get_mut(&ptr).expect("just inserted")
-                }
-            };
-            c.generation = generation;
-            let part = &c.part;
-            t.entries.extend(part.entries.iter().cloned());
-            t.problems.extend(part.problems.iter().cloned());
-            for h in &part.health_checks {
-                if !t.health_checks.iter().any(|x| x.port == h.port) {
-                    t.health_checks.push(h.clone());
-                }
-            }
-        }
-        self.cache.retain(|_, c| c.generation == generation);
-        t.entries.sort_unstable_by_key(|e| e.frontend);
-        t
-    }
-}
+mod incremental;
+pub use incremental::IncrementalCompiler;
 
 /// The endpoints controller: an EndpointSlice per selector Service, from the
 /// pods that match it and have an address. A pod with a deletionTimestamp is
@@ -591,45 +508,6 @@ spec:
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: web}}{}}}\nspec: {{containers: [{{name: c, ports: [{{name: web, containerPort: 8080}}]}}]}}\nstatus: {{podIP: {ip}}}\n",
             if deleting { ", deletionTimestamp: '2026-01-01T00:00:00Z'" } else { "" }
         )
-    }
-
-    #[test]
-    fn incremental_compilation_matches_a_full_one_and_recompiles_only_changes() {
-        let mut text = String::new();
-        for i in 0..30 {
-            text.push_str(&format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\nspec: {{clusterIP: 10.96.0.{}, ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}-1, namespace: default, labels: {{kubernetes.io/service-name: s{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [10.0.0.{}], conditions: {{ready: true}}}}]\n", i + 10, i + 1));
-        }
-        let s1 = snap(&text);
-        let mut inc = IncrementalCompiler::default();
-        let full = compile(&s1);
-        assert_eq!(inc.compile(&s1, None).entries, full.entries);
-        // One slice changes (a new object, as a watch event makes it): the
-        // result is the full compilation's, and only that service was redone.
-        let mut s2 = s1.clone();
-        let mut changed = (*s2.endpoint_slices[3]).clone();
-        changed.endpoints[0].ip = "10.0.0.99".parse().unwrap();
-        s2.endpoint_slices[3] = std::sync::Arc::new(changed);
-        assert_eq!(inc.compiled, 30);
-        let got = inc.compile(&s2, None);
-        assert_eq!(got.entries, compile(&s2).entries);
-        assert_ne!(got.entries, full.entries);
-        assert_eq!(
-            inc.compiled, 31,
-            "only the changed service was compiled again"
-        );
-        // A service removed leaves the cache.
-        let mut s3 = s2.clone();
-        s3.services.remove(0);
-        assert_eq!(inc.compile(&s3, None).entries, compile(&s3).entries);
-        assert_eq!(inc.cache.len(), 29);
-        // Unchanged services come out as the same allocations.
-        let again = inc.compile(&s3, None);
-        let before = inc.compile(&s3, None);
-        assert!(again
-            .entries
-            .iter()
-            .zip(&before.entries)
-            .all(|(a, b)| std::sync::Arc::ptr_eq(a, b)));
     }
 
     #[test]
