@@ -272,6 +272,18 @@ mod tests {
         Arc::new(Slice::from_k8s(&s))
     }
 
+    /// `n` services, each with one slice of one endpoint, normalized.
+    fn cluster(n: usize) -> ClusterSnapshot {
+        let mut snap = ClusterSnapshot::default();
+        for i in 0..n {
+            snap.services.push(service(i, 80));
+            snap.endpoint_slices
+                .push(slice(&format!("s{i}-a"), i, i as u8));
+        }
+        snap.normalize();
+        snap
+    }
+
     /// A small deterministic generator (xorshift), for the edit sequence.
     struct Rng(u64);
     impl Rng {
@@ -295,13 +307,7 @@ mod tests {
         };
         let mut rng = Rng(0x5eed);
         let mut inc = IncrementalCompiler::default();
-        let mut snap = ClusterSnapshot::default();
-        for i in 0..40 {
-            snap.services.push(service(i, 80));
-            snap.endpoint_slices
-                .push(slice(&format!("s{i}-a"), i, i as u8));
-        }
-        snap.normalize();
+        let mut snap = cluster(40);
         for step in 0..400 {
             let mut next = snap.clone();
             for _ in 0..1 + rng.below(3) {
@@ -352,13 +358,7 @@ mod tests {
 
     #[test]
     fn one_change_compiles_one_service_and_shares_the_rest() {
-        let mut snap = ClusterSnapshot::default();
-        for i in 0..30 {
-            snap.services.push(service(i, 80));
-            snap.endpoint_slices
-                .push(slice(&format!("s{i}-a"), i, i as u8));
-        }
-        snap.normalize();
+        let snap = cluster(30);
         let mut inc = IncrementalCompiler::default();
         let first = inc.compile(&snap, None);
         assert_eq!(inc.compiled, 30);
